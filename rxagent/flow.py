@@ -1,0 +1,246 @@
+"""Credit and completion: one mechanism for backpressure and for commits.
+
+A source owns one :class:`Flow`. Before it emits a batch of events it awaits
+credit for them (:meth:`Flow.acquire`); the batch gets a :class:`Ticket` that
+counts the events of the batch whose processing has not *ended*. An event ends
+when a filter drops it, a state store folds it in, its tool activation finishes,
+or it is dead-lettered. When the last event of a ticket ends, the ticket's
+credit returns to the source and the ticket counts as *complete*.
+
+Completion drives the commit watermark: per partition, the watermark is the
+position after the last event of the longest run of complete tickets, in the
+order they were emitted. Nothing at or after the first incomplete ticket is ever
+reported as done, so a consumer that commits the watermark is at-least-once.
+
+Operators that aggregate (windows) *fold* events: the events stop costing
+memory, so their credit returns at once (:meth:`Ticket.fold`), but they stay
+pending until the aggregate built from them ends, so the watermark waits.
+Without folding, a count window larger than the credit would deadlock.
+
+This module is pure bookkeeping plus one awaitable; it never blocks and never
+sleeps, and it is driven from the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Hashable
+from .exceptions import ConfigurationError, FlowError
+
+__all__ = ["Flow", "FlowStats", "Ticket"]
+
+Partition = Hashable
+WatermarkListener = Callable[[Partition, int], None]
+
+
+class Ticket:
+    """The events of one emitted batch whose processing has not ended yet.
+
+    ``first`` and ``last`` are the batch's source positions (inclusive), ``None``
+    for sources without positions.
+    """
+
+    __slots__ = ("_credit", "done", "first", "flow", "last", "partition", "pending")
+
+    def __init__(
+        self, flow: Flow, partition: Partition, first: int | None, last: int | None, n: int
+    ) -> None:
+        self.flow = flow
+        self.partition = partition
+        self.first = first
+        self.last = last
+        self.pending = n
+        self._credit = n
+        self.done = False
+
+    def end(self, n: int = 1) -> None:
+        """``n`` events of this ticket finished processing."""
+        pending = self.pending - n
+        self.pending = pending
+        self.flow.pending -= n
+        if pending <= 0:
+            if pending < 0:
+                self.pending = 0
+                raise FlowError(
+                    f"events of a ticket from source {self.flow.source!r} ended more often "
+                    "than they were emitted: an operator ended an event it had passed on"
+                )
+            self._complete()
+
+    def fold(self, n: int = 1) -> None:
+        """``n`` events were folded into an aggregate: their credit returns now,
+        their completion waits for the aggregate."""
+        credit = min(n, self._credit)
+        if credit:
+            self._credit -= credit
+            self.flow._release(credit)
+
+    def retain(self, n: int) -> None:
+        """``n`` more ends are expected (an event was fanned out to more sinks)."""
+        if self.done:
+            raise FlowError("cannot retain events of a ticket that already completed")
+        self.pending += n
+        self.flow.pending += n
+
+    def _complete(self) -> None:
+        self.done = True
+        if self._credit:
+            self.flow._release(self._credit)
+            self._credit = 0
+        self.flow._ticket_done(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Ticket({self.flow.source!r}, partition={self.partition!r}, "
+            f"first={self.first}, last={self.last}, pending={self.pending})"
+        )
+
+
+class FlowStats:
+    """A snapshot of a flow's counters (plain attributes, cheap to copy)."""
+
+    __slots__ = ("capacity", "emitted", "in_flight", "peak_in_flight", "pending", "waits")
+
+    def __init__(self, flow: Flow) -> None:
+        self.capacity = flow.capacity
+        self.in_flight = flow.capacity - flow.free
+        self.peak_in_flight = flow.peak_in_flight
+        self.pending = flow.pending
+        self.emitted = flow.emitted
+        self.waits = flow.waits
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Flow:
+    """Credit (at most ``capacity`` events in flight) and completion watermarks
+    for one source.
+
+    ``in flight`` counts events emitted whose credit has not returned; it never
+    exceeds ``capacity``, whatever the operators and sinks downstream do.
+    """
+
+    def __init__(self, source: str, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ConfigurationError(f"credit for source {source!r} must be >= 1, got {capacity}")
+        self.source = source
+        self.capacity = capacity
+        self.free = capacity
+        self.pending = 0
+        self.emitted = 0
+        self.peak_in_flight = 0
+        self.waits = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._open: dict[Partition, deque[Ticket]] = {}
+        self._watermarks: dict[Partition, int] = {}
+        self._listeners: list[WatermarkListener] = []
+
+    # -- credit -------------------------------------------------------------
+
+    async def acquire(self, want: int) -> int:
+        """Wait for credit and take up to ``want`` of it; returns how much was taken (>= 1)."""
+        if want < 1:
+            raise ConfigurationError(f"acquire() wants at least 1 credit, got {want}")
+        while self.free <= 0:
+            self.waits += 1
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        took = min(want, self.free)
+        self.free -= took
+        in_flight = self.capacity - self.free
+        if in_flight > self.peak_in_flight:
+            self.peak_in_flight = in_flight
+        return took
+
+    def give_back(self, n: int) -> None:
+        """Return credit that was acquired but not used for events."""
+        if n > 0:
+            self._release(n)
+
+    def _release(self, n: int) -> None:
+        self.free += n
+        if self.free > self.capacity:
+            self.free = self.capacity
+            raise FlowError(f"credit of source {self.source!r} returned more often than taken")
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def in_flight(self) -> int:
+        return self.capacity - self.free
+
+    # -- tickets and completion ----------------------------------------------
+
+    def ticket(
+        self, n: int, partition: Partition = None, first: int | None = None, last: int | None = None
+    ) -> Ticket:
+        """Open a ticket for ``n`` freshly emitted events (credit already acquired)."""
+        ticket = Ticket(self, partition, first, last, n)
+        self.pending += n
+        self.emitted += n
+        queue = self._open.get(partition)
+        if queue is None:
+            queue = self._open[partition] = deque()
+        queue.append(ticket)
+        if n == 0:
+            ticket._complete()
+        return ticket
+
+    def _ticket_done(self, ticket: Ticket) -> None:
+        queue = self._open.get(ticket.partition)
+        advanced: int | None = None
+        while queue and queue[0].done:
+            head = queue.popleft()
+            if head.last is not None:
+                advanced = head.last + 1
+        if advanced is not None:
+            self._watermarks[ticket.partition] = advanced
+            for listener in self._listeners:
+                listener(ticket.partition, advanced)
+        if self.pending == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def watermark(self, partition: Partition = None) -> int | None:
+        """The position up to which (exclusive) every event of ``partition`` has ended.
+
+        This is what a Kafka consumer commits. ``None`` until a positioned ticket completes.
+        """
+        return self._watermarks.get(partition)
+
+    def watermarks(self) -> dict[Partition, int]:
+        return dict(self._watermarks)
+
+    def forget(self, partition: Partition) -> None:
+        """Drop the bookkeeping of a partition (revoked or lost)."""
+        self._open.pop(partition, None)
+        self._watermarks.pop(partition, None)
+
+    def on_watermark(self, listener: WatermarkListener) -> Callable[[], None]:
+        """Call ``listener(partition, position)`` whenever a watermark advances."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def idle(self) -> None:
+        """Wait until no emitted event is still pending."""
+        while self.pending > 0:
+            loop = asyncio.get_running_loop()
+            if self._idle is None or self._idle.done():
+                self._idle = loop.create_future()
+            await self._idle
+
+    def stats(self) -> FlowStats:
+        return FlowStats(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Flow({self.source!r}, in_flight={self.in_flight}/{self.capacity}, "
+            f"pending={self.pending})"
+        )

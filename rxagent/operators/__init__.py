@@ -1,0 +1,41 @@
+"""Operators over event batches; each returns an :class:`Operator` for ``pipe``."""
+
+from .aggregate import (
+    Aggregation,
+    collect,
+    count,
+    first,
+    last,
+    max_,
+    mean,
+    min_,
+    reduce,
+    sum_,
+)
+from .base import BatchHandler, Operator, batch_stage
+from .transform import event_time, filter, flat_map, key_by, map, tap
+from .windows import Window, count_window
+
+__all__ = [
+    "Aggregation",
+    "BatchHandler",
+    "Operator",
+    "Window",
+    "batch_stage",
+    "collect",
+    "count",
+    "count_window",
+    "event_time",
+    "filter",
+    "first",
+    "flat_map",
+    "key_by",
+    "last",
+    "map",
+    "max_",
+    "mean",
+    "min_",
+    "reduce",
+    "sum_",
+    "tap",
+]

@@ -1,0 +1,127 @@
+"""Aggregations that windows apply to the values they collected.
+
+An :class:`Aggregation` turns a list of values into one result. The built-ins
+take an optional ``field`` (a key or index into each value) and run their loop
+in C (``sum``, ``min``, ``max`` over ``map(itemgetter(field), values)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from operator import itemgetter
+from typing import Any
+
+__all__ = [
+    "Aggregation",
+    "collect",
+    "count",
+    "first",
+    "last",
+    "max_",
+    "mean",
+    "min_",
+    "reduce",
+    "resolve_aggregation",
+    "sum_",
+]
+
+
+class Aggregation:
+    """A named function from a window's list of values to one result."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, name: str, fn: Callable[[list[Any]], Any]) -> None:
+        self.name = name
+        self.fn = fn
+
+    def __call__(self, values: list[Any]) -> Any:
+        return self.fn(values)
+
+    def __repr__(self) -> str:
+        return f"Aggregation({self.name})"
+
+
+def _field(field: str | int | None) -> Callable[[list[Any]], Any]:
+    if field is None:
+        return lambda values: values
+    getter = itemgetter(field)
+    return lambda values: map(getter, values)
+
+
+def count() -> Aggregation:
+    return Aggregation("count", len)
+
+
+def sum_(field: str | int | None = None) -> Aggregation:
+    pick = _field(field)
+    return Aggregation(f"sum({field})", lambda values: sum(pick(values)))
+
+
+def mean(field: str | int | None = None) -> Aggregation:
+    pick = _field(field)
+    return Aggregation(
+        f"mean({field})", lambda values: sum(pick(values)) / len(values) if values else None
+    )
+
+
+def min_(field: str | int | None = None) -> Aggregation:
+    pick = _field(field)
+    return Aggregation(f"min({field})", lambda values: min(pick(values), default=None))
+
+
+def max_(field: str | int | None = None) -> Aggregation:
+    pick = _field(field)
+    return Aggregation(f"max({field})", lambda values: max(pick(values), default=None))
+
+
+def first(field: str | int | None = None) -> Aggregation:
+    getter = None if field is None else itemgetter(field)
+    return Aggregation(
+        f"first({field})",
+        lambda values: None if not values else (values[0] if getter is None else getter(values[0])),
+    )
+
+
+def last(field: str | int | None = None) -> Aggregation:
+    getter = None if field is None else itemgetter(field)
+    return Aggregation(
+        f"last({field})",
+        lambda values: None
+        if not values
+        else (values[-1] if getter is None else getter(values[-1])),
+    )
+
+
+def collect() -> Aggregation:
+    return Aggregation("collect", list)
+
+
+def reduce(fn: Callable[[Any, Any], Any], initial: Any) -> Aggregation:
+    """A custom fold: ``fn(acc, value)`` from ``initial`` over the window's values."""
+
+    def run(values: list[Any]) -> Any:
+        acc = initial
+        for value in values:
+            acc = fn(acc, value)
+        return acc
+
+    return Aggregation(f"reduce({getattr(fn, '__name__', 'fn')})", run)
+
+
+def resolve_aggregation(agg: Aggregation | Mapping[str, Aggregation]) -> Aggregation:
+    """One aggregation, or a mapping of names to aggregations (the result is a dict)."""
+    if isinstance(agg, Aggregation):
+        return agg
+    if isinstance(agg, Mapping):
+        items = list(agg.items())
+        for label, each in items:
+            if not isinstance(each, Aggregation):
+                raise TypeError(f"aggregation {label!r} must be an Aggregation, got {each!r}")
+        return Aggregation(
+            "{" + ", ".join(label for label, _ in items) + "}",
+            lambda values: {label: each(values) for label, each in items},
+        )
+    if callable(agg):
+        return Aggregation(getattr(agg, "__name__", "custom"), agg)
+    raise TypeError(f"agg must be an Aggregation or a mapping of them, got {agg!r}")

@@ -1,0 +1,238 @@
+"""Per-event transforms: filter, map, key_by, event_time, flat_map, tap.
+
+User functions receive the event's *value* (``lambda v: v["px"] > 100``). Each
+stage applies the function to a whole batch with the builtin ``map`` (a loop in
+C); if the function raises, the stage redoes that batch row by row so only the
+failing events go to dead letters, with the error, and the rest flow on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from operator import itemgetter
+from typing import Any
+
+from reactivex import Observable
+
+from ..events import Batch, Hold, retain_hold
+from .base import BatchHandler, Emit, Operator, batch_stage
+
+__all__ = ["event_time", "filter", "flat_map", "key_by", "map", "tap", "to_key_function"]
+
+_builtin_map = map
+
+
+def to_key_function(key: str | int | Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A field name (or index) becomes a C-level ``itemgetter``; a callable stays."""
+    if isinstance(key, str | int):
+        return itemgetter(key)
+    if not callable(key):
+        raise TypeError(f"a key must be a field name or a callable, got {key!r}")
+    return key
+
+
+def _apply(batch: Batch, fn: Callable[[Any], Any], stage: str) -> tuple[list[Any], list[bool]]:
+    """``fn`` over the batch's values; on error, row by row with failures dead-lettered.
+
+    Returns the results and an ``ok`` mask (all True on the fast path).
+    """
+    values = batch.values
+    try:
+        return list(_builtin_map(fn, values)), []
+    except Exception:
+        pass
+    results: list[Any] = []
+    ok: list[bool] = []
+    ctx = batch.ctx
+    for i, value in enumerate(values):
+        try:
+            results.append(fn(value))
+            ok.append(True)
+        except Exception as error:
+            results.append(None)
+            ok.append(False)
+            # the row's hold moves to the dead letter, which ends it
+            ctx.dead_letter(batch.event(i, take=True), stage, error)
+    return results, ok
+
+
+def _without_failed(batch: Batch, ok: list[bool]) -> Batch:
+    """Rows that failed were already ended by their dead letter: keep the others
+    without ending anything again."""
+    keep = [i for i, good in enumerate(ok) if good]
+    return batch.take(keep)
+
+
+def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Operator:  # noqa: A001
+    """Keep the events whose value satisfies ``predicate``; end the others.
+
+    ::
+
+        --1--2--3--4--|   filter(lambda v: v % 2 == 0)
+        -----2-----4--|
+    """
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                n = len(batch.values)
+                metrics.events_in += n
+                mask, ok = _apply(batch, predicate, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    mask = [m for m, good in zip(mask, ok, strict=True) if good]
+                    n = len(batch.values)
+                kept = batch.select(mask)
+                out = len(kept.values)
+                metrics.dropped += n - out
+                if out:
+                    metrics.events_out += out
+                    emit(kept)
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("filter", build, name)
+
+
+def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:  # noqa: A001
+    """Replace each event's value by ``fn(value)``; key, time and position stay.
+
+    ::
+
+        --1--2--3--|   map(lambda v: v * 10)
+        --a--b--c--|   a=10, b=20, c=30
+    """
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                values, ok = _apply(batch, fn, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    values = [v for v, good in zip(values, ok, strict=True) if good]
+                if values:
+                    metrics.events_out += len(values)
+                    emit(batch.with_values(values))
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("map", build, name)
+
+
+def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = None) -> Operator:
+    """Set each event's key from its value: a field name or a function.
+
+    Keys drive the per-key operators (windows, throttles, dedup) and state stores.
+    """
+    key_fn = to_key_function(key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                keys, ok = _apply(batch, key_fn, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    keys = [k for k, good in zip(keys, ok, strict=True) if good]
+                if keys:
+                    metrics.events_out += len(keys)
+                    emit(batch.with_keys(keys))
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("key_by", build, name)
+
+
+def event_time(
+    time: str | Callable[[Any], float | None], *, name: str | None = None
+) -> Operator:
+    """Set each event's event time (epoch seconds) from its value."""
+    time_fn = to_key_function(time)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                times, ok = _apply(batch, time_fn, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    times = [t for t, good in zip(times, ok, strict=True) if good]
+                if times:
+                    metrics.events_out += len(times)
+                    emit(batch.with_times([None if t is None else float(t) for t in times]))
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("event_time", build, name)
+
+
+def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Operator:
+    """Replace each event by zero or more events with the values ``fn(value)`` yields.
+
+    The outputs of one input share its hold: the input ends when all of them have.
+    """
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                ctx = batch.ctx
+                metrics = ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                rows: list[int] = []
+                values: list[Any] = []
+                holds: list[Hold] = []
+                for i, value in enumerate(batch.values):
+                    try:
+                        produced = list(fn(value))
+                    except Exception as error:
+                        ctx.dead_letter(batch.event(i, take=True), stage, error)
+                        continue
+                    hold = batch.hold(i)
+                    if not produced:
+                        metrics.dropped += 1
+                        batch.end_row(i)
+                        continue
+                    # one more end is owed per extra output
+                    retain_hold(hold, len(produced) - 1)
+                    for out in produced:
+                        rows.append(i)
+                        values.append(out)
+                        holds.append(hold)
+                if values:
+                    derived = batch.take(rows)
+                    derived.values = values
+                    derived.holds = holds
+                    metrics.events_out += len(values)
+                    emit(derived)
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("flat_map", build, name)
+
+
+def tap(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
+    """Call ``fn(value)`` for its side effect; events pass unchanged.
+
+    A raising ``fn`` sends that event to dead letters.
+    """
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                _, ok = _apply(batch, fn, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                if batch.values:
+                    metrics.events_out += len(batch.values)
+                    emit(batch)
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("tap", build, name)

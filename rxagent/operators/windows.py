@@ -1,0 +1,195 @@
+"""Windows: group events per key and emit one aggregate per window.
+
+A window *folds* the events it takes in (see :mod:`rxagent.flow`): their credit
+returns to the source at once, so a window larger than the source's credit
+cannot stall the pipeline, but their completion waits until the aggregate the
+window emits has ended. The commit watermark therefore never passes an event
+whose window has not been processed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reactivex import Observable
+
+from ..events import Batch, Hold, end_hold, fold_holds
+from ..exceptions import ConfigurationError
+from ..flow import Ticket
+from .aggregate import Aggregation, collect, resolve_aggregation
+from .base import BatchHandler, Emit, Operator, batch_stage
+from .transform import _apply, to_key_function
+
+__all__ = ["Window", "count_window"]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a window emits: its key, the aggregate ``value``, how many events it
+    held, and the (event or processing) time of its first and last event."""
+
+    key: Hashable
+    value: Any
+    count: int
+    start: float | None
+    end: float | None
+
+    def __getitem__(self, field: str) -> Any:
+        """``window["value"]``: so field-name keys work on windows as on dicts."""
+        if field not in self.__slots__:
+            raise KeyError(field)
+        return getattr(self, field)
+
+
+class _KeyWindow:
+    __slots__ = ("end", "mark", "mark_batch", "position", "start", "tickets", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.tickets: dict[Ticket, int] = {}
+        self.mark = 0
+        self.mark_batch: Batch | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.position: int | None = None
+
+    def settle(self, ticket: Ticket | None) -> None:
+        """Count the rows added since ``mark`` against ``ticket``."""
+        added = len(self.values) - self.mark
+        if added and ticket is not None:
+            self.tickets[ticket] = self.tickets.get(ticket, 0) + added
+        self.mark = len(self.values)
+
+    def hold(self) -> Hold:
+        return tuple(self.tickets.items()) if self.tickets else None
+
+
+def count_window(
+    size: int,
+    *,
+    key: str | int | Callable[[Any], Hashable] | None = None,
+    agg: Aggregation | Mapping[str, Aggregation] | None = None,
+    emit_partial: bool = True,
+    name: str | None = None,
+) -> Operator:
+    """Count windows of ``size`` events per key; each emits a :class:`Window`
+    whose ``value`` is ``agg`` over the window's values (default: the list).
+
+    ``key`` is a field name or function of the value; without it the event's key
+    is used (``key_by``), and events without keys share one window. On completion
+    the partial windows are emitted unless ``emit_partial=False``.
+
+    ::
+
+        --a--b--c--d--e--|   count_window(2)
+        -----x-----y-----(z|)   x=[a,b], y=[c,d], z=[e]
+    """
+    if size < 1:
+        raise ConfigurationError(f"count_window size must be >= 1, got {size}")
+    aggregation = resolve_aggregation(agg) if agg is not None else collect()
+    key_fn = None if key is None else to_key_function(key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def __init__(self) -> None:
+                self.windows: dict[Hashable, _KeyWindow] = {}
+                self.last_batch: Batch | None = None
+
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                ctx = batch.ctx
+                metrics = ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                if key_fn is not None:
+                    keys, ok = _apply(batch, key_fn, stage)
+                    if ok:
+                        rows = [i for i, good in enumerate(ok) if good]
+                        batch = batch.take(rows)
+                        keys = [keys[i] for i in rows]
+                    key_iter: Any = keys
+                elif batch.keys is not None:
+                    key_iter = batch.keys
+                else:
+                    key_iter = itertools.repeat(None)
+                self.last_batch = batch
+                values = batch.values
+                single = batch.holds is None
+                ticket = batch.ticket
+                times = batch.times
+                positions = batch.positions
+                now = batch.time
+                windows = self.windows
+                touched: list[_KeyWindow] = []
+                out: list[tuple[Window, Hold, int | None]] = []
+                for i, (k, v) in enumerate(zip(key_iter, values)):
+                    w = windows.get(k)
+                    if w is None:
+                        w = windows[k] = _KeyWindow()
+                    if single:
+                        if w.mark_batch is not batch:
+                            w.mark_batch = batch
+                            w.mark = len(w.values)
+                            touched.append(w)
+                    else:
+                        fold_holds((batch.holds[i],), w.tickets)  # type: ignore[index]
+                    t = now if times is None else times[i]
+                    if not w.values:
+                        w.start = t
+                    w.end = t
+                    if positions is not None:
+                        w.position = positions[i]
+                    w.values.append(v)
+                    if len(w.values) >= size:
+                        if single:
+                            w.settle(ticket)
+                        out.append(self._close(k, w))
+                        w.mark = 0
+                for w in touched:
+                    w.settle(ticket)
+                    w.mark_batch = None
+                if single and ticket is not None:
+                    ticket.fold(len(values))
+                if out:
+                    metrics.events_out += len(out)
+                    emit(self._batch(batch, out))
+
+            def _close(self, k: Hashable, w: _KeyWindow) -> tuple[Window, Hold, int | None]:
+                result = Window(k, aggregation(w.values), len(w.values), w.start, w.end)
+                row = (result, w.hold(), w.position)
+                w.values = []
+                w.tickets = {}
+                return row
+
+            def _batch(self, like: Batch, rows: list[tuple[Window, Hold, int | None]]) -> Batch:
+                return Batch(
+                    [r[0] for r in rows],
+                    ctx=like.ctx,
+                    source=like.source,
+                    time=like.time,
+                    holds=[r[1] for r in rows],
+                    keys=[r[0].key for r in rows],
+                    times=[r[0].end for r in rows],
+                    positions=None if like.positions is None else [r[2] for r in rows],
+                    partition=like.partition,
+                )
+
+            def on_completed(self, emit: Emit) -> None:
+                like = self.last_batch
+                if like is None:
+                    return
+                rows = [self._close(k, w) for k, w in self.windows.items() if w.values]
+                self.windows.clear()
+                if not rows:
+                    return
+                if emit_partial:
+                    like.ctx.stage(stage).events_out += len(rows)
+                    emit(self._batch(like, rows))
+                else:
+                    for _, hold, _ in rows:
+                        end_hold(hold)
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("count_window", build, name)

@@ -1,0 +1,477 @@
+"""Pipelines and the app that runs them, all on one asyncio event loop.
+
+A :class:`Pipeline` is a source, operators (``pipe``) and sinks (``to``)::
+
+    store = StateStore("prices")
+    pipeline = (
+        Pipeline("ticks", sources.memory(ticks))
+        .pipe(ops.filter(lambda v: v["px"] > 0), ops.key_by("sym"))
+        .to(store.sink())
+    )
+    await pipeline.run()
+
+Lifecycle: ``created -> starting -> running -> (draining) -> stopped``, or
+``failed`` with the error. A pipeline whose source is exhausted completes on its
+own once every event has ended. :meth:`Pipeline.drain` stops reading, lets the
+work in flight end within a timeout, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reactivex import Observable
+from reactivex.abc import DisposableBase, SchedulerBase
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+from reactivex.subject import Subject
+
+from .context import PipelineContext
+from .events import Batch
+from .exceptions import ConfigurationError, PipelineError
+from .flow import Flow
+from .operators.base import Operator
+from .sinks.base import Sink
+from .sinks.deadletters import DeadLetterSink
+from .sources.base import Emitter, Source
+
+__all__ = ["App", "Pipeline", "PipelineState", "PipelineStatus"]
+
+log = logging.getLogger("rxagent")
+
+RxOperator = Callable[[Observable[Any]], Observable[Any]]
+
+
+class PipelineState(enum.StrEnum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """A pipeline's state and counters at one moment."""
+
+    name: str
+    state: PipelineState
+    completed: bool = False
+    last_error: str | None = None
+    failed_stage: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    flow: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started_at: float | None = None
+    stopped_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "completed": self.completed,
+            "last_error": self.last_error,
+            "failed_stage": self.failed_stage,
+            "source": self.source,
+            "flow": self.flow,
+            "stages": self.stages,
+            "sinks": self.sinks,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
+        }
+
+
+class Pipeline:
+    """One source, a chain of operators, one or more sinks.
+
+    ``fail_fast=True`` turns the first error of a user function into a pipeline
+    failure (for tests); by default the event goes to ``dead_letters`` and the
+    stream goes on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Source,
+        *,
+        dead_letters: DeadLetterSink | None = None,
+        fail_fast: bool = False,
+    ) -> None:
+        if not isinstance(source, Source):
+            raise ConfigurationError(
+                f"pipeline {name!r} needs a Source (rxagent.sources), got {source!r}"
+            )
+        self.name = name
+        self.source = source
+        self.fail_fast = fail_fast
+        self.dead_letters = dead_letters
+        self._operators: list[RxOperator] = []
+        self._stage_names: set[str] = set()
+        self._sinks: list[Sink] = []
+        self.state = PipelineState.CREATED
+        self.flow: Flow | None = None
+        self.ctx: PipelineContext | None = None
+        self._error: BaseException | None = None
+        self._failed_stage: str | None = None
+        self._completed = False
+        self._subscription: DisposableBase | None = None
+        self._source_task: asyncio.Task[None] | None = None
+        self._finish_task: asyncio.Task[None] | None = None
+        self._done: asyncio.Event | None = None
+        self._stream_ended = False
+        self._started_at: float | None = None
+        self._stopped_at: float | None = None
+
+    # -- composition -------------------------------------------------------------
+
+    def pipe(self, *operators: RxOperator) -> Pipeline:
+        """Append operators. rxagent operators get unique step names here."""
+        self._check_unstarted("pipe")
+        for op in operators:
+            if isinstance(op, Operator):
+                op = op.named(self._unique(op.name or op.kind))
+            elif not callable(op):
+                raise ConfigurationError(f"pipeline {self.name!r}: {op!r} is not an operator")
+            self._operators.append(op)
+        return self
+
+    def to(self, *sinks: Sink) -> Pipeline:
+        """Add sinks; every event reaches each of them."""
+        self._check_unstarted("to")
+        for sink in sinks:
+            if not isinstance(sink, Sink):
+                raise ConfigurationError(
+                    f"pipeline {self.name!r}: {sink!r} is not a Sink (rxagent.sinks)"
+                )
+            if sink.name in {s.name for s in self._sinks}:
+                sink.name = self._unique(sink.name)
+            self._sinks.append(sink)
+        return self
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return list(self._sinks)
+
+    @property
+    def stage_names(self) -> list[str]:
+        names = [op.name or op.kind for op in self._operators if isinstance(op, Operator)]
+        return names + [s.name for s in self._sinks]
+
+    def _unique(self, base: str) -> str:
+        candidate, n = base, 1
+        while candidate in self._stage_names:
+            n += 1
+            candidate = f"{base}#{n}"
+        self._stage_names.add(candidate)
+        return candidate
+
+    def _check_unstarted(self, what: str) -> None:
+        if self.state is not PipelineState.CREATED:
+            raise ConfigurationError(
+                f"pipeline {self.name!r} is {self.state}: {what}() only works before start()"
+            )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, *, scheduler: SchedulerBase | None = None) -> None:
+        """Subscribe the chain and start reading the source."""
+        self._check_unstarted("start")
+        if not self._sinks:
+            raise ConfigurationError(
+                f"pipeline {self.name!r} has no sink: add one with .to(...), "
+                "for example a StateStore's .sink() or sinks.ListSink()"
+            )
+        self.state = PipelineState.STARTING
+        self._started_at = time.time()
+        loop = asyncio.get_running_loop()
+        sched = scheduler if scheduler is not None else AsyncIOScheduler(loop)
+        self._done = asyncio.Event()
+        self.flow = Flow(self.source.name, self.source.credit)
+        self.ctx = ctx = PipelineContext(
+            self.name,
+            scheduler=sched,
+            dead_letters=self.dead_letters,
+            fail_fast=self.fail_fast,
+            on_failure=self._fail,
+        )
+        self.dead_letters = ctx.dead_letters
+        for sink in self._sinks:
+            sink.bind(ctx)
+        subject: Subject[Batch] = Subject()
+        stream: Observable[Batch] = subject.pipe(*self._operators) if self._operators else subject
+        self._subscription = stream.subscribe(
+            on_next=self._dispatch,
+            on_error=self._on_stream_error,
+            on_completed=self._on_stream_completed,
+            scheduler=sched,
+        )
+        emitter = Emitter(self.source.name, self.flow, ctx, subject.on_next)
+        self._source_task = asyncio.create_task(
+            self._run_source(emitter, subject), name=f"rxagent-source-{self.name}"
+        )
+        self.state = PipelineState.RUNNING
+        log.info("pipeline %r started (source %s)", self.name, self.source.describe())
+
+    async def _run_source(self, emitter: Emitter, subject: Subject[Batch]) -> None:
+        try:
+            await self.source.run(emitter)
+        except asyncio.CancelledError:
+            # drain: stop reading, then let the stream complete so windows flush
+            if not self._stream_ended:
+                subject.on_completed()
+            return
+        except Exception as error:
+            self._fail(error, self.source.name)
+            return
+        if not self._stream_ended:
+            subject.on_completed()
+
+    def _dispatch(self, batch: Batch) -> None:
+        sinks = self._sinks
+        if len(sinks) > 1:
+            batch.retain(len(sinks) - 1)
+        for sink in sinks:
+            try:
+                sink.on_batch(batch)
+            except Exception as error:
+                self._fail(error, sink.name)
+
+    def _on_stream_error(self, error: Exception) -> None:
+        stage = getattr(error, "stage", None)
+        self._fail(error, stage)
+
+    def _on_stream_completed(self) -> None:
+        self._stream_ended = True
+        for sink in self._sinks:
+            try:
+                sink.on_completed()
+            except Exception as error:
+                self._fail(error, sink.name)
+                return
+        self._finish_task = asyncio.get_running_loop().create_task(self._finish())
+
+    async def _finish(self) -> None:
+        """After the stream ended: wait for the sinks' work and every event's end."""
+        try:
+            for sink in self._sinks:
+                await sink.drain()
+            assert self.flow is not None
+            await self.flow.idle()
+        except Exception as error:
+            self._fail(error, None)
+            return
+        if self.state in (PipelineState.RUNNING, PipelineState.DRAINING):
+            self._completed = self.state is PipelineState.RUNNING
+            self._set_stopped(PipelineState.STOPPED)
+
+    def _fail(self, error: BaseException, stage: str | None) -> None:
+        if self.state in (PipelineState.FAILED, PipelineState.STOPPED):
+            log.debug("pipeline %r: error after stop ignored: %r", self.name, error)
+            return
+        self._error = error
+        self._failed_stage = stage
+        if stage is not None and self.ctx is not None:
+            self.ctx.stage(stage).record_error(error)
+        log.error(
+            "pipeline %r failed in %s: %s: %s",
+            self.name,
+            repr(stage) if stage else "the stream",
+            type(error).__name__,
+            error,
+        )
+        self._set_stopped(PipelineState.FAILED)
+        if self._source_task is not None and not self._source_task.done():
+            self._source_task.cancel()
+        asyncio.get_running_loop().create_task(self._close_sinks())
+
+    async def _close_sinks(self) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.aclose()
+            except Exception:
+                log.exception("closing sink %r of pipeline %r failed", sink.name, self.name)
+
+    def _set_stopped(self, state: PipelineState) -> None:
+        self.state = state
+        self._stopped_at = time.time()
+        if self._subscription is not None and state is PipelineState.FAILED:
+            self._subscription.dispose()
+        if self._done is not None:
+            self._done.set()
+
+    async def wait(self) -> PipelineStatus:
+        """Wait until the pipeline stopped or failed; returns its status."""
+        if self._done is None:
+            raise ConfigurationError(f"pipeline {self.name!r} was not started")
+        await self._done.wait()
+        return self.status()
+
+    async def drain(self, timeout: float = 10.0) -> PipelineStatus:
+        """Stop reading; let in-flight work end within ``timeout`` s; cancel the rest."""
+        if self.state is not PipelineState.RUNNING:
+            return self.status()
+        self.state = PipelineState.DRAINING
+        log.info("pipeline %r draining (timeout %.1fs)", self.name, timeout)
+        task = self._source_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert self._done is not None
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            pending = self.flow.pending if self.flow is not None else 0
+            log.warning(
+                "pipeline %r: drain timed out after %.1fs with %d events pending; cancelling",
+                self.name,
+                timeout,
+                pending,
+            )
+            await self._close_sinks()
+            if self._finish_task is not None:
+                self._finish_task.cancel()
+            if self.state is PipelineState.DRAINING:
+                self._set_stopped(PipelineState.STOPPED)
+        return self.status()
+
+    async def stop(self) -> PipelineStatus:
+        """Stop now: like :meth:`drain` with no time for in-flight work."""
+        return await self.drain(timeout=0.0)
+
+    async def run(self, *, timeout: float | None = None, drain_timeout: float = 10.0) -> PipelineStatus:
+        """Start, wait until the source is exhausted and every event ended, return status.
+
+        With ``timeout``, drain after that many seconds. Raises
+        :class:`PipelineError` if the pipeline failed.
+        """
+        if self.state is PipelineState.CREATED:
+            await self.start()
+        assert self._done is not None
+        if timeout is None:
+            await self._done.wait()
+        else:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._done.wait()), timeout)
+            except TimeoutError:
+                await self.drain(drain_timeout)
+        status = self.status()
+        if status.state is PipelineState.FAILED:
+            raise PipelineError(
+                f"pipeline {self.name!r} failed"
+                + (f" in stage {self._failed_stage!r}" if self._failed_stage else "")
+                + f": {status.last_error}",
+                pipeline=self.name,
+                stage=self._failed_stage,
+            ) from self._error
+        return status
+
+    # -- status ------------------------------------------------------------------
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def status(self) -> PipelineStatus:
+        ctx = self.ctx
+        stages: dict[str, dict[str, Any]] = {}
+        if ctx is not None:
+            stages = {name: m.as_dict() for name, m in ctx.metrics.items()}
+        return PipelineStatus(
+            name=self.name,
+            state=self.state,
+            completed=self._completed,
+            last_error=None if self._error is None else f"{type(self._error).__name__}: {self._error}",
+            failed_stage=self._failed_stage,
+            source=self.source.describe(),
+            flow=self.flow.stats().as_dict() if self.flow is not None else {},
+            stages=stages,
+            sinks={s.name: s.describe() for s in self._sinks},
+            started_at=self._started_at,
+            stopped_at=self._stopped_at,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name!r} {self.state}>"
+
+
+class App:
+    """Several pipelines on one event loop, started, drained and watched together."""
+
+    def __init__(self, pipelines: Iterable[Pipeline] = (), *, name: str = "rxagent") -> None:
+        self.name = name
+        self.pipelines: dict[str, Pipeline] = {}
+        for p in pipelines:
+            self.add(p)
+        self._stop_requested: asyncio.Event | None = None
+
+    def add(self, pipeline: Pipeline) -> Pipeline:
+        if pipeline.name in self.pipelines:
+            raise ConfigurationError(f"app {self.name!r} has a pipeline {pipeline.name!r} already")
+        self.pipelines[pipeline.name] = pipeline
+        return pipeline
+
+    def pipeline(self, name: str, source: Source, **options: Any) -> Pipeline:
+        """Create a pipeline in this app (``app.pipeline("x", src).pipe(...).to(...)``)."""
+        return self.add(Pipeline(name, source, **options))
+
+    async def start(self) -> None:
+        for p in self.pipelines.values():
+            await p.start()
+
+    async def wait(self) -> dict[str, PipelineStatus]:
+        await asyncio.gather(*(p.wait() for p in self.pipelines.values()))
+        return self.status()
+
+    async def drain(self, timeout: float = 10.0) -> dict[str, PipelineStatus]:
+        await asyncio.gather(*(p.drain(timeout) for p in self.pipelines.values()))
+        return self.status()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to drain and return (what SIGINT and SIGTERM do)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def run(
+        self,
+        *,
+        duration: float | None = None,
+        drain_timeout: float = 10.0,
+        handle_signals: bool = False,
+    ) -> dict[str, PipelineStatus]:
+        """Start all pipelines; return when all stopped, after ``duration`` seconds,
+        or on a stop request (SIGINT/SIGTERM with ``handle_signals``), draining first."""
+        self._stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.request_stop)
+                    installed.append(sig)
+        try:
+            await self.start()
+            all_done = asyncio.ensure_future(self.wait())
+            stop = asyncio.ensure_future(self._stop_requested.wait())
+            waiters: set[asyncio.Future[Any]] = {all_done, stop}
+            await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not all_done.done():
+                await self.drain(drain_timeout)
+                all_done.cancel()
+            return self.status()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def status(self) -> dict[str, PipelineStatus]:
+        return {name: p.status() for name, p in self.pipelines.items()}

@@ -1,0 +1,29 @@
+"""Sinks: where events end. State stores, tool activations, recordings, dead letters."""
+
+from .base import CallbackSink, ListSink, Sink
+from .deadletters import (
+    DeadLetter,
+    DeadLetterSink,
+    JsonlDeadLetters,
+    MemoryDeadLetters,
+    read_dead_letters,
+)
+from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
+
+__all__ = [
+    "DELETE",
+    "CallbackSink",
+    "ChangeSet",
+    "DeadLetter",
+    "DeadLetterSink",
+    "Entry",
+    "JsonlDeadLetters",
+    "ListSink",
+    "MemoryDeadLetters",
+    "Sink",
+    "Snapshot",
+    "StateChange",
+    "StateSink",
+    "StateStore",
+    "read_dead_letters",
+]

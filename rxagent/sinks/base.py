@@ -1,0 +1,103 @@
+"""What every sink is, and the two simplest ones.
+
+A sink receives batches on the event loop and must *end* every row it gets,
+now (a state update, a list append) or when its work for the row is over (a
+tool call). ``on_batch`` must not raise for a bad row: route it with
+``batch.ctx.dead_letter(...)``. Anything it does raise fails the pipeline
+loudly rather than stopping it silently.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+from ..context import PipelineContext
+from ..events import Batch, Event
+
+__all__ = ["CallbackSink", "ListSink", "Sink"]
+
+
+class Sink(abc.ABC):
+    """Base of all sinks. Example::
+
+        class PrintSink(Sink):
+            kind = "print"
+
+            def on_batch(self, batch: Batch) -> None:
+                for value in batch.values:
+                    print(value)
+                batch.end_all()
+    """
+
+    kind = "sink"
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.kind
+        self.ctx: PipelineContext | None = None
+
+    def bind(self, ctx: PipelineContext) -> None:
+        """Called once when the pipeline starts, before the first batch."""
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def on_batch(self, batch: Batch) -> None:
+        """Take a batch; end each row now or when its work is over."""
+
+    def on_completed(self) -> None:  # noqa: B027 - optional hook
+        """The stream ended: no batch follows."""
+
+    async def drain(self) -> None:  # noqa: B027 - optional hook
+        """Wait until the work this sink started has ended."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Cancel whatever work is left (called when a drain times out or on stop)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class ListSink(Sink):
+    """Collects the events it receives (for tests and notebooks)."""
+
+    kind = "list"
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self.events: list[Event] = []
+        self.completed = False
+
+    def on_batch(self, batch: Batch) -> None:
+        self.events.extend(batch.events())
+        batch.end_all()
+
+    def on_completed(self) -> None:
+        self.completed = True
+
+    @property
+    def values(self) -> list[Any]:
+        return [ev.value for ev in self.events]
+
+
+class CallbackSink(Sink):
+    """Calls ``fn(value)`` for every event; a raising call dead-letters that event."""
+
+    kind = "callback"
+
+    def __init__(self, fn: Callable[[Any], Any], name: str | None = None) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def on_batch(self, batch: Batch) -> None:
+        fn = self.fn
+        for i, value in enumerate(batch.values):
+            try:
+                fn(value)
+            except Exception as error:
+                batch.ctx.dead_letter(batch.event(i, take=True), self.name, error)
+            else:
+                batch.end_row(i)

@@ -1,0 +1,118 @@
+"""What every source is: an async ``run`` that emits batches while it holds credit.
+
+A source never pushes more than it was granted: it awaits
+:meth:`Emitter.credit`, reads at most that many events, and emits them. When a
+slow sink holds the credit, the source stops reading, so the backlog stays in
+the broker or the socket, not in memory.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+from ..context import PipelineContext
+from ..events import Batch
+from ..exceptions import ConfigurationError
+from ..flow import Flow
+
+__all__ = ["Emitter", "Source"]
+
+
+class Emitter:
+    """The runtime's side of a source: credit to await and a way to emit batches."""
+
+    __slots__ = ("ctx", "flow", "name", "_push")
+
+    def __init__(
+        self, name: str, flow: Flow, ctx: PipelineContext, push: Callable[[Batch], None]
+    ) -> None:
+        self.name = name
+        self.flow = flow
+        self.ctx = ctx
+        self._push = push
+
+    async def credit(self, want: int) -> int:
+        """Wait until credit is free and take up to ``want`` (at least 1)."""
+        return await self.flow.acquire(want)
+
+    def give_back(self, n: int) -> None:
+        """Return credit taken but not used."""
+        self.flow.give_back(n)
+
+    def emit(
+        self,
+        values: list[Any],
+        *,
+        keys: list[Hashable] | None = None,
+        times: list[float | None] | None = None,
+        positions: Sequence[int] | None = None,
+        headers: list[Mapping[str, Any] | None] | None = None,
+        partition: Hashable = None,
+    ) -> None:
+        """Emit ``values`` (with optional columns of the same length) as one batch.
+
+        The caller must hold credit for ``len(values)`` events. ``positions`` must be
+        increasing within a partition across batches: they drive the watermark.
+        """
+        n = len(values)
+        if n == 0:
+            return
+        first = last = None
+        if positions is not None:
+            first, last = positions[0], positions[-1]
+        ticket = self.flow.ticket(n, partition, first, last)
+        batch = Batch(
+            values,
+            ctx=self.ctx,
+            source=self.name,
+            time=self.ctx.now(),
+            ticket=ticket,
+            keys=keys,
+            times=times,
+            positions=positions,
+            headers=headers,
+            partition=partition,
+        )
+        self._push(batch)
+
+
+class Source(abc.ABC):
+    """Base of all sources. Subclasses implement :meth:`run`.
+
+    ``credit`` bounds the events in flight from this source; ``batch_size`` bounds
+    one emission. Example::
+
+        class Countdown(Source):
+            kind = "countdown"
+
+            async def run(self, out: Emitter) -> None:
+                n = 10
+                while n:
+                    k = await out.credit(n)
+                    out.emit(list(range(n, n - k, -1)))
+                    n -= k
+    """
+
+    kind = "source"
+
+    def __init__(self, name: str | None = None, *, credit: int = 4096, batch_size: int = 512):
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        if credit < 1:
+            raise ConfigurationError(f"credit must be >= 1, got {credit}")
+        self.name = name or self.kind
+        self.credit = credit
+        self.batch_size = min(batch_size, credit)
+
+    @abc.abstractmethod
+    async def run(self, out: Emitter) -> None:
+        """Emit batches until the source is exhausted (return) or cancelled."""
+
+    def describe(self) -> dict[str, Any]:
+        """What status and logs show of this source (never secrets)."""
+        return {"kind": self.kind, "name": self.name, "credit": self.credit}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
