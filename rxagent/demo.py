@@ -55,10 +55,8 @@ async def paced(items: Iterator[str], rate: float) -> AsyncIterator[str]:
     """Yield ``items`` at about ``rate`` per second (in bursts every 10 ms)."""
     burst = max(1, int(rate / 100))
     start = time.monotonic()
-    sent = 0
-    for item in items:
+    for sent, item in enumerate(items, 1):
         yield item
-        sent += 1
         if sent % burst == 0:
             delay = start + sent / rate - time.monotonic()
             await asyncio.sleep(max(0.0, delay))
@@ -106,7 +104,10 @@ def _table(store: StateStore, status: PipelineStatus, dead: MemoryDeadLetters) -
         table.add_column(col, justify="right" if col != "symbol" else "left")
     for sym, row in sorted(store.snapshot.to_dict().items()):
         table.add_row(
-            str(sym), f"{row['last']:.2f}", f"{row['vwap']:.2f}", f"{row['move_pct']:+.3f}",
+            str(sym),
+            f"{row['last']:.2f}",
+            f"{row['vwap']:.2f}",
+            f"{row['move_pct']:+.3f}",
             str(row["ticks"]),
         )
     flow = status.flow
@@ -128,14 +129,20 @@ async def run_demo(*, duration: float, rate: float, seed: int, live: bool) -> Pi
     await pipeline.start()
     deadline = time.monotonic() + duration
     if live:
-        with Live(_table(store, pipeline.status(), dead), console=console, refresh_per_second=8) as view:
+        with Live(
+            _table(store, pipeline.status(), dead), console=console, refresh_per_second=8
+        ) as view:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.125)
                 view.update(_table(store, pipeline.status(), dead))
     else:
         while time.monotonic() < deadline:
             await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            console.print(f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "), soft_wrap=True, markup=False)
+            console.print(
+                f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "),
+                soft_wrap=True,
+                markup=False,
+            )
     status = await pipeline.drain(timeout=5)
     console.print(_table(store, status, dead))
     console.print("LLM context:\n" + store.context(600), soft_wrap=True, markup=False)

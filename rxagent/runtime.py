@@ -348,7 +348,9 @@ class Pipeline:
         """Stop now: like :meth:`drain` with no time for in-flight work."""
         return await self.drain(timeout=0.0)
 
-    async def run(self, *, timeout: float | None = None, drain_timeout: float = 10.0) -> PipelineStatus:
+    async def run(
+        self, *, timeout: float | None = None, drain_timeout: float = 10.0
+    ) -> PipelineStatus:
         """Start, wait until the source is exhausted and every event ended, return status.
 
         With ``timeout``, drain after that many seconds. Raises
@@ -390,7 +392,9 @@ class Pipeline:
             name=self.name,
             state=self.state,
             completed=self._completed,
-            last_error=None if self._error is None else f"{type(self._error).__name__}: {self._error}",
+            last_error=None
+            if self._error is None
+            else f"{type(self._error).__name__}: {self._error}",
             failed_stage=self._failed_stage,
             source=self.source.describe(),
             flow=self.flow.stats().as_dict() if self.flow is not None else {},
@@ -452,7 +456,7 @@ class App:
         or on a stop request (SIGINT/SIGTERM with ``handle_signals``), draining first."""
         self._stop_requested = asyncio.Event()
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

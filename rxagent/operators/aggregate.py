@@ -87,9 +87,9 @@ def last(field: str | int | None = None) -> Aggregation:
     getter = None if field is None else itemgetter(field)
     return Aggregation(
         f"last({field})",
-        lambda values: None
-        if not values
-        else (values[-1] if getter is None else getter(values[-1])),
+        lambda values: (
+            None if not values else (values[-1] if getter is None else getter(values[-1]))
+        ),
     )
 
 

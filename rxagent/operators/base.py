@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 import reactivex as rx
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
@@ -103,5 +102,3 @@ def batch_stage(
         return CompositeDisposable(subscription, Disposable(handler.dispose))
 
     return rx.create(subscribe)
-
-

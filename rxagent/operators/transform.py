@@ -63,7 +63,7 @@ def _without_failed(batch: Batch, ok: list[bool]) -> Batch:
     return batch.take(keep)
 
 
-def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Operator:  # noqa: A001
+def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Operator:
     """Keep the events whose value satisfies ``predicate``; end the others.
 
     ::
@@ -95,7 +95,7 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
     return Operator("filter", build, name)
 
 
-def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:  # noqa: A001
+def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
     """Replace each event's value by ``fn(value)``; key, time and position stay.
 
     ::
@@ -147,9 +147,7 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
     return Operator("key_by", build, name)
 
 
-def event_time(
-    time: str | Callable[[Any], float | None], *, name: str | None = None
-) -> Operator:
+def event_time(time: str | Callable[[Any], float | None], *, name: str | None = None) -> Operator:
     """Set each event's event time (epoch seconds) from its value."""
     time_fn = to_key_function(time)
 

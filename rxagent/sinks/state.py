@@ -257,9 +257,7 @@ class StateStore:
         """What changed after ``version`` (0: everything). Pass the returned
         ``version`` next time to get only what is new."""
         snap = self._snapshot
-        changed = {
-            k: e for k, e in snap._entries.items() if e.version > version
-        }
+        changed = {k: e for k, e in snap._entries.items() if e.version > version}
         deleted = [k for k, v in snap._tombstones.items() if v > version]
         return ChangeSet(self.name, version, snap.version, changed, deleted)
 
@@ -288,7 +286,8 @@ class StateStore:
         used = len(lines[0])
         omitted: list[Hashable] = []
         for i, entry in enumerate(entries):
-            line = f"{_key_text(entry.key)}: {_compact(entry.value)} ({_ago(max(0.0, now - entry.wall_time))})"
+            age = _ago(max(0.0, now - entry.wall_time))
+            line = f"{_key_text(entry.key)}: {_compact(entry.value)} ({age})"
             remaining = len(entries) - i - 1
             # keep room for the omission line should anything after this be left out
             reserve = len(f"... {len(entries)} more keys omitted") + 1 if remaining else 0
@@ -326,7 +325,7 @@ class StateStore:
     ) -> list[StateChange]:
         """Apply ``(key, new value or DELETE, event time, position)`` updates as one
         version. Returns the changes applied (replays are skipped)."""
-        return self._apply(((k, lambda _old, v=v: v, t, p) for k, v, t, p in updates))
+        return self._apply((k, _constant(v), t, p) for k, v, t, p in updates)
 
     def _apply(
         self,
@@ -366,14 +365,17 @@ class StateStore:
                     tombstones = tombstones.delete(key)
                 changes.append(
                     StateChange(
-                        key, None if old is None else old.value, new_value, version, event_time, wall
+                        key,
+                        None if old is None else old.value,
+                        new_value,
+                        version,
+                        event_time,
+                        wall,
                     )
                 )
             if not changes:
                 return changes
-            self._snapshot = new = Snapshot(
-                self.name, version, entries.finish(), tombstones, wall
-            )
+            self._snapshot = new = Snapshot(self.name, version, entries.finish(), tombstones, wall)
         self._changes.on_next(new)
         self._updates.on_next(changes)
         return changes
@@ -397,6 +399,10 @@ class StateStore:
 
     def __repr__(self) -> str:
         return f"<StateStore {self.name!r} v{self.version} keys={len(self)}>"
+
+
+def _constant(value: Any) -> Callable[[Any], Any]:
+    return lambda _old: value
 
 
 def _not_newer(position: Position, last: Position | None) -> bool:

@@ -1,0 +1,5 @@
+"""Placeholder replaced once the tool activation sink lands."""
+
+
+def main() -> None:
+    print("backpressure benchmark: pending the tool activation sink")
