@@ -26,9 +26,7 @@ def main(verbose: int) -> None:
 @click.option("--duration", type=float, default=8.0, show_default=True, help="Seconds to run.")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Ticks per second.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the feed.")
-@click.option(
-    "--live/--no-live", default=None, help="Live table (default: when on a terminal)."
-)
+@click.option("--live/--no-live", default=None, help="Live table (default: when on a terminal).")
 def demo(duration: float, rate: float, seed: int, live: bool | None) -> None:
     """Run the market-feed demo on an embedded simulated feed (no network)."""
     from .demo import run_demo

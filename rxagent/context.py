@@ -137,7 +137,9 @@ class PipelineContext:
                 stage=stage,
             ) from (error if isinstance(error, BaseException) else None)
         try:
-            self.dead_letters.put(DeadLetter.from_error(event, stage, error, pipeline=self.pipeline))
+            self.dead_letters.put(
+                DeadLetter.from_error(event, stage, error, pipeline=self.pipeline)
+            )
         except Exception:  # a broken dead-letter sink must not stop the stream
             log.exception("dead-letter sink of pipeline %r failed", self.pipeline)
         finally:

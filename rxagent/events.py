@@ -273,7 +273,12 @@ class Batch:
         values = [self.values[i] for i in indices]
         holds = None if self.holds is None else [self.holds[i] for i in indices]
         return self._derive(
-            values, pick(self.keys), pick(self.times), pick(self.positions), pick(self.headers), holds
+            values,
+            pick(self.keys),
+            pick(self.times),
+            pick(self.positions),
+            pick(self.headers),
+            holds,
         )
 
     def _derive(

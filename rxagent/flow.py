@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable
+
 from .exceptions import ConfigurationError, FlowError
 
 __all__ = ["Flow", "FlowStats", "Ticket"]

@@ -127,6 +127,7 @@ def count_window(
                 now = batch.time
                 windows = self.windows
                 out: list[tuple[Window, Hold, int | None]] = []
+                closed_at: list[int] = []  # row that closed each window, to keep arrival order
                 for k, rows_of_key in groups.items():
                     w = windows.get(k)
                     if w is None:
@@ -154,8 +155,11 @@ def count_window(
                             w.position = positions[last]
                         if len(w.values) >= size:
                             out.append(self._close(k, w))
+                            closed_at.append(last)
                 if ticket is not None:
                     ticket.fold(n)
+                if len(out) > 1:
+                    out = [row for _, row in sorted(zip(closed_at, out), key=itemgetter(0))]
                 if out:
                     metrics.events_out += len(out)
                     emit(self._batch(batch, out))

@@ -22,13 +22,13 @@ __all__ = ["CallbackSink", "ListSink", "Sink"]
 class Sink(abc.ABC):
     """Base of all sinks. Example::
 
-        class PrintSink(Sink):
-            kind = "print"
+    class PrintSink(Sink):
+        kind = "print"
 
-            def on_batch(self, batch: Batch) -> None:
-                for value in batch.values:
-                    print(value)
-                batch.end_all()
+        def on_batch(self, batch: Batch) -> None:
+            for value in batch.values:
+                print(value)
+            batch.end_all()
     """
 
     kind = "sink"

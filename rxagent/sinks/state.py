@@ -452,12 +452,17 @@ class StateSink(Sink):
         key_fn = self.key_fn
         for i, value in enumerate(batch.values):
             try:
-                k = key_fn(value) if key_fn is not None else (None if keys is None else keys[i])
-                if k is None:
+                if key_fn is not None:
+                    k = key_fn(value)
+                elif keys is not None:
+                    k = keys[i]
+                else:
                     raise StateError(
                         f"event has no key for state {self.store.name!r}: add ops.key_by(...) "
                         "before this sink or pass key= to store.sink()"
                     )
+                if k is None:
+                    raise StateError(f"key of event for state {self.store.name!r} is None")
             except Exception as error:
                 failed.add(i)
                 ctx.dead_letter(batch.event(i, take=True), self.name, error)

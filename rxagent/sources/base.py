@@ -23,7 +23,7 @@ __all__ = ["Emitter", "Source"]
 class Emitter:
     """The runtime's side of a source: credit to await and a way to emit batches."""
 
-    __slots__ = ("ctx", "flow", "name", "_push")
+    __slots__ = ("_push", "ctx", "flow", "name")
 
     def __init__(
         self, name: str, flow: Flow, ctx: PipelineContext, push: Callable[[Batch], None]

@@ -1,0 +1,146 @@
+"""Credit and completion watermarks (rxagent.flow)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rxagent import ConfigurationError, Flow, FlowError
+
+
+async def test_acquire_takes_at_most_what_is_free() -> None:
+    flow = Flow("s", capacity=10)
+    assert await flow.acquire(4) == 4
+    assert await flow.acquire(100) == 6
+    assert flow.in_flight == 10
+    assert flow.peak_in_flight == 10
+
+
+async def test_acquire_waits_until_a_ticket_completes() -> None:
+    flow = Flow("s", capacity=3)
+    got = await flow.acquire(3)
+    ticket = flow.ticket(got, first=0, last=2)
+    waiter = asyncio.ensure_future(flow.acquire(1))
+    await asyncio.sleep(0.01)
+    assert not waiter.done(), "acquire returned without free credit"
+    ticket.end(2)
+    await asyncio.sleep(0.01)
+    assert not waiter.done(), "credit returned before the whole ticket ended"
+    ticket.end(1)
+    assert await asyncio.wait_for(waiter, 1) == 1
+    assert flow.waits == 1
+
+
+async def test_give_back_returns_unused_credit() -> None:
+    flow = Flow("s", capacity=5)
+    await flow.acquire(5)
+    flow.give_back(2)
+    assert flow.free == 2
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="credit for source 's' must be >= 1"):
+        Flow("s", capacity=0)
+
+
+async def test_watermark_waits_for_the_lowest_incomplete_ticket() -> None:
+    flow = Flow("s", capacity=100)
+    seen: list[tuple[object, int]] = []
+    flow.on_watermark(lambda p, pos: seen.append((p, pos)))
+    await flow.acquire(30)
+    a = flow.ticket(10, partition=0, first=0, last=9)
+    b = flow.ticket(10, partition=0, first=10, last=19)
+    c = flow.ticket(10, partition=1, first=0, last=9)
+    b.end(10)
+    assert flow.watermark(0) is None, "watermark passed an incomplete ticket"
+    c.end(10)
+    assert flow.watermark(1) == 10
+    a.end(10)
+    assert flow.watermark(0) == 20
+    assert seen == [(1, 10), (0, 20)]
+
+
+async def test_fold_returns_credit_but_keeps_completion_pending() -> None:
+    flow = Flow("s", capacity=4)
+    await flow.acquire(4)
+    t = flow.ticket(4, first=0, last=3)
+    t.fold(4)
+    assert flow.free == 4
+    assert flow.pending == 4
+    assert flow.watermark() is None
+    t.end(4)
+    assert flow.free == 4, "folded credit returned twice"
+    assert flow.watermark() == 4
+
+
+async def test_ending_more_than_emitted_is_an_error() -> None:
+    flow = Flow("s", capacity=4)
+    await flow.acquire(2)
+    t = flow.ticket(2, first=0, last=1)
+    with pytest.raises(FlowError, match="ended more often than they were emitted"):
+        t.end(3)
+
+
+async def test_retain_expects_more_ends() -> None:
+    flow = Flow("s", capacity=4)
+    await flow.acquire(2)
+    t = flow.ticket(2, first=0, last=1)
+    t.retain(2)
+    t.end(2)
+    assert not t.done
+    t.end(2)
+    assert t.done
+    assert flow.free == 4
+
+
+async def test_idle_waits_for_every_pending_event() -> None:
+    flow = Flow("s", capacity=4)
+    await flow.acquire(2)
+    t = flow.ticket(2)
+    idle = asyncio.ensure_future(flow.idle())
+    await asyncio.sleep(0)
+    assert not idle.done()
+    t.end(2)
+    await asyncio.wait_for(idle, 1)
+
+
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_watermark_is_the_first_position_not_ended(sizes: list[int], data: st.DataObject) -> None:
+    """Whatever order events end in, the watermark never passes an event that has
+    not ended, and in-flight credit never exceeds capacity."""
+
+    async def scenario() -> None:
+        capacity = sum(sizes)
+        flow = Flow("s", capacity=capacity)
+        tickets = []
+        pos = 0
+        for n in sizes:
+            await flow.acquire(n)
+            tickets.append(flow.ticket(n, first=pos, last=pos + n - 1))
+            pos += n
+        # positions of every event, to be ended in a random order
+        events = [(i, p) for i, t in enumerate(tickets) for p in range(t.first, t.last + 1)]  # type: ignore[arg-type, operator]
+        order = data.draw(st.permutations(events))
+        ended: set[int] = set()
+        for i, p in order:
+            tickets[i].end(1)
+            ended.add(p)
+            assert flow.in_flight <= capacity
+            wm = flow.watermark()
+            # every ticket fully before the watermark has ended completely
+            if wm is not None:
+                assert all(q in ended for q in range(wm))
+            # and the watermark stops at the first incomplete ticket
+            first_open = next((t for t in tickets if not t.done), None)
+            if first_open is not None:
+                assert wm is None or wm <= first_open.first  # type: ignore[operator]
+        assert flow.watermark() == pos
+        assert flow.free == capacity
+
+    asyncio.run(scenario())
