@@ -1,0 +1,34 @@
+"""The demo, through the real console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rxagent import PipelineState
+from rxagent.demo import run_demo
+
+
+async def test_run_demo_updates_live_state() -> None:
+    status = await run_demo(duration=0.6, rate=3000, seed=1, live=False)
+    assert status.state is PipelineState.STOPPED
+    assert status.flow["emitted"] > 500
+    assert status.stages["state:prices"]["out"] > 0
+    assert status.stages["parse"]["dead_lettered"] >= 1  # the feed's garbage frames
+
+
+def test_rxagent_demo_console_script() -> None:
+    exe = shutil.which("rxagent", path=str(Path(sys.executable).parent)) or "rxagent"
+    proc = subprocess.run(
+        [exe, "demo", "--duration", "1", "--no-live"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "state 'prices'" in proc.stdout
+    assert "AAPL" in proc.stdout
