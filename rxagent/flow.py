@@ -160,6 +160,16 @@ class Flow:
             self.peak_in_flight = in_flight
         return took
 
+    def try_acquire(self, want: int) -> int:
+        """Take up to ``want`` credit without waiting; returns how much was taken (maybe 0)."""
+        took = min(want, self.free)
+        if took > 0:
+            self.free -= took
+            in_flight = self.capacity - self.free
+            if in_flight > self.peak_in_flight:
+                self.peak_in_flight = in_flight
+        return max(took, 0)
+
     def give_back(self, n: int) -> None:
         """Return credit that was acquired but not used for events."""
         if n > 0:
