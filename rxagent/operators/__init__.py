@@ -13,6 +13,7 @@ from .aggregate import (
     sum_,
 )
 from .base import BatchHandler, Operator, batch_stage
+from .decode import decode
 from .transform import event_time, filter, flat_map, key_by, map, tap
 from .windows import Window, count_window
 
@@ -25,6 +26,7 @@ __all__ = [
     "collect",
     "count",
     "count_window",
+    "decode",
     "event_time",
     "filter",
     "first",

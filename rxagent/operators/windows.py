@@ -159,7 +159,10 @@ def count_window(
                 if ticket is not None:
                     ticket.fold(n)
                 if len(out) > 1:
-                    out = [row for _, row in sorted(zip(closed_at, out), key=itemgetter(0))]
+                    out = [
+                        row
+                        for _, row in sorted(zip(closed_at, out, strict=True), key=itemgetter(0))
+                    ]
                 if out:
                     metrics.events_out += len(out)
                     emit(self._batch(batch, out))
