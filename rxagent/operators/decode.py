@@ -70,7 +70,7 @@ def decode(
     """
     loader = _loader(format)
     adapter: TypeAdapter[Any] | None = None if model is None else TypeAdapter(model)
-    many: TypeAdapter[Any] | None = None if model is None else TypeAdapter(list[model])  # type: ignore[valid-type]
+    many: TypeAdapter[Any] | None = None if model is None else TypeAdapter(list[model])
     json_native = format == "json" and adapter is not None
 
     def decode_one(raw: Any) -> Any:

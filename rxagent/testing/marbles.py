@@ -284,15 +284,13 @@ def marble_batches(
             if n.kind == "C":
                 observer.on_completed()
             elif n.kind == "E":
-                err = (
-                    n.value if isinstance(n.value, BaseException) else Exception(n.value or "error")
-                )
+                err = n.value if isinstance(n.value, Exception) else Exception(n.value or "error")
                 observer.on_error(err)
 
     def subscribe(
         observer: abc.ObserverBase[Batch], _: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        sub_frame = round(scheduler.clock / frame)
+        sub_frame = round(float(scheduler.clock) / frame)
         record = len(subscriptions)
         subscriptions.append((sub_frame, None))
         disposables = []
@@ -307,7 +305,7 @@ def marble_batches(
             disposables.append(scheduler.schedule_absolute(at * frame, action))
 
         def unsubscribe() -> None:
-            subscriptions[record] = (sub_frame, round(scheduler.clock / frame))
+            subscriptions[record] = (sub_frame, round(float(scheduler.clock) / frame))
 
         return CompositeDisposable(*disposables, Disposable(unsubscribe))
 
@@ -362,7 +360,7 @@ def run_marbles(
     output: list[Notification] = []
 
     def now_frame() -> int:
-        return round(scheduler.clock / frame)
+        return round(float(scheduler.clock) / frame)
 
     def on_next(batch: Batch) -> None:
         f = now_frame()
