@@ -4,7 +4,8 @@ Sources become observables of event batches, operators filter, window and
 throttle them, and sinks fold them into state an LLM can read or activate tools.
 """
 
-from . import operators, sinks, sources
+from . import operators, sinks, sources, tools
+from .backoff import Backoff
 from .events import Batch, Event, Position
 from .exceptions import (
     ConfigurationError,
@@ -21,13 +22,25 @@ from .exceptions import (
 )
 from .flow import Flow, Ticket
 from .runtime import App, Pipeline, PipelineState, PipelineStatus
-from .sinks import DELETE, JsonlDeadLetters, ListSink, MemoryDeadLetters, StateStore
+from .sinks import (
+    DELETE,
+    JsonlDeadLetters,
+    ListSink,
+    MemoryDeadLetters,
+    StateStore,
+    ToolResult,
+    ToolSink,
+    ToolStatus,
+    activate,
+)
+from .tools import Tool, ToolRegistry, state_query_tool, tool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DELETE",
     "App",
+    "Backoff",
     "Batch",
     "ConfigurationError",
     "DecodeError",
@@ -47,12 +60,21 @@ __all__ = [
     "StateError",
     "StateStore",
     "Ticket",
+    "Tool",
     "ToolArgumentsError",
     "ToolError",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolSink",
+    "ToolStatus",
     "ToolTimeoutError",
     "UnknownToolError",
     "__version__",
+    "activate",
     "operators",
     "sinks",
     "sources",
+    "state_query_tool",
+    "tool",
+    "tools",
 ]

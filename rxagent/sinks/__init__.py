@@ -9,6 +9,7 @@ from .deadletters import (
     read_dead_letters,
 )
 from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
+from .tools import ToolResult, ToolSink, ToolStatus, activate
 
 __all__ = [
     "DELETE",
@@ -25,5 +26,9 @@ __all__ = [
     "StateChange",
     "StateSink",
     "StateStore",
+    "ToolResult",
+    "ToolSink",
+    "ToolStatus",
+    "activate",
     "read_dead_letters",
 ]

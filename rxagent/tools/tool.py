@@ -255,7 +255,7 @@ class Tool:
         return positional, keywords
 
     def __repr__(self) -> str:
-        return f"<Tool {self.name!r}>"
+        return f"<Tool {getattr(self, 'name', '?')!r}>"
 
 
 @overload

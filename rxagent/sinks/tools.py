@@ -1,0 +1,688 @@
+"""The tool activation sink: a tool fires because data arrived.
+
+:class:`ToolSink` turns each event into a validated tool call and runs it on
+the event loop, with a per-key policy (see :mod:`rxagent.tools.policy`), a
+global concurrency limit, a timeout per call and retries with a
+:class:`~rxagent.backoff.Backoff`.
+
+Backpressure: an activation *holds its event* until the call is over (ok,
+failed and dead-lettered, cancelled, or dropped). The event's credit returns to
+the source only then, so a slow tool slows the source instead of piling events
+up in memory: at most the source's credit is ever waiting here.
+
+Every activation ends in exactly one :class:`ToolResult` on :attr:`ToolSink.results`
+(an Rx observable), so a pipeline can react to what its tools did; failures
+after the retries are also dead letters, with the reason.
+
+Tasks: each started call is one asyncio task, tracked until it is done. Calls
+waiting for a slot or for their key are plain queue entries, not tasks, so a
+backlog costs no tasks. :meth:`ToolSink.drain` waits for all of them;
+:meth:`ToolSink.aclose` cancels them, awaits the cancelled tasks and ends every
+event it still holds, leaving no task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel
+from reactivex import Observable
+from reactivex.subject import Subject
+
+from ..backoff import Backoff
+from ..context import PipelineContext
+from ..events import Batch, Event
+from ..exceptions import ConfigurationError, StageError, ToolError, ToolTimeoutError
+from ..operators.transform import to_key_function
+from ..tools.policy import POLICIES, ActivationPolicy, Decision, decide
+from ..tools.tool import Tool
+from .base import Sink
+
+__all__ = ["ToolResult", "ToolSink", "ToolStatus", "activate"]
+
+log = logging.getLogger("rxagent")
+
+#: How long :meth:`ToolSink.aclose` waits for cancelled calls to unwind.
+_CLOSE_TIMEOUT = 5.0
+#: Sweep idle per-key bookkeeping after this many activations (cooldown keeps keys).
+_SWEEP_EVERY = 1024
+
+
+class ToolStatus(enum.StrEnum):
+    """How an activation ended."""
+
+    OK = "ok"
+    ERROR = "error"  # the call failed (after retries) or its arguments were invalid
+    TIMEOUT = "timeout"  # the last attempt ran past the timeout
+    CANCELLED = "cancelled"  # replaced by a newer event ("latest") or the sink closed
+    DROPPED = "dropped"  # never called: key busy ("drop_while_busy") or in cooldown
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The outcome of one activation.
+
+    ``attempts`` counts the calls made (0 when never called); ``duration`` the
+    seconds from the first call's start to the end; ``reason`` says why an
+    activation was dropped or cancelled (``"busy"``, ``"cooldown"``,
+    ``"replaced"``, ``"closed"``) or that its arguments were ``"invalid"``.
+    ``event`` is the activating event (already ended: its hold is released).
+    """
+
+    tool: str
+    key: Hashable
+    status: ToolStatus
+    value: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    duration: float = 0.0
+    event: Event | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ToolStatus.OK
+
+
+class _Activation:
+    """One accepted event on its way through the sink."""
+
+    __slots__ = (
+        "args",
+        "attempts",
+        "cancel_reason",
+        "ctx",
+        "ended",
+        "event",
+        "key",
+        "started",
+        "task",
+    )
+
+    def __init__(self, event: Event, key: Hashable, args: BaseModel, ctx: PipelineContext):
+        self.event = event
+        self.key = key
+        self.args = args
+        self.ctx = ctx
+        self.task: asyncio.Task[_Outcome] | None = None
+        self.started: float | None = None
+        self.attempts = 0
+        self.ended = False
+        self.cancel_reason: str | None = None
+
+
+class _KeyState:
+    """A key's calls in progress (running or waiting for a slot) and its backlog."""
+
+    __slots__ = ("active", "backlog", "last_activation")
+
+    def __init__(self) -> None:
+        self.active: list[_Activation] = []
+        self.backlog: deque[_Activation] = deque()
+        self.last_activation: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active or self.backlog)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+
+
+class ToolSink(Sink):
+    """Activates ``tool`` once per event.
+
+    - ``args(value)`` (or ``event_args(event)``) returns the call's arguments: a
+      dict or a model instance, validated by the tool like an LLM's call; without
+      either, the event's value is the arguments. Invalid arguments go to dead
+      letters.
+    - ``key``: a field name or function of the value giving the key the policy
+      works per; default the event's key (events without one share the key
+      ``None``, so under ``"queue"`` they run one at a time, in order).
+    - ``policy``: ``"queue"``, ``"latest"``, ``"drop_while_busy"`` or
+      ``"parallel"``; ``cooldown``: seconds of the pipeline clock (``ctx.now()``)
+      during which a key's events are dropped after it was activated.
+    - ``concurrency``: most calls running at once, across keys.
+    - ``timeout``: seconds per attempt (:class:`ToolTimeoutError` when exceeded).
+    - ``retry``: a :class:`Backoff` for failed attempts; ``None`` calls once.
+
+    Example::
+
+        alerts = ToolSink(notify, args=lambda v: {"symbol": v["sym"], "px": v["px"]},
+                          key="sym", policy="latest", cooldown=30, timeout=5,
+                          retry=Backoff(max_attempts=3, retry_on=(ConnectionError,)))
+        alerts.results.subscribe(print)
+    """
+
+    kind = "tool"
+
+    def __init__(
+        self,
+        tool: Tool | Callable[..., Any],
+        *,
+        args: Callable[[Any], Any] | None = None,
+        event_args: Callable[[Event], Any] | None = None,
+        key: str | int | Callable[[Any], Hashable] | None = None,
+        policy: ActivationPolicy = "queue",
+        cooldown: float | None = None,
+        concurrency: int = 8,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
+        name: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.tool = tool if isinstance(tool, Tool) else Tool(tool)
+        super().__init__(name or f"tool:{self.tool.name}")
+        where = f"tool sink {self.name!r}"
+        if args is not None and event_args is not None:
+            raise ConfigurationError(f"{where}: give args or event_args, not both")
+        for label, fn in (("args", args), ("event_args", event_args)):
+            if fn is not None and not callable(fn):
+                raise ConfigurationError(f"{where}: {label} must be callable, got {fn!r}")
+        if policy not in POLICIES:
+            raise ConfigurationError(
+                f"{where}: policy must be one of {sorted(POLICIES)}, got {policy!r}"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"{where}: concurrency must be an int >= 1, got {concurrency!r}"
+            )
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"{where}: timeout must be > 0 seconds, got {timeout!r}")
+        if cooldown is not None and not cooldown >= 0:
+            raise ConfigurationError(f"{where}: cooldown must be >= 0 seconds, got {cooldown!r}")
+        if retry is not None and not isinstance(retry, Backoff):
+            raise ConfigurationError(f"{where}: retry must be a Backoff or None, got {retry!r}")
+        self.args_fn = args
+        self.event_args_fn = event_args
+        self.key_fn = None if key is None else to_key_function(key)
+        self.policy: ActivationPolicy = policy
+        self.cooldown = cooldown or None
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retry = retry
+        self._rng = rng if rng is not None else random.Random()
+        self._results: Subject[ToolResult] = Subject()
+        self._keys: dict[Hashable, _KeyState] = {}
+        self._ready: deque[_Activation] = deque()  # accepted, waiting for a global slot
+        self._tasks: dict[asyncio.Task[_Outcome], _Activation] = {}
+        self._running = 0
+        self._waiting = 0  # in _ready or a backlog, not ended
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._since_sweep = 0
+        self._stream_done = False
+        self._closed = False
+        self._results_done = False
+
+    # -- the public surface ---------------------------------------------------------
+
+    @property
+    def results(self) -> Observable[ToolResult]:
+        """One :class:`ToolResult` per event received; completes once the sink
+        has drained after the stream ended, or was closed."""
+        return self._results
+
+    @property
+    def running(self) -> int:
+        """Calls in progress now."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """Accepted activations waiting for their key or for a slot."""
+        return self._waiting
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "tool": self.tool.name,
+            "policy": self.policy,
+            "cooldown": self.cooldown,
+            "concurrency": self.concurrency,
+            "timeout": self.timeout,
+            "retry": None if self.retry is None else self.retry.describe(),
+            "running": self._running,
+            "queued": self._waiting,
+        }
+
+    # -- receiving events ------------------------------------------------------------
+
+    def on_batch(self, batch: Batch) -> None:
+        ctx = batch.ctx
+        metrics = ctx.stage(self.name)
+        n = len(batch.values)
+        metrics.events_in += n
+        if self._closed:
+            for i in range(n):
+                event = batch.event(i, take=True)
+                error = ToolError(
+                    f"tool sink {self.name!r} is closed: event not activated", tool=self.tool.name
+                )
+                self._emit(
+                    ToolResult(
+                        self.tool.name,
+                        event.key,
+                        ToolStatus.CANCELLED,
+                        error=error,
+                        event=event,
+                        reason="closed",
+                    )
+                )
+                ctx.dead_letter(event, self.name, error)
+            return
+        now = ctx.now()
+        for i in range(n):
+            event = batch.event(i, take=True)
+            key: Hashable = event.key
+            try:
+                if self.key_fn is not None:
+                    key = self.key_fn(event.value)
+                    hash(key)  # an unhashable key is this event's error, not the pipeline's
+                model = self.tool.validate(self._args_of(event))
+            except Exception as error:
+                self._emit(
+                    ToolResult(
+                        self.tool.name,
+                        key,
+                        ToolStatus.ERROR,
+                        error=error,
+                        event=event,
+                        reason="invalid",
+                    )
+                )
+                ctx.dead_letter(event, self.name, error)
+                continue
+            self._accept(ctx, event, key, model, now)
+        self._gauges(ctx)
+
+    def on_completed(self) -> None:
+        self._stream_done = True
+
+    def _args_of(self, event: Event) -> Any:
+        if self.event_args_fn is not None:
+            return self.event_args_fn(event)
+        if self.args_fn is not None:
+            return self.args_fn(event.value)
+        return event.value
+
+    def _accept(
+        self, ctx: PipelineContext, event: Event, key: Hashable, model: BaseModel, now: float
+    ) -> None:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        decision = decide(
+            self.policy,
+            busy=state.busy,
+            now=now,
+            last_activation=state.last_activation,
+            cooldown=self.cooldown,
+        )
+        if decision is Decision.DROP_BUSY or decision is Decision.DROP_COOLDOWN:
+            reason = "busy" if decision is Decision.DROP_BUSY else "cooldown"
+            metrics = ctx.stage(self.name)
+            metrics.dropped += 1
+            _bump(metrics.extra, f"dropped_{reason}")
+            self._emit(
+                ToolResult(self.tool.name, key, ToolStatus.DROPPED, event=event, reason=reason)
+            )
+            event.end()
+            self._forget_if_idle(key, state)
+            return
+        state.last_activation = now
+        activation = _Activation(event, key, model, ctx)
+        if decision is Decision.QUEUE:
+            state.backlog.append(activation)
+            self._waiting += 1
+            return
+        if decision is Decision.REPLACE:
+            for old in list(state.active):
+                self._cancel(old, "replaced")
+        self._admit(state, activation)
+        self._sweep(now)
+
+    # -- running calls -----------------------------------------------------------------
+
+    def _admit(self, state: _KeyState, activation: _Activation) -> None:
+        state.active.append(activation)
+        if self._running < self.concurrency:
+            self._start(activation)
+        else:
+            self._ready.append(activation)
+            self._waiting += 1
+
+    def _start(self, activation: _Activation) -> None:
+        loop = asyncio.get_running_loop()
+        self._running += 1
+        activation.started = loop.time()
+        task = loop.create_task(self._run(activation), name=f"rxagent-{self.name}")
+        activation.task = task
+        self._tasks[task] = activation
+        task.add_done_callback(partial(self._on_done, activation))
+
+    async def _run(self, activation: _Activation) -> _Outcome:
+        """The call with its timeout and retries. Cancellation propagates."""
+        loop = asyncio.get_running_loop()
+        tool = self.tool
+        first = loop.time()
+        while True:
+            activation.attempts += 1
+            try:
+                async with asyncio.timeout(self.timeout) as scope:
+                    value = await tool.call(activation.args)
+            except Exception as raised:
+                error: BaseException = raised
+                if scope.expired():
+                    error = ToolTimeoutError(
+                        f"tool {tool.name!r} timed out after {self.timeout:g}s "
+                        f"(attempt {activation.attempts})",
+                        tool=tool.name,
+                    )
+                    _bump(activation.ctx.stage(self.name).extra, "timeouts")
+                retry = self.retry
+                wait = (
+                    None
+                    if retry is None
+                    else retry.next_delay(
+                        activation.attempts, loop.time() - first, error, self._rng
+                    )
+                )
+                if wait is None:
+                    return _Outcome(error=error)
+                _bump(activation.ctx.stage(self.name).extra, "retries")
+                await asyncio.sleep(wait)
+            else:
+                return _Outcome(value=value)
+
+    def _on_done(self, activation: _Activation, task: asyncio.Task[_Outcome]) -> None:
+        """A call's task finished: report it, end its event, start what waits."""
+        self._tasks.pop(task, None)
+        self._running -= 1
+        ctx = activation.ctx
+        try:
+            if task.cancelled():
+                self._finish_cancelled(activation, activation.cancel_reason or "cancelled")
+            else:
+                raised = task.exception()
+                outcome = _Outcome(error=raised) if raised is not None else task.result()
+                self._finish(activation, outcome)
+        except StageError as error:  # fail_fast: the dead letter is a pipeline failure
+            ctx.fail(error, self.name)
+        except Exception as error:  # a bug here must fail loudly, not stall the source
+            log.exception("tool sink %r failed to finish an activation", self.name)
+            activation.event.end()
+            ctx.fail(error, self.name)
+        finally:
+            self._release(activation)
+            self._pump()
+            self._gauges(ctx)
+            self._check_idle()
+
+    def _finish(self, activation: _Activation, outcome: _Outcome) -> None:
+        if activation.ended:
+            return
+        activation.ended = True
+        ctx = activation.ctx
+        duration = self._duration(activation)
+        error = outcome.error
+        if error is None:
+            ctx.stage(self.name).events_out += 1
+            self._emit(
+                ToolResult(
+                    self.tool.name,
+                    activation.key,
+                    ToolStatus.OK,
+                    value=outcome.value,
+                    attempts=activation.attempts,
+                    duration=duration,
+                    event=activation.event,
+                )
+            )
+            activation.event.end()
+            return
+        status = ToolStatus.TIMEOUT if isinstance(error, ToolTimeoutError) else ToolStatus.ERROR
+        self._emit(
+            ToolResult(
+                self.tool.name,
+                activation.key,
+                status,
+                error=error,
+                attempts=activation.attempts,
+                duration=duration,
+                event=activation.event,
+            )
+        )
+        ctx.dead_letter(activation.event, self.name, self._failure(activation, error))
+
+    def _finish_cancelled(self, activation: _Activation, reason: str) -> None:
+        """End a cancelled activation: a replaced one is a counted drop (the policy
+        chose to lose it); one cancelled by closing becomes a dead letter, so
+        shutting down loses nothing silently."""
+        if activation.ended:
+            return
+        activation.ended = True
+        ctx = activation.ctx
+        metrics = ctx.stage(self.name)
+        _bump(metrics.extra, "cancelled")
+        error = ToolError(
+            f"tool {self.tool.name!r} call for key {activation.key!r} was cancelled: "
+            + (
+                "a newer event for the key replaced it (policy 'latest')"
+                if reason == "replaced"
+                else "the sink closed before it finished (drain timed out or the pipeline stopped)"
+            ),
+            tool=self.tool.name,
+        )
+        self._emit(
+            ToolResult(
+                self.tool.name,
+                activation.key,
+                ToolStatus.CANCELLED,
+                error=error,
+                attempts=activation.attempts,
+                duration=self._duration(activation),
+                event=activation.event,
+                reason=reason,
+            )
+        )
+        if reason == "replaced":
+            metrics.dropped += 1
+            activation.event.end()
+        else:
+            ctx.dead_letter(activation.event, self.name, error)
+
+    def _cancel(self, activation: _Activation, reason: str) -> None:
+        if activation.ended or activation.cancel_reason is not None:
+            return
+        activation.cancel_reason = reason
+        if activation.task is not None:
+            activation.task.cancel()  # _on_done finishes it
+            return
+        # still waiting for a slot: never started, finish it now
+        self._waiting -= 1
+        state = self._keys.get(activation.key)
+        if state is not None and activation in state.active:
+            state.active.remove(activation)
+        self._finish_cancelled(activation, reason)
+
+    def _release(self, activation: _Activation) -> None:
+        """The activation left its key: let the key's next queued event run."""
+        state = self._keys.get(activation.key)
+        if state is None:
+            return
+        if activation in state.active:
+            state.active.remove(activation)
+        if not state.active and state.backlog and not self._closed:
+            nxt = state.backlog.popleft()
+            self._waiting -= 1
+            self._admit(state, nxt)
+        self._forget_if_idle(activation.key, state)
+
+    def _pump(self) -> None:
+        """Start waiting activations while global slots are free."""
+        ready = self._ready
+        while ready and self._running < self.concurrency and not self._closed:
+            activation = ready.popleft()
+            if activation.ended or activation.cancel_reason is not None:
+                continue  # cancelled while waiting, already counted out
+            self._waiting -= 1
+            self._start(activation)
+
+    # -- draining and closing ---------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until every accepted activation ended (new events may still arrive)."""
+        loop = asyncio.get_running_loop()
+        while self._busy():
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._idle_waiters:
+                    self._idle_waiters.remove(waiter)
+        if self._stream_done:
+            self._complete_results()
+
+    async def aclose(self) -> None:
+        """Cancel every call and every waiting activation; their events end as
+        dead letters. Waits for the cancelled tasks, so none outlives the sink."""
+        self._closed = True
+        waiting = [a for a in self._ready if not a.ended and a.cancel_reason is None]
+        for key_state in self._keys.values():
+            waiting.extend(key_state.backlog)
+            key_state.backlog.clear()
+        self._ready.clear()
+        for activation in waiting:
+            activation.cancel_reason = "closed"
+            self._waiting -= 1
+            state = self._keys.get(activation.key)
+            if state is not None and activation in state.active:
+                state.active.remove(activation)
+            self._finish_safely(activation)
+        tasks = list(self._tasks)
+        for task in tasks:
+            activation = self._tasks[task]
+            if activation.cancel_reason is None:
+                activation.cancel_reason = "closed"
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
+            for task in stuck:  # a tool that swallows cancellation: stop waiting for it
+                log.warning(
+                    "tool sink %r: a %r call ignored cancellation for %.0fs; its event ends now",
+                    self.name,
+                    self.tool.name,
+                    _CLOSE_TIMEOUT,
+                )
+                self._finish_safely(self._tasks[task])
+        self._keys.clear()
+        self._check_idle()
+        self._complete_results()
+
+    def _finish_safely(self, activation: _Activation) -> None:
+        try:
+            self._finish_cancelled(activation, "closed")
+        except StageError as error:
+            activation.ctx.fail(error, self.name)
+
+    def _busy(self) -> bool:
+        return self._running > 0 or self._waiting > 0
+
+    def _check_idle(self) -> None:
+        if self._busy():
+            return
+        for waiter in self._idle_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._idle_waiters.clear()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _emit(self, result: ToolResult) -> None:
+        try:
+            self._results.on_next(result)
+        except Exception:  # a subscriber's bug must not cost the event its end
+            log.exception("tool sink %r: a results subscriber raised", self.name)
+
+    def _complete_results(self) -> None:
+        if not self._results_done:
+            self._results_done = True
+            try:
+                self._results.on_completed()
+            except Exception:
+                log.exception("tool sink %r: a results subscriber raised", self.name)
+
+    def _failure(self, activation: _Activation, error: BaseException) -> ToolError:
+        """The dead letter's reason: what failed, how often it was tried, why it stopped."""
+        last = f"{type(error).__name__}: {error}"
+        n = activation.attempts
+        if n > 1:
+            why = f"failed after {n} attempts; last error: {last}"
+        elif self.retry is not None and not self.retry.retryable(error):
+            kinds = ", ".join(k.__name__ for k in self.retry.retry_on)
+            why = f"failed: {last} (not retried: not one of retry_on ({kinds}))"
+        else:
+            why = f"failed: {last}"
+        cls = ToolTimeoutError if isinstance(error, ToolTimeoutError) else ToolError
+        wrapped = cls(
+            f"tool {self.tool.name!r} (key {activation.key!r}) {why}", tool=self.tool.name
+        )
+        wrapped.__cause__ = error
+        return wrapped
+
+    def _duration(self, activation: _Activation) -> float:
+        if activation.started is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - activation.started
+
+    def _forget_if_idle(self, key: Hashable, state: _KeyState) -> None:
+        # a key's state is kept while busy, or while its cooldown still matters
+        if not state.busy and self.cooldown is None:
+            self._keys.pop(key, None)
+
+    def _sweep(self, now: float) -> None:
+        """Forget idle keys whose cooldown is over, so many keys do not pile up."""
+        if self.cooldown is None:
+            return
+        self._since_sweep += 1
+        if self._since_sweep < _SWEEP_EVERY:
+            return
+        self._since_sweep = 0
+        horizon = now - self.cooldown
+        stale = [
+            k
+            for k, s in self._keys.items()
+            if not s.busy and (s.last_activation is None or s.last_activation <= horizon)
+        ]
+        for k in stale:
+            del self._keys[k]
+
+    def _gauges(self, ctx: PipelineContext) -> None:
+        extra = ctx.stage(self.name).extra
+        extra["running"] = self._running
+        extra["queued"] = self._waiting
+
+
+def _bump(extra: dict[str, int | float], name: str) -> None:
+    extra[name] = extra.get(name, 0) + 1
+
+
+def activate(tool: Tool | Callable[..., Any], **options: Any) -> ToolSink:
+    """A :class:`ToolSink` for ``tool`` (a :class:`Tool` or a plain function).
+
+    ``Pipeline(...).to(activate(notify, key="sym", policy="latest"))``
+    """
+    return ToolSink(tool, **options)
