@@ -130,8 +130,23 @@ class JsonlDeadLetters:
         self.total = 0
 
     def put(self, letter: DeadLetter) -> None:
-        line = json.dumps(letter.to_json(), default=repr, ensure_ascii=False)
-        self._file.write(line + "\n")
+        data = letter.to_json()
+        try:
+            line = json.dumps(data, default=repr, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            # ``default`` never sees dict keys JSON cannot name (a tuple) nor a value
+            # that holds itself: write the event's fields as their repr instead
+            event = data["event"]
+            for name in ("value", "key", "headers"):
+                if event[name] is not None:
+                    event[name] = repr(event[name])
+            line = json.dumps(data, default=repr, ensure_ascii=False)
+        try:
+            self._file.write(line + "\n")
+        except UnicodeEncodeError:
+            # text decoded with errors="surrogateescape" holds lone surrogates, which
+            # UTF-8 cannot encode: escape the line as ASCII (JSON reads it back the same)
+            self._file.write(json.dumps(data, default=repr) + "\n")
         self._file.flush()
         self.total += 1
 

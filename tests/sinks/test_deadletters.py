@@ -130,3 +130,27 @@ async def test_memory_dead_letters_keep_the_newest_and_tell_subscribers() -> Non
     assert [letter.event.value for letter in letters] == [2, 4], "the oldest went first"
     assert [letter.event.value for letter in seen] == [0, 2, 4]
 
+
+def test_undecodable_text_is_written_not_lost(tmp_path: Path) -> None:
+    # bytes decoded with errors="surrogateescape" hold lone surrogates, which UTF-8
+    # cannot encode: just the kind of bad input that ends up in dead letters
+    raw = b"px=\xff".decode("utf-8", "surrogateescape")
+    path = tmp_path / "letters.jsonl"
+    with JsonlDeadLetters(path) as letters:
+        letters.put(DeadLetter.from_error(Event(raw), "decode", ValueError("bad utf-8")))
+        assert letters.total == 1
+    [letter] = read_dead_letters(path)
+    assert letter["event"]["value"] == raw
+
+
+def test_values_with_keys_json_cannot_name_are_written_as_repr(tmp_path: Path) -> None:
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    path = tmp_path / "letters.jsonl"
+    with JsonlDeadLetters(path) as letters:
+        letters.put(DeadLetter.from_error(Event({(1, 2): "x"}), "s", "tuple key"))
+        letters.put(DeadLetter.from_error(Event(cyclic), "s", "holds itself"))
+        assert letters.total == 2
+    first, second = read_dead_letters(path)
+    assert first["event"]["value"] == "{(1, 2): 'x'}"
+    assert second["event"]["value"] == "[[...]]"
