@@ -650,3 +650,19 @@ async def test_events_after_close_are_dead_lettered() -> None:
     assert p.flow is not None
     assert p.flow.pending == 0
     await p.stop()
+
+
+async def test_per_key_bookkeeping_stays_bounded_with_many_keys() -> None:
+    @tool
+    async def instant(n: int) -> int:
+        return n
+
+    plain = ToolSink(instant, args=lambda v: {"n": v}, key=lambda v: v)
+    await pipeline(range(500), plain).run()
+    assert plain._keys == {}, "idle keys without cooldown are forgotten at once"
+
+    cooled = ToolSink(instant, args=lambda v: {"n": v}, key=lambda v: v, cooldown=1e-9)
+    await pipeline(range(3000), cooled, credit=256, batch_size=256).run()
+    # kept for their cooldown, swept every 1024 activations; keys busy at a sweep
+    # (at most the credit) stay: 3000 keys without the sweep
+    assert len(cooled._keys) <= 1024 + 256
