@@ -21,18 +21,21 @@ from .exceptions import (
     UnknownToolError,
 )
 from .flow import Flow, Ticket
+from .recording import RecordingError
 from .runtime import App, Pipeline, PipelineState, PipelineStatus
 from .sinks import (
     DELETE,
     JsonlDeadLetters,
     ListSink,
     MemoryDeadLetters,
+    RecordSink,
     StateStore,
     ToolResult,
     ToolSink,
     ToolStatus,
     activate,
 )
+from .sources import ReplaySource
 from .tools import Tool, ToolRegistry, state_query_tool, tool
 
 __version__ = "0.1.0"
@@ -55,6 +58,9 @@ __all__ = [
     "PipelineState",
     "PipelineStatus",
     "Position",
+    "RecordSink",
+    "RecordingError",
+    "ReplaySource",
     "RxAgentError",
     "StageError",
     "StateError",

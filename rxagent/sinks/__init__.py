@@ -8,6 +8,7 @@ from .deadletters import (
     MemoryDeadLetters,
     read_dead_letters,
 )
+from .record import RecordSink
 from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
 from .tools import ToolResult, ToolSink, ToolStatus, activate
 
@@ -21,6 +22,7 @@ __all__ = [
     "JsonlDeadLetters",
     "ListSink",
     "MemoryDeadLetters",
+    "RecordSink",
     "Sink",
     "Snapshot",
     "StateChange",

@@ -2,5 +2,15 @@
 
 from .base import Emitter, Source
 from .memory import MemorySource, PushSource, memory, push
+from .replay import ReplaySource, replay
 
-__all__ = ["Emitter", "MemorySource", "PushSource", "Source", "memory", "push"]
+__all__ = [
+    "Emitter",
+    "MemorySource",
+    "PushSource",
+    "ReplaySource",
+    "Source",
+    "memory",
+    "push",
+    "replay",
+]
