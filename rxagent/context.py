@@ -73,6 +73,8 @@ class StageMetrics:
 def _scheduler_seconds(scheduler: SchedulerBase) -> float:
     if isinstance(scheduler, VirtualTimeScheduler):
         clock: Any = scheduler.clock
+        if isinstance(clock, datetime):
+            return clock.timestamp()
         return clock.total_seconds() if isinstance(clock, timedelta) else float(clock)
     now: Any = scheduler.now
     if isinstance(now, datetime):

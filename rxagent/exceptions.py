@@ -8,6 +8,8 @@ The tree::
     │   └── StageError           a user function raised in ``fail_fast`` mode
     ├── FlowError                credit or completion bookkeeping was misused
     ├── DecodeError              a message could not be decoded or validated at a source
+    │   └── RecordingError       a line of a recording is unreadable (rxagent.recording)
+    ├── RecordEncodeError        an event cannot be written to a recording unchanged
     ├── StateError               a state store was read or written wrongly
     └── ToolError                a tool could not be invoked
         ├── ToolArgumentsError   the arguments failed validation (carries ``errors``)

@@ -126,8 +126,10 @@ class Pipeline:
         self._subscription: DisposableBase | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._finish_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
         self._stream_ended = False
+        self._sinks_closed = False
         self._started_at: float | None = None
         self._stopped_at: float | None = None
 
@@ -269,6 +271,8 @@ class Pipeline:
         except Exception as error:
             self._fail(error, None)
             return
+        # every event ended: let sinks release files and connections
+        await self._close_sinks()
         if self.state in (PipelineState.RUNNING, PipelineState.DRAINING):
             self._completed = self.state is PipelineState.RUNNING
             self._set_stopped(PipelineState.STOPPED)
@@ -291,9 +295,13 @@ class Pipeline:
         self._set_stopped(PipelineState.FAILED)
         if self._source_task is not None and not self._source_task.done():
             self._source_task.cancel()
-        asyncio.get_running_loop().create_task(self._close_sinks())
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close_sinks())
 
     async def _close_sinks(self) -> None:
+        if self._sinks_closed:
+            return
+        self._sinks_closed = True
         for sink in self._sinks:
             try:
                 await sink.aclose()
@@ -313,6 +321,8 @@ class Pipeline:
         if self._done is None:
             raise ConfigurationError(f"pipeline {self.name!r} was not started")
         await self._done.wait()
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)
         return self.status()
 
     async def drain(self, timeout: float = 10.0) -> PipelineStatus:
@@ -360,10 +370,10 @@ class Pipeline:
             await self.start()
         assert self._done is not None
         if timeout is None:
-            await self._done.wait()
+            await self.wait()
         else:
             try:
-                await asyncio.wait_for(asyncio.shield(self._done.wait()), timeout)
+                await asyncio.wait_for(asyncio.shield(self.wait()), timeout)
             except TimeoutError:
                 await self.drain(drain_timeout)
         status = self.status()

@@ -5,6 +5,15 @@ now (a state update, a list append) or when its work for the row is over (a
 tool call). ``on_batch`` must not raise for a bad row: route it with
 ``batch.ctx.dead_letter(...)``. Anything it does raise fails the pipeline
 loudly rather than stopping it silently.
+
+Lifecycle: ``bind(ctx)`` once at start; ``on_batch`` per batch; ``on_completed``
+when the stream ends; ``drain()`` is awaited until the sink's own work is done;
+``aclose()`` always comes last, after a normal completion, a drain, or a
+failure, and releases files and connections (it cancels what is still running).
+
+In ``fail_fast`` mode ``ctx.dead_letter`` raises :class:`~rxagent.StageError`.
+From ``on_batch`` that fails the pipeline by itself; a sink that dead-letters
+from a task of its own must catch it and call ``ctx.fail(error, self.name)``.
 """
 
 from __future__ import annotations

@@ -276,7 +276,9 @@ class StateStore:
         snap = self._snapshot
         now = self._clock() if now is None else now
         if keys is None:
-            entries = sorted(snap._entries.values(), key=lambda e: e.version, reverse=True)
+            # newest first; keys changed in the same version in key order, so prompts repeat
+            entries = sorted(snap._entries.values(), key=lambda e: _key_text(e.key))
+            entries.sort(key=lambda e: e.version, reverse=True)
         else:
             entries = [e for e in (snap.entry(k) for k in keys) if e is not None]
         head = f"state {self.name!r} v{snap.version}, {len(snap)} keys"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Hashable, Iterable
@@ -79,6 +80,8 @@ class MemorySource(Source):
             await feeder.run(out)
         finally:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class PushSource(Source):
