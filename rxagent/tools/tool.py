@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from ..exceptions import ConfigurationError, ToolArgumentsError
+from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError
 
 if TYPE_CHECKING:
     from ..sinks.tools import ToolSink
@@ -86,6 +86,10 @@ class Tool:
 
         order = Tool(place_order, args_model=Quote, description="Place an order.")
 
+    ``max_concurrency`` and ``timeout`` bound every call, whoever makes it: an
+    LLM through :meth:`invoke` and a pipeline through a tool sink share them
+    (a sink may add tighter limits of its own).
+
     With ``args_model`` given, a function whose only parameter is annotated with
     that model receives the validated model instance; any other function receives
     the model's fields as keyword arguments. Without ``args_model`` the model is
@@ -99,6 +103,8 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         args_model: type[BaseModel] | None = None,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"a tool needs a callable, got {fn!r}")
@@ -130,6 +136,20 @@ class Tool:
                 _check_fields_match(tool_name, self._signature, args_model)
         self.is_async = _is_async(fn)
         self.stats = ToolStats()
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"tool {tool_name!r}: max_concurrency must be an int >= 1, got {max_concurrency!r}"
+            )
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"tool {tool_name!r}: timeout must be > 0, got {timeout!r}")
+        #: Limits every caller shares, the LLM and the pipeline alike.
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     # -- describing ----------------------------------------------------------------
 
@@ -194,17 +214,41 @@ class Tool:
                 tool=self.name,
             )
         positional, keywords = self._bind(args)
+        slots = self._semaphore()
+        if slots is None:
+            return await self._run(positional, keywords)
+        async with slots:
+            return await self._run(positional, keywords)
+
+    def _semaphore(self) -> asyncio.Semaphore | None:
+        if self.max_concurrency is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_concurrency))
+        return self._slots[1]
+
+    async def _run(self, positional: list[Any], keywords: dict[str, Any]) -> Any:
         stats = self.stats
         stats.calls += 1
         stats.running += 1
+        deadline = asyncio.timeout(self.timeout)
         try:
-            if self.is_async:
-                result = await self.fn(*positional, **keywords)
-            else:
-                result = await asyncio.to_thread(self.fn, *positional, **keywords)
-                if inspect.isawaitable(result):  # a sync wrapper around a coroutine
-                    result = await result
+            async with deadline:
+                if self.is_async:
+                    result = await self.fn(*positional, **keywords)
+                else:
+                    result = await asyncio.to_thread(self.fn, *positional, **keywords)
+                    if inspect.isawaitable(result):  # a sync wrapper around a coroutine
+                        result = await result
         except asyncio.CancelledError:
+            raise
+        except TimeoutError as error:
+            stats.failed += 1
+            if deadline.expired():
+                raise ToolTimeoutError(
+                    f"tool {self.name!r} ran past its timeout of {self.timeout}s", tool=self.name
+                ) from error
             raise
         except BaseException:
             stats.failed += 1
@@ -268,6 +312,8 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     args_model: type[BaseModel] | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -278,6 +324,8 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     args_model: type[BaseModel] | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function a :class:`Tool`: ``@tool`` or ``@tool(name=..., args_model=...)``.
 
@@ -296,7 +344,14 @@ def tool(
     """
 
     def build(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, description=description, args_model=args_model)
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            args_model=args_model,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+        )
 
     return build if fn is None else build(fn)
 

@@ -367,3 +367,36 @@ def test_state_query_tool_refuses_bad_stores() -> None:
         state_query_tool()
     with pytest.raises(ConfigurationError, match="two stores named 'a'"):
         state_query_tool(StateStore("a"), StateStore("a"))
+
+
+async def test_limits_are_shared_by_every_caller() -> None:
+    """max_concurrency and timeout hold for LLM calls and pipeline activations alike."""
+    import asyncio as _asyncio
+
+    from rxagent import Pipeline, ToolTimeoutError
+    from rxagent.sinks.tools import ToolSink
+    from rxagent.sources import memory
+    from rxagent.tools import tool as make_tool
+
+    running = 0
+    peak = 0
+
+    @make_tool(max_concurrency=2, timeout=0.5)
+    async def slow(n: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await _asyncio.sleep(0.02 if n >= 0 else 5)
+        finally:
+            running -= 1
+        return n
+
+    sink = ToolSink(slow, args=lambda v: {"n": v}, policy="parallel", concurrency=8)
+    pipeline = Pipeline("limits", memory(range(6))).to(sink)
+    llm_calls = [slow.invoke({"n": i}) for i in range(4)]
+    await _asyncio.gather(pipeline.run(timeout=10), *llm_calls)
+    assert peak == 2, f"{peak} calls ran at once; the tool allows 2"
+    with pytest.raises(ToolTimeoutError, match="ran past its timeout of 0.5s"):
+        await slow.invoke({"n": -1})
+    assert slow.stats.failed == 1
