@@ -371,8 +371,6 @@ def test_state_query_tool_refuses_bad_stores() -> None:
 
 async def test_limits_are_shared_by_every_caller() -> None:
     """max_concurrency and timeout hold for LLM calls and pipeline activations alike."""
-    import asyncio as _asyncio
-
     from rxagent import Pipeline, ToolTimeoutError
     from rxagent.sinks.tools import ToolSink
     from rxagent.sources import memory
@@ -387,7 +385,7 @@ async def test_limits_are_shared_by_every_caller() -> None:
         running += 1
         peak = max(peak, running)
         try:
-            await _asyncio.sleep(0.02 if n >= 0 else 5)
+            await asyncio.sleep(0.02 if n >= 0 else 5)
         finally:
             running -= 1
         return n
@@ -395,8 +393,8 @@ async def test_limits_are_shared_by_every_caller() -> None:
     sink = ToolSink(slow, args=lambda v: {"n": v}, policy="parallel", concurrency=8)
     pipeline = Pipeline("limits", memory(range(6))).to(sink)
     llm_calls = [slow.invoke({"n": i}) for i in range(4)]
-    await _asyncio.gather(pipeline.run(timeout=10), *llm_calls)
+    await asyncio.gather(pipeline.run(timeout=10), *llm_calls)
     assert peak == 2, f"{peak} calls ran at once; the tool allows 2"
-    with pytest.raises(ToolTimeoutError, match="ran past its timeout of 0.5s"):
+    with pytest.raises(ToolTimeoutError, match=r"ran past its timeout of 0\.5s"):
         await slow.invoke({"n": -1})
     assert slow.stats.failed == 1
