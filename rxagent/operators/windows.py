@@ -67,6 +67,7 @@ def group_rows(keys: Iterable[Hashable]) -> dict[Hashable, list[int]]:
     # loop in C: about half the cost per row, and this is the hot loop of every
     # keyed stage. ``any`` drains the iterator (``append`` returns None).
     rows = range(len(keys)) if isinstance(keys, Sized) else itertools.count()
+    # (with an iterator of keys, ``map`` stops at the shorter input: the keys)
     any(map(list.append, map(groups.__getitem__, keys), rows))
     return groups
 
@@ -105,20 +106,21 @@ def count_window(
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
                 metrics.events_in += len(batch.values)
-                keys: Sequence[Hashable] | None
+                groups: Mapping[Hashable, Sequence[int]] | None = None
                 if key_fn is not None:
-                    keys, ok = _apply(batch, key_fn, stage)
-                    if ok:
+                    try:  # fast path: keys computed while grouping, no key list
+                        groups = group_rows(map(key_fn, batch.values))
+                    except Exception:  # some key function raised: route row by row
+                        keys, ok = _apply(batch, key_fn, stage)
                         rows = [i for i, good in enumerate(ok) if good]
                         batch = batch.take(rows)
-                        keys = [keys[i] for i in rows]
-                else:
-                    keys = batch.keys
+                        groups = group_rows([keys[i] for i in rows])
+                elif batch.keys is not None:
+                    groups = group_rows(batch.keys)
                 self.last_batch = batch
                 n = len(batch.values)
-                groups: Mapping[Hashable, Sequence[int]] = (
-                    {None: range(n)} if keys is None else group_rows(keys)
-                )
+                if groups is None:
+                    groups = {None: range(n)}
                 values = batch.values
                 ticket = batch.ticket if batch.holds is None else None
                 holds = batch.holds

@@ -45,11 +45,17 @@ class MemorySource(Source):
         if isinstance(self.items, AsyncIterable):
             await self._run_async(out, self.items)
             return
-        iterator = iter(self.items)
+        items = self.items
+        # a list or tuple is sliced (a copy in C); anything else is iterated lazily
+        sliceable = isinstance(items, list | tuple)
+        iterator = iter(items)
         position = 0
         while True:
             granted = await out.credit(self.batch_size)
-            chunk = list(itertools.islice(iterator, granted))
+            if sliceable:
+                chunk = list(items[position : position + granted])  # type: ignore[index]
+            else:
+                chunk = list(itertools.islice(iterator, granted))
             if len(chunk) < granted:
                 out.give_back(granted - len(chunk))
             if chunk:
