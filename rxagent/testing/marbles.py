@@ -1,17 +1,18 @@
 """Marble diagrams: parse, render, and run operators on them in virtual time.
 
-The syntax is RxJS's (``TestScheduler.run``):
+The syntax is RxJS's (``TestScheduler.run`` mode):
 
 =============  =================================================================
 ``-``          one frame passes
 ``a``          any other character: one value, then one frame passes
-``|``          completion
-``#``          error
+``|``          completion (takes a frame)
+``#``          error (takes a frame)
 ``(ab)``       ``a`` and ``b`` in the same frame; the group takes as many frames
                as it has characters, parentheses included
-``^``          subscription point of a hot source (time 0); frames before are < 0
-``!``          unsubscription point (subscription marbles)
-``10ms``       time progression: ``ms``, ``s`` or ``m``, separated by spaces
+``^``          subscription point of a hot source (frame 0); frames before are < 0
+``!``          unsubscription point (subscription marbles only)
+``10ms``       time progression: ``ms``, ``s`` or ``m``, with a space on each side
+               (the start or the end of the diagram also counts)
 `` ``          spaces are ignored and never merge neighbours
 =============  =================================================================
 
@@ -21,14 +22,22 @@ or time progression, and times are truncated to whole ticks. Here, as in RxJS,
 one character is one value; ``values`` maps characters to real values.
 
 Frames last ``frame`` seconds of virtual time (default 1 ms, as in RxJS), so a
-5-second window is ``a 5s b`` and a test of it takes milliseconds.
+5-second window is ``a 5s b`` and a test of it takes milliseconds. A time
+progression must be a whole number of frames.
+
+When a test fails, the source, expected and actual diagrams are printed one
+above the other, frame under frame; long silences are shown as time
+progressions (the same in every row) and values without a character of their
+own get one, listed in a legend.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Literal
 
 import reactivex as rx
@@ -38,28 +47,46 @@ from reactivex.testing import TestScheduler
 
 from ..context import PipelineContext
 from ..events import Batch
+from ..exceptions import RxAgentError
 from ..flow import Flow
 from ..sinks.deadletters import DeadLetter, MemoryDeadLetters
 
 __all__ = [
+    "DEFAULT_FRAME",
     "MarbleError",
     "MarbleRun",
+    "Marbles",
     "Notification",
     "assert_marbles",
+    "assert_notifications",
     "marble_batches",
+    "marble_time",
     "parse_marbles",
     "parse_subscription",
+    "render_aligned",
     "render_marbles",
     "run_marbles",
 ]
 
 Kind = Literal["N", "C", "E"]
+#: A subscription as recorded: (subscribed frame, unsubscribed frame or ``None``).
+Subscription = tuple[int, int | None]
 
-_PROGRESSION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
+#: One frame of virtual time, in seconds: 1 ms, as in RxJS.
+DEFAULT_FRAME = 0.001
+
+_PROGRESSION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+#: Characters that mean something in a diagram, so never stand for a value in a rendering.
+_RESERVED = frozenset("-|#()^! ")
+_SPARE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: Silences longer than this many frames render as a time progression.
+_DASH_LIMIT = 20
+#: Frames the virtual clock runs past the last frame a test mentions.
+_HORIZON = 1000
 
 
-class MarbleError(ValueError):
+class MarbleError(RxAgentError, ValueError):
     """A marble diagram could not be parsed; says where."""
 
 
@@ -73,11 +100,27 @@ class Notification:
     key: Hashable = field(default=None, compare=False)
 
     def same_as(self, other: Notification) -> bool:
+        """Same frame, kind and (for values) an equal value; errors match any error."""
         return (
             self.frame == other.frame
             and self.kind == other.kind
-            and (self.kind != "N" or self.value == other.value)
+            and (self.kind != "N" or _equal(self.value, other.value))
         )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an __eq__ that raises or returns an array: not equal
+        return False
+
+
+def _check_frame(frame: float) -> None:
+    if not (isinstance(frame, int | float) and math.isfinite(frame) and frame > 0):
+        raise MarbleError(f"frame must be a positive number of seconds, got {frame!r}")
+
+
+# -- parsing -------------------------------------------------------------------------------------
 
 
 def _progression(diagram: str, i: int, frame: float) -> tuple[int, int] | None:
@@ -89,8 +132,14 @@ def _progression(diagram: str, i: int, frame: float) -> tuple[int, int] | None:
     # must stand alone: start of diagram or after a space, and end or a space after
     if (i > 0 and diagram[i - 1] != " ") or (end < len(diagram) and diagram[end] != " "):
         return None
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    return round(seconds / frame), end - i
+    frames = float(m.group(1)) * _UNITS[m.group(2)] / frame
+    whole = round(frames)
+    if not math.isclose(frames, whole, rel_tol=1e-9, abs_tol=1e-6):
+        raise MarbleError(
+            f"time progression {m.group(0)!r} at column {i + 1} of {diagram!r} is not a whole "
+            f"number of frames ({_format_seconds(frame)} each)"
+        )
+    return whole, end - i
 
 
 def parse_marbles(
@@ -98,9 +147,14 @@ def parse_marbles(
     values: Mapping[str, Any] | None = None,
     *,
     error: Any = None,
-    frame: float = 0.001,
+    frame: float = DEFAULT_FRAME,
 ) -> list[Notification]:
-    """Parse a diagram into notifications, frames relative to ``^`` (or the start)."""
+    """Parse a diagram into notifications, frames relative to ``^`` (or the start).
+
+    ``values`` maps characters to values (a character not in it stands for
+    itself, a one-character string); ``error`` is the value of ``#``.
+    """
+    _check_frame(frame)
     values = values or {}
     out: list[Notification] = []
     t = 0
@@ -157,35 +211,192 @@ def parse_marbles(
     return [Notification(n.frame - shift, n.kind, n.value) for n in out]
 
 
-def parse_subscription(diagram: str, *, frame: float = 0.001) -> tuple[int, int | None]:
-    """``'^---!'`` -> (subscribed frame, unsubscribed frame or None)."""
+def parse_subscription(diagram: str, *, frame: float = DEFAULT_FRAME) -> Subscription:
+    """``'^---!'`` -> (subscribed frame, unsubscribed frame or None).
+
+    As in RxJS, ``^`` takes a frame and ``!`` does not, ``(^!)`` subscribes and
+    unsubscribes in one frame, and time progressions work as in value diagrams.
+    """
+    _check_frame(frame)
     t = 0
     sub: int | None = None
     unsub: int | None = None
+    group_start: int | None = None
     i = 0
     while i < len(diagram):
         c = diagram[i]
         if c == " ":
             i += 1
             continue
-        if c.isdigit():
+        if c.isdigit() and group_start is None:
             prog = _progression(diagram, i, frame)
             if prog is None:
                 raise MarbleError(f"bad time progression at column {i + 1} of {diagram!r}")
             t += prog[0]
             i += prog[1]
             continue
+        at = t if group_start is None else group_start
         if c == "^":
-            sub = t
+            if sub is not None:
+                raise MarbleError(f"second '^' at column {i + 1} of subscription {diagram!r}")
+            sub = at
+            t += 1
         elif c == "!":
-            unsub = t
-        elif c != "-":
-            raise MarbleError(f"unexpected {c!r} at column {i + 1} of subscription {diagram!r}")
-        t += 1
+            if unsub is not None:
+                raise MarbleError(f"second '!' at column {i + 1} of subscription {diagram!r}")
+            if sub is None:
+                raise MarbleError(f"'!' before '^' at column {i + 1} of subscription {diagram!r}")
+            unsub = at
+        elif c == "(":
+            if group_start is not None:
+                raise MarbleError(f"nested group at column {i + 1} of subscription {diagram!r}")
+            group_start = t
+            t += 1
+        elif c == ")":
+            if group_start is None:
+                raise MarbleError(f"')' without '(' at column {i + 1} of subscription {diagram!r}")
+            group_start = None
+            t += 1
+        elif c == "-":
+            t += 1
+        else:
+            raise MarbleError(
+                f"subscription marbles hold only '-', '^', '!', groups and time progressions; "
+                f"found {c!r} at column {i + 1} of {diagram!r}"
+            )
         i += 1
+    if group_start is not None:
+        raise MarbleError(f"group not closed in subscription {diagram!r}")
     if sub is None:
         raise MarbleError(f"subscription marble {diagram!r} has no '^'")
     return sub, unsub
+
+
+def marble_time(diagram: str, *, frame: float = DEFAULT_FRAME) -> float:
+    """Seconds until the diagram's ``|``, as RxJS's ``time('---|')``: a duration
+    to give an operator (``time_window(marble_time('-----|'))``)."""
+    for n in parse_marbles(diagram, frame=frame):
+        if n.kind == "C":
+            return n.frame * frame
+    raise MarbleError(f"marble_time needs a '|' to measure up to, got {diagram!r}")
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds >= 60 and math.isclose(seconds / 60, round(seconds / 60)):
+        return f"{round(seconds / 60)}m"
+    if seconds >= 1 and math.isclose(seconds, round(seconds)):
+        return f"{round(seconds)}s"
+    ms = seconds * 1000
+    if math.isclose(ms, round(ms), abs_tol=1e-9):
+        return f"{round(ms)}ms"
+    return f"{ms:.6g}ms"
+
+
+def _progression_text(frames: int, frame: float) -> str | None:
+    """``frames`` as a time progression that parses back to exactly ``frames``."""
+    text = _format_seconds(frames * frame)
+    try:
+        parsed = _progression(text, 0, frame)
+    except MarbleError:
+        return None
+    return text if parsed is not None and parsed[0] == frames else None
+
+
+class _Legend:
+    """One character per value, shared by every row of a rendering."""
+
+    def __init__(
+        self,
+        values: Mapping[str, Any] | None,
+        rows: Sequence[Sequence[Notification]],
+        avoid: Iterable[str] = (),
+    ) -> None:
+        self.values = dict(values or {})
+        self.assigned: dict[str, Any] = {}
+        literal = {
+            n.value
+            for n in chain.from_iterable(rows)
+            if n.kind == "N" and isinstance(n.value, str) and len(n.value) == 1
+        }
+        self.literal = {c for c in literal if c not in self.values and c not in _RESERVED}
+        taken = set(self.values) | self.literal | _RESERVED | set(avoid)
+        self._spare = iter([c for c in _SPARE if c not in taken])
+
+    def char(self, n: Notification) -> str:
+        if n.kind == "C":
+            return "|"
+        if n.kind == "E":
+            return "#"
+        value = n.value
+        for c, known in chain(self.values.items(), self.assigned.items()):
+            if _equal(known, value):
+                return c
+        if isinstance(value, str) and value in self.literal:
+            return value
+        c = next(self._spare, "?")
+        if c != "?":
+            self.assigned[c] = value
+        return c
+
+    def tokens(self, notifications: Sequence[Notification]) -> dict[int, str]:
+        """Frame -> what the diagram shows there (one character or a group)."""
+        by_frame: dict[int, list[str]] = {}
+        for n in notifications:
+            by_frame.setdefault(n.frame, []).append(self.char(n))
+        return {f: cs[0] if len(cs) == 1 else "(" + "".join(cs) + ")" for f, cs in by_frame.items()}
+
+
+def _fill(gap: int, frame: float, long: bool) -> str:
+    if long and gap > _DASH_LIMIT:
+        text = _progression_text(gap, frame)
+        if text is not None:
+            return f" {text} "
+    return "-" * gap
+
+
+def _layout(
+    rows: Sequence[Mapping[int, str]], starts: Sequence[int], frame: float
+) -> tuple[list[str], dict[int, int], list[bool]]:
+    """Lay rows of tokens out so that each frame with a token starts in the same
+    column in every row. Returns the rows, the column of each such frame, and per
+    row whether it shows its frames exactly (a value closer behind a group than
+    the group's width cannot be drawn)."""
+    keys = sorted(set(starts).union(*rows))
+    bufs = [""] * len(rows)
+    cursor: list[int | None] = [None] * len(rows)
+    exact = [True] * len(rows)
+    columns: dict[int, int] = {}
+    ends = [max(row, default=start) for row, start in zip(rows, starts, strict=True)]
+    prev: int | None = None
+    for f in keys:
+        long = prev is not None and f - prev > _DASH_LIMIT
+        for r, row in enumerate(rows):
+            c = cursor[r]
+            if c is None:
+                if f < starts[r]:
+                    continue
+                c = cursor[r] = starts[r]
+            if f > ends[r]:
+                continue  # no trailing silence after a row's last notification
+            if f > c:
+                bufs[r] += _fill(f - c, frame, long)
+                cursor[r] = f
+            elif f < c and f in row:
+                exact[r] = False
+        width = max(len(b) for b in bufs)
+        bufs = [b.ljust(width) for b in bufs]
+        columns[f] = width
+        for r, row in enumerate(rows):
+            token = row.get(f)
+            c = cursor[r]
+            if token is not None and c is not None:
+                bufs[r] += token
+                cursor[r] = max(c, f) + len(token)
+        prev = f
+    return [b.rstrip() for b in bufs], columns, exact
 
 
 def render_marbles(
@@ -193,51 +404,38 @@ def render_marbles(
     values: Mapping[str, Any] | None = None,
     *,
     start: int = 0,
+    frame: float = DEFAULT_FRAME,
 ) -> tuple[str, dict[str, Any]]:
     """Notifications back to a diagram, and a legend for values with no character.
 
-    Values found in ``values`` use their character; others get ``a``, ``b``, ...
-    not used by ``values``, listed in the legend.
+    Values found in ``values`` use their character, one-character strings stand
+    for themselves, others get ``a``, ``b``, ... (characters not otherwise used),
+    listed in the legend. Silences longer than 20 frames become time progressions.
     """
-    values = values or {}
-    by_value: dict[str, str] = {}
-    for ch, v in values.items():
-        by_value.setdefault(repr(v), ch)
-    legend: dict[str, Any] = {}
-    spare = (c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in values)
+    rows, legend = render_aligned([notifications], values, starts=[start], frame=frame)
+    return rows[0], legend
 
-    def char(n: Notification) -> str:
-        if n.kind == "C":
-            return "|"
-        if n.kind == "E":
-            return "#"
-        r = repr(n.value)
-        if r in by_value:
-            return by_value[r]
-        if isinstance(n.value, str) and len(n.value) == 1 and n.value not in values:
-            return n.value
-        c = next(spare, "?")
-        by_value[r] = c
-        legend[c] = n.value
-        return c
 
-    frames: dict[int, list[str]] = {}
-    for n in sorted(notifications, key=lambda n: n.frame):
-        frames.setdefault(n.frame, []).append(char(n))
-    out: list[str] = []
-    t = start
-    for f in sorted(frames):
-        if f > t:
-            out.append("-" * (f - t))
-            t = f
-        chars = frames[f]
-        if len(chars) == 1:
-            out.append(chars[0])
-            t += 1
-        else:
-            out.append("(" + "".join(chars) + ")")
-            t += len(chars) + 2
-    return "".join(out), legend
+def render_aligned(
+    rows: Sequence[Sequence[Notification]],
+    values: Mapping[str, Any] | None = None,
+    *,
+    starts: Sequence[int] | None = None,
+    frame: float = DEFAULT_FRAME,
+) -> tuple[list[str], dict[str, Any]]:
+    """Several rows of notifications as diagrams aligned frame under frame, with
+    one legend. Each row still parses back to its notifications (padding is
+    spaces, which the syntax ignores). ``starts``: each row's first frame
+    (default 0, or its earliest notification when that is negative)."""
+    legend = _Legend(values, rows)
+    tokens = [legend.tokens(row) for row in rows]
+    if starts is None:
+        starts = [min(0, min((n.frame for n in row), default=0)) for row in rows]
+    lines, _, _ = _layout(tokens, starts, frame)
+    return lines, legend.assigned
+
+
+# -- running ---------------------------------------------------------------------------------------
 
 
 def marble_batches(
@@ -251,14 +449,23 @@ def marble_batches(
     hot: bool = False,
     keys: Callable[[Any], Hashable] | None = None,
     times: Callable[[Any], float | None] | None = None,
-) -> tuple[Observable[Batch], list[tuple[int, int | None]]]:
+    origin: float = 0.0,
+) -> tuple[Observable[Batch], list[Subscription]]:
     """An observable emitting each frame's values as one batch (with credit
-    tickets from ``flow``), and the list its subscriptions are recorded in."""
-    subscriptions: list[tuple[int, int | None]] = []
+    tickets from ``flow``), and the list its subscriptions are recorded in.
+
+    Frames count from ``origin`` (seconds on the scheduler's clock). A cold
+    source starts its diagram at each subscription; a hot one emits the frames
+    from the subscription on, and never those before.
+    """
+    subscriptions: list[Subscription] = []
     by_frame: dict[int, list[Notification]] = {}
     for n in notifications:
         by_frame.setdefault(n.frame, []).append(n)
     position = [0]
+
+    def now_frame() -> int:
+        return round((float(scheduler.clock) - origin) / frame)
 
     def emit_frame(observer: abc.ObserverBase[Batch], group: list[Notification]) -> None:
         vals = [n.value for n in group if n.kind == "N"]
@@ -290,7 +497,7 @@ def marble_batches(
     def subscribe(
         observer: abc.ObserverBase[Batch], _: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        sub_frame = round(float(scheduler.clock) / frame)
+        sub_frame = now_frame()
         record = len(subscriptions)
         subscriptions.append((sub_frame, None))
         disposables = []
@@ -302,10 +509,10 @@ def marble_batches(
             def action(_s: Any, _st: Any = None, group: list[Notification] = group) -> None:
                 emit_frame(observer, group)
 
-            disposables.append(scheduler.schedule_absolute(at * frame, action))
+            disposables.append(scheduler.schedule_absolute(origin + at * frame, action))
 
         def unsubscribe() -> None:
-            subscriptions[record] = (sub_frame, round(float(scheduler.clock) / frame))
+            subscriptions[record] = (sub_frame, now_frame())
 
         return CompositeDisposable(*disposables, Disposable(unsubscribe))
 
@@ -314,18 +521,34 @@ def marble_batches(
 
 @dataclass
 class MarbleRun:
-    """What :func:`run_marbles` saw."""
+    """What :func:`run_marbles` saw: the output, the source's subscriptions,
+    dead letters, and the flow whose ``pending`` tells whether every source event
+    ended."""
 
     notifications: list[Notification]
-    subscriptions: list[tuple[int, int | None]]
+    subscriptions: list[Subscription]
     dead_letters: list[DeadLetter]
     flow: Flow
     ctx: PipelineContext
     frame: float
+    scheduler: TestScheduler | None = None
 
     @property
     def values(self) -> list[Any]:
         return [n.value for n in self.notifications if n.kind == "N"]
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [n.key for n in self.notifications if n.kind == "N"]
+
+
+def _resolve_hot(source: str, hot: bool | None) -> bool:
+    marked = "^" in source
+    if hot is None:
+        return marked
+    if marked and not hot:
+        raise MarbleError(f"a cold source cannot have a subscription point '^': {source!r}")
+    return hot
 
 
 def run_marbles(
@@ -333,34 +556,53 @@ def run_marbles(
     source: str,
     values: Mapping[str, Any] | None = None,
     *,
-    frame: float = 0.001,
-    hot: bool = False,
+    frame: float = DEFAULT_FRAME,
+    hot: bool | None = None,
+    subscribe: int = 0,
     unsubscribe: int | None = None,
     horizon: int | None = None,
     keys: Callable[[Any], Hashable] | None = None,
     times: Callable[[Any], float | None] | None = None,
     error: Any = None,
     end_outputs: bool = True,
+    scheduler: TestScheduler | None = None,
 ) -> MarbleRun:
     """Run ``operator`` on the ``source`` diagram in virtual time and record its output.
 
-    Output rows are ended as a sink would end them (``end_outputs``), so after
-    the run every event of the source must have ended: the run's ``flow`` tells.
-    ``horizon`` (frames) bounds the virtual clock; by default 1,000 frames past
-    the last source notification.
+    The operator is subscribed at frame ``subscribe`` and disposed at frame
+    ``unsubscribe`` (if given). The source is hot when it has a ``^`` (or with
+    ``hot=True``). Output rows are ended as a sink would end them
+    (``end_outputs``), so after the run every event of the source must have
+    ended: the run's ``flow`` tells. ``horizon`` (frames) bounds the virtual
+    clock; by default 1,000 frames past the last frame of the source, the
+    subscription and the unsubscription.
+
+    With a ``scheduler`` the run uses it, and frames count from its clock at the
+    call; by default a fresh :class:`~reactivex.testing.TestScheduler`.
     """
-    scheduler = TestScheduler()
+    _check_frame(frame)
+    is_hot = _resolve_hot(source, hot)
+    scheduler = scheduler if scheduler is not None else TestScheduler()
+    origin = float(scheduler.clock)
     dead = MemoryDeadLetters()
     ctx = PipelineContext("marbles", scheduler=scheduler, dead_letters=dead)
     flow = Flow("marbles", capacity=1 << 30)
     notes = parse_marbles(source, values, error=error, frame=frame)
     observable, subscriptions = marble_batches(
-        scheduler, notes, ctx=ctx, flow=flow, frame=frame, hot=hot, keys=keys, times=times
+        scheduler,
+        notes,
+        ctx=ctx,
+        flow=flow,
+        frame=frame,
+        hot=is_hot,
+        keys=keys,
+        times=times,
+        origin=origin,
     )
     output: list[Notification] = []
 
     def now_frame() -> int:
-        return round(float(scheduler.clock) / frame)
+        return round((float(scheduler.clock) - origin) / frame)
 
     def on_next(batch: Batch) -> None:
         f = now_frame()
@@ -370,18 +612,171 @@ def run_marbles(
         if end_outputs:
             batch.end_all()
 
-    subscription = operator(observable).subscribe(
-        on_next,
-        lambda e: output.append(Notification(now_frame(), "E", e)),
-        lambda: output.append(Notification(now_frame(), "C")),
-        scheduler=scheduler,
-    )
+    subscription: list[abc.DisposableBase] = []
     if unsubscribe is not None:
-        scheduler.schedule_absolute(unsubscribe * frame, lambda *_: subscription.dispose())
-    last = max((n.frame for n in notes), default=0)
-    end = horizon if horizon is not None else last + 1000
-    scheduler.advance_to(end * frame)
-    return MarbleRun(output, subscriptions, dead.letters, flow, ctx, frame)
+        # scheduled first, so it runs before source emissions of the same frame (as in RxJS)
+
+        def stop(*_: Any) -> None:
+            for s in subscription:
+                s.dispose()
+
+        scheduler.schedule_absolute(origin + unsubscribe * frame, stop)
+
+    def start(*_: Any) -> None:
+        subscription.append(
+            operator(observable).subscribe(
+                on_next,
+                lambda e: output.append(Notification(now_frame(), "E", e)),
+                lambda: output.append(Notification(now_frame(), "C")),
+                scheduler=scheduler,
+            )
+        )
+
+    if subscribe <= 0:
+        start()
+    else:
+        scheduler.schedule_absolute(origin + subscribe * frame, start)
+    if horizon is None:
+        last = max((n.frame for n in notes), default=0)
+        horizon = max(last, subscribe, unsubscribe or 0) + _HORIZON
+    scheduler.advance_to(origin + horizon * frame)
+    return MarbleRun(output, subscriptions, dead.letters, flow, ctx, frame, scheduler)
+
+
+# -- asserting -------------------------------------------------------------------------------------
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(n: Notification | None) -> str:
+    if n is None:
+        return "nothing"
+    if n.kind == "C":
+        return "completion"
+    if n.kind == "E":
+        return "an error" if n.value is None else f"error {_short_repr(n.value)}"
+    return _short_repr(n.value)
+
+
+def _first_difference(
+    want: Sequence[Notification], got: Sequence[Notification]
+) -> tuple[int, Notification | None, Notification | None] | None:
+    for i in range(max(len(want), len(got))):
+        w = want[i] if i < len(want) else None
+        g = got[i] if i < len(got) else None
+        if w is None or g is None or not w.same_as(g):
+            frames = [n.frame for n in (w, g) if n is not None]
+            return min(frames), w, g
+    return None
+
+
+def _label_rows(labels: Sequence[str], lines: Sequence[str]) -> list[str]:
+    width = max(len(label) for label in labels) + 1
+    return [
+        f"  {(label + ':').ljust(width)} {line}".rstrip()
+        for label, line in zip(labels, lines, strict=True)
+    ]
+
+
+def _diagram_message(
+    want: Sequence[Notification],
+    got: Sequence[Notification],
+    out_values: Mapping[str, Any] | None,
+    frame: float,
+    *,
+    source_notes: Sequence[Notification] | None = None,
+    values: Mapping[str, Any] | None = None,
+    hot: bool = False,
+) -> str:
+    source_notes = source_notes or []
+    source_chars = {v for n in source_notes if isinstance(v := n.value, str) and len(v) == 1}
+    out_legend = _Legend(out_values, [want, got], avoid=source_chars | set(values or {}))
+    rows = [out_legend.tokens(want), out_legend.tokens(got)]
+    starts = [0, 0]
+    labels = ["expected", "actual"]
+    legend = dict(out_legend.assigned)
+    if source_notes or hot:
+        # the source's values all have characters already; spares must not clash with the output's
+        in_legend = _Legend(values, [source_notes], avoid=out_legend.assigned)
+        src_tokens = in_legend.tokens(source_notes)
+        if hot:  # show the subscription point, merged into a group if values share frame 0
+            at_zero = src_tokens.get(0)
+            src_tokens[0] = "^" if at_zero is None else "(^" + at_zero.strip("()") + ")"
+        rows.insert(0, src_tokens)
+        starts.insert(0, min(0, min((n.frame for n in source_notes), default=0)))
+        labels.insert(0, "source")
+        legend.update(in_legend.assigned)
+    lines, columns, exact = _layout(rows, starts, frame)
+    out = [f"marble diagrams differ (one frame = {_format_seconds(frame)})"]
+    out += _label_rows(labels, lines)
+    diff = _first_difference(want, got)
+    if diff is not None:
+        at, w, g = diff
+        indent = 2 + max(len(label) for label in labels) + 2
+        out.append(
+            " " * (indent + columns.get(at, 0))
+            + f"^ frame {at}: expected {_describe(w)}, got {_describe(g)}"
+        )
+    if legend:
+        out.append("  where " + ", ".join(f"{k}={v!r}" for k, v in legend.items()))
+    if not exact[-1]:
+        out.append(
+            "  (the actual row has values closer behind a group than the group's width: "
+            "the diagram cannot place them exactly; see the frames below)"
+        )
+    out.append(f"  expected frames: {[(n.frame, n.kind, n.value) for n in want]}")
+    out.append(f"  actual frames:   {[(n.frame, n.kind, n.value) for n in got]}")
+    return "\n".join(out)
+
+
+def assert_notifications(
+    actual: Sequence[Notification],
+    expected: str,
+    values: Mapping[str, Any] | None = None,
+    *,
+    error: Any = None,
+    frame: float = DEFAULT_FRAME,
+) -> None:
+    """Assert that recorded notifications match the ``expected`` diagram, with
+    the aligned failure message of :func:`assert_marbles` (for recordings made
+    elsewhere, such as a :class:`~rxagent.testing.virtual.MarbleSink`)."""
+    want = parse_marbles(expected, values, error=error, frame=frame)
+    if not _same(want, actual):
+        raise AssertionError(_diagram_message(want, actual, values, frame))
+
+
+def _subscription_notes(subs: Sequence[Subscription]) -> list[dict[int, str]]:
+    rows: list[dict[int, str]] = []
+    for sub, unsub in subs:
+        if unsub is None:
+            rows.append({sub: "^"})
+        elif unsub == sub:
+            rows.append({sub: "(^!)"})
+        else:
+            rows.append({sub: "^", unsub: "!"})
+    return rows
+
+
+def _subscription_message(
+    want: Sequence[Subscription], got: Sequence[Subscription], frame: float
+) -> str:
+    rows = _subscription_notes(want) + _subscription_notes(got)
+    labels = [f"expected[{i}]" if len(want) > 1 else "expected" for i in range(len(want))]
+    labels += [f"actual[{i}]" if len(got) > 1 else "actual" for i in range(len(got))]
+    starts = [0] * len(rows)
+    lines, _, _ = _layout(rows, starts, frame) if rows else ([], {}, [])
+    out = [f"subscriptions differ (one frame = {_format_seconds(frame)})"]
+    out += _label_rows(labels, lines) if rows else []
+    if not want:
+        out.append("  expected no subscription")
+    if not got:
+        out.append("  actual: the source was never subscribed")
+    out.append(f"  expected frames: {list(want)}")
+    out.append(f"  actual frames:   {list(got)}")
+    return "\n".join(out)
 
 
 def _same(a: Sequence[Notification], b: Sequence[Notification]) -> bool:
@@ -395,66 +790,139 @@ def assert_marbles(
     values: Mapping[str, Any] | None = None,
     *,
     expected_values: Mapping[str, Any] | None = None,
-    subscriptions: str | None = None,
-    frame: float = 0.001,
-    hot: bool = False,
+    subscriptions: str | Sequence[str] | None = None,
+    frame: float = DEFAULT_FRAME,
+    hot: bool | None = None,
     unsubscribe: str | None = None,
     keys: Callable[[Any], Hashable] | None = None,
     times: Callable[[Any], float | None] | None = None,
     error: Any = None,
     check_flow: bool = True,
+    scheduler: TestScheduler | None = None,
 ) -> MarbleRun:
     """Assert that ``operator`` turns the ``source`` diagram into the ``expected`` one.
 
     ``values`` maps characters of the source (and, unless ``expected_values`` is
-    given, of the expected diagram) to values. ``unsubscribe`` is a subscription
-    marble (``'^---!'``) saying when the test disposes. With ``check_flow`` every
-    source event must have ended by the end of the run (the flow-control rule).
-    On failure the message shows both diagrams, aligned.
+    given, of the expected diagram) to values. Notifications must match in
+    order, frame and value; an expected ``#`` matches any error.
+
+    ``unsubscribe`` is a subscription marble (``'^---!'``, or ``'--^--!'`` to
+    subscribe later) saying when the test subscribes and disposes.
+    ``subscriptions`` asserts when the operator subscribed to and unsubscribed
+    from the source (one marble, or a list when it subscribes more than once).
+    The source is hot when it has a ``^``: it starts before the test subscribes.
+    With ``check_flow`` every source event must have ended by the end of the run
+    (the flow-control rule); it is not checked when ``unsubscribe`` disposes
+    early. On failure the message shows the diagrams aligned frame under frame.
     """
-    unsub = None
+    sub, unsub = 0, None
     if unsubscribe is not None:
-        unsub = parse_subscription(unsubscribe, frame=frame)[1]
+        sub, unsub = parse_subscription(unsubscribe, frame=frame)
+    out_values = expected_values if expected_values is not None else values
+    want = parse_marbles(expected, out_values, error=error, frame=frame)
+    marbles = [subscriptions] if isinstance(subscriptions, str) else list(subscriptions or [])
+    want_subs = [parse_subscription(m, frame=frame) for m in marbles]
+    mentioned = [n.frame for n in want] + [f for s in want_subs for f in s if f is not None]
+    source_notes = parse_marbles(source, values, error=error, frame=frame)
+    mentioned += [n.frame for n in source_notes] + [sub, unsub or 0]
     result = run_marbles(
         operator,
         source,
         values,
         frame=frame,
         hot=hot,
+        subscribe=sub,
         unsubscribe=unsub,
+        horizon=max(mentioned) + _HORIZON,
         keys=keys,
         times=times,
         error=error,
+        scheduler=scheduler,
     )
-    out_values = expected_values if expected_values is not None else values
-    want = parse_marbles(expected, out_values, error=error, frame=frame)
     got = result.notifications
-    if not _same(sorted(want), sorted(got)):
-        w, _ = render_marbles(want, out_values)
-        g, legend = render_marbles(got, out_values)
-        lines = [
-            "marble diagrams differ",
-            f"  source:   {source}",
-            f"  expected: {w}",
-            f"  actual:   {g}",
-        ]
-        if legend:
-            lines.append("  where " + ", ".join(f"{k}={v!r}" for k, v in legend.items()))
-        detail_want = [(n.frame, n.kind, n.value) for n in want]
-        detail_got = [(n.frame, n.kind, n.value) for n in got]
-        lines.append(f"  expected notifications: {detail_want}")
-        lines.append(f"  actual notifications:   {detail_got}")
-        raise AssertionError("\n".join(lines))
-    if subscriptions is not None:
-        sub, unsub_frame = parse_subscription(subscriptions, frame=frame)
-        recorded = result.subscriptions
-        if not recorded or recorded[0] != (sub, unsub_frame):
-            raise AssertionError(
-                f"subscription differs: expected {(sub, unsub_frame)}, actual {recorded}"
+    if not _same(want, got):
+        is_hot = _resolve_hot(source, hot)
+        raise AssertionError(
+            _diagram_message(
+                want, got, out_values, frame, source_notes=source_notes, values=values, hot=is_hot
             )
+        )
+    if subscriptions is not None and want_subs != result.subscriptions:
+        raise AssertionError(_subscription_message(want_subs, result.subscriptions, frame))
     if check_flow and unsubscribe is None and result.flow.pending:
         raise AssertionError(
             f"{result.flow.pending} source events never ended: the operator neither passed "
             "them on, ended nor folded them (see docs/architecture.md, the flow-control rule)"
         )
     return result
+
+
+class Marbles:
+    """The marble kit bound to one scheduler and frame length (what the
+    ``marbles`` pytest fixture gives)::
+
+        m = Marbles(frame=0.001)
+        m.assert_marbles(ops.map(str.upper), "-a-b-|", "-A-B-|")
+
+    Runs share the scheduler one after the other; each run's frames count from
+    the clock where the previous one left it.
+    """
+
+    def __init__(self, scheduler: TestScheduler | None = None, *, frame: float = DEFAULT_FRAME):
+        _check_frame(frame)
+        self.scheduler = scheduler if scheduler is not None else TestScheduler()
+        self.frame = frame
+
+    def parse(
+        self, diagram: str, values: Mapping[str, Any] | None = None, *, error: Any = None
+    ) -> list[Notification]:
+        """:func:`parse_marbles` with this kit's frame."""
+        return parse_marbles(diagram, values, error=error, frame=self.frame)
+
+    def parse_subscription(self, diagram: str) -> Subscription:
+        """:func:`parse_subscription` with this kit's frame."""
+        return parse_subscription(diagram, frame=self.frame)
+
+    def time(self, diagram: str) -> float:
+        """:func:`marble_time`: seconds until the diagram's ``|``."""
+        return marble_time(diagram, frame=self.frame)
+
+    def render(
+        self, notifications: Sequence[Notification], values: Mapping[str, Any] | None = None
+    ) -> str:
+        """:func:`render_marbles` with this kit's frame (the diagram only)."""
+        return render_marbles(notifications, values, frame=self.frame)[0]
+
+    def run(
+        self,
+        operator: Callable[[Observable[Batch]], Observable[Batch]],
+        source: str,
+        values: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> MarbleRun:
+        """:func:`run_marbles` on this kit's scheduler and frame."""
+        return run_marbles(
+            operator, source, values, frame=self.frame, scheduler=self.scheduler, **options
+        )
+
+    def assert_marbles(
+        self,
+        operator: Callable[[Observable[Batch]], Observable[Batch]],
+        source: str,
+        expected: str,
+        values: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> MarbleRun:
+        """:func:`assert_marbles` on this kit's scheduler and frame."""
+        return assert_marbles(
+            operator,
+            source,
+            expected,
+            values,
+            frame=self.frame,
+            scheduler=self.scheduler,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"Marbles(frame={_format_seconds(self.frame)}, clock={self.scheduler.clock!r})"
