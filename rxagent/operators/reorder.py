@@ -1,0 +1,423 @@
+"""Reorder: put events back in sequence order per key, waiting a bounded time for gaps.
+
+Feeds that fan in over several connections or partitions deliver a key's
+events slightly out of order. ``reorder(seq=..., max_delay=...)`` emits each
+key's events in sequence order: an event ahead of the next expected sequence
+number is *held* (it keeps its credit, so a long gap slows the source instead of
+growing memory) until the missing ones arrive, or until it has waited
+``max_delay`` seconds. Then the stage gives up on the missing numbers: it
+publishes a :class:`Gap` notice and moves on to the lowest number it holds.
+
+How gaps are reported: always on the operator's ``gaps`` stream (an Rx
+observable of :class:`Gap`), and, with ``emit_gaps=True``, also as a ``Gap`` row
+in the main stream, just before the event that follows the gap, so a downstream
+stage (or an LLM reading the state) sees where data is missing. A gap row holds
+no credit. By default the main stream carries only the events.
+
+An event whose sequence number was already emitted or skipped, or that repeats
+one being held, is dropped: ended and counted in the stage's ``dropped``.
+
+Cost: a batch whose keys are all in order (the common case) is checked with
+list comparisons in C and passed on as it is; only batches with disorder run a
+per-row loop, and only held events become :class:`~rxagent.events.Event` objects.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.disposable import SerialDisposable
+from reactivex.subject import Subject
+
+from ..context import PipelineContext, StageMetrics, _scheduler_seconds
+from ..events import Batch, Event
+from ..exceptions import ConfigurationError
+from .base import BatchHandler, Emit, Operator, batch_stage
+from .retry import publish, require_scheduler
+from .transform import _apply, to_key_function
+from .windows import group_rows
+
+__all__ = ["Gap", "ReorderOperator", "reorder"]
+
+# Clocks that pass through datetime round to microseconds: a deadline is met
+# when the clock is within this of it.
+_SLACK = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Sequence numbers ``expected`` up to ``got - 1`` of ``key`` never arrived
+    within the delay; the stream went on at ``got``."""
+
+    key: Hashable
+    expected: int
+    got: int
+
+    @property
+    def missing(self) -> int:
+        """How many sequence numbers were skipped."""
+        return self.got - self.expected
+
+
+class ReorderOperator(Operator):
+    """The :func:`reorder` operator; :attr:`gaps` streams its gap notices."""
+
+    __slots__ = ("gaps",)
+
+    def __init__(
+        self,
+        build: Callable[[str, Observable[Batch]], Observable[Batch]],
+        name: str | None,
+        gaps: Subject[Gap],
+    ) -> None:
+        super().__init__("reorder", build, name)
+        #: Every gap of every subscription of this operator; never completes.
+        self.gaps: Subject[Gap] = gaps
+
+    def named(self, name: str) -> ReorderOperator:
+        return ReorderOperator(self._build, name, self.gaps)
+
+
+class _KeyOrder:
+    """One key's place in its sequence and the events held ahead of it."""
+
+    __slots__ = ("arrivals", "expected", "held", "seqs")
+
+    def __init__(self, expected: int | None) -> None:
+        self.expected = expected
+        self.held: dict[int, Event] = {}
+        self.seqs: list[int] = []  # heap of the held numbers
+        self.arrivals: deque[tuple[float, int]] = deque()  # (arrival, seq), arrival order
+
+
+def reorder(
+    seq: str | int | Callable[[Any], int],
+    *,
+    max_delay: float,
+    key: str | int | Callable[[Any], Hashable] | None = None,
+    start: int | None = None,
+    emit_gaps: bool = False,
+    scheduler: abc.SchedulerBase | None = None,
+    name: str | None = None,
+) -> ReorderOperator:
+    """Emit each key's events in ``seq`` order, holding early ones up to ``max_delay``.
+
+    - ``seq``: a field name or function giving the event's sequence number (an int).
+    - ``max_delay``: seconds an event may wait for the numbers before it; then a
+      :class:`Gap` is published and the stream moves on. ``0`` never waits.
+    - ``key``: sequences are per key: a field name or function, by default the
+      event's key (``key_by``); events without a key share one sequence.
+    - ``start``: the first number of every key's sequence; by default a key's
+      first event starts it (an earlier number arriving later is dropped).
+    - ``emit_gaps``: also put each :class:`Gap` in the main stream (see the module
+      docstring); gaps are always on the returned operator's ``gaps`` stream.
+
+    On completion, held events are emitted in order (with their gaps). On
+    disposal they are ended. A ``seq`` function that raises or returns a
+    non-int sends that event to dead letters.
+
+    ::
+
+        -a-c-b-e---------|   reorder("n", max_delay=0.005, emit_gaps=True)
+        -a---(bc)---(ge)-|   a, b, c, e have n = 1, 2, 3, 5; g = Gap(None, 4, 5)
+    """
+    try:
+        seq_fn = to_key_function(seq)
+    except TypeError as error:
+        raise ConfigurationError(
+            f"reorder: seq must be a field name or a function, got {seq!r}"
+        ) from error
+    try:
+        key_fn = None if key is None else to_key_function(key)
+    except TypeError as error:
+        raise ConfigurationError(
+            f"reorder: key must be a field name or a function, got {key!r}"
+        ) from error
+    if isinstance(max_delay, bool) or not (
+        isinstance(max_delay, int | float) and math.isfinite(max_delay) and max_delay >= 0
+    ):
+        raise ConfigurationError(
+            f"reorder: max_delay must be a number of seconds >= 0, got {max_delay!r}"
+        )
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
+        raise ConfigurationError(f"reorder: start must be an int or None, got {start!r}")
+    gaps: Subject[Gap] = Subject()
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def __init__(self, observer: abc.ObserverBase[Batch], sched: abc.SchedulerBase) -> None:
+                self.observer = observer
+                self.sched = sched
+                self.keys: dict[Hashable, _KeyOrder] = {}
+                # (deadline, tie-breaker, key): when a held event of a key is due;
+                # entries whose event has gone since are skipped when they come up
+                self.deadlines: list[tuple[float, int, Hashable]] = []
+                self.counter = itertools.count()
+                self.timer = SerialDisposable()
+                self.timer_at: float | None = None
+                self.like: Batch | None = None  # for ctx, source and time of timer batches
+                self.held = 0
+
+            def now(self) -> float:
+                return _scheduler_seconds(self.sched)
+
+            # -- batches ----------------------------------------------------------
+
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                ctx = batch.ctx
+                metrics = ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                seqs, ok = _apply(batch, seq_fn, stage)
+                if ok:
+                    keep = [i for i, good in enumerate(ok) if good]
+                    batch = batch.take(keep)
+                    seqs = [seqs[i] for i in keep]
+                keys: Sequence[Hashable] | None
+                if key_fn is not None:
+                    keys, ok = _apply(batch, key_fn, stage)
+                    if ok:
+                        keep = [i for i, good in enumerate(ok) if good]
+                        batch = batch.take(keep)
+                        seqs = [seqs[i] for i in keep]
+                        keys = [keys[i] for i in keep]
+                else:
+                    keys = batch.keys
+                self.like = batch
+                if not seqs:
+                    return
+                if self._in_order(seqs, keys):
+                    metrics.events_out += len(seqs)
+                    emit(batch)
+                    return
+                now = self.now()
+                out: list[Event] = []
+                self._rows(batch, seqs, keys, now, out, metrics)
+                self._expire(now, out, metrics)
+                self._emit(out, emit)
+                self._arm(now)
+
+            def _in_order(self, seqs: list[Any], keys: Sequence[Hashable] | None) -> bool:
+                """Whether every key's numbers continue its sequence, with nothing held:
+                then the batch passes as it is (checked with comparisons in C)."""
+                groups: Mapping[Hashable, Sequence[int]] = (
+                    {None: range(len(seqs))} if keys is None else group_rows(keys)
+                )
+                found = self.keys
+                checked: list[tuple[_KeyOrder | None, Hashable, int]] = []
+                for k, rows in groups.items():
+                    state = found.get(k)
+                    if state is not None and state.held:
+                        return False
+                    first = seqs[rows[0]]
+                    expected = None if state is None else state.expected
+                    if expected is None:
+                        expected = start if start is not None else first
+                    if first != expected or type(first) is not int:
+                        return False
+                    m = len(rows)
+                    if m > 1:
+                        mine = seqs if keys is None else list(itemgetter(*rows)(seqs))
+                        if mine != list(range(expected, expected + m)):
+                            return False
+                    checked.append((state, k, expected + m))
+                for state, k, nxt in checked:
+                    if state is None:
+                        found[k] = _KeyOrder(nxt)
+                    else:
+                        state.expected = nxt
+                return True
+
+            def _rows(
+                self,
+                batch: Batch,
+                seqs: list[Any],
+                keys: Sequence[Hashable] | None,
+                now: float,
+                out: list[Event],
+                metrics: StageMetrics,
+            ) -> None:
+                """The general path, one row at a time in arrival order."""
+                found = self.keys
+                ctx = batch.ctx
+                deadline = now + max_delay
+                for i, s in enumerate(seqs):
+                    if type(s) is not int:
+                        ctx.dead_letter(
+                            batch.event(i, take=True),
+                            stage,
+                            TypeError(f"reorder {stage!r}: seq must be an int, got {s!r}"),
+                        )
+                        continue
+                    k = None if keys is None else keys[i]
+                    state = found.get(k)
+                    if state is None:
+                        state = found[k] = _KeyOrder(start)
+                    expected = state.expected
+                    if expected is None:
+                        expected = state.expected = s
+                    if s < expected or s in state.held:
+                        metrics.dropped += 1
+                        batch.end_row(i)
+                    elif s == expected:
+                        out.append(batch.event(i, take=True))
+                        state.expected = s + 1
+                        self._release_run(state, out)
+                    else:
+                        state.held[s] = batch.event(i, take=True)
+                        heapq.heappush(state.seqs, s)
+                        state.arrivals.append((now, s))
+                        heapq.heappush(self.deadlines, (deadline, next(self.counter), k))
+                        self.held += 1
+                metrics.extra["held"] = self.held
+
+            def _release_run(self, state: _KeyOrder, out: list[Event]) -> None:
+                """Emit the held events that now continue the sequence."""
+                held = state.held
+                expected = state.expected
+                assert expected is not None
+                while expected in held:
+                    out.append(held.pop(expected))
+                    heapq.heappop(state.seqs)  # the lowest held is always the expected one
+                    self.held -= 1
+                    expected += 1
+                state.expected = expected
+
+            def _skip(
+                self, k: Hashable, state: _KeyOrder, out: list[Event], metrics: StageMetrics
+            ) -> None:
+                """Give up on the missing numbers: go on at the lowest held one."""
+                got = state.seqs[0]
+                expected = state.expected
+                assert expected is not None
+                gap = Gap(k, expected, got)
+                publish(gaps, gap, stage)
+                extra = metrics.extra
+                extra["gaps"] = extra.get("gaps", 0) + 1
+                extra["missing"] = extra.get("missing", 0) + gap.missing
+                if emit_gaps:
+                    out.append(Event(gap, k))
+                state.expected = got
+                self._release_run(state, out)
+
+            def _expire(self, now: float, out: list[Event], metrics: StageMetrics) -> None:
+                """Skip the gaps of every key holding an event that has waited enough."""
+                limit = now - max_delay + _SLACK
+                deadlines = self.deadlines
+                while deadlines and deadlines[0][0] <= now + _SLACK:
+                    k = heapq.heappop(deadlines)[2]
+                    state = self.keys.get(k)
+                    if state is None:
+                        continue
+                    arrivals = state.arrivals
+                    while arrivals:
+                        arrived, s = arrivals[0]
+                        if s not in state.held:
+                            arrivals.popleft()  # released already
+                        elif arrived <= limit:
+                            self._skip(k, state, out, metrics)
+                        else:
+                            break
+                metrics.extra["held"] = self.held
+
+            # -- emitting and timers ------------------------------------------------
+
+            def _emit(self, out: list[Event], emit: Emit) -> None:
+                """Emit events as batches, one per run of the same source and partition
+                (positions are only meaningful within one)."""
+                like = self.like
+                if not out or like is None:
+                    return
+                ctx = like.ctx
+                metrics = ctx.stage(stage)
+                metrics.events_out += sum(1 for ev in out if not isinstance(ev.value, Gap))
+                origin = (like.source, like.partition)
+                run: list[Event] = []
+                for ev in out:
+                    pos = ev.position
+                    where = origin if pos is None else (pos.source, pos.partition)
+                    if where != origin and run:
+                        emit(self._batch(ctx, origin, run))
+                        run = []
+                    origin = where
+                    run.append(ev)
+                emit(self._batch(ctx, origin, run))
+
+            def _batch(
+                self, ctx: PipelineContext, where: tuple[str, Hashable], events: list[Event]
+            ) -> Batch:
+                return Batch.of_events(
+                    events, ctx=ctx, source=where[0], time=ctx.now(), partition=where[1]
+                )
+
+            def _arm(self, now: float) -> None:
+                """Keep a timer for the earliest deadline."""
+                deadlines = self.deadlines
+                if not deadlines:
+                    return
+                due = deadlines[0][0]
+                if self.timer_at is not None and self.timer_at <= due:
+                    return
+                self.timer_at = due
+                self.timer.disposable = self.sched.schedule_relative(
+                    max(0.0, due - now), self._on_timer, due
+                )
+
+            def _on_timer(self, _s: abc.SchedulerBase, due: float | None = None) -> None:
+                try:
+                    self.timer_at = None
+                    like = self.like
+                    if like is None:
+                        return
+                    # the timer is for ``due``: a clock rounded a hair short still counts
+                    now = max(self.now(), due if due is not None else 0.0)
+                    out: list[Event] = []
+                    self._expire(now, out, like.ctx.stage(stage))
+                    self._emit(out, self.observer.on_next)
+                    self._arm(now)
+                except Exception as error:  # never raise into the loop
+                    self.observer.on_error(error)
+
+            # -- the end ------------------------------------------------------------
+
+            def on_completed(self, emit: Emit) -> None:
+                self.timer.dispose()
+                like = self.like
+                if like is None:
+                    return
+                metrics = like.ctx.stage(stage)
+                out: list[Event] = []
+                for k, state in self.keys.items():
+                    while state.held:
+                        self._skip(k, state, out, metrics)
+                self.deadlines.clear()
+                metrics.extra["held"] = self.held
+                self._emit(out, emit)
+
+            def dispose(self) -> None:
+                self.timer.dispose()
+                # unsubscribed: these events will not be processed, so their processing is over
+                for state in self.keys.values():
+                    for ev in state.held.values():
+                        ev.end()
+                    state.held.clear()
+                    state.seqs.clear()
+                    state.arrivals.clear()
+                self.deadlines.clear()
+                self.held = 0
+
+        def make(
+            observer: abc.ObserverBase[Batch], at_subscribe: abc.SchedulerBase | None
+        ) -> Handler:
+            return Handler(observer, require_scheduler("reorder", stage, scheduler, at_subscribe))
+
+        return batch_stage(source, make)
+
+    return ReorderOperator(build, name, gaps)
