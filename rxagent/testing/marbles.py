@@ -716,9 +716,13 @@ def _diagram_message(
     if diff is not None:
         at, w, g = diff
         indent = 2 + max(len(label) for label in labels) + 2
+        expected_text, actual_text = _describe(w), _describe(g)
+        if w is not None and g is not None and w.frame != g.frame:
+            expected_text += f" at frame {w.frame}"
+            actual_text += f" at frame {g.frame}"
         out.append(
             " " * (indent + columns.get(at, 0))
-            + f"^ frame {at}: expected {_describe(w)}, got {_describe(g)}"
+            + f"^ frame {at}: expected {expected_text}, got {actual_text}"
         )
     if legend:
         out.append("  where " + ", ".join(f"{k}={v!r}" for k, v in legend.items()))
