@@ -1,11 +1,22 @@
 """Testing kit shipped to users (and used by rxagent's own tests).
 
-:func:`run` pushes values through operators into a :class:`~rxagent.sinks.ListSink`
-and returns what came out, what was dead-lettered and the final status, in one
-call::
+* :func:`run` pushes values through operators into a :class:`~rxagent.sinks.ListSink`
+  and returns what came out, what was dead-lettered and the final status, in one
+  call::
 
-    result = await run([1, 2, 3], ops.filter(lambda v: v > 1))
-    assert result.values == [2, 3]
+      result = await run([1, 2, 3], ops.filter(lambda v: v > 1))
+      assert result.values == [2, 3]
+
+* :mod:`~rxagent.testing.marbles`: RxJS marble diagrams, and
+  :func:`assert_marbles` to run an operator on one in virtual time.
+* :mod:`~rxagent.testing.virtual`: whole pipelines in virtual time
+  (:func:`marble_source`, :func:`virtual_source`, :class:`MarbleSink`).
+* :mod:`~rxagent.testing.strategies`: hypothesis strategies (import it
+  explicitly; it needs hypothesis).
+* :mod:`~rxagent.testing.plugin`: the pytest fixtures ``test_scheduler``,
+  ``marble_frame`` and ``marbles``, installed with rxagent.
+
+The guide: docs/testing.md.
 """
 
 from __future__ import annotations
@@ -19,8 +30,41 @@ from ..runtime import Pipeline, PipelineStatus
 from ..sinks.base import ListSink, Sink
 from ..sinks.deadletters import DeadLetter, MemoryDeadLetters
 from ..sources.memory import memory
+from .marbles import (
+    MarbleError,
+    MarbleRun,
+    Marbles,
+    Notification,
+    assert_marbles,
+    assert_notifications,
+    marble_time,
+    parse_marbles,
+    parse_subscription,
+    render_marbles,
+    run_marbles,
+)
+from .virtual import MarbleSink, TimedEvent, VirtualSource, marble_source, virtual_source
 
-__all__ = ["RunResult", "run"]
+__all__ = [
+    "MarbleError",
+    "MarbleRun",
+    "MarbleSink",
+    "Marbles",
+    "Notification",
+    "RunResult",
+    "TimedEvent",
+    "VirtualSource",
+    "assert_marbles",
+    "assert_notifications",
+    "marble_source",
+    "marble_time",
+    "parse_marbles",
+    "parse_subscription",
+    "render_marbles",
+    "run",
+    "run_marbles",
+    "virtual_source",
+]
 
 
 @dataclass
