@@ -60,13 +60,19 @@ class _KeyWindow:
         return tuple(self.tickets.items()) if self.tickets else None
 
 
-def group_rows(keys: Iterable[Hashable]) -> dict[Hashable, list[int]]:
-    """Row indices per key, in arrival order (the one per-row loop of keyed stages)."""
+def group_rows(
+    keys: Iterable[Hashable], rows: Iterable[int] | None = None
+) -> dict[Hashable, list[int]]:
+    """Row indices per key, in arrival order (the one per-row loop of keyed stages).
+
+    ``rows`` gives the row index of each key (default: 0, 1, 2, ...).
+    """
     groups: defaultdict[Hashable, list[int]] = defaultdict(list)
-    # The same as ``for i, k in enumerate(keys): groups[k].append(i)``, with the
+    # The same as ``for i, k in zip(rows, keys): groups[k].append(i)``, with the
     # loop in C: about half the cost per row, and this is the hot loop of every
     # keyed stage. ``any`` drains the iterator (``append`` returns None).
-    rows = range(len(keys)) if isinstance(keys, Sized) else itertools.count()
+    if rows is None:
+        rows = range(len(keys)) if isinstance(keys, Sized) else itertools.count()
     # (with an iterator of keys, ``map`` stops at the shorter input: the keys)
     any(map(list.append, map(groups.__getitem__, keys), rows))
     return groups
