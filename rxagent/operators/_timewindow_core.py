@@ -309,6 +309,7 @@ class WindowHandler(BatchHandler):
         late: Late = []
         self.add_event(batch, keys, times, ordered, out, late)
         if late:
+            late.sort()  # late events leave in arrival order
             self._late(batch, late)
         top = times[-1] if ordered else max(times)
         if self.max_time is None or top > self.max_time:

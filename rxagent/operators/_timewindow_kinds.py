@@ -25,6 +25,13 @@ from .windows import group_rows
 __all__ = ["PaneHandler", "Panes", "SessionHandler"]
 
 
+#: A time within this fraction of a pane below a pane boundary counts as on it:
+#: ``0.009 / 0.003`` is ``2.9999999999999996`` in floats, and an event at 9 ms
+#: belongs to the window that starts there. Far below a nanosecond for panes
+#: under a second, and absorbed by rounding for epoch-sized quotients.
+_SNAP = 1e-9
+
+
 class Panes:
     """Where tumbling and sliding windows lie, counted in panes (pure arithmetic).
 
@@ -37,8 +44,10 @@ class Panes:
     __slots__ = ("S", "W", "offset", "pane")
 
     def __init__(self, size: float, slide: float, offset: float = 0.0) -> None:
-        a = Fraction(size).limit_denominator(1_000_000)
-        b = Fraction(slide).limit_denominator(1_000_000)
+        a = Fraction(size).limit_denominator(1_000_000_000)
+        b = Fraction(slide).limit_denominator(1_000_000_000)
+        if not a or not b:
+            raise ValueError(f"size {size!r} and slide {slide!r} must be at least a nanosecond")
         g = Fraction(math.gcd(a.numerator * b.denominator, b.numerator * a.denominator))
         g /= a.denominator * b.denominator
         self.pane = float(g)
@@ -47,12 +56,13 @@ class Panes:
         self.offset = offset
 
     def index(self, t: float) -> int:
-        return math.floor((t - self.offset) / self.pane)
+        return math.floor((t - self.offset) / self.pane + _SNAP)
 
     def indices(self, times: Sequence[float]) -> list[int]:
         if self.offset:
             times = list(map(sub, times, repeat(self.offset)))
-        return list(map(math.floor, map(truediv, times, repeat(self.pane))))
+        quotients = map(add, map(truediv, times, repeat(self.pane)), repeat(_SNAP))
+        return list(map(math.floor, quotients))
 
     def first_open(self, c: int) -> int:
         """The first window still open when the closing index is ``c``
@@ -75,12 +85,25 @@ class Panes:
 
     def due(self, c: int) -> float:
         """The earliest time whose pane index is at least ``c``."""
-        t = self.offset + c * self.pane
-        while self.index(t) < c:
-            t = math.nextafter(t, math.inf)
-        while self.index(math.nextafter(t, -math.inf)) >= c:
-            t = math.nextafter(t, -math.inf)
-        return t
+        guess = self.offset + (c - _SNAP) * self.pane
+        # bracket the boundary within a few ulps of the guess, then bisect
+        lo = hi = guess
+        step = math.ulp(guess)
+        while self.index(lo) >= c:
+            lo -= step
+            step *= 2
+        step = math.ulp(guess)
+        while self.index(hi) < c:
+            hi += step
+            step *= 2
+        while True:
+            mid = (lo + hi) / 2
+            if mid in (lo, hi):
+                return hi
+            if self.index(mid) >= c:
+                hi = mid
+            else:
+                lo = mid
 
 
 class _Pane:
@@ -345,7 +368,9 @@ class SessionHandler(WindowHandler):
         gap: float,
     ) -> None:
         super().__init__(spec, stage, observer, scheduler)
-        self.gap = gap
+        # A hair under the gap, for the reason of _SNAP: 7 ms + 3 ms is 10.000000000000002
+        # ms in floats, and an event 3 ms after the last one must start a new session.
+        self.gap = gap * (1 - _SNAP)
         self.keys: dict[Hashable, list[_Session]] = {}
 
     def limit(self, t: float) -> float:

@@ -109,8 +109,11 @@ def reduce(fn: Callable[[Any, Any], Any], initial: Any) -> Aggregation:
     return Aggregation(f"reduce({getattr(fn, '__name__', 'fn')})", run)
 
 
-def resolve_aggregation(agg: Aggregation | Mapping[str, Aggregation]) -> Aggregation:
-    """One aggregation, or a mapping of names to aggregations (the result is a dict)."""
+def resolve_aggregation(
+    agg: Aggregation | Mapping[str, Aggregation] | Callable[[list[Any]], Any],
+) -> Aggregation:
+    """One aggregation, a mapping of names to aggregations (the result is a dict),
+    or a plain function of the window's list of values."""
     if isinstance(agg, Aggregation):
         return agg
     if isinstance(agg, Mapping):

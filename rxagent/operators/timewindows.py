@@ -80,7 +80,7 @@ LatePolicy: TypeAlias = Literal["drop", "dead_letter", "stream"]
 TimeDomain: TypeAlias = Literal["processing", "event"]
 Duration: TypeAlias = float | int | timedelta
 KeySpec: TypeAlias = str | int | Callable[[Any], Hashable] | None
-AggSpec: TypeAlias = Aggregation | Mapping[str, Aggregation] | None
+AggSpec: TypeAlias = Aggregation | Mapping[str, Aggregation] | Callable[[list[Any]], Any] | None
 
 _MAX_PANES = 100_000  # panes per sliding window; beyond, building each window costs too much
 
@@ -163,7 +163,7 @@ def tumbling_window(
         emit_partial,
         scheduler,
     )
-    geo = Panes(width, width, _offset(offset, where))
+    geo = _panes(width, width, offset, where)
     return _operator(spec, name, partial(PaneHandler, geo=geo))
 
 
@@ -215,7 +215,7 @@ def sliding_window(
         emit_partial,
         scheduler,
     )
-    geo = Panes(width, step, _offset(offset, where))
+    geo = _panes(width, step, offset, where)
     if geo.W > _MAX_PANES:
         raise ConfigurationError(
             f"{where}: size {width:g} s and slide {step:g} s make windows of {geo.W} panes "
@@ -279,6 +279,14 @@ def _operator(
         return batch_stage(source, lambda observer, sched: handler(spec, stage, observer, sched))
 
     return WindowOperator(spec.kind, build, name, spec.subject)
+
+
+def _panes(size: float, slide: float, offset: Duration, where: str) -> Panes:
+    start = _offset(offset, where)
+    try:
+        return Panes(size, slide, start)
+    except ValueError as error:
+        raise ConfigurationError(f"{where}: too small: {error}") from None
 
 
 def _where(kind: str, name: str | None) -> str:
