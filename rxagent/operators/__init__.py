@@ -14,6 +14,7 @@ from .aggregate import (
 )
 from .base import BatchHandler, Operator, batch_stage
 from .decode import decode
+from .timewindows import WindowOperator, session_window, sliding_window, tumbling_window
 from .transform import event_time, filter, flat_map, key_by, map, tap
 from .windows import Window, count_window
 
@@ -22,6 +23,7 @@ __all__ = [
     "BatchHandler",
     "Operator",
     "Window",
+    "WindowOperator",
     "batch_stage",
     "collect",
     "count",
@@ -38,6 +40,9 @@ __all__ = [
     "mean",
     "min_",
     "reduce",
+    "session_window",
+    "sliding_window",
     "sum_",
     "tap",
+    "tumbling_window",
 ]

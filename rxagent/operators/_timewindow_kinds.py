@@ -41,7 +41,7 @@ class Panes:
     closing all use, so they agree even where float bounds are an ulp off.
     """
 
-    __slots__ = ("S", "W", "offset", "pane")
+    __slots__ = ("S", "W", "_dues", "offset", "pane")
 
     def __init__(self, size: float, slide: float, offset: float = 0.0) -> None:
         a = Fraction(size).limit_denominator(1_000_000_000)
@@ -54,6 +54,7 @@ class Panes:
         self.W = int(a / g)  # panes per window
         self.S = int(b / g)  # panes per slide
         self.offset = offset
+        self._dues: dict[int, float] = {}
 
     def index(self, t: float) -> int:
         return math.floor((t - self.offset) / self.pane + _SNAP)
@@ -85,6 +86,14 @@ class Panes:
 
     def due(self, c: int) -> float:
         """The earliest time whose pane index is at least ``c``."""
+        t = self._dues.get(c)
+        if t is None:
+            if len(self._dues) > 64:
+                self._dues.clear()
+            t = self._dues[c] = self._due(c)
+        return t
+
+    def _due(self, c: int) -> float:
         guess = self.offset + (c - _SNAP) * self.pane
         # bracket the boundary within a few ulps of the guess, then bisect
         lo = hi = guess

@@ -19,7 +19,7 @@ from reactivex import Observable
 from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
 
-from rxagent import ConfigurationError
+from rxagent import ConfigurationError, StageError
 from rxagent import operators as ops
 from rxagent.context import PipelineContext
 from rxagent.events import Batch, Event
@@ -390,6 +390,33 @@ def test_a_raising_aggregation_dead_letters_the_window_and_ends_its_events() -> 
     assert result.flow.pending == 0
 
 
+def test_an_error_on_a_timer_becomes_on_error_not_a_raise() -> None:
+    def boom(values: list[Any]) -> Any:
+        raise ValueError("no")
+
+    h = Harness(tumbling_window(0.004, agg=boom), fail_fast=True)
+    h.send([("a", None, None)], at=0.001)
+    h.scheduler.advance_to(0.010)  # the close timer fires at 4 ms and must not raise
+    (error,) = h.errors
+    assert isinstance(error, StageError)
+    assert "ValueError: no" in str(error)
+    assert h.flow.pending == 0  # fail_fast ends the event before raising
+
+
+def test_a_raising_late_subscriber_fails_the_stage_and_the_event_still_ends() -> None:
+    window = tumbling_window(1, time="event", late="stream")
+
+    def refuse(event: Event) -> None:
+        raise RuntimeError("cannot take it")
+
+    window.late.subscribe(refuse)
+    h = Harness(window)
+    h.send([("a", None, 5.0), ("b", None, 1.0)])
+    (error,) = h.errors
+    assert isinstance(error, RuntimeError)
+    assert h.flow.pending == 1  # b ended; a sits in its window, never processed
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 
@@ -520,9 +547,11 @@ class Harness:
     """Feeds batches straight into an operator on a TestScheduler and records
     what comes out (with the virtual time), ending output rows like a sink."""
 
-    def __init__(self, op: Op, *, end_outputs: bool = True) -> None:
+    def __init__(self, op: Op, *, end_outputs: bool = True, fail_fast: bool = False) -> None:
         self.scheduler = TestScheduler()
-        self.ctx = PipelineContext("h", scheduler=self.scheduler, dead_letters=MemoryDeadLetters())
+        self.ctx = PipelineContext(
+            "h", scheduler=self.scheduler, dead_letters=MemoryDeadLetters(), fail_fast=fail_fast
+        )
         self.flow = Flow("h", capacity=1 << 30)
         self.subject: Subject[Batch] = Subject()
         self.batches: list[Batch] = []
@@ -790,4 +819,23 @@ def test_processing_time_sessions_close_gap_after_the_last_arrival(
     assert sorted((w.key, indices(w)) for w in h.windows) == sorted(want)
     for w, at in zip(h.windows, h.emitted_at, strict=True):
         assert at == pytest.approx(w.end + gap / 1000)
+    assert h.flow.pending == 0
+
+
+@given(steps=arrivals, slide=st.integers(1, 3), m=st.integers(1, 3))
+def test_processing_time_sliding_windows_hold_each_event_size_over_slide_times(
+    steps: list[tuple[int, tuple[str, int]]], slide: int, m: int
+) -> None:
+    size = slide * m
+    h = Harness(sliding_window(size / 1000, slide / 1000))
+    frame = 0
+    want: dict[tuple[str, int], list[int]] = {}
+    for i, (k, step) in steps:
+        frame += step
+        h.send([(i, k, None)], at=frame / 1000)
+        for j in range(frame // slide - m + 1, frame // slide + 1):
+            want.setdefault((k, j * slide), []).append(i)
+    h.complete(at=(frame + 2 * size) / 1000)
+    got = {(w.key, round(w.start * 1000)): indices(w) for w in h.windows}
+    assert got == want
     assert h.flow.pending == 0
