@@ -1,0 +1,838 @@
+"""Throttling in time, per key: throttle_first, throttle_last, throttle_latest,
+debounce, sample and rate_limit.
+
+Time is the scheduler's (processing time): the one given as ``scheduler=``, else
+the one the stage is subscribed with (the pipeline's, or a marble test's
+``TestScheduler``), else the batch context's. So every operator here runs in
+virtual time in tests.
+
+**The flow-control rule.** An event these operators let through is passed on;
+one they let go is *dropped*: ended at once and counted in the stage's
+``dropped``. An event kept for later (the latest of a key waiting for the end of
+its interval, an event delayed by ``rate_limit``) is *held*: it keeps its
+credit until it is emitted, so a source whose credit is all held pauses.
+
+**Timing rules**, the same for every operator here:
+
+- a deadline at time ``T`` is handled before events arriving at ``T``: a stage
+  runs the deadlines already due before it looks at a batch, whichever of the
+  timer and the batch the scheduler runs first;
+- times are kept to the microsecond, the resolution of reactivex's scheduler
+  arithmetic, so ``0.001 + 0.003`` and ``0.004`` are the same instant;
+- one scheduler timer per stage, set for the earliest deadline over all keys;
+  when it fires, every key due is handled and what they release goes out as one
+  batch (per source partition).
+
+**Work per batch.** Rows are grouped by key in C (:func:`group_rows`); the
+Python loop runs once per *key* of a batch, not per event, and a batch's
+dropped rows are ended with one call when they share a ticket.
+
+**Completion** waits for the held events: each goes out when its time comes,
+then the stream completes (as RxJS's ``throttle`` and ``audit`` do), so the
+spacing and rate invariants hold to the end. ``debounce`` emits its held events
+at once: no later event can break the quiet any more.
+
+**Errors and disposal** forget the held events *without ending them*: they
+were never processed, so the commit watermark must not pass them, and a
+restarted pipeline reads them again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal
+
+import reactivex as rx
+from reactivex import Observable, abc
+
+from ..context import PipelineContext, _scheduler_seconds
+from ..events import Batch, Event, end_hold
+from ..exceptions import ConfigurationError
+from .base import BatchHandler, Emit, Operator, batch_stage
+from .transform import _apply, to_key_function
+from .windows import group_rows
+
+__all__ = [
+    "debounce",
+    "rate_limit",
+    "sample",
+    "throttle_first",
+    "throttle_last",
+    "throttle_latest",
+]
+
+KeyArg = str | int | Callable[[Any], Hashable] | None
+Groups = Mapping[Hashable, Sequence[int]]
+Observer = abc.ObserverBase[Batch]
+Scheduler = abc.SchedulerBase
+
+#: Per-key bookkeeping of expired keys is swept once a table grows past this.
+_SWEEP_MIN = 1024
+
+
+# -- arguments -------------------------------------------------------------------
+
+
+def _seconds(op: str, arg: str, value: float | timedelta) -> float:
+    """A positive, finite duration in seconds (a number or a ``timedelta``)."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < math.inf
+    ):
+        raise ConfigurationError(f"{op}: {arg} must be a positive number of seconds, got {value!r}")
+    return float(seconds)
+
+
+def _count(op: str, arg: str, value: int) -> int:
+    """A whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{op}: {arg} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _key_function(op: str, key: KeyArg) -> Callable[[Any], Hashable] | None:
+    if key is None:
+        return None
+    try:
+        return to_key_function(key)
+    except TypeError:
+        raise ConfigurationError(
+            f"{op}: key must be a field name, an index or a function of the value, got {key!r}"
+        ) from None
+
+
+# -- rows ------------------------------------------------------------------------
+
+
+def _key_groups(
+    batch: Batch, key_fn: Callable[[Any], Hashable] | None, stage: str
+) -> tuple[Batch, Groups]:
+    """Row indices per key, in arrival order. Rows whose key function raised go
+    to dead letters (which ends them) and leave the returned batch."""
+    if key_fn is None:
+        keys = batch.keys
+        return batch, ({None: range(len(batch.values))} if keys is None else group_rows(keys))
+    try:  # fast path: keys computed while grouping, in C
+        return batch, group_rows(map(key_fn, batch.values))
+    except Exception:
+        keys, ok = _apply(batch, key_fn, stage)
+        rows = [i for i, good in enumerate(ok) if good]
+        return batch.take(rows), group_rows([keys[i] for i in rows])
+
+
+def _end_rows(batch: Batch, rows: Sequence[int]) -> None:
+    """End the given rows of ``batch`` (one call when they share the batch's ticket)."""
+    if batch.holds is None:
+        if batch.ticket is not None and rows:
+            batch.ticket.end(len(rows))
+    else:
+        holds = batch.holds
+        for i in rows:
+            end_hold(holds[i])
+
+
+def _batches_of(
+    events: Sequence[Event], ctx: PipelineContext, source: str, now: float
+) -> list[Batch]:
+    """Held events back into batches: one per run of events from the same source
+    partition (a batch's positions belong to one partition)."""
+
+    def origin(ev: Event) -> tuple[str, Hashable]:
+        pos = ev.position
+        return (source, None) if pos is None else (pos.source, pos.partition)
+
+    return [
+        Batch.of_events(list(run), ctx=ctx, source=src, time=now, partition=part)
+        for (src, part), run in itertools.groupby(events, key=origin)
+    ]
+
+
+# -- completion that waits for held events -----------------------------------------
+
+
+class _HoldingHandler(BatchHandler):
+    """A handler that may still hold events when its source completes."""
+
+    def source_completed(self, complete: Callable[[], None]) -> None:
+        """The source completed: emit what is held, or arrange to, and call
+        ``complete`` once nothing is held any more (default: at once)."""
+        complete()
+
+
+def _holding_stage(
+    source: Observable[Batch],
+    make_handler: Callable[[Observer, Scheduler | None], _HoldingHandler],
+) -> Observable[Batch]:
+    """:func:`batch_stage` for handlers that hold events past their source's completion.
+
+    ``batch_stage`` completes its output right after ``on_completed``; here the
+    source's completion reaches it only when the handler calls ``complete``.
+    """
+
+    def subscribe(observer: Observer, scheduler: Scheduler | None = None) -> abc.DisposableBase:
+        made: list[_HoldingHandler] = []  # this subscription's handler
+
+        def make(downstream: Observer, sched: Scheduler | None) -> _HoldingHandler:
+            made.append(make_handler(downstream, sched))
+            return made[0]
+
+        def gate(inner: Observer, sched: Scheduler | None = None) -> abc.DisposableBase:
+            def on_completed() -> None:
+                try:
+                    made[0].source_completed(inner.on_completed)
+                except Exception as error:  # route, never raise into the source
+                    inner.on_error(error)
+
+            return source.subscribe(inner.on_next, inner.on_error, on_completed, scheduler=sched)
+
+        stage = batch_stage(rx.create(gate), make)
+        return stage.subscribe(observer, scheduler=scheduler)
+
+    return rx.create(subscribe)
+
+
+# -- per-key deadlines on one timer ----------------------------------------------------
+
+
+class _Timed(_HoldingHandler):
+    """Per-key state of a time-based stage: the scheduler and its clock, the
+    events held, and per-key deadlines served by one scheduler timer.
+
+    Deadlines: ``due[key]`` is a key's deadline; the heap has exactly one live
+    entry per key (``entries[key]`` is its time, never after ``due[key]``), so a
+    deadline pushed later (debounce) costs nothing until its old entry comes up.
+    """
+
+    op = "operator"
+
+    def __init__(
+        self,
+        stage: str,
+        key_fn: Callable[[Any], Hashable] | None,
+        observer: Observer,
+        scheduler: Scheduler | None,
+        interval: float,
+    ) -> None:
+        self.stage = stage
+        self.key_fn = key_fn
+        self.observer = observer
+        self.scheduler = scheduler
+        self.interval = interval
+        self.ctx: PipelineContext | None = None
+        self.source = stage
+        self.pending: dict[Hashable, Event] = {}  # the latest held event per key
+        self.held = 0
+        self.due: dict[Hashable, float] = {}
+        self.entries: dict[Hashable, float] = {}
+        self.heap: list[tuple[float, int, Hashable]] = []
+        self.seq = itertools.count()
+        self.timer: abc.DisposableBase | None = None
+        self.timer_at = math.inf
+        self.complete: Callable[[], None] | None = None
+        self.closed = False
+
+    # -- time --------------------------------------------------------------------
+
+    def now(self) -> float:
+        assert self.scheduler is not None
+        return round(_scheduler_seconds(self.scheduler), 6)
+
+    def after(self, now: float) -> float:
+        return round(now + self.interval, 6)
+
+    # -- batches -------------------------------------------------------------------
+
+    def begin(self, batch: Batch) -> tuple[Batch, Groups, float]:
+        """Count the batch in, run the deadlines already due, group rows by key."""
+        ctx = self.ctx = batch.ctx
+        self.source = batch.source
+        if self.scheduler is None:
+            self.scheduler = ctx.scheduler
+            if self.scheduler is None:
+                raise ConfigurationError(
+                    f"{self.op} {self.stage!r} needs a scheduler: pass scheduler=, or run it "
+                    "in a Pipeline or with a scheduler at subscribe time"
+                )
+        ctx.stage(self.stage).events_in += len(batch.values)
+        now = self.now()
+        self.poll(now)
+        batch, groups = _key_groups(batch, self.key_fn, self.stage)
+        return batch, groups, now
+
+    def finish(self, batch: Batch, out: list[int], drop: list[int], emit: Emit) -> None:
+        """Pass on rows ``out``, drop rows ``drop``; the batch's other rows are held."""
+        metrics = batch.ctx.stage(self.stage)
+        if drop:
+            metrics.dropped += len(drop)
+            _end_rows(batch, drop)
+        if out:
+            metrics.events_out += len(out)
+            if len(out) == len(batch.values):
+                emit(batch)
+            else:
+                out.sort()  # arrival order across keys
+                emit(batch.take(out))
+
+    def keep_latest(self, key: Hashable, batch: Batch, row: int) -> None:
+        """Hold ``row`` as the latest event of ``key``; the one it replaces is dropped.
+
+        The pending table stays in order of last arrival (what ``sample`` and the
+        debounce flush emit in)."""
+        old = self.pending.pop(key, None)
+        self.pending[key] = batch.event(row, take=True)
+        if old is None:
+            self.held += 1
+        else:
+            old.end()
+            batch.ctx.stage(self.stage).dropped += 1
+
+    def send(self, events: list[Event], now: float) -> None:
+        """Emit held events (their holds move to the emitted rows)."""
+        if not events:
+            return
+        assert self.ctx is not None
+        self.held -= len(events)
+        self.ctx.stage(self.stage).events_out += len(events)
+        for batch in _batches_of(events, self.ctx, self.source, now):
+            self.observer.on_next(batch)
+
+    # -- deadlines -------------------------------------------------------------------
+
+    def on_due(self, keys: list[Hashable], now: float) -> list[Event]:
+        """The deadlines of ``keys`` came: return the held events to emit."""
+        return [self.pending.pop(key) for key in keys]
+
+    def set_due(self, key: Hashable, at: float) -> None:
+        self.due[key] = at
+        entry = self.entries.get(key)
+        if entry is None or at < entry:
+            self.entries[key] = at
+            heapq.heappush(self.heap, (at, next(self.seq), key))
+            if at < self.timer_at:
+                self.arm(at)
+
+    def poll(self, now: float) -> None:
+        """Handle every deadline due at ``now``, then complete if nothing is held."""
+        heap, due, entries = self.heap, self.due, self.entries
+        keys: list[Hashable] = []
+        while heap and heap[0][0] <= now:
+            at, _, key = heapq.heappop(heap)
+            if entries.get(key) != at:
+                continue  # superseded by an earlier entry for the key
+            del entries[key]
+            when = due.get(key)
+            if when is None:
+                continue
+            if when <= now:
+                del due[key]
+                keys.append(key)
+            else:  # the deadline moved later: come back then
+                entries[key] = when
+                heapq.heappush(heap, (when, next(self.seq), key))
+        if keys:
+            self.send(self.on_due(keys, now), now)
+        self.maybe_complete()
+
+    def arm(self, at: float) -> None:
+        assert self.scheduler is not None
+        if self.timer is not None:
+            self.timer.dispose()
+        self.timer_at = at
+        delay = max(0.0, at - self.now())
+        self.timer = self.scheduler.schedule_relative(delay, self.on_timer)
+
+    def on_timer(self, _scheduler: Scheduler, _state: Any = None) -> None:
+        at = self.timer_at
+        self.timer = None
+        self.timer_at = math.inf
+        if self.closed:
+            return
+        try:
+            # a timer may fire a little early (asyncio rounds to its clock's
+            # resolution): what it was set for is due
+            self.poll(max(self.now(), at))
+            if self.heap and self.timer is None and not self.closed:
+                self.arm(self.heap[0][0])
+        except Exception as error:  # never raise into the loop
+            self.closed = True
+            self.observer.on_error(error)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.dispose()
+            self.timer = None
+        self.timer_at = math.inf
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def source_completed(self, complete: Callable[[], None]) -> None:
+        self.complete = complete
+        self.maybe_complete()
+
+    def maybe_complete(self) -> None:
+        if self.complete is not None and self.held == 0:
+            complete, self.complete = self.complete, None
+            self.cancel_timer()
+            complete()
+
+    def dispose(self) -> None:
+        # held events are forgotten, not ended: see the module docstring
+        self.closed = True
+        self.cancel_timer()
+        self.pending.clear()
+        self.heap.clear()
+        self.due.clear()
+        self.entries.clear()
+
+
+def _sweep(table: dict[Hashable, Any], stale: Callable[[Hashable, Any], bool], at: int) -> int:
+    """Forget stale keys once ``table`` outgrew ``at``; returns the next size to sweep at."""
+    if len(table) <= at:
+        return at
+    for key in [k for k, v in table.items() if stale(k, v)]:
+        del table[key]
+    return max(_SWEEP_MIN, 2 * len(table))
+
+
+# -- throttle_first ----------------------------------------------------------------------
+
+
+class _ThrottleFirst(_Timed):
+    op = "throttle_first"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.until: dict[Hashable, float] = {}
+        self.sweep_at = _SWEEP_MIN
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        until = self.until
+        n = len(batch.values)
+        mask = bytearray(n)
+        out = 0
+        for key, rows in groups.items():
+            if until.get(key, -math.inf) <= now:
+                mask[rows[0]] = 1
+                out += 1
+                until[key] = self.after(now)
+        metrics = batch.ctx.stage(self.stage)
+        metrics.dropped += n - out
+        if out:
+            metrics.events_out += out
+            emit(batch.select(mask))  # ends the other rows
+        elif n:
+            batch.end_all()
+        self.sweep_at = _sweep(until, lambda _k, end: end <= now, self.sweep_at)
+
+
+def throttle_first(
+    interval: float | timedelta,
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """Pass the first event of a key, then drop that key's events for ``interval``
+    seconds; the next event after that passes and starts a new interval.
+
+    ``key`` is a field name or function of the value; without it the event's key
+    (``key_by``) is used, and events without keys share one interval. Two events
+    of a key passed on are never closer than ``interval``. Dropped events are
+    ended and counted in ``dropped``; nothing is held.
+
+    ::
+
+        -a-b-c-d-e-|   throttle_first(3 frames)
+        -a---c---e-|
+    """
+    seconds = _seconds("throttle_first", "interval", interval)
+    key_fn = _key_function("throttle_first", key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: _ThrottleFirst(stage, key_fn, o, scheduler or s, seconds)
+        )
+
+    return Operator("throttle_first", build, name)
+
+
+# -- throttle_last -------------------------------------------------------------------------
+
+
+class _ThrottleLast(_Timed):
+    op = "throttle_last"
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        drop: list[int] = []
+        for key, rows in groups.items():
+            drop.extend(rows[:-1])
+            self.keep_latest(key, batch, rows[-1])
+            if key not in self.due:  # the key's interval starts with this batch
+                self.set_due(key, self.after(now))
+        self.finish(batch, [], drop, emit)
+
+
+def throttle_last(
+    interval: float | timedelta,
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """Per key, an event starts an interval of ``interval`` seconds; at its end the
+    latest event of the interval is emitted (RxJS ``auditTime``, per key).
+
+    The events it replaces are dropped (ended, counted); the latest is held, with
+    its credit, until the interval ends. Two events of a key emitted are never
+    closer than ``interval``. On completion the held events go out at their
+    interval's end, then the stream completes.
+
+    ::
+
+        -a-b-----c---|   throttle_last(3 frames)
+        ----b-------c|
+    """
+    seconds = _seconds("throttle_last", "interval", interval)
+    key_fn = _key_function("throttle_last", key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: _ThrottleLast(stage, key_fn, o, scheduler or s, seconds)
+        )
+
+    return Operator("throttle_last", build, name)
+
+
+# -- throttle_latest ------------------------------------------------------------------------
+
+
+class _ThrottleLatest(_Timed):
+    op = "throttle_latest"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.until: dict[Hashable, float] = {}  # end of each key's current interval
+        self.sweep_at = _SWEEP_MIN
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        until = self.until
+        out: list[int] = []
+        drop: list[int] = []
+        for key, rows in groups.items():
+            end = until.get(key, -math.inf)
+            first = 0
+            if end <= now:  # no interval running: the first event leads
+                out.append(rows[0])
+                end = until[key] = self.after(now)
+                first = 1
+            if len(rows) > first:  # the latest trails at the interval's end
+                drop.extend(rows[first:-1])
+                self.keep_latest(key, batch, rows[-1])
+                self.set_due(key, end)
+        self.finish(batch, out, drop, emit)
+        pending = self.pending
+        self.sweep_at = _sweep(until, lambda k, end: end <= now and k not in pending, self.sweep_at)
+
+    def on_due(self, keys: list[Hashable], now: float) -> list[Event]:
+        events = []
+        for key in keys:
+            events.append(self.pending.pop(key))
+            self.until[key] = self.after(now)  # a trailing emission starts an interval
+        return events
+
+
+def throttle_latest(
+    interval: float | timedelta,
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """Per key, pass the first event at once and start an interval of ``interval``
+    seconds; at its end emit the latest event that came meanwhile, if any, which
+    starts the next interval (RxJS ``throttleTime`` with leading and trailing).
+
+    Replaced events are dropped (ended, counted); the trailing one is held, with
+    its credit, until the interval ends. Two events of a key emitted are never
+    closer than ``interval``.
+
+    ::
+
+        -ab-c------d--|   throttle_latest(4 frames)
+        -a---c-----d--|   (b replaced by c, which trails at frame 5)
+    """
+    seconds = _seconds("throttle_latest", "interval", interval)
+    key_fn = _key_function("throttle_latest", key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: _ThrottleLatest(stage, key_fn, o, scheduler or s, seconds)
+        )
+
+    return Operator("throttle_latest", build, name)
+
+
+# -- debounce -------------------------------------------------------------------------------
+
+
+class _Debounce(_Timed):
+    op = "debounce"
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        drop: list[int] = []
+        at = self.after(now)
+        for key, rows in groups.items():
+            drop.extend(rows[:-1])
+            self.keep_latest(key, batch, rows[-1])
+            self.set_due(key, at)
+        self.finish(batch, [], drop, emit)
+
+    def source_completed(self, complete: Callable[[], None]) -> None:
+        # nothing can break the quiet any more: emit what waits, in arrival order
+        if self.pending:
+            events = list(self.pending.values())
+            self.pending.clear()
+            self.due.clear()
+            self.send(events, self.now())
+        super().source_completed(complete)
+
+
+def debounce(
+    interval: float | timedelta,
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """Per key, emit an event once ``interval`` seconds passed without another
+    event of the key; the events it replaces are dropped (ended, counted).
+
+    The waiting event is held, with its credit. On completion the waiting
+    events are emitted at once, then the stream completes.
+
+    ::
+
+        -a-b-----c--|   debounce(3 frames)
+        ------b-----(c|)
+    """
+    seconds = _seconds("debounce", "interval", interval)
+    key_fn = _key_function("debounce", key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: _Debounce(stage, key_fn, o, scheduler or s, seconds)
+        )
+
+    return Operator("debounce", build, name)
+
+
+# -- sample ---------------------------------------------------------------------------------
+
+_TICK: Hashable = object()  # the one deadline of sample: its next tick
+
+
+class _Sample(_Timed):
+    op = "sample"
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        drop: list[int] = []
+        for key, rows in groups.items():
+            drop.extend(rows[:-1])
+            self.keep_latest(key, batch, rows[-1])
+        self.finish(batch, [], drop, emit)
+        if self.pending and _TICK not in self.due:
+            self.set_due(_TICK, self.next_tick(now))
+
+    def next_tick(self, now: float) -> float:
+        """The first multiple of the interval strictly after ``now``."""
+        interval = self.interval
+        k = math.floor(now / interval) + 1
+        while round(k * interval, 6) <= now:
+            k += 1
+        while round((k - 1) * interval, 6) > now:
+            k -= 1
+        return round(k * interval, 6)
+
+    def on_due(self, keys: list[Hashable], now: float) -> list[Event]:
+        events = list(self.pending.values())
+        self.pending.clear()
+        return events
+
+
+def sample(
+    interval: float | timedelta,
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """Every ``interval`` seconds, emit the latest event of each key that had any
+    since the last sample, in one batch; the events they replaced are dropped.
+
+    Samples fall on multiples of ``interval`` on the scheduler's clock (whole
+    seconds for ``sample(1.0)``); an event arriving exactly on a sample's time
+    goes into the next one. No timer runs while nothing waits. The waiting
+    events are held, with their credit. On completion the last sample goes out
+    at its time, then the stream completes.
+
+    ::
+
+        -a-b--c-d--|   sample(4 frames)
+        ----b---c---(d|)   (samples at frames 4, 8, 12; d came at 8, so goes at 12)
+    """
+    seconds = _seconds("sample", "interval", interval)
+    key_fn = _key_function("sample", key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: _Sample(stage, key_fn, o, scheduler or s, seconds)
+        )
+
+    return Operator("sample", build, name)
+
+
+# -- rate_limit -------------------------------------------------------------------------------
+
+
+class _Log:
+    """What one key emitted in the last interval: (expiry, count) entries, oldest first."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[list[Any]] = deque()
+        self.total = 0
+
+    def free(self, n: int, now: float) -> int:
+        """How many more the key may emit at ``now``."""
+        entries = self.entries
+        while entries and entries[0][0] <= now:
+            self.total -= entries.popleft()[1]
+        return n - self.total
+
+    def add(self, expires: float, count: int) -> None:
+        entries = self.entries
+        if entries and entries[-1][0] == expires:
+            entries[-1][1] += count
+        else:
+            entries.append([expires, count])
+        self.total += count
+
+
+class _RateLimit(_Timed):
+    op = "rate_limit"
+
+    def __init__(self, *args: Any, n: int, delay: bool) -> None:
+        super().__init__(*args)
+        self.n = n
+        self.delay = delay
+        self.logs: dict[Hashable, _Log] = {}
+        self.queues: dict[Hashable, deque[Event]] = {}  # delayed events per key
+        self.sweep_at = _SWEEP_MIN
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        batch, groups, now = self.begin(batch)
+        n, logs, queues = self.n, self.logs, self.queues
+        expires = self.after(now)
+        out: list[int] = []
+        drop: list[int] = []
+        for key, rows in groups.items():
+            queue = queues.get(key)
+            if queue is None:  # the key has no delayed events: new ones may pass
+                log = logs.get(key)
+                if log is None:
+                    log = logs[key] = _Log()
+                free = log.free(n, now)
+                m = len(rows)
+                if m <= free:
+                    out.extend(rows)
+                    log.add(expires, m)
+                    continue
+                if free > 0:
+                    out.extend(rows[:free])
+                    log.add(expires, free)
+                rest = rows[free:]
+                if not self.delay:
+                    drop.extend(rest)
+                    continue
+                queue = queues[key] = deque()
+                self.set_due(key, log.entries[0][0])
+            else:  # behind the key's delayed events, in order
+                rest = rows
+            queue.extend(batch.event(i, take=True) for i in rest)
+            self.held += len(rest)
+        self.finish(batch, out, drop, emit)
+        self.sweep_at = _sweep(
+            logs, lambda k, log: log.free(n, now) == n and k not in queues, self.sweep_at
+        )
+
+    def on_due(self, keys: list[Hashable], now: float) -> list[Event]:
+        events: list[Event] = []
+        expires = self.after(now)
+        for key in keys:
+            queue = self.queues[key]
+            log = self.logs[key]
+            take = min(log.free(self.n, now), len(queue))
+            events.extend(queue.popleft() for _ in range(take))
+            log.add(expires, take)
+            if queue:
+                self.set_due(key, log.entries[0][0])
+            else:
+                del self.queues[key]
+        return events
+
+    def dispose(self) -> None:
+        super().dispose()
+        self.queues.clear()
+
+
+def rate_limit(
+    n: int,
+    interval: float | timedelta,
+    policy: Literal["delay", "drop"] = "delay",
+    *,
+    key: KeyArg = None,
+    scheduler: Scheduler | None = None,
+    name: str | None = None,
+) -> Operator:
+    """At most ``n`` events per key in any ``interval`` seconds (a sliding window:
+    an emission counts until ``interval`` after it).
+
+    ``policy="delay"`` holds the excess, with its credit, and emits it as soon as
+    the limit allows, in order per key: nothing is lost, and a source whose
+    credit is all held pauses. ``policy="drop"`` drops the excess (ended,
+    counted in ``dropped``).
+
+    ::
+
+        -(abc)--d---|   rate_limit(2, 4 frames)
+        -(ab)c--d---|   policy="delay": c waits until a and b are 4 frames old
+        -(ab)---d---|   policy="drop": c is dropped
+    """
+    op = "rate_limit"
+    _count(op, "n", n)
+    seconds = _seconds(op, "interval", interval)
+    if policy not in ("delay", "drop"):
+        raise ConfigurationError(f"{op}: policy must be 'delay' or 'drop', got {policy!r}")
+    key_fn = _key_function(op, key)
+    delay = policy == "delay"
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source,
+            lambda o, s: _RateLimit(stage, key_fn, o, scheduler or s, seconds, n=n, delay=delay),
+        )
+
+    return Operator(op, build, name)
