@@ -45,17 +45,19 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import reactivex as rx
 from reactivex import Observable, abc
 
-from ..context import PipelineContext, _scheduler_seconds
 from ..events import Batch, Event, end_hold
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
 from .transform import _apply, to_key_function
 from .windows import group_rows
+
+if TYPE_CHECKING:
+    from ..context import PipelineContext
 
 __all__ = [
     "debounce",
@@ -95,6 +97,11 @@ def _count(op: str, arg: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{op}: {arg} must be an int >= 1, got {value!r}")
     return value
+
+
+def _seconds_now(scheduler: Scheduler) -> float:
+    """The scheduler's time in seconds, to the microsecond (virtual or wall clock)."""
+    return round(scheduler.now.timestamp(), 6)
 
 
 def _key_function(op: str, key: KeyArg) -> Callable[[Any], Hashable] | None:
@@ -242,7 +249,7 @@ class _Timed(_HoldingHandler):
 
     def now(self) -> float:
         assert self.scheduler is not None
-        return round(_scheduler_seconds(self.scheduler), 6)
+        return _seconds_now(self.scheduler)
 
     def after(self, now: float) -> float:
         return round(now + self.interval, 6)
@@ -358,7 +365,9 @@ class _Timed(_HoldingHandler):
             # a timer may fire a little early (asyncio rounds to its clock's
             # resolution): what it was set for is due
             self.poll(max(self.now(), at))
-            if self.heap and self.timer is None and not self.closed:
+            # deadlines set while polling armed the timer for themselves: an
+            # earlier one already in the heap must still come first
+            if self.heap and self.heap[0][0] < self.timer_at and not self.closed:
                 self.arm(self.heap[0][0])
         except Exception as error:  # never raise into the loop
             self.closed = True

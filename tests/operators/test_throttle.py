@@ -482,3 +482,12 @@ def test_throttles_never_emit_a_key_twice_within_the_interval(
 def test_key_types_are_hashable_values() -> None:
     keys: list[Hashable] = [None, 1, ("a", 2)]
     assert_marbles(throttle_first(5 * F), "abc|", "abc|", keys=lambda v: keys["abc".index(v)])
+
+
+def test_a_deadline_set_on_a_timer_does_not_hide_an_earlier_one() -> None:
+    # found by the model test: releasing a's second event set a's next deadline (4)
+    # from inside the timer, which must not push b's deadline (3) back to 4
+    got, _, _ = _run(
+        rate_limit(1, 2.0), [(0, 0, "a"), (0, 1, "a"), (0, 2, "a"), (1, 3, "b"), (1, 4, "b")]
+    )
+    assert got == {"a": [(0, 0), (2, 1), (4, 2)], "b": [(1, 3), (3, 4)]}
