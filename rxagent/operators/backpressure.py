@@ -61,11 +61,10 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from reactivex import Observable
 
-from ..context import PipelineContext, StageMetrics
 from ..events import Batch, Event, Hold, end_hold
 from ..exceptions import ConfigurationError, FlowError
 from ..flow import Ticket
@@ -82,6 +81,9 @@ from .throttle import (
     _key_function,
     _key_groups,
 )
+
+if TYPE_CHECKING:
+    from ..context import PipelineContext, StageMetrics
 
 __all__ = ["buffer"]
 
