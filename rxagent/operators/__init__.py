@@ -12,8 +12,10 @@ from .aggregate import (
     reduce,
     sum_,
 )
+from .backpressure import buffer
 from .base import BatchHandler, Operator, batch_stage
 from .decode import decode
+from .throttle import debounce, rate_limit, sample, throttle_first, throttle_last, throttle_latest
 from .timewindows import WindowOperator, session_window, sliding_window, tumbling_window
 from .transform import event_time, filter, flat_map, key_by, map, tap
 from .windows import Window, count_window
@@ -25,9 +27,11 @@ __all__ = [
     "Window",
     "WindowOperator",
     "batch_stage",
+    "buffer",
     "collect",
     "count",
     "count_window",
+    "debounce",
     "decode",
     "event_time",
     "filter",
@@ -39,10 +43,15 @@ __all__ = [
     "max_",
     "mean",
     "min_",
+    "rate_limit",
     "reduce",
+    "sample",
     "session_window",
     "sliding_window",
     "sum_",
     "tap",
+    "throttle_first",
+    "throttle_last",
+    "throttle_latest",
     "tumbling_window",
 ]
