@@ -13,6 +13,13 @@ Event time is the batch's ``times`` column (set by ``ops.event_time``): the
 window closes when the watermark passes its end. Nothing reads the wall clock,
 so every test runs in virtual time.
 
+**Output.** A window emits one :class:`~rxagent.operators.Window` row, keyed by
+the window's key, whose event time is the latest event time in the window (the
+latest arrival, in processing time), so windows of windows line up. Windows
+closed at the same moment leave in one batch, in the order they close.
+Lateness is decided row by row, against the watermark before each row, so the
+windows never depend on how the source cut its batches.
+
 **Late events** are the ones whose windows the watermark has already closed.
 They are counted (``extra["late"]``) and then, by ``late=``: dropped (``dropped``),
 dead-lettered, or sent to the operator's :attr:`WindowOperator.late` stream. A
@@ -41,9 +48,13 @@ starts or extends a session backwards behind the watermark. That rule, with no
 per-key memory of closed sessions, keeps every emitted session of a key at
 least ``gap`` away from the others.
 
-**Disposing** the subscription drops open windows *without* ending their
-events: they were never processed, so the commit watermark stays before them
-and a restart replays them (at-least-once).
+**Disposing** the subscription (or an upstream error) drops open windows
+*without* ending their events: they were never processed, so the commit
+watermark stays before them and a restart replays them (at-least-once).
+
+**Metrics** (``status().stages``): ``in``, ``out`` (windows), ``dropped`` (late
+events dropped, and partial windows' events with ``emit_partial=False``),
+``dead_lettered``, and in ``extra``: ``late``, ``open_windows``, ``idle_closes``.
 """
 
 from __future__ import annotations

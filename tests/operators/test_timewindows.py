@@ -417,6 +417,19 @@ def test_a_raising_late_subscriber_fails_the_stage_and_the_event_still_ends() ->
     assert h.flow.pending == 1  # b ended; a sits in its window, never processed
 
 
+def test_processing_time_without_a_scheduler_fails_with_a_clear_error() -> None:
+    ctx = PipelineContext("p")  # no scheduler anywhere
+    flow = Flow("p")
+    subject: Subject[Batch] = Subject()
+    errors: list[Exception] = []
+    tumbling_window(1, name="w")(subject).subscribe(on_error=errors.append)
+    flow.try_acquire(1)
+    subject.on_next(Batch(["a"], ctx=ctx, source="p", time=0.0, ticket=flow.ticket(1)))
+    (error,) = errors
+    assert isinstance(error, ConfigurationError)
+    assert "'w' needs a scheduler" in str(error)
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 
