@@ -270,14 +270,21 @@ class PaneHandler(WindowHandler):
                 return 0
             seg_ps = [ps[i] for i in rows]
             seg_keys = None if keys is None else [keys[i] for i in rows]
-        groups: Mapping[Any, list[int]] = group_rows(
-            seg_ps if seg_keys is None else zip(seg_keys, seg_ps, strict=True), rows
+        # Per key, then per pane: a key's rows of one batch mostly share a pane even
+        # out of order, and grouping by (key, pane) tuples costs more than two passes.
+        by_key: Mapping[Hashable, Sequence[int]] = (
+            {None: rows} if seg_keys is None else group_rows(seg_keys, rows)
         )
-        at = times.__getitem__
         folded = 0
-        for group_key, group in groups.items():
-            k, p = (None, group_key) if seg_keys is None else group_key
-            folded += self._add(batch, k, p, group, c, max(map(at, group)))
+        for k, group in by_key.items():
+            group_ps = pick(ps, group)
+            p = min(group_ps)
+            if p == max(group_ps):
+                folded += self._add(batch, k, p, group, c, max(pick(times, group)))
+                continue
+            for p, rows_of_pane in group_rows(group_ps, group).items():
+                last = max(pick(times, rows_of_pane))
+                folded += self._add(batch, k, cast(int, p), rows_of_pane, c, last)
         return folded
 
     def _add(

@@ -5,6 +5,9 @@ returns to the source at once, so a window larger than the source's credit
 cannot stall the pipeline, but their completion waits until the aggregate the
 window emits has ended. The commit watermark therefore never passes an event
 whose window has not been processed.
+
+Time windows (tumbling, sliding, session) live in :mod:`.timewindows`; they
+share :class:`Window` and :func:`group_rows` with the count windows here.
 """
 
 from __future__ import annotations
