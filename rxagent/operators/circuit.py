@@ -40,11 +40,10 @@ from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
-from ..context import _scheduler_seconds
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import publish
+from .retry import publish, scheduler_clock
 
 __all__ = [
     "CircuitBreaker",
@@ -467,14 +466,15 @@ def circuit_breaker(
             ) -> None:
                 self.observer = observer
                 self.sched = sched
+                self.clock = None if sched is None else scheduler_clock(sched)
                 self.timer = SerialDisposable()
                 self.unlisten = the_breaker.on_transition(self._on_transition)
 
             def now(self, batch: Batch | None = None) -> float:
                 if the_breaker.clock is not None:
                     return the_breaker.clock()
-                if self.sched is not None:
-                    return _scheduler_seconds(self.sched)
+                if self.clock is not None:
+                    return self.clock()
                 if batch is not None:
                     return batch.ctx.now()
                 return time.monotonic()
@@ -631,13 +631,14 @@ def circuit_breaker(
             observer: abc.ObserverBase[Batch], at_subscribe: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             sched = scheduler if scheduler is not None else at_subscribe
+            clock = None if sched is None else scheduler_clock(sched)
 
             def on_error(error: Exception) -> None:
                 # the inner stage's stream failed: a failure of what the circuit guards
-                if the_breaker.clock is not None or sched is None:
+                if the_breaker.clock is not None or clock is None:
                     the_breaker.record_failure(None, error)
                 else:
-                    the_breaker.record_failure(_scheduler_seconds(sched), error)
+                    the_breaker.record_failure(clock(), error)
                 observer.on_error(error)
 
             return guarded.subscribe(

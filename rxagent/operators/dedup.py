@@ -25,10 +25,10 @@ from typing import Any
 
 from reactivex import Observable, abc
 
-from ..context import _scheduler_seconds
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
+from .retry import scheduler_clock
 from .transform import _apply, to_key_function
 
 __all__ = ["dedup"]
@@ -114,6 +114,7 @@ def dedup(
                 self.next_stamp = 0
                 # (first stamp of a batch, its time), to forget ids older than ttl
                 self.batches: deque[tuple[int, float]] = deque()
+                self.clock = None if scheduler is None else scheduler_clock(scheduler)
 
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 ctx = batch.ctx
@@ -133,7 +134,7 @@ def dedup(
                     return
                 if key_fn is None and batch.keys is not None:
                     ids = list(zip(batch.keys, ids, strict=True))
-                now = ctx.now() if scheduler is None else _scheduler_seconds(scheduler)
+                now = ctx.now() if self.clock is None else self.clock()
                 seen = self.seen
                 if ttl is not None:
                     # a nanosecond of slack: clocks that go through datetime round

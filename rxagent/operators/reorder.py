@@ -31,19 +31,21 @@ from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
-from ..context import PipelineContext, StageMetrics, _scheduler_seconds
 from ..events import Batch, Event
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import publish, require_scheduler
+from .retry import publish, require_scheduler, scheduler_clock
 from .transform import _apply, to_key_function
 from .windows import group_rows
+
+if TYPE_CHECKING:
+    from ..context import PipelineContext, StageMetrics
 
 __all__ = ["Gap", "ReorderOperator", "reorder"]
 
@@ -156,6 +158,7 @@ def reorder(
             def __init__(self, observer: abc.ObserverBase[Batch], sched: abc.SchedulerBase) -> None:
                 self.observer = observer
                 self.sched = sched
+                self.now = scheduler_clock(sched)
                 self.keys: dict[Hashable, _KeyOrder] = {}
                 # (deadline, tie-breaker, key): when a held event of a key is due;
                 # entries whose event has gone since are skipped when they come up
@@ -165,9 +168,6 @@ def reorder(
                 self.timer_at: float | None = None
                 self.like: Batch | None = None  # for ctx, source and time of timer batches
                 self.held = 0
-
-            def now(self) -> float:
-                return _scheduler_seconds(self.sched)
 
             # -- batches ----------------------------------------------------------
 

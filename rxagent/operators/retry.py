@@ -30,7 +30,8 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import reactivex as rx
 from reactivex import Observable, abc
@@ -38,10 +39,12 @@ from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.subject import Subject
 
 from ..backoff import Backoff
-from ..context import PipelineContext, _scheduler_seconds
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import Operator
+
+if TYPE_CHECKING:
+    from ..context import PipelineContext
 
 __all__ = ["RetryKind", "RetryOperator", "RetryStatus", "retry"]
 
@@ -117,6 +120,15 @@ def require_scheduler(
     return scheduler
 
 
+def scheduler_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
+    """Seconds on ``scheduler``'s clock, read as ``PipelineContext.now`` reads it."""
+    # Imported here, not at the top: rxagent.context imports the sinks package,
+    # which must not load while rxagent.operators is loading (an import cycle).
+    from ..context import _scheduler_seconds
+
+    return partial(_scheduler_seconds, scheduler)
+
+
 def publish(subject: Subject[Any], record: Any, stage: str) -> None:
     """Push ``record`` to a status subject; a raising subscriber is logged, never raised."""
     try:
@@ -172,8 +184,7 @@ def retry(
             run_start: float | None = None  # clock at the run's first failure
             ctx: PipelineContext | None = None
 
-            def now() -> float:
-                return _scheduler_seconds(sched)
+            now = scheduler_clock(sched)
 
             def on_next(batch: Batch) -> None:
                 nonlocal ctx
