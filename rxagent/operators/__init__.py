@@ -14,7 +14,18 @@ from .aggregate import (
 )
 from .backpressure import buffer
 from .base import BatchHandler, Operator, batch_stage
+from .circuit import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitOperator,
+    CircuitState,
+    CircuitTransition,
+    circuit_breaker,
+)
 from .decode import decode
+from .dedup import dedup
+from .reorder import Gap, ReorderOperator, reorder
+from .retry import RetryOperator, RetryStatus, retry
 from .throttle import debounce, rate_limit, sample, throttle_first, throttle_last, throttle_latest
 from .timewindows import WindowOperator, session_window, sliding_window, tumbling_window
 from .transform import event_time, filter, flat_map, key_by, map, tap
@@ -23,16 +34,27 @@ from .windows import Window, count_window
 __all__ = [
     "Aggregation",
     "BatchHandler",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitOperator",
+    "CircuitState",
+    "CircuitTransition",
+    "Gap",
     "Operator",
+    "ReorderOperator",
+    "RetryOperator",
+    "RetryStatus",
     "Window",
     "WindowOperator",
     "batch_stage",
     "buffer",
+    "circuit_breaker",
     "collect",
     "count",
     "count_window",
     "debounce",
     "decode",
+    "dedup",
     "event_time",
     "filter",
     "first",
@@ -45,6 +67,8 @@ __all__ = [
     "min_",
     "rate_limit",
     "reduce",
+    "reorder",
+    "retry",
     "sample",
     "session_window",
     "sliding_window",
