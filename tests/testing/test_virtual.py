@@ -53,6 +53,20 @@ async def test_a_pipeline_runs_a_marble_diagram_in_virtual_time() -> None:
     assert sink.diagram() == "-A-B 5s C---|"
 
 
+async def test_window_timers_fire_at_their_virtual_time_inside_a_pipeline() -> None:
+    sink = MarbleSink()
+    pipeline = (
+        Pipeline("p", marble_source("a 1s b 3s c 2s d 10s e|"))
+        .pipe(ops.tumbling_window(5.0, agg=ops.count()), ops.map(lambda w: w.value))
+        .to(sink)
+    )
+    await pipeline.start(scheduler=TestScheduler())
+    status = await pipeline.wait()
+    assert status.completed
+    # [0, 5) closes on its timer at 5 s, [5, 10) at 10 s, and [15, 20) on completion
+    sink.assert_marbles("5s x 4999ms y 6004ms (z|)", {"x": 3, "y": 1, "z": 1})
+
+
 async def test_a_python_built_pipeline_runs_an_hour_into_a_state_store() -> None:
     # a tick per key every 10 s for an hour, and a burst of three at the half hour
     ticks = [
