@@ -18,9 +18,10 @@ exact per row, not per batch.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable
-from operator import eq
+from itertools import compress, islice, repeat, starmap
+from operator import eq, not_
 from typing import Any
 
 from reactivex import Observable, abc
@@ -109,11 +110,15 @@ def dedup(
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
             def __init__(self) -> None:
-                # id -> stamp; insertion order is stamp order, so the front is the oldest
-                self.seen: OrderedDict[Hashable, int] = OrderedDict()
+                # id -> stamp of the row that let it through
+                self.seen: dict[Hashable, int] = {}
+                # the remembered ids, oldest first: forgetting pops from the left
+                self.order: deque[Hashable] = deque()
                 self.next_stamp = 0
-                # (first stamp of a batch, its time), to forget ids older than ttl
-                self.batches: deque[tuple[int, float]] = deque()
+                self.let_through = 0  # ids ever appended to ``order``
+                self.forgotten = 0  # ids ever popped from it
+                # (time, ``let_through`` after the batch) per batch, to forget after ttl
+                self.batches: deque[tuple[float, int]] = deque()
                 self.clock = None if scheduler is None else scheduler_clock(scheduler)
 
             def on_batch(self, batch: Batch, emit: Emit) -> None:
@@ -146,21 +151,20 @@ def dedup(
                 mask: list[bool] | None
                 try:
                     mask = list(map(eq, map(seen.setdefault, ids, stamps), stamps))
-                except TypeError:  # an unhashable id: undo, then row by row
+                except TypeError:  # an unhashable id
+                    self._undo(ids, stamps)
                     mask = None
-                added = len(seen) - before
-                if mask is not None and horizon is not None and len(seen) > horizon:
-                    if added < n:
-                        # a repeat was looked up while old ids were still there that
-                        # row-by-row eviction would have forgotten: redo exactly
+                if mask is not None:
+                    added = len(seen) - before
+                    excess = 0 if horizon is None else len(seen) - horizon
+                    if excess > 0 and added < n and self._at_risk(ids, mask, excess):
+                        self._undo(ids, stamps)
                         mask = None
                     else:
-                        popitem = seen.popitem
-                        for _ in range(len(seen) - horizon):
-                            popitem(last=False)
+                        self.order.extend(compress(ids, mask))
+                        self.let_through += added
+                        self._forget(excess)
                 if mask is None:
-                    for _ in range(added):
-                        seen.popitem(last=True)  # the ids this batch added, newest last
                     self._rows(batch, ids, base, emit, metrics)
                 else:
                     kept = batch.select(mask)
@@ -170,14 +174,43 @@ def dedup(
                         metrics.events_out += out
                         emit(kept)
                 if ttl is not None:
-                    self.batches.append((base, now))
+                    self.batches.append((now, self.let_through))
                 metrics.extra["remembered"] = len(seen)
+
+            def _at_risk(self, ids: list[Any], mask: list[bool], excess: int) -> bool:
+                """Whether a repeat in this batch found an id that row-by-row eviction
+                would have forgotten before that row: then the batch is redone exactly.
+                Only the ``excess`` oldest ids are forgotten during the batch."""
+                order = self.order
+                if excess > len(order):  # more new ids than the horizon: some of them
+                    return True
+                risky = set(islice(order, excess))
+                return any(map(risky.__contains__, compress(ids, map(not_, mask))))
+
+            def _undo(self, ids: list[Any], stamps: range) -> None:
+                """Take back the ids this batch added (rare path: exact redo follows)."""
+                seen = self.seen
+                for ident, stamp in zip(ids, stamps, strict=True):
+                    try:
+                        if seen.get(ident) == stamp:
+                            del seen[ident]
+                    except TypeError:
+                        pass
+
+            def _forget(self, k: int) -> None:
+                """Forget the ``k`` oldest remembered ids, with the loop in C."""
+                if k <= 0:
+                    return
+                self.forgotten += k
+                popleft = self.order.popleft
+                any(map(self.seen.__delitem__, starmap(popleft, repeat((), k))))
 
             def _rows(
                 self, batch: Batch, ids: list[Any], base: int, emit: Emit, metrics: Any
             ) -> None:
-                """The exact path: one row at a time, evicting as it goes."""
+                """The exact path: one row at a time, forgetting as it goes."""
                 seen = self.seen
+                order = self.order
                 keep: list[int] = []
                 for i, ident in enumerate(ids):
                     stamp = base + i
@@ -192,8 +225,10 @@ def dedup(
                         continue
                     if got == stamp:
                         keep.append(i)
+                        order.append(ident)
+                        self.let_through += 1
                         if horizon is not None and len(seen) > horizon:
-                            seen.popitem(last=False)
+                            self._forget(1)
                     else:
                         metrics.dropped += 1
                         batch.end_row(i)
@@ -204,16 +239,12 @@ def dedup(
             def _expire(self, older_than: float) -> None:
                 """Forget the ids let through at or before ``older_than``."""
                 batches = self.batches
-                while batches and batches[0][1] <= older_than:
-                    batches.popleft()
-                boundary = batches[0][0] if batches else self.next_stamp
-                seen = self.seen
-                while seen:
-                    ident, stamp = seen.popitem(last=False)
-                    if stamp >= boundary:
-                        seen[ident] = stamp
-                        seen.move_to_end(ident, last=False)
-                        break
+                upto = None
+                while batches and batches[0][0] <= older_than:
+                    upto = batches.popleft()[1]
+                if upto is not None:
+                    # some of them may have left already, pushed out by the horizon
+                    self._forget(upto - self.forgotten)
 
         return batch_stage(source, lambda _o, _s: Handler())
 
