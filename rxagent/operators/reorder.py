@@ -18,8 +18,10 @@ An event whose sequence number was already emitted or skipped, or that repeats
 one being held, is dropped: ended and counted in the stage's ``dropped``.
 
 Cost: a batch whose keys are all in order (the common case) is checked with
-list comparisons in C and passed on as it is; only batches with disorder run a
-per-row loop, and only held events become :class:`~rxagent.events.Event` objects.
+list comparisons in C and passed on as it is. A batch with disorder takes the
+general path: its rows become tuples (in C), and a per-row loop handles them;
+without keys, the runs between two disorders are found with comparisons in C
+and skipped whole, so the loop only sees the rows around each disorder.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from itertools import compress, count, islice
+from operator import itemgetter, ne
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
-from ..events import Batch, Event
+from ..events import Batch, Hold, end_hold
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
 from .retry import publish, require_scheduler, scheduler_clock
@@ -88,6 +91,55 @@ class ReorderOperator(Operator):
         return ReorderOperator(self._build, name, self.gaps)
 
 
+#: A row kept out of its batch: value, key, time, position, headers, hold, source,
+#: partition (a tuple costs a fraction of an Event). A gap row has source None.
+_Row: TypeAlias = tuple[
+    Any,
+    Hashable,
+    "float | None",
+    "int | None",
+    "Mapping[str, Any] | None",
+    Hold,
+    "str | None",
+    Hashable,
+]
+
+
+def _transpose(batch: Batch) -> list[_Row]:
+    """The batch's rows as tuples (the loop in C)."""
+    none = itertools.repeat(None)
+    return list(
+        zip(
+            batch.values,
+            none if batch.keys is None else batch.keys,
+            none if batch.times is None else batch.times,
+            none if batch.positions is None else batch.positions,
+            none if batch.headers is None else batch.headers,
+            itertools.repeat(batch.ticket) if batch.holds is None else batch.holds,
+            itertools.repeat(batch.source),
+            itertools.repeat(batch.partition),
+        )
+    )
+
+
+def _rows_batch(ctx: PipelineContext, rows: list[_Row], source: str, partition: Hashable) -> Batch:
+    """One batch from rows, the columns transposed in C."""
+    n = len(rows)
+    values, keys, times, positions, headers, holds, _, _ = map(list, zip(*rows, strict=True))
+    return Batch(
+        values,
+        ctx=ctx,
+        source=source,
+        time=ctx.now(),
+        holds=holds,
+        keys=keys if keys.count(None) < n else None,
+        times=times if times.count(None) < n else None,
+        positions=positions if positions.count(None) < n else None,
+        headers=headers if headers.count(None) < n else None,
+        partition=partition,
+    )
+
+
 class _KeyOrder:
     """One key's place in its sequence and the events held ahead of it."""
 
@@ -95,7 +147,7 @@ class _KeyOrder:
 
     def __init__(self, expected: int | None) -> None:
         self.expected = expected
-        self.held: dict[int, Event] = {}
+        self.held: dict[int, _Row] = {}
         self.seqs: list[int] = []  # heap of the held numbers
         self.arrivals: deque[tuple[float, int]] = deque()  # (arrival, seq), arrival order
 
@@ -198,10 +250,16 @@ def reorder(
                     emit(batch)
                     return
                 now = self.now()
-                out: list[Event] = []
-                self._rows(batch, seqs, keys, now, out, metrics)
+                out: list[_Row] = []
+                direct: list[int] = []
+                self._rows(batch, seqs, keys, now, out, direct, metrics)
                 self._expire(now, out, metrics)
-                self._emit(out, emit)
+                if len(direct) == len(out):  # nothing released from earlier batches, no gaps
+                    if direct:
+                        metrics.events_out += len(direct)
+                        emit(batch.take(direct))
+                else:
+                    self._emit(out, emit, batch)
                 self._arm(now)
 
             def _in_order(self, seqs: list[Any], keys: Sequence[Hashable] | None) -> bool:
@@ -241,20 +299,32 @@ def reorder(
                 seqs: list[Any],
                 keys: Sequence[Hashable] | None,
                 now: float,
-                out: list[Event],
+                out: list[_Row],
+                direct: list[int],
                 metrics: StageMetrics,
             ) -> None:
-                """The general path, one row at a time in arrival order."""
+                """The general path, in arrival order: rows passed on at once go to
+                ``out`` and their indices to ``direct``; early rows are held.
+
+                Without keys, runs of rows that continue the sequence (everything
+                between two disorders) are found with comparisons in C and passed
+                on whole; the Python loop only sees the rows around a disorder."""
                 found = self.keys
                 ctx = batch.ctx
                 deadline = now + max_delay
-                for i, s in enumerate(seqs):
+                rows = _transpose(batch)
+                timed: set[Hashable] = set()  # keys given a deadline for this batch
+                n = len(seqs)
+                i = 0
+                while i < n:
+                    s = seqs[i]
                     if type(s) is not int:
                         ctx.dead_letter(
                             batch.event(i, take=True),
                             stage,
                             TypeError(f"reorder {stage!r}: seq must be an int, got {s!r}"),
                         )
+                        i += 1
                         continue
                     k = None if keys is None else keys[i]
                     state = found.get(k)
@@ -267,18 +337,33 @@ def reorder(
                         metrics.dropped += 1
                         batch.end_row(i)
                     elif s == expected:
-                        out.append(batch.event(i, take=True))
+                        out.append(rows[i])
+                        direct.append(i)
                         state.expected = s + 1
-                        self._release_run(state, out)
+                        if state.held:
+                            self._release_run(state, out)
                     else:
-                        state.held[s] = batch.event(i, take=True)
+                        state.held[s] = rows[i]
                         heapq.heappush(state.seqs, s)
                         state.arrivals.append((now, s))
-                        heapq.heappush(self.deadlines, (deadline, next(self.counter), k))
+                        if k not in timed:  # one deadline per key and batch: same arrival
+                            timed.add(k)
+                            heapq.heappush(self.deadlines, (deadline, next(self.counter), k))
                         self.held += 1
+                    i += 1
+                    if keys is None and i < n and not state.held:
+                        # the next rows continuing the sequence, up to the first that does not
+                        e = state.expected
+                        assert e is not None
+                        j = next(compress(count(i), map(ne, islice(seqs, i, None), count(e))), n)
+                        if j > i:
+                            out.extend(rows[i:j])
+                            direct.extend(range(i, j))
+                            state.expected = e + (j - i)
+                            i = j
                 metrics.extra["held"] = self.held
 
-            def _release_run(self, state: _KeyOrder, out: list[Event]) -> None:
+            def _release_run(self, state: _KeyOrder, out: list[_Row]) -> None:
                 """Emit the held events that now continue the sequence."""
                 held = state.held
                 expected = state.expected
@@ -291,7 +376,7 @@ def reorder(
                 state.expected = expected
 
             def _skip(
-                self, k: Hashable, state: _KeyOrder, out: list[Event], metrics: StageMetrics
+                self, k: Hashable, state: _KeyOrder, out: list[_Row], metrics: StageMetrics
             ) -> None:
                 """Give up on the missing numbers: go on at the lowest held one."""
                 got = state.seqs[0]
@@ -303,11 +388,11 @@ def reorder(
                 extra["gaps"] = extra.get("gaps", 0) + 1
                 extra["missing"] = extra.get("missing", 0) + gap.missing
                 if emit_gaps:
-                    out.append(Event(gap, k))
+                    out.append((gap, k, None, None, None, None, None, None))
                 state.expected = got
                 self._release_run(state, out)
 
-            def _expire(self, now: float, out: list[Event], metrics: StageMetrics) -> None:
+            def _expire(self, now: float, out: list[_Row], metrics: StageMetrics) -> None:
                 """Skip the gaps of every key holding an event that has waited enough."""
                 limit = now - max_delay + _SLACK
                 deadlines = self.deadlines
@@ -329,33 +414,33 @@ def reorder(
 
             # -- emitting and timers ------------------------------------------------
 
-            def _emit(self, out: list[Event], emit: Emit) -> None:
-                """Emit events as batches, one per run of the same source and partition
+            def _emit(self, out: list[_Row], emit: Emit, batch: Batch | None) -> None:
+                """Emit rows as batches, one per run of the same source and partition
                 (positions are only meaningful within one)."""
-                like = self.like
+                like = batch if batch is not None else self.like
                 if not out or like is None:
                     return
                 ctx = like.ctx
-                metrics = ctx.stage(stage)
-                metrics.events_out += sum(1 for ev in out if not isinstance(ev.value, Gap))
+                sources = [r[6] for r in out]
+                gap_rows = sources.count(None)
+                ctx.stage(stage).events_out += len(out) - gap_rows
+                origins = set(zip(sources, (r[7] for r in out), strict=True))
+                origins.discard((None, None))
+                if len(origins) <= 1:
+                    src, part = origins.pop() if origins else (like.source, like.partition)
+                    assert src is not None
+                    emit(_rows_batch(ctx, out, src, part))
+                    return
                 origin = (like.source, like.partition)
-                run: list[Event] = []
-                for ev in out:
-                    pos = ev.position
-                    where = origin if pos is None else (pos.source, pos.partition)
+                run: list[_Row] = []
+                for row in out:
+                    where = origin if row[6] is None else (row[6], row[7])
                     if where != origin and run:
-                        emit(self._batch(ctx, origin, run))
+                        emit(_rows_batch(ctx, run, origin[0], origin[1]))
                         run = []
-                    origin = where
-                    run.append(ev)
-                emit(self._batch(ctx, origin, run))
-
-            def _batch(
-                self, ctx: PipelineContext, where: tuple[str, Hashable], events: list[Event]
-            ) -> Batch:
-                return Batch.of_events(
-                    events, ctx=ctx, source=where[0], time=ctx.now(), partition=where[1]
-                )
+                    origin = (where[0] or like.source, where[1])
+                    run.append(row)
+                emit(_rows_batch(ctx, run, origin[0], origin[1]))
 
             def _arm(self, now: float) -> None:
                 """Keep a timer for the earliest deadline."""
@@ -378,9 +463,9 @@ def reorder(
                         return
                     # the timer is for ``due``: a clock rounded a hair short still counts
                     now = max(self.now(), due if due is not None else 0.0)
-                    out: list[Event] = []
+                    out: list[_Row] = []
                     self._expire(now, out, like.ctx.stage(stage))
-                    self._emit(out, self.observer.on_next)
+                    self._emit(out, self.observer.on_next, None)
                     self._arm(now)
                 except Exception as error:  # never raise into the loop
                     self.observer.on_error(error)
@@ -393,20 +478,20 @@ def reorder(
                 if like is None:
                     return
                 metrics = like.ctx.stage(stage)
-                out: list[Event] = []
+                out: list[_Row] = []
                 for k, state in self.keys.items():
                     while state.held:
                         self._skip(k, state, out, metrics)
                 self.deadlines.clear()
                 metrics.extra["held"] = self.held
-                self._emit(out, emit)
+                self._emit(out, emit, None)
 
             def dispose(self) -> None:
                 self.timer.dispose()
                 # unsubscribed: these events will not be processed, so their processing is over
                 for state in self.keys.values():
-                    for ev in state.held.values():
-                        ev.end()
+                    for row in state.held.values():
+                        end_hold(row[5])
                     state.held.clear()
                     state.seqs.clear()
                     state.arrivals.clear()

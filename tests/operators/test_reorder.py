@@ -199,7 +199,9 @@ def _diagram(arrivals: dict[int, list[str]]) -> str:
 
 
 @st.composite
-def _feeds(draw: st.DrawFn, *, max_disorder: int | None) -> tuple[dict[str, Any], str, int]:
+def _feeds(
+    draw: st.DrawFn, *, max_disorder: int | None, keys: str = "xy"
+) -> tuple[dict[str, Any], str, int]:
     """Two keys' sequences 0..n-1 sent one unit apart, each delayed a few units.
 
     With ``max_disorder`` the delays stay under it (and there are no repeats);
@@ -208,8 +210,8 @@ def _feeds(draw: st.DrawFn, *, max_disorder: int | None) -> tuple[dict[str, Any]
     arrivals: dict[int, list[str]] = {}
     letters = iter(string.ascii_letters)
     disorder = max_disorder if max_disorder is not None else 6
-    for k in "xy":
-        n = draw(st.integers(0, 6))
+    for k in keys:
+        n = draw(st.integers(0, 6 if len(keys) > 1 else 12))
         for s in range(n):
             copies = 1 if max_disorder is not None else draw(st.integers(1, 2))
             for _ in range(copies):
@@ -225,16 +227,24 @@ def _feeds(draw: st.DrawFn, *, max_disorder: int | None) -> tuple[dict[str, Any]
 def _per_key(out: list[Any]) -> dict[str, list[Any]]:
     keys: dict[str, list[Any]] = {"x": [], "y": []}
     for v in out:
-        keys[v.key if isinstance(v, Gap) else v["k"]].append(v)
+        # without keys, a gap's key is None: the one sequence is "x"
+        keys[(v.key or "x") if isinstance(v, Gap) else v["k"]].append(v)
     return keys
 
 
-@given(feed=_feeds(max_disorder=3))
+@given(keyed=st.booleans(), data=st.data())
 def test_bounded_disorder_comes_out_in_order_with_nothing_missing(
-    feed: tuple[dict[str, Any], str, int],
+    keyed: bool, data: st.DataObject
 ) -> None:
+    feed = data.draw(_feeds(max_disorder=3, keys="xy" if keyed else "x"))
     values, diagram, disorder = feed
-    op = reorder("n", key="k", max_delay=disorder * UNIT * MS, start=0, emit_gaps=True)
+    op = reorder(
+        "n",
+        key="k" if keyed else None,
+        max_delay=disorder * UNIT * MS,
+        start=0,
+        emit_gaps=True,
+    )
     result = run_marbles(op, diagram, values)
     for k, out in _per_key(result.values).items():
         sent = sorted(v["n"] for v in values.values() if v["k"] == k)
@@ -245,12 +255,24 @@ def test_bounded_disorder_comes_out_in_order_with_nothing_missing(
     assert result.flow.pending == 0
 
 
-@given(feed=_feeds(max_disorder=None), max_delay_units=st.integers(0, 4))
+@given(
+    keyed=st.booleans(),
+    data=st.data(),
+    max_delay_units=st.integers(0, 4),
+)
 def test_any_disorder_stays_in_order_accounts_for_every_event_and_every_gap(
-    feed: tuple[dict[str, Any], str, int], max_delay_units: int
+    keyed: bool, data: st.DataObject, max_delay_units: int
 ) -> None:
+    # keyed: two sequences by the "k" field; else one sequence (no keys at all)
+    feed = data.draw(_feeds(max_disorder=None, keys="xy" if keyed else "x"))
     values, diagram, _ = feed
-    op = reorder("n", key="k", max_delay=max_delay_units * UNIT * MS, start=0, emit_gaps=True)
+    op = reorder(
+        "n",
+        key="k" if keyed else None,
+        max_delay=max_delay_units * UNIT * MS,
+        start=0,
+        emit_gaps=True,
+    )
     result = run_marbles(op, diagram, values)
     metrics = result.ctx.stage("reorder")
     assert metrics.events_out + metrics.dropped == len(values) == metrics.events_in
