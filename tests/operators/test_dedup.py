@@ -31,6 +31,14 @@ def test_repeats_inside_one_batch_are_dropped_in_order() -> None:
     assert_marbles(dedup(horizon=10), "-(aab)-(ba)-|", "-(ab)-------|")
 
 
+def test_the_horizon_is_exact_per_row_even_inside_one_batch() -> None:
+    # a, b, c let through: with a horizon of 2 the last a comes after b and c, so it is new
+    assert_marbles(dedup(horizon=2), "-(abca)-|", "-(abca)-|")
+    assert_marbles(dedup(horizon=3), "-(abca)-|", "-(abc)--|")
+    # an old id pushed out by the new ones of the same batch
+    assert_marbles(dedup(horizon=2), "-a-(bca)-|", "-a-(bca)-|")
+
+
 def test_a_time_horizon_forgets_ids_after_ttl_seconds() -> None:
     assert_marbles(dedup(ttl=0.003), "-a-a-a-a-|", "-a---a---|")
     # a repeat does not extend the horizon: a at 1, 3 (dropped), 4 (let through)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reactivex import operators as rxops
 
 from rxagent import ConfigurationError
 from rxagent import operators as ops
@@ -129,6 +130,22 @@ def test_disposal_ends_held_events_and_cancels_the_timer() -> None:
     assert [v["n"] for v in run_.values] == [1]
     assert run_.flow.pending == 0, "held events are ended on disposal"
     assert_marbles(reorder("n", max_delay=0.005), "-a-b-c-|", "-a-b", V, unsubscribe="^---!")
+
+
+def test_a_downstream_error_on_the_timer_is_routed_not_raised() -> None:
+    def fragile(source: Any) -> Any:
+        def boom(batch: Any) -> Any:
+            if any(v["n"] == 3 for v in batch.values):
+                raise RuntimeError("sink broke")
+            return batch
+
+        return source.pipe(rxops.map(boom))
+
+    run_ = run_marbles(
+        lambda s: fragile(reorder("n", max_delay=0.002)(s)), "-a-c-----|", V, end_outputs=False
+    )
+    assert [n.kind for n in run_.notifications] == ["N", "E"]
+    assert run_.notifications[1].frame == 5, "the timer's emission failed at its deadline"
 
 
 def test_bad_sequence_numbers_go_to_dead_letters() -> None:
