@@ -85,7 +85,7 @@ def plain_loop_inline(events: list[dict[str, Any]]) -> dict[str, float]:
 def rxagent_pipeline(events: list[dict[str, Any]]) -> dict[str, float]:
     store = StateStore("mean_px")
     pipeline = (
-        Pipeline("bench", memory(events, credit=8192, batch_size=1024))
+        Pipeline("bench", memory(events, credit=8192, batch_size=2048))
         .pipe(
             ops.filter(is_high),
             ops.map(to_quote),
