@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 from reactivex.abc import SchedulerBase
-from reactivex.scheduler import VirtualTimeScheduler
 
+from .clock import is_virtual, scheduler_seconds
+from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from .events import Batch, Event
 from .exceptions import StageError
-from .sinks.deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 
 __all__ = ["PipelineContext", "StageMetrics"]
 
@@ -70,18 +69,6 @@ class StageMetrics:
         }
 
 
-def _scheduler_seconds(scheduler: SchedulerBase) -> float:
-    if isinstance(scheduler, VirtualTimeScheduler):
-        clock: Any = scheduler.clock
-        if isinstance(clock, datetime):
-            return clock.timestamp()
-        return clock.total_seconds() if isinstance(clock, timedelta) else float(clock)
-    now: Any = scheduler.now
-    if isinstance(now, datetime):
-        return now.timestamp()
-    return float(now)
-
-
 class PipelineContext:
     """Shared by the stages of one pipeline run.
 
@@ -111,7 +98,7 @@ class PipelineContext:
             self.now = clock
         elif scheduler is not None and not _is_wall_clock(scheduler):
             sched = scheduler
-            self.now = lambda: _scheduler_seconds(sched)
+            self.now = lambda: scheduler_seconds(sched)
         else:
             self.now = time.time
 
@@ -162,4 +149,4 @@ class PipelineContext:
 
 def _is_wall_clock(scheduler: SchedulerBase) -> bool:
     # The asyncio and thread schedulers tell wall-clock time; virtual-time ones do not.
-    return not isinstance(scheduler, VirtualTimeScheduler)
+    return not is_virtual(scheduler)

@@ -22,6 +22,7 @@ on, or end (:meth:`Batch.select` ends what it drops, :meth:`Batch.end_all`,
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -344,8 +345,16 @@ class Batch:
             if self.ticket is not None and self.values:
                 self.ticket.end(len(self.values))
         else:
-            for hold in self.holds:
-                end_hold(hold)
+            # Rows after a window or a reorder hold their own tickets; count equal
+            # holds first (in C) and end each distinct one once.
+            for hold, times in Counter(self.holds).items():
+                if hold is None:
+                    continue
+                if isinstance(hold, Ticket):
+                    hold.end(times)
+                else:
+                    for ticket, count in hold:
+                        ticket.end(count * times)
 
     def end_row(self, i: int) -> None:
         end_hold(self.hold(i))

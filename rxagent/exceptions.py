@@ -11,6 +11,8 @@ The tree::
     │   └── RecordingError       a line of a recording is unreadable (rxagent.recording)
     ├── RecordEncodeError        an event cannot be written to a recording unchanged
     ├── StateError               a state store was read or written wrongly
+    ├── CircuitOpenError         a circuit breaker is open (rxagent.operators.circuit)
+    ├── MarbleError              a marble diagram is malformed (rxagent.testing.marbles)
     └── ToolError                a tool could not be invoked
         ├── ToolArgumentsError   the arguments failed validation (carries ``errors``)
         ├── ToolTimeoutError     the call ran past its timeout

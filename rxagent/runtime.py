@@ -311,7 +311,8 @@ class Pipeline:
     def _set_stopped(self, state: PipelineState) -> None:
         self.state = state
         self._stopped_at = time.time()
-        if self._subscription is not None and state is PipelineState.FAILED:
+        # Once stopped or failed, no operator timer may fire into the sinks again.
+        if self._subscription is not None:
             self._subscription.dispose()
         if self._done is not None:
             self._done.set()

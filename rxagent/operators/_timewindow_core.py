@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from datetime import datetime, timedelta
 from heapq import heappop, heappush
 from itertools import islice
 from operator import itemgetter, le
 from typing import Any, TypeAlias, cast
 
 from reactivex import abc
-from reactivex.scheduler import VirtualTimeScheduler
 from reactivex.subject import Subject
 
+from ..clock import scheduler_clock
 from ..events import Batch, Event, Hold, end_hold, fold_holds, retain_hold
 from ..exceptions import ConfigurationError
 from ..flow import Ticket
@@ -39,7 +38,7 @@ from .base import BatchHandler, Emit
 from .transform import _apply
 from .windows import Window
 
-__all__ = ["Out", "WindowHandler", "WindowSpec", "pick", "scheduler_clock"]
+__all__ = ["Out", "WindowHandler", "WindowSpec", "pick"]
 
 #: A closed window on its way out: (close order, seq, window, hold, time, position).
 Out: TypeAlias = tuple[float, int, Window, Hold, float | None, int | None]
@@ -86,25 +85,6 @@ class WindowSpec:
         self.emit_partial = emit_partial
         self.scheduler = scheduler
         self.subject: Subject[Event] = Subject()
-
-
-def scheduler_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
-    """Seconds on ``scheduler``'s clock (virtual for test schedulers)."""
-    if isinstance(scheduler, VirtualTimeScheduler):
-
-        def virtual() -> float:
-            clock: Any = scheduler.clock
-            if isinstance(clock, timedelta):
-                return clock.total_seconds()
-            return clock.timestamp() if isinstance(clock, datetime) else float(clock)
-
-        return virtual
-
-    def real() -> float:
-        now: Any = scheduler.now
-        return now.timestamp() if isinstance(now, datetime) else float(now)
-
-    return real
 
 
 def pick(values: Sequence[Any], rows: Sequence[int]) -> list[Any]:

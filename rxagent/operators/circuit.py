@@ -40,10 +40,11 @@ from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
+from ..clock import scheduler_clock
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import publish, scheduler_clock
+from .retry import publish
 
 __all__ = [
     "CircuitBreaker",

@@ -26,10 +26,10 @@ from typing import Any
 
 from reactivex import Observable, abc
 
+from ..clock import scheduler_clock
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import scheduler_clock
 from .transform import _apply, to_key_function
 
 __all__ = ["dedup"]

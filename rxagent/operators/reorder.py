@@ -40,10 +40,11 @@ from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
+from ..clock import scheduler_clock
 from ..events import Batch, Hold, end_hold
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import publish, require_scheduler, scheduler_clock
+from .retry import publish, require_scheduler
 from .transform import _apply, to_key_function
 from .windows import group_rows
 

@@ -30,7 +30,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import reactivex as rx
@@ -39,6 +38,7 @@ from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.subject import Subject
 
 from ..backoff import Backoff
+from ..clock import scheduler_clock
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import Operator
@@ -118,15 +118,6 @@ def require_scheduler(
             "scheduler=... (pipelines do) or pass scheduler= to the operator"
         )
     return scheduler
-
-
-def scheduler_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
-    """Seconds on ``scheduler``'s clock, read as ``PipelineContext.now`` reads it."""
-    # Imported here, not at the top: rxagent.context imports the sinks package,
-    # which must not load while rxagent.operators is loading (an import cycle).
-    from ..context import _scheduler_seconds
-
-    return partial(_scheduler_seconds, scheduler)
 
 
 def publish(subject: Subject[Any], record: Any, stage: str) -> None:

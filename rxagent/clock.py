@@ -1,0 +1,41 @@
+"""Reading a reactivex scheduler's clock in seconds, virtual or wall.
+
+Every time-based piece reads time through its scheduler, so the same code runs
+on the asyncio scheduler and on a ``TestScheduler`` in virtual time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from reactivex.abc import SchedulerBase
+from reactivex.scheduler import VirtualTimeScheduler
+
+__all__ = ["is_virtual", "scheduler_clock", "scheduler_seconds"]
+
+
+def is_virtual(scheduler: SchedulerBase) -> bool:
+    """True for virtual-time schedulers (``TestScheduler`` and kin)."""
+    return isinstance(scheduler, VirtualTimeScheduler)
+
+
+def scheduler_seconds(scheduler: SchedulerBase) -> float:
+    """The scheduler's notion of now, in seconds (epoch seconds for wall clocks,
+    seconds since the start for a virtual clock started at 0)."""
+    if isinstance(scheduler, VirtualTimeScheduler):
+        clock: Any = scheduler.clock
+        if isinstance(clock, datetime):
+            return clock.timestamp()
+        return clock.total_seconds() if isinstance(clock, timedelta) else float(clock)
+    now: Any = scheduler.now
+    if isinstance(now, datetime):
+        return now.timestamp()
+    return float(now)
+
+
+def scheduler_clock(scheduler: SchedulerBase) -> Callable[[], float]:
+    """A function reading ``scheduler``'s clock in seconds (see :func:`scheduler_seconds`)."""
+    return partial(scheduler_seconds, scheduler)
