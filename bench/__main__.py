@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["pipeline", "backpressure"]
+BENCHMARKS = ["pipeline", "operators", "backpressure"]
 
 
 def main() -> None:
