@@ -1,0 +1,782 @@
+"""The Kafka source: a confluent-kafka consumer read off the loop, in batches, at least once.
+
+How it keeps the promises of :mod:`rxagent.flow`:
+
+* **Batches, off the loop.** Every consumer call runs in one dedicated thread
+  (librdkafka serves rebalance callbacks on the thread that polls). One hop reads
+  up to the credit held (``poll`` for the first message, so a quiet topic answers
+  at once, then ``consume`` for what is already fetched) and decodes it there;
+  the loop emits one batch per partition.
+* **At least once.** ``enable.auto.commit`` is off. What is committed is each
+  partition's completion watermark (``flow.watermark``): the offset after the
+  longest run of events whose processing has ended. Commits happen every
+  ``commit_interval`` seconds, on revoke (after waiting up to ``revoke_timeout``
+  for the partition's events in flight) and on stop (after the pipeline's events
+  ended, up to ``close_timeout``). A lost partition is never committed.
+* **Backpressure without eviction.** Without credit the source pauses every
+  assigned partition and keeps polling (so ``max.poll.interval.ms`` never
+  expires, however slow a tool is); new partitions assigned meanwhile are paused
+  as they arrive. On resume each partition is sought back to the first offset not
+  yet emitted: ``pause`` drops what librdkafka had prefetched, and nothing may be
+  skipped or emitted twice.
+* **Bad messages** go to dead letters (and to ``dead_letter_topic`` if set, with
+  ``error``, ``stage``, ``topic``, ``partition`` and ``offset`` headers); the
+  offset moves on.
+
+Settings pass through to librdkafka (``config``); a value written ``"${NAME}"``
+is read from the environment variable ``NAME`` when the consumer is created, so
+secrets stay out of code and files, and :meth:`KafkaSource.describe` never shows
+values of keys that look secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Literal, NamedTuple
+
+from ..events import Event, Position
+from ..exceptions import ConfigurationError, DecodeError
+from .base import Emitter, Source
+
+__all__ = ["KafkaPartition", "KafkaSource", "kafka"]
+
+log = logging.getLogger("rxagent")
+
+Decoder = Literal["json", "text", "bytes"] | Callable[[bytes], Any]
+KeyDecoder = Literal["json", "text", "bytes"] | Callable[[bytes], Hashable]
+
+#: librdkafka settings that make a consumer fast here (measured, see docs/kafka.md);
+#: anything in ``config`` overrides them, except what at-least-once needs.
+DEFAULTS: dict[str, Any] = {
+    # librdkafka's 1000 ms default halved throughput: the fetcher idled between fetches
+    "fetch.queue.backoff.ms": 10,
+    "auto.offset.reset": "earliest",
+    # bounded prefetch: the backlog belongs in the broker, not in this process
+    "queued.max.messages.kbytes": 16384,
+}
+_SECRET = re.compile(r"password|secret|token|key$|jaas", re.IGNORECASE)
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class KafkaPartition(NamedTuple):
+    """A batch's ``partition`` for Kafka events: topic and partition number."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+
+def resolve_config(config: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
+    """``config`` with ``"${NAME}"`` values read from the environment."""
+    resolved: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, str) and (match := _ENV_REF.match(value)):
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigurationError(
+                    f"{owner}: setting {key!r} reads environment variable {name} which is not set"
+                )
+            value = os.environ[name]
+        resolved[key] = value
+    return resolved
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` fit for logs and status: values of secret-looking keys hidden."""
+    return {k: ("***" if _SECRET.search(k) else v) for k, v in config.items()}
+
+
+def _value_decoder(decode: Decoder, model: Any) -> Callable[[bytes], Any]:
+    if model is not None:
+        from pydantic import TypeAdapter
+
+        adapter = TypeAdapter(model)
+        if decode == "json":
+            return adapter.validate_json
+        inner = _value_decoder(decode, None)
+        return lambda raw: adapter.validate_python(inner(raw))
+    if callable(decode):
+        return decode
+    if decode == "json":
+        try:
+            import orjson  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            return json.loads
+        loads: Callable[[bytes], Any] = orjson.loads
+        return loads
+    if decode == "text":
+        return lambda raw: raw.decode("utf-8")
+    if decode == "bytes":
+        return lambda raw: raw
+    raise ConfigurationError(
+        f"decode must be 'json', 'text', 'bytes' or a function of the message bytes, got {decode!r}"
+    )
+
+
+def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
+    if callable(decode):
+        return decode
+    if decode == "text":
+
+        def text(raw: bytes) -> Hashable:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return raw
+
+        return text
+    if decode == "json":
+
+        def from_json(raw: bytes) -> Hashable:
+            value = json.loads(raw)
+            return tuple(value) if isinstance(value, list) else value
+
+        return from_json
+    if decode == "bytes":
+        return lambda raw: raw
+    raise ConfigurationError(
+        f"key_decode must be 'json', 'text', 'bytes' or a function, got {decode!r}"
+    )
+
+
+class _Rows:
+    """One partition's messages of one hop, decoded, in columns."""
+
+    __slots__ = ("bad", "headers", "keys", "partition", "positions", "times", "values")
+
+    def __init__(self, partition: KafkaPartition) -> None:
+        self.partition = partition
+        self.values: list[Any] = []
+        self.keys: list[Hashable] = []
+        self.times: list[float | None] = []
+        self.positions: list[int] = []
+        self.headers: list[Mapping[str, Any] | None] = []
+        # (row index it precedes, offset, raw message, error)
+        self.bad: list[tuple[int, Any, BaseException]] = []
+
+
+class KafkaSource(Source):
+    """Events from Kafka ``topics`` (see the module docstring for the guarantees).
+
+    ``group_id`` is the consumer group whose committed offsets the source starts
+    from and commits to. By default the source subscribes and the group spreads
+    partitions over its members (``partition.assignment.strategy`` passes through;
+    ``cooperative-sticky`` works). ``assign=True`` takes every partition of the
+    topics without a group rebalance (instant; offsets still committed for the
+    group). ``until_eof=True`` ends the stream once every assigned partition is
+    read to its end (batch jobs and tests).
+
+    ``decode``: ``"json"`` (orjson when installed), ``"text"``, ``"bytes"`` or a
+    function of the value bytes; ``model`` validates the decoded value with
+    pydantic. A ``None`` value (a tombstone) stays ``None``. ``key_decode`` does
+    the same for keys (``"text"`` by default; undecodable keys stay bytes). Each
+    event carries the message timestamp (epoch seconds), headers as a dict of
+    bytes, and position ``(source, KafkaPartition(topic, partition), offset)``.
+    """
+
+    kind = "kafka"
+
+    def __init__(
+        self,
+        topics: str | Iterable[str],
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        config: Mapping[str, Any] | None = None,
+        decode: Decoder = "json",
+        model: Any = None,
+        key_decode: KeyDecoder = "text",
+        assign: bool = False,
+        until_eof: bool = False,
+        dead_letter_topic: str | None = None,
+        name: str | None = None,
+        credit: int = 4096,
+        batch_size: int = 1024,
+        commit_interval: float = 1.0,
+        poll_timeout: float = 0.2,
+        revoke_timeout: float = 10.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(name, credit=credit, batch_size=batch_size)
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        if not self.topics:
+            raise ConfigurationError(f"kafka source {self.name!r} needs at least one topic")
+        if commit_interval <= 0:
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: commit_interval must be > 0, got {commit_interval}"
+            )
+        user = dict(config or {})
+        for forbidden in ("enable.auto.commit", "enable.auto.offset.store"):
+            if str(user.get(forbidden, "false")).lower() == "true":
+                raise ConfigurationError(
+                    f"kafka source {self.name!r}: {forbidden}=true would commit events whose "
+                    "processing has not ended; the source commits completed offsets itself"
+                )
+        self.config: dict[str, Any] = {
+            **DEFAULTS,
+            **user,
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": until_eof,
+        }
+        self.group_id = group_id
+        self.decode_value = _value_decoder(decode, model)
+        self.decode_key = _key_decoder(key_decode)
+        self.assign = assign
+        self.until_eof = until_eof
+        self.dead_letter_topic = dead_letter_topic
+        self.commit_interval = commit_interval
+        self.poll_timeout = poll_timeout
+        self.revoke_timeout = revoke_timeout
+        self.close_timeout = close_timeout
+        max_poll = float(user.get("max.poll.interval.ms", 300_000)) / 1000
+        # while paused, poll at least this often (well inside max.poll.interval.ms)
+        self.keepalive = min(0.5, max_poll / 5)
+        # counters for describe()
+        self.emitted = 0
+        self.dead_lettered = 0
+        self.commits = 0
+        self.pauses = 0
+        self.rebalances = 0
+        self._consumer: _Consumer | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "credit": self.credit,
+            "topics": self.topics,
+            "group_id": self.group_id,
+            "config": redact(self.config),
+            "emitted": self.emitted,
+            "dead_lettered": self.dead_lettered,
+            "commits": self.commits,
+            "pauses": self.pauses,
+            "rebalances": self.rebalances,
+            "assignment": []
+            if self._consumer is None
+            else sorted(map(str, self._consumer.assigned)),
+        }
+
+    async def wait_closed(self) -> None:
+        """Wait until the final commit is done and the consumer has left its group."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    # -- the read loop (event loop side) ----------------------------------------------
+
+    async def run(self, out: Emitter) -> None:
+        loop = asyncio.get_running_loop()
+        consumer = _Consumer(self, out, loop)
+        self._consumer = consumer
+        try:
+            await consumer.call(consumer.open)
+            await self._read(out, consumer)
+        finally:
+            self._closing = loop.create_task(
+                consumer.close_after(out), name=f"rxagent-kafka-close-{self.name}"
+            )
+
+    async def _read(self, out: Emitter, consumer: _Consumer) -> None:
+        loop = asyncio.get_running_loop()
+        next_commit = loop.time() + self.commit_interval
+        waiting: asyncio.Future[int] | None = None
+        try:
+            while True:
+                granted = out.flow.try_acquire(self.batch_size)
+                if not granted:
+                    # no credit: wait for it, pausing and polling meanwhile
+                    waiting = asyncio.ensure_future(out.credit(self.batch_size))
+                    while True:
+                        done, _ = await asyncio.wait({waiting}, timeout=self.keepalive)
+                        if done:
+                            break
+                        await consumer.call(consumer.keepalive, consumer.due_commits(out))
+                        next_commit = loop.time() + self.commit_interval
+                    granted, waiting = waiting.result(), None
+                commits = None
+                if loop.time() >= next_commit:
+                    commits = consumer.due_commits(out)
+                    next_commit = loop.time() + self.commit_interval
+                try:
+                    groups = await consumer.call(
+                        consumer.fetch, granted, self.poll_timeout, commits
+                    )
+                except BaseException:
+                    out.give_back(granted)
+                    raise
+                used = consumer.emit(out, groups)
+                out.give_back(granted - used)
+                if self.until_eof and consumer.at_end():
+                    return
+                if used:
+                    # let timers, tool calls and other pipelines run between batches
+                    await asyncio.sleep(0)
+        finally:
+            if waiting is not None:
+                if waiting.done() and not waiting.cancelled():
+                    out.give_back(waiting.result())
+                else:
+                    waiting.cancel()
+
+
+class _Consumer:
+    """The confluent-kafka consumer and everything that runs on its thread.
+
+    Methods named ``*_`` run on the loop; the others on the consumer thread,
+    through :meth:`call`. Rebalance callbacks run on the consumer thread and ask
+    the loop (which owns the flow) what to commit.
+    """
+
+    def __init__(self, owner: KafkaSource, out: Emitter, loop: asyncio.AbstractEventLoop) -> None:
+        self.owner = owner
+        self.out = out
+        self.loop = loop
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"rxagent-kafka-{owner.name}"
+        )
+        self.consumer: Any = None
+        self.producer: Any = None  # for the dead-letter topic
+        # consumer thread state
+        self.assigned: set[KafkaPartition] = set()
+        self.paused = False
+        self.eof: set[KafkaPartition] = set()
+        # next offset to hand to the loop, per partition (what a resume seeks back to)
+        self.delivered: dict[KafkaPartition, int] = {}
+        self.stash: list[Any] = []
+        self.closing = False
+        # loop state
+        self.committed: dict[KafkaPartition, int] = {}
+        self.emitted_next: dict[KafkaPartition, int] = {}
+        self.progress = asyncio.Event()
+        self.remove_listener: Callable[[], None] | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.loop.run_in_executor(self.executor, fn, *args)
+
+    # -- consumer thread ----------------------------------------------------------------
+
+    def open(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        owner = self.owner
+        config = resolve_config(owner.config, owner=f"kafka source {owner.name!r}")
+        config.setdefault("error_cb", self._on_error)
+        config.setdefault("on_commit", self._on_commit)
+        self.consumer = consumer = Consumer(config)
+        if owner.dead_letter_topic is not None:
+            from confluent_kafka import Producer
+
+            producer_config = {
+                k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)
+            }
+            for k in _CONSUMER_ONLY:
+                producer_config.pop(k, None)
+            self.producer = Producer(producer_config)
+        # metadata first: the first assign then starts fetching at once (0.55 s -> 0.1 s here)
+        metadata = consumer.list_topics(timeout=10)
+        missing = [t for t in owner.topics if t not in metadata.topics]
+        if owner.assign:
+            parts: list[Any] = []
+            for topic in owner.topics:
+                if topic in missing:
+                    raise ConfigurationError(
+                        f"kafka source {owner.name!r}: topic {topic!r} does not exist"
+                    )
+                for p in sorted(metadata.topics[topic].partitions):
+                    parts.append(TopicPartition(topic, p))
+            consumer.assign(parts)
+            self.assigned = {KafkaPartition(tp.topic, tp.partition) for tp in parts}
+        else:
+            consumer.subscribe(
+                owner.topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+
+    def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> list[_Rows]:
+        consumer = self.consumer
+        if commits:
+            self._commit(commits, asynchronous=True)
+        if self.paused:
+            self._resume()
+        messages = self.stash[:n]
+        del self.stash[:n]
+        if not messages:
+            first = consumer.poll(timeout)
+            if first is None:
+                return []
+            messages.append(first)
+        if len(messages) < n:
+            messages.extend(consumer.consume(n - len(messages), 0))
+        return self._decode(messages)
+
+    def keepalive(self, commits: list[Any] | None) -> None:
+        """No credit: pause what is assigned and poll, so the group keeps us."""
+        if commits:
+            self._commit(commits, asynchronous=True)
+        if not self.paused:
+            self.paused = True
+            self.owner.pauses += 1
+            self._pause_all()
+        message = self.consumer.poll(0)
+        if message is not None:
+            # cannot happen while everything is paused; kept for the next credit if it does
+            self.stash.append(message)
+
+    def _pause_all(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        parts = [TopicPartition(p.topic, p.partition) for p in self.assigned]
+        if parts:
+            self.consumer.pause(parts)
+
+    def _resume(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self.paused = False
+        parts = [TopicPartition(p.topic, p.partition) for p in self.assigned]
+        if not parts:
+            return
+        self.consumer.resume(parts)
+        for p in self.assigned:
+            offset = self.delivered.get(p)
+            if offset is None:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(p.topic, p.partition, offset))
+            except KafkaException as error:
+                # not fetching yet (just assigned): it starts from the committed offset,
+                # and duplicates are filtered by offset in _decode
+                log.debug("kafka source %r: seek %s@%d: %s", self.owner.name, p, offset, error)
+
+    def _decode(self, messages: list[Any]) -> list[_Rows]:
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
+
+        groups: dict[KafkaPartition, _Rows] = {}
+        decode_value = self.owner.decode_value
+        decode_key = self.owner.decode_key
+        assigned, delivered = self.assigned, self.delivered
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self.eof.add(KafkaPartition(message.topic(), message.partition()))
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("kafka source %r: %s", self.owner.name, error)
+                continue
+            p = KafkaPartition(message.topic(), message.partition())
+            offset = message.offset()
+            if p not in assigned:
+                continue  # revoked while this hop ran: its new owner reads it
+            expected = delivered.get(p)
+            if expected is not None and offset < expected:
+                continue  # fetched again after a pause: already handed over
+            delivered[p] = offset + 1
+            self.eof.discard(p)
+            rows = groups.get(p)
+            if rows is None:
+                rows = groups[p] = _Rows(p)
+            raw = message.value()
+            try:
+                value = None if raw is None else decode_value(raw)
+                raw_key = message.key()
+                key = None if raw_key is None else decode_key(raw_key)
+            except Exception as failure:
+                rows.bad.append((len(rows.values), message, failure))
+                continue
+            rows.values.append(value)
+            rows.keys.append(key)
+            kind, ms = message.timestamp()
+            rows.times.append(None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000)
+            rows.positions.append(offset)
+            header_list = message.headers()
+            rows.headers.append(None if header_list is None else dict(header_list))
+        return list(groups.values())
+
+    def _commit(self, offsets: list[Any], *, asynchronous: bool) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self.owner.commits += 1
+        except KafkaException as error:
+            log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
+
+    def _on_error(self, error: Any) -> None:
+        log.warning("kafka source %r: %s", self.owner.name, error)
+
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        if error is not None:
+            log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.owner.rebalances += 1
+        if consumer.rebalance_protocol() == "COOPERATIVE":
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        new = {KafkaPartition(tp.topic, tp.partition) for tp in partitions}
+        self.assigned |= new
+        for p in new:
+            # a new owner starts from the committed offset, whatever we read before
+            self.delivered.pop(p, None)
+            self.eof.discard(p)
+        if self.paused:
+            # an assign undoes a pause: apply it again to everything we hold
+            self._pause_all()
+        log.info("kafka source %r: assigned %s", self.owner.name, sorted(map(str, new)))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._release(consumer, partitions, lost=False)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._release(consumer, partitions, lost=True)
+
+    def _release(self, consumer: Any, partitions: list[Any], *, lost: bool) -> None:
+        self.owner.rebalances += 1
+        gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
+        # stop handing these to the loop at once (messages of this hop included)
+        self.assigned -= set(gone)
+        # on close the events in flight had their time already (close_timeout)
+        timeout = 0.0 if lost or self.closing else self.owner.revoke_timeout
+        future = asyncio.run_coroutine_threadsafe(self.release_(gone, timeout, lost), self.loop)
+        try:
+            offsets = future.result(timeout + 5)
+        except Exception as error:  # the loop is gone or stuck: commit nothing
+            log.warning("kafka source %r: releasing %s: %r", self.owner.name, gone, error)
+            offsets = []
+        if offsets:
+            self._commit(offsets, asynchronous=False)
+        if consumer.rebalance_protocol() == "COOPERATIVE":
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        for p in gone:
+            self.delivered.pop(p, None)
+            self.eof.discard(p)
+        log.info(
+            "kafka source %r: %s %s",
+            self.owner.name,
+            "lost" if lost else "revoked",
+            sorted(map(str, gone)),
+        )
+
+    def close(self, offsets: list[Any]) -> None:
+        if self.consumer is None:
+            return
+        if offsets:
+            self._commit(offsets, asynchronous=False)
+        self.closing = True
+        # leaving the group runs the revoke callback: the flow is idle by now
+        self.consumer.close()
+        if self.producer is not None:
+            self.producer.flush(5)
+
+    # -- event loop -----------------------------------------------------------------------
+
+    def emit(self, out: Emitter, groups: list[_Rows]) -> int:
+        """Emit each partition's rows as a batch (bad rows dead-lettered in order)."""
+        used = 0
+        if self.remove_listener is None:
+            self.remove_listener = out.flow.on_watermark(lambda _p, _w: self.progress.set())
+        for rows in groups:
+            p = rows.partition
+            if p not in self.assigned:
+                continue
+            if rows.bad:
+                used += self._emit_with_bad(out, rows)
+            elif rows.values:
+                self._emit_rows(out, rows, 0, len(rows.values))
+                used += len(rows.values)
+            last = rows.positions[-1] if rows.positions else -1
+            if rows.bad:
+                last = max(last, rows.bad[-1][1].offset())
+            self.emitted_next[p] = last + 1
+        self.owner.emitted += used
+        return used
+
+    def _emit_rows(self, out: Emitter, rows: _Rows, start: int, end: int) -> None:
+        times = rows.times[start:end]
+        headers = rows.headers[start:end]
+        keys = rows.keys[start:end]
+        out.emit(
+            rows.values[start:end],
+            keys=keys if any(k is not None for k in keys) else None,
+            times=times if any(t is not None for t in times) else None,
+            positions=rows.positions[start:end],
+            headers=headers if any(h is not None for h in headers) else None,
+            partition=rows.partition,
+        )
+
+    def _emit_with_bad(self, out: Emitter, rows: _Rows) -> int:
+        start = 0
+        for before, message, error in rows.bad:
+            if before > start:
+                self._emit_rows(out, rows, start, before)
+                start = before
+            self._dead_letter(out, rows.partition, message, error)
+        if start < len(rows.values):
+            self._emit_rows(out, rows, start, len(rows.values))
+        return len(rows.values) + len(rows.bad)
+
+    def _dead_letter(
+        self, out: Emitter, p: KafkaPartition, message: Any, error: BaseException
+    ) -> None:
+        owner = self.owner
+        offset = message.offset()
+        raw = message.value()
+        # a ticket of its own, so the watermark (and the commit) moves past it
+        ticket = out.flow.ticket(1, p, offset, offset)
+        kind, ms = message.timestamp()
+        event = Event(
+            raw,
+            None,
+            ms / 1000 if kind else None,
+            Position(out.name, p, offset),
+            None if message.headers() is None else dict(message.headers()),
+            ticket,
+        )
+        problem = DecodeError(
+            f"cannot decode message at {event.position}: {type(error).__name__}: {error}",
+            source=out.name,
+            raw=raw,
+        )
+        owner.dead_lettered += 1
+        if self.producer is not None and owner.dead_letter_topic is not None:
+            headers = [
+                ("error", str(problem).encode()),
+                ("stage", owner.name.encode()),
+                ("topic", p.topic.encode()),
+                ("partition", str(p.partition).encode()),
+                ("offset", str(offset).encode()),
+            ]
+            try:
+                self.producer.produce(owner.dead_letter_topic, raw, message.key(), headers=headers)
+                self.producer.poll(0)
+            except Exception as failure:
+                log.warning(
+                    "kafka source %r: dead-letter topic %r: %r",
+                    owner.name,
+                    owner.dead_letter_topic,
+                    failure,
+                )
+        out.ctx.dead_letter(event, owner.name, problem)
+
+    def due_commits(self, out: Emitter) -> list[Any] | None:
+        """Offsets to commit: completed watermarks that moved since the last commit."""
+        from confluent_kafka import TopicPartition
+
+        offsets = []
+        for p in list(self.emitted_next):
+            if p not in self.assigned:
+                continue
+            mark = out.flow.watermark(p)
+            if mark is not None and mark > self.committed.get(p, -1):
+                self.committed[p] = mark
+                offsets.append(TopicPartition(p.topic, p.partition, mark))
+        return offsets or None
+
+    async def release_(self, gone: list[KafkaPartition], timeout: float, lost: bool) -> list[Any]:
+        """On the loop: wait (bounded) for the partitions' events, then offsets to commit."""
+        from confluent_kafka import TopicPartition
+
+        flow = self.out.flow
+        deadline = self.loop.time() + timeout
+
+        def busy() -> bool:
+            return any(
+                (flow.watermark(p) or -1) < self.emitted_next[p]
+                for p in gone
+                if p in self.emitted_next
+            )
+
+        while not lost and busy():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                log.warning(
+                    "kafka source %r: partitions %s revoked with events still in flight "
+                    "after %.1fs; committing what ended (the rest is read again)",
+                    self.owner.name,
+                    sorted(map(str, gone)),
+                    timeout,
+                )
+                break
+            self.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), left)
+        offsets = []
+        for p in gone:
+            mark = flow.watermark(p)
+            if not lost and mark is not None and mark > self.committed.get(p, -1):
+                offsets.append(TopicPartition(p.topic, p.partition, mark))
+            flow.forget(p)
+            self.committed.pop(p, None)
+            self.emitted_next.pop(p, None)
+        return offsets
+
+    def at_end(self) -> bool:
+        return bool(self.assigned) and self.assigned <= self.eof
+
+    async def close_after(self, out: Emitter) -> None:
+        """After the read loop: let the events in flight end (bounded), commit, leave."""
+        start = time.monotonic()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(out.flow.idle(), self.owner.close_timeout)
+            if out.flow.pending:
+                log.warning(
+                    "kafka source %r: closing with %d events still in flight after %.1fs; "
+                    "they are read again on restart",
+                    self.owner.name,
+                    out.flow.pending,
+                    time.monotonic() - start,
+                )
+            commits = self.due_commits(out) if self.consumer is not None else None
+            await self.call(self.close, commits)
+        except Exception:
+            log.exception("kafka source %r: close failed", self.owner.name)
+        finally:
+            if self.remove_listener is not None:
+                self.remove_listener()
+            self.executor.shutdown(wait=False)
+
+
+# settings a producer for the dead-letter topic must not inherit from the consumer
+_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "auto.", "enable.", "group.", "session.")
+_CONSUMER_ONLY = (
+    "on_commit",
+    "max.poll.interval.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "check.crcs",
+    "group.instance.id",
+)
+
+
+def kafka(
+    topics: str | Iterable[str],
+    *,
+    bootstrap_servers: str,
+    group_id: str,
+    **options: Any,
+) -> KafkaSource:
+    """A Kafka source (see :class:`KafkaSource`)."""
+    return KafkaSource(topics, bootstrap_servers=bootstrap_servers, group_id=group_id, **options)

@@ -1,0 +1,215 @@
+"""KafkaSource against a real broker: state, dead letters, backpressure, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, TopicPartition
+
+from rxagent import Pipeline, StateStore
+from rxagent import operators as ops
+from rxagent.events import Batch, Event
+from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
+from rxagent.sources.kafka import KafkaPartition, KafkaSource
+
+Produce = Callable[..., None]
+
+
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def committed(bootstrap: str, group_id: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        parts = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
+        return [tp.offset for tp in parts]
+    finally:
+        consumer.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+class HoldingSink(Sink):
+    """Keeps each event; ends it after ``delay`` seconds, or when released."""
+
+    kind = "holding"
+
+    def __init__(self, delay: float | None = None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.held: list[Event] = []
+        self.ended: list[Event] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        events = batch.events(take=True)
+        self.held.extend(events)
+        if self.delay is not None:
+            asyncio.get_running_loop().call_later(self.delay, self._end, events)
+
+    def _end(self, events: list[Event]) -> None:
+        for event in events:
+            event.end()
+            self.ended.append(event)
+
+    def release(self, test: Callable[[Event], bool] = lambda _e: True) -> None:
+        self._end([e for e in self.held if e.hold is not None and test(e)])
+
+
+async def test_n_events_fold_into_the_expected_state_and_offsets_are_committed(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(3)
+    n = 3000
+    syms = [f"s{i}" for i in range(17)]
+    messages = [
+        (syms[i % 17].encode(), json.dumps({"sym": syms[i % 17], "qty": i}).encode())
+        for i in range(n)
+    ]
+    kafka_produce(topic, messages)
+    expected: dict[str, int] = {}
+    for i in range(n):
+        expected[syms[i % 17]] = expected.get(syms[i % 17], 0) + i
+    store = StateStore("positions")
+    gid = group()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        assign=True,
+        until_eof=True,
+        credit=256,
+        batch_size=64,
+    )
+    pipeline = (
+        Pipeline("positions", source)
+        .pipe(ops.filter(lambda v: v["qty"] >= 0))
+        .to(store.sink(reducer=lambda old, ev: (old or 0) + ev.value["qty"]))
+    )
+    status = await asyncio.wait_for(pipeline.run(), 30)
+    await source.wait_closed()
+    assert status.completed
+    assert dict(store.snapshot) == expected
+    assert status.flow["peak_in_flight"] <= 256
+    assert source.emitted == n
+    offsets = committed(kafka_bootstrap, gid, topic, 3)
+    assert sum(offsets) == n
+    # keys are decoded text, positions name topic and partition
+    entry = store.snapshot.entry("s1")
+    assert entry.position is not None
+    assert isinstance(entry.position.partition, KafkaPartition)
+    assert entry.position.partition.topic == topic
+
+
+async def test_a_restarted_source_starts_at_the_committed_offsets(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(1)
+    gid = group()
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(50)])
+
+    async def read() -> list[int]:
+        sink = ListSink()
+        source = KafkaSource(
+            topic, bootstrap_servers=kafka_bootstrap, group_id=gid, assign=True, until_eof=True
+        )
+        await asyncio.wait_for(Pipeline("p", source).to(sink).run(), 20)
+        await source.wait_closed()
+        return list(sink.values)
+
+    assert await read() == list(range(50))
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(50, 60)])
+    assert await read() == list(range(50, 60))
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(1)
+    dlq = kafka_topic(1, prefix="dlq")
+    kafka_produce(topic, [b"1", b"2", b"{not json", b"4", b"\xff"])
+    letters = MemoryDeadLetters()
+    sink = ListSink()
+    gid = group()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        assign=True,
+        until_eof=True,
+        dead_letter_topic=dlq,
+    )
+    status = await asyncio.wait_for(Pipeline("p", source, dead_letters=letters).to(sink).run(), 20)
+    await source.wait_closed()
+    assert status.completed
+    assert sink.values == [1, 2, 4]
+    assert [letter.event.position.offset for letter in letters.letters] == [2, 4]
+    assert "cannot decode" in letters.letters[0].message
+    # the offset moved on past the last (poison) message
+    assert committed(kafka_bootstrap, gid, topic, 1) == [5]
+    reader = Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": group(), "auto.offset.reset": "earliest"}
+    )
+    try:
+        reader.assign([TopicPartition(dlq, 0)])
+        got = reader.consume(2, 10)
+    finally:
+        reader.close()
+    assert [m.value() for m in got] == [b"{not json", b"\xff"]
+    headers = dict(got[0].headers())
+    assert headers["topic"] == topic.encode()
+    assert headers["partition"] == b"0"
+    assert headers["offset"] == b"2"
+    assert headers["stage"] == b"kafka"
+    assert b"cannot decode" in headers["error"]
+
+
+async def test_commits_never_pass_an_event_still_in_processing(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(1)
+    gid = group()
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(100)])
+    sink = HoldingSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        assign=True,
+        commit_interval=0.05,
+        batch_size=10,
+    )
+    pipeline = Pipeline("p", source).to(sink)
+
+    def committed_now() -> int:
+        return committed(kafka_bootstrap, gid, topic, 1)[0]
+
+    await pipeline.start()
+    try:
+        await until(lambda: len(sink.held) == 100)
+        # everything but offsets 37 and 80 processed
+        sink.release(lambda e: e.value not in (37, 80))
+        await until(lambda: committed_now() > 0)
+        await asyncio.sleep(0.3)
+        # the batch (ticket) holding 37 is not complete: commits stop at its start
+        assert 0 < committed_now() <= 37
+        sink.release(lambda e: e.value == 37)
+        await until(lambda: committed_now() > 37)
+        await asyncio.sleep(0.3)
+        assert committed_now() <= 80
+        sink.release()
+        await until(lambda: committed_now() == 100)
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
