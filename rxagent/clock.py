@@ -14,7 +14,7 @@ from typing import Any
 from reactivex.abc import SchedulerBase
 from reactivex.scheduler import VirtualTimeScheduler
 
-__all__ = ["is_virtual", "scheduler_clock", "scheduler_seconds"]
+__all__ = ["advance", "is_virtual", "next_due", "scheduler_clock", "scheduler_seconds"]
 
 
 def is_virtual(scheduler: SchedulerBase) -> bool:
@@ -39,3 +39,27 @@ def scheduler_seconds(scheduler: SchedulerBase) -> float:
 def scheduler_clock(scheduler: SchedulerBase) -> Callable[[], float]:
     """A function reading ``scheduler``'s clock in seconds (see :func:`scheduler_seconds`)."""
     return partial(scheduler_seconds, scheduler)
+
+
+def next_due(scheduler: VirtualTimeScheduler) -> datetime | None:
+    """When the earliest action scheduled on a virtual clock is due (None: nothing is).
+
+    reactivex has no public way to ask; every version since 4.0 keeps a
+    ``PriorityQueue`` of scheduled items in ``_queue``.
+    """
+    queue = getattr(scheduler, "_queue", None)
+    try:
+        return None if not queue else queue.peek().duetime
+    except (AttributeError, IndexError):
+        return None
+
+
+def advance(scheduler: VirtualTimeScheduler, to: datetime, *, flush: bool = False) -> None:
+    """Advance a virtual clock to ``to``, running what is due. ``advance_to`` the
+    current time is a no-op in reactivex, so with ``flush`` actions due *now* run
+    by advancing one microsecond (the clock's resolution)."""
+    now = scheduler.now
+    if to > now:
+        scheduler.advance_to(to)
+    elif flush:
+        scheduler.advance_to(now + timedelta(microseconds=1))

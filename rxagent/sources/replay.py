@@ -219,7 +219,7 @@ class ReplaySource(Source):
                     # one emission per recorded instant and partition
                     limit = min(n, i + self.batch_size)
                     end = _instant_end(elapsed, i, _partition_run_end(rows, i, limit))
-                    granted = await out.credit(end - i)
+                    granted = await (out.virtual_credit if driven else out.credit)(end - i)
                     due = timeline.base + timedelta(seconds=elapsed[i] / speed)
                     timeline.add(rows[i : i + granted], due, driven)
                     i += granted

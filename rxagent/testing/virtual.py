@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from reactivex.scheduler import VirtualTimeScheduler
 
+from ..clock import advance
 from ..context import PipelineContext
 from ..events import Batch, Event, Position
 from ..exceptions import ConfigurationError
@@ -78,17 +79,6 @@ def _timed(item: TimedItem) -> TimedEvent:
         return item
     arrival, value = item
     return TimedEvent(float(arrival), value)
-
-
-def _next_due(scheduler: VirtualTimeScheduler) -> datetime | None:
-    # reactivex has no public "next due time"; every version since 4.0 keeps a
-    # PriorityQueue of ScheduledItems in ``_queue``. Without it, credit waits
-    # on the event loop alone.
-    queue = getattr(scheduler, "_queue", None)
-    try:
-        return None if not queue else queue.peek().duetime
-    except (AttributeError, IndexError):
-        return None
 
 
 class VirtualSource(Source):
@@ -187,30 +177,15 @@ class VirtualSource(Source):
             end = i + 1
             while end < n and end - i < self.batch_size and items[end].arrival == at:
                 end += 1
-            _advance(scheduler, base + timedelta(seconds=at))
+            advance(scheduler, base + timedelta(seconds=at))
             while i < end:
-                granted = await self._credit(out, scheduler, end - i)
+                granted = await out.virtual_credit(end - i)
                 self._emit(out, items[i : i + granted])
                 i += granted
             # let the loop's own work run (tool calls, sinks' tasks)
             await asyncio.sleep(0)
         if self.until is not None:
-            _advance(scheduler, base + timedelta(seconds=self.until))
-
-    async def _credit(self, out: Emitter, scheduler: VirtualTimeScheduler, want: int) -> int:
-        while True:
-            took = out.flow.try_acquire(want)
-            if took:
-                return took
-            await asyncio.sleep(0)  # credit that the loop's work gives back
-            took = out.flow.try_acquire(want)
-            if took:
-                return took
-            due = _next_due(scheduler)
-            if due is None:  # only the loop's work can give credit back now
-                return await out.credit(want)
-            # wait the way a live source would: time passes until a timer frees credit
-            _advance(scheduler, due, flush=True)
+            advance(scheduler, base + timedelta(seconds=self.until))
 
     def _emit(self, out: Emitter, rows: Sequence[TimedEvent]) -> None:
         start = self.emitted
@@ -223,17 +198,6 @@ class VirtualSource(Source):
             positions=range(start, start + len(rows)),
         )
         self.emitted += len(rows)
-
-
-def _advance(scheduler: VirtualTimeScheduler, to: datetime, *, flush: bool = False) -> None:
-    """Advance the clock to ``to``, running what is due. ``advance_to`` the
-    current time is a no-op in reactivex, so with ``flush`` actions due *now*
-    run by advancing one microsecond (the clock's resolution)."""
-    now = scheduler.now
-    if to > now:
-        scheduler.advance_to(to)
-    elif flush:
-        scheduler.advance_to(now + timedelta(microseconds=1))
 
 
 def virtual_source(

@@ -400,3 +400,37 @@ async def test_virtual_replay_on_the_asyncio_scheduler_runs_in_real_time(
     await Pipeline("p", replay(path, virtual=True)).to(probe).run()
     assert 0.04 <= time.perf_counter() - started < 1.0 * time_scale
     assert probe.values == [0, 1]
+
+
+async def test_a_driven_virtual_replay_does_not_deadlock_when_a_timer_holds_the_credit(
+    tmp_path: Path,
+) -> None:
+    """The replay waits for credit held by a delay's timer: it must let virtual
+    time pass (as a live feed would), not wait for a clock only it can move."""
+    from reactivex import operators as rxops
+
+    from rxagent.sinks import ListSink
+
+    path = tmp_path / "r.jsonl"
+    await Pipeline("rec", sources.memory(range(20))).to(RecordSink(path)).run()
+    sink = ListSink()
+    scheduler = TestScheduler()
+    pipeline = (
+        Pipeline("rp", replay(path, virtual=True, credit=2, batch_size=1))
+        .pipe(rxops.delay(0.01))
+        .to(sink)
+    )
+    await pipeline.start(scheduler=scheduler)
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if len(sink.values) >= 18:
+            break
+    assert len(sink.values) >= 18, f"stuck after {len(sink.values)} of 20 with credit 2"
+    # after the source ends, the last delays fire once the test moves the clock
+    for _ in range(200):
+        scheduler.advance_by(0.01)
+        await asyncio.sleep(0)
+        if pipeline.status().state.value == "stopped":
+            break
+    assert sink.values == list(range(20))
+    assert pipeline.status().completed
