@@ -132,11 +132,13 @@ def test_a_stable_period_resets_the_attempts() -> None:
     # each subscription fails 11 ms after it started
     policy = Backoff(initial=0.002, factor=2, jitter="none", max_attempts=2)
     without = retry(policy)
-    assert_marbles(without, "-10ms #", "-10ms ---10ms #", error=DOWN)
+    # fails at 11, resubscribes 2 ms later at 13, fails at 24 and gives up
+    run = assert_marbles(without, "- 10ms #", "- 10ms --- 10ms #", error=DOWN)
+    assert run.subscriptions == [(0, 11), (13, 24)]
 
     with_reset = retry(policy, reset_after=0.005)
     seen = watch(with_reset)
-    run = run_marbles(with_reset, "-10ms #", error=DOWN, horizon=100)
+    run = run_marbles(with_reset, "- 10ms #", error=DOWN, horizon=100)
     assert not [n for n in run.notifications if n.kind == "E"], "it never gives up"
     kinds = [s.kind for s in seen]
     assert kinds[:5] == ["retrying", "reset", "retrying", "reset", "retrying"]
