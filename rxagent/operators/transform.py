@@ -63,6 +63,34 @@ def _without_failed(batch: Batch, ok: list[bool]) -> Batch:
     return batch.take(keep)
 
 
+def _per_row(
+    kind: str,
+    fn: Callable[[Any], Any],
+    attach: Callable[[Batch, list[Any]], Batch],
+    name: str | None,
+) -> Operator:
+    """A stage computing ``fn(value)`` for every row and attaching the results to
+    the batch with ``attach`` (as values, keys or times); rows whose ``fn`` raised
+    are dead-lettered and left out."""
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                metrics.events_in += len(batch.values)
+                results, ok = _apply(batch, fn, stage)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    results = [r for r, good in zip(results, ok, strict=True) if good]
+                if results:
+                    metrics.events_out += len(results)
+                    emit(attach(batch, results))
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator(kind, build, name)
+
+
 def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Operator:
     """Keep the events whose value satisfies ``predicate``; end the others.
 
@@ -104,22 +132,7 @@ def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
         --a--b--c--|   a=10, b=20, c=30
     """
 
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        class Handler(BatchHandler):
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                values, ok = _apply(batch, fn, stage)
-                if ok:
-                    batch = _without_failed(batch, ok)
-                    values = [v for v, good in zip(values, ok, strict=True) if good]
-                if values:
-                    metrics.events_out += len(values)
-                    emit(batch.with_values(values))
-
-        return batch_stage(source, lambda _o, _s: Handler())
-
-    return Operator("map", build, name)
+    return _per_row("map", fn, Batch.with_values, name)
 
 
 def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = None) -> Operator:
@@ -129,44 +142,19 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
     """
     key_fn = to_key_function(key)
 
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        class Handler(BatchHandler):
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                keys, ok = _apply(batch, key_fn, stage)
-                if ok:
-                    batch = _without_failed(batch, ok)
-                    keys = [k for k, good in zip(keys, ok, strict=True) if good]
-                if keys:
-                    metrics.events_out += len(keys)
-                    emit(batch.with_keys(keys))
-
-        return batch_stage(source, lambda _o, _s: Handler())
-
-    return Operator("key_by", build, name)
+    return _per_row("key_by", key_fn, Batch.with_keys, name)
 
 
 def event_time(time: str | Callable[[Any], float | None], *, name: str | None = None) -> Operator:
     """Set each event's event time (epoch seconds) from its value."""
     time_fn = to_key_function(time)
 
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        class Handler(BatchHandler):
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                times, ok = _apply(batch, time_fn, stage)
-                if ok:
-                    batch = _without_failed(batch, ok)
-                    times = [t for t, good in zip(times, ok, strict=True) if good]
-                if times:
-                    metrics.events_out += len(times)
-                    emit(batch.with_times([None if t is None else float(t) for t in times]))
-
-        return batch_stage(source, lambda _o, _s: Handler())
-
-    return Operator("event_time", build, name)
+    return _per_row(
+        "event_time",
+        time_fn,
+        lambda batch, times: batch.with_times([None if t is None else float(t) for t in times]),
+        name,
+    )
 
 
 def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Operator:
