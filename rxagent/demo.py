@@ -9,8 +9,10 @@ keeps per-symbol state with the move since the first window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -118,6 +120,21 @@ def _table(store: StateStore, status: PipelineStatus, dead: MemoryDeadLetters) -
     return table
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """SIGINT and SIGTERM end the demo cleanly (drain, final state) instead of a traceback."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 async def run_demo(*, duration: float, rate: float, seed: int, live: bool) -> PipelineStatus:
     from rich.console import Console
     from rich.live import Live
@@ -128,16 +145,21 @@ async def run_demo(*, duration: float, rate: float, seed: int, live: bool) -> Pi
     pipeline = build_demo_pipeline(paced(market_feed(seed), rate), store, dead)
     await pipeline.start()
     deadline = time.monotonic() + duration
+    stop = _stop_on_signals()
+
+    def running() -> bool:
+        return time.monotonic() < deadline and not stop.is_set()
+
     if live:
         with Live(
             _table(store, pipeline.status(), dead), console=console, refresh_per_second=8
         ) as view:
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.125)
+            while running():
+                await _sleep_or_stop(stop, 0.125)
                 view.update(_table(store, pipeline.status(), dead))
     else:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        while running():
+            await _sleep_or_stop(stop, min(1.0, max(0.0, deadline - time.monotonic())))
             console.print(
                 f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "),
                 soft_wrap=True,

@@ -32,3 +32,23 @@ def test_rxagent_demo_console_script() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "state 'prices'" in proc.stdout
     assert "AAPL" in proc.stdout
+
+
+def test_rxagent_demo_stops_cleanly_on_sigint() -> None:
+    import signal
+    import time
+
+    exe = shutil.which("rxagent", path=str(Path(sys.executable).parent)) or "rxagent"
+    proc = subprocess.Popen(
+        [exe, "demo", "--duration", "60", "--no-live"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "LLM context:" in out
+    assert "Traceback" not in err
