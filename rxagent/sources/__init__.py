@@ -2,11 +2,14 @@
 
 from .base import Emitter, Source
 from .memory import MemorySource, PushSource, memory, push
+from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
 
 __all__ = [
     "Emitter",
     "MemorySource",
+    "Overflow",
+    "OverflowPolicy",
     "PushSource",
     "ReplaySource",
     "Source",

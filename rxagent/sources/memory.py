@@ -11,6 +11,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from .base import Emitter, Source
+from .overflow import Overflow
 
 __all__ = ["MemorySource", "PushSource", "memory", "push"]
 
@@ -32,8 +33,10 @@ class MemorySource(Source):
         key: Callable[[Any], Hashable] | None = None,
         credit: int = 4096,
         batch_size: int = 512,
+        overflow: Overflow | None = None,
     ) -> None:
         super().__init__(name, credit=credit, batch_size=batch_size)
+        self.overflow = overflow
         if not isinstance(items, Iterable | AsyncIterable):
             raise ConfigurationError(
                 f"memory source {self.name!r} needs an iterable or async iterable, got {items!r}"
@@ -44,6 +47,9 @@ class MemorySource(Source):
     async def run(self, out: Emitter) -> None:
         if isinstance(self.items, AsyncIterable):
             await self._run_async(out, self.items)
+            return
+        if self.overflow is not None:
+            await self._run_lossy(out, self.overflow)
             return
         items = self.items
         # a list or tuple is sliced (a copy in C); anything else is iterated lazily
@@ -67,6 +73,21 @@ class MemorySource(Source):
                 return
             # let timers, tool calls and other pipelines run between batches
             await asyncio.sleep(0)
+
+    async def _run_lossy(self, out: Emitter, overflow: Overflow) -> None:
+        """Read as fast as the items come, never waiting for credit (see overflow.py)."""
+        iterator = iter(self.items)  # type: ignore[arg-type]
+        position = 0
+        try:
+            while chunk := list(itertools.islice(iterator, self.batch_size)):
+                n = len(chunk)
+                keys = None if self.key is None else [self.key(v) for v in chunk]
+                overflow.offer(out, chunk, keys=keys, positions=range(position, position + n))
+                position += n
+                await asyncio.sleep(0)
+            await overflow.flushed()  # exhausted: what is queued still goes out
+        finally:
+            await overflow.close()
 
     async def _run_async(self, out: Emitter, items: AsyncIterable[Any]) -> None:
         feeder = PushSource(name=self.name, credit=self.credit, batch_size=self.batch_size)
@@ -194,9 +215,13 @@ def memory(
     key: Callable[[Any], Hashable] | None = None,
     credit: int = 4096,
     batch_size: int = 512,
+    overflow: Overflow | None = None,
 ) -> MemorySource:
-    """A source over ``items`` (see :class:`MemorySource`)."""
-    return MemorySource(items, name=name, key=key, credit=credit, batch_size=batch_size)
+    """A source over ``items`` (see :class:`MemorySource`); with ``overflow`` it
+    never waits for credit and drops by that policy instead."""
+    return MemorySource(
+        items, name=name, key=key, credit=credit, batch_size=batch_size, overflow=overflow
+    )
 
 
 def push(
