@@ -1,0 +1,551 @@
+"""WebSocketSource against real ``websockets`` servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from rxagent import Pipeline, PipelineError
+from rxagent import operators as ops
+from rxagent.backoff import Backoff
+from rxagent.events import Batch, Event
+from rxagent.operators.circuit import CircuitBreaker
+from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
+from rxagent.sources.websocket import WebSocketError, WebSocketLifecycle, WebSocketSource
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+#: Reconnect at once and forever: for tests about what arrives, not when.
+FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_attempts=None)
+
+# the test servers log through their own logger, kept quiet: only the client's logs matter
+server_log = logging.getLogger("tests.wsserver")
+server_log.setLevel(logging.WARNING)
+
+
+@asynccontextmanager
+async def serving(handler: Handler, **options: Any) -> AsyncIterator[tuple[str, Server]]:
+    """A websockets server on a free port of 127.0.0.1; yields its ws:// url and itself."""
+    options.setdefault("logger", server_log)
+    async with serve(handler, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        scheme = "wss" if options.get("ssl") else "ws"
+        yield f"{scheme}://127.0.0.1:{port}/feed", server
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def seq_feed(
+    total: int, *, drop_every: int | None = None, pad: int = 0
+) -> tuple[Handler, dict[str, Any]]:
+    """A feed of ``{"seq": i}`` for i < total, resuming after the ``from`` of the
+    client's subscription; closes the connection every ``drop_every`` messages;
+    ``pad`` makes each message that many bytes longer."""
+    stats: dict[str, Any] = {"connections": 0, "subscriptions": []}
+
+    async def handler(ws: ServerConnection) -> None:
+        stats["connections"] += 1
+        subscription = json.loads(await ws.recv())
+        stats["subscriptions"].append(subscription)
+        last = subscription.get("from")
+        start = 0 if last is None else last + 1
+        for sent, i in enumerate(range(start, total), 1):
+            await ws.send(json.dumps({"seq": i, "pad": "x" * pad} if pad else {"seq": i}))
+            if drop_every is not None and sent == drop_every:
+                await ws.close(1001, "going away")
+                return
+        await ws.wait_closed()
+
+    return handler, stats
+
+
+def resume(last_seq: Any) -> list[dict[str, Any]]:
+    return [{"op": "subscribe", "from": last_seq}]
+
+
+def recorder(source: WebSocketSource) -> list[WebSocketLifecycle]:
+    events: list[WebSocketLifecycle] = []
+    source.lifecycle.subscribe(events.append)
+    return events
+
+
+class Gate(Sink):
+    """Holds every event (its credit too) until ``open()``; counts what arrived."""
+
+    kind = "gate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.values: list[Any] = []
+        self.is_open = False
+
+    def on_batch(self, batch: Batch) -> None:
+        self.values.extend(batch.values)
+        if self.is_open:
+            batch.end_all()
+        else:
+            self.held.extend(batch.events(take=True))
+
+    def open(self) -> None:
+        self.is_open = True
+        for event in self.held:
+            event.end()
+        self.held.clear()
+
+
+# -- normal flow ----------------------------------------------------------------------------
+
+
+async def test_messages_flow_into_a_pipeline_in_batches() -> None:
+    handler, stats = seq_feed(2000)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=resume, sequence=lambda v: v["seq"])
+        sink = ListSink()
+        pipeline = (
+            Pipeline("ws", source)
+            .pipe(ops.tap(lambda v: None), ops.map(lambda v: v["seq"]))
+            .to(sink)
+        )
+        await pipeline.start()
+        await until(lambda: len(sink.values) == 2000)
+        status = await pipeline.stop()
+    assert sink.values == list(range(2000))
+    assert stats["subscriptions"] == [{"op": "subscribe", "from": None}]
+    assert source.last_seq == 1999
+    assert status.source["received"] == 2000
+    assert status.source["connects"] == 1
+    assert status.flow["peak_in_flight"] <= source.credit
+
+
+async def test_queued_messages_leave_as_one_batch() -> None:
+    release = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        for i in range(40):
+            await ws.send(json.dumps({"seq": i}))
+        release.set()
+        await ws.wait_closed()
+
+    sizes: list[int] = []
+
+    class Sizes(Sink):
+        def on_batch(self, batch: Batch) -> None:
+            sizes.append(len(batch))
+            batch.end_all()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=["hi"], max_queue=64)
+        gate = asyncio.Event()
+
+        original = source._read
+
+        async def delayed_read(ws: Any, out: Any) -> None:
+            await release.wait()
+            await asyncio.sleep(0.05)  # every message is in the client's queue by now
+            gate.set()
+            await original(ws, out)
+
+        source._read = delayed_read  # type: ignore[method-assign]
+        pipeline = Pipeline("ws", source).to(Sizes())
+        await pipeline.start()
+        await until(lambda: sum(sizes) == 40)
+        await pipeline.stop()
+    assert gate.is_set()
+    assert len(sizes) <= 2, sizes  # not one loop hop per message
+
+
+# -- reconnects -----------------------------------------------------------------------------
+
+
+async def test_no_message_lost_when_the_server_drops_every_n_and_resumes() -> None:
+    handler, stats = seq_feed(600, drop_every=70)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(
+            url, subscribe=resume, sequence=lambda v: v["seq"], backoff=FAST, stable_after=0
+        )
+        events = recorder(source)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: len(sink.values) >= 600)
+        await pipeline.stop()
+    assert [v["seq"] for v in sink.values] == list(range(600))
+    assert stats["connections"] == 9  # 8 drops of 70, then the rest
+    froms = [s["from"] for s in stats["subscriptions"]]
+    assert froms == [None, *range(69, 600, 70)][: len(froms)]
+    closes = [e for e in events if e.kind == "closed"]
+    assert [(e.code, e.reason) for e in closes[:8]] == [(1001, "going away")] * 8
+
+
+async def test_reconnect_delays_follow_the_backoff_schedule_then_give_up() -> None:
+    connected: list[float] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        connected.append(time.monotonic())
+        await ws.close(1011, "try later")
+
+    policy = Backoff(initial=0.02, factor=2, max_delay=0.08, jitter="none", max_attempts=5)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, backoff=policy, stable_after=10)
+        events = recorder(source)
+        pipeline = Pipeline("ws", source).to(ListSink())
+        with pytest.raises(PipelineError, match="gave up reconnecting"):
+            await pipeline.run(timeout=5)
+    scheduled = [(e.attempt, e.delay) for e in events if e.kind == "reconnect_scheduled"]
+    assert scheduled == [(1, 0.02), (2, 0.04), (3, 0.08), (4, 0.08)]
+    gaps = [b - a for a, b in itertools.pairwise(connected)]
+    assert len(connected) == 5
+    for gap, (_, delay) in zip(gaps, scheduled, strict=True):
+        assert gap >= delay * 0.9
+    assert isinstance(pipeline.error, WebSocketError)
+
+
+async def test_a_server_that_accepts_and_closes_at_once_meets_growing_delays() -> None:
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1  # the handshake succeeded; close at once
+
+    policy = Backoff(initial=0.01, factor=2, max_delay=0.2, jitter="none", max_attempts=None)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, backoff=policy, stable_after=1.0)
+        events = recorder(source)
+        pipeline = Pipeline("ws", source).to(ListSink())
+        await pipeline.start()
+        await asyncio.sleep(0.8)
+        await pipeline.stop()
+    # a tight loop would connect thousands of times; the attempt count never resets,
+    # so the delays go 0.01, 0.02, 0.04, 0.08, 0.16, 0.2, 0.2: 8 connections at most
+    assert 4 <= connections <= 8
+    attempts = [e.attempt for e in events if e.kind == "reconnect_scheduled"]
+    assert attempts == list(range(1, len(attempts) + 1))
+
+
+async def test_refused_connections_are_retried_until_the_server_is_up() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handler, _ = seq_feed(10)
+    source = WebSocketSource(
+        f"ws://127.0.0.1:{port}/feed",
+        subscribe=resume,
+        backoff=Backoff(initial=0.02, max_delay=0.02, jitter="none", max_attempts=None),
+    )
+    events = recorder(source)
+    sink = ListSink()
+    pipeline = Pipeline("ws", source).to(sink)
+    await pipeline.start()
+    await until(lambda: sum(e.kind == "error" for e in events) >= 2)
+    async with serve(handler, "127.0.0.1", port, logger=server_log):
+        await until(lambda: len(sink.values) == 10)
+        await pipeline.stop()
+    assert "ConnectionRefusedError" in (events[1].error or "")
+
+
+async def test_an_open_circuit_holds_reconnects_back() -> None:
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+
+    circuit = CircuitBreaker("feed", failure_threshold=2, reset_timeout=0.3)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, backoff=FAST, stable_after=1, circuit=circuit)
+        pipeline = Pipeline("ws", source).to(ListSink())
+        await pipeline.start()
+        await asyncio.sleep(0.2)
+        assert connections == 2  # then the circuit opened
+        assert pipeline.status().source["circuit"] == "open"
+        await asyncio.sleep(0.25)
+        await pipeline.stop()
+    assert connections == 3  # one trial after the reset timeout, which failed again
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+class Tick(BaseModel):
+    seq: int
+    px: float
+
+
+async def test_bad_frames_go_to_dead_letters_and_the_stream_goes_on() -> None:
+    frames: list[str | bytes] = [
+        '{"seq": 0, "px": 1.5}',
+        "not json{",
+        '{"seq": 2, "px": "high"}',
+        b"\xff\xfe",
+        '{"seq": 4, "px": 2}',
+    ]
+
+    async def handler(ws: ServerConnection) -> None:
+        for frame in frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, decode=Tick)
+        letters = MemoryDeadLetters()
+        sink = ListSink()
+        pipeline = Pipeline("ws", source, dead_letters=letters).to(sink)
+        await pipeline.start()
+        await until(lambda: len(sink.values) + len(letters.letters) == 5)
+        status = await pipeline.stop()
+    assert sink.values == [Tick(seq=0, px=1.5), Tick(seq=4, px=2.0)]
+    assert [d.event.value for d in letters.letters] == frames[1:4]
+    assert all(d.error_type == "DecodeError" for d in letters.letters)
+    assert "px" in letters.letters[1].message
+    assert [d.event.position.offset for d in letters.letters] == [1, 2, 3]  # type: ignore[union-attr]
+    assert status.source["bad_messages"] == 3
+    assert status.flow["in_flight"] == 0
+
+
+async def test_an_oversized_message_is_reported_and_the_source_reconnects() -> None:
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.recv()
+        if connections == 1:
+            await ws.send(json.dumps({"seq": 0}))
+            await ws.send(json.dumps({"big": "x" * 5000}))
+        else:
+            await ws.send(json.dumps({"seq": 1}))
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=["go"], max_size=1000, backoff=FAST)
+        events = recorder(source)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: len(sink.values) == 2)
+        await pipeline.stop()
+    assert sink.values == [{"seq": 0}, {"seq": 1}]
+    closed = next(e for e in events if e.kind == "closed")
+    assert closed.code == 1009
+    assert any(e.kind == "error" and "too big" in (e.error or "") for e in events)
+
+
+# -- auth and TLS ---------------------------------------------------------------------------
+
+
+async def test_token_header_is_sent_on_every_connect_and_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    accepted = ["Bearer s3cret-token-1", "Bearer s3cret-token-2"]
+    seen: list[str | None] = []
+
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        token = request.headers.get("Authorization")
+        seen.append(token)
+        if token not in accepted:
+            return connection.respond(401, "no\n")
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"n": len(seen)}))
+        await ws.close()
+
+    tokens = iter(["wrong-0", "s3cret-token-1", "s3cret-token-2"])
+
+    async def provider() -> str:
+        return next(tokens)
+
+    async with serving(handler, process_request=check) as (url, _):
+        source = WebSocketSource(
+            url + "?api_key=s3cret-key",
+            token_provider=provider,
+            headers={"X-Api-Key": "s3cret-header"},
+            backoff=FAST,
+        )
+        events = recorder(source)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: len(sink.values) == 2)
+        status = await pipeline.stop()
+    assert seen == ["Bearer wrong-0", *accepted]
+    assert any(e.kind == "error" and "401" in (e.error or "") for e in events)
+    shown = json.dumps(status.as_dict(), default=str) + repr(events)
+    assert "s3cret" not in shown
+    assert "Authorization" in status.source["headers"]
+    client_logs = [r for r in caplog.records if not r.name.startswith("tests.")]
+    assert any(r.name == "rxagent.websocket" for r in client_logs)  # the wire log ran
+    assert not any("s3cret" in r.getMessage() for r in client_logs)
+
+
+async def test_wss_with_a_throwaway_certificate() -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"secure": True}))
+        await ws.wait_closed()
+
+    async with serving(handler, ssl=server_ctx) as (url, _):
+        assert url.startswith("wss://")
+        source = WebSocketSource(url, ssl=client_ctx)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: sink.values == [{"secure": True}])
+        await pipeline.stop()
+
+        # verification is on by default: the system's trust store does not know this CA
+        untrusting = WebSocketSource(url, backoff=FAST)
+        events = recorder(untrusting)
+        pipeline = Pipeline("ws2", untrusting).to(ListSink())
+        await pipeline.start()
+        await until(lambda: any(e.kind == "error" for e in events))
+        await pipeline.stop()
+    assert "CERTIFICATE_VERIFY_FAILED" in (next(e for e in events if e.kind == "error").error or "")
+
+
+# -- backpressure and keepalive -------------------------------------------------------------
+
+
+async def test_a_slow_sink_blocks_the_servers_sends_and_memory_stays_bounded() -> None:
+    total, payload = 4000, "x" * 4096
+    sent = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal sent
+        for i in range(total):
+            await ws.send(json.dumps({"seq": i, "pad": payload}))
+            sent = i + 1
+        await ws.wait_closed()
+
+    async with serving(handler, write_limit=16384) as (url, _):
+        source = WebSocketSource(url, credit=32, batch_size=16, max_queue=16)
+        gate = Gate()
+        pipeline = Pipeline("ws", source).to(gate)
+        await pipeline.start()
+        await until(lambda: len(gate.values) == 32)
+        await asyncio.sleep(0.3)
+        stalled_at = sent
+        await asyncio.sleep(0.2)
+        # the server is blocked in send(): TCP pushed back
+        assert sent == stalled_at < total
+        assert len(gate.values) == 32  # nothing read without credit
+        assert source.received == 32
+        gate.open()
+        await until(lambda: len(gate.values) == total, timeout=10)
+        status = await pipeline.stop()
+    assert [v["seq"] for v in gate.values] == list(range(total))
+    assert status.flow["peak_in_flight"] <= 32
+
+
+async def test_a_pause_longer_than_keepalive_reconnects_and_resumes_without_loss() -> None:
+    # more than the client reads before it pauses: the rest is lost with the
+    # connection, so only the resume brings it
+    handler, stats = seq_feed(300, pad=4000)
+    async with serving(handler, ping_interval=None) as (url, _):
+        source = WebSocketSource(
+            url,
+            subscribe=resume,
+            sequence=lambda v: v["seq"],
+            ping_interval=0.05,
+            ping_timeout=0.05,
+            credit=50,
+            batch_size=10,
+            max_queue=8,
+            close_timeout=0.1,  # reading is paused: the closing handshake cannot complete
+            backoff=FAST,
+        )
+        events = recorder(source)
+        gate = Gate()
+        pipeline = Pipeline("ws", source).to(gate)
+        await pipeline.start()
+        await until(lambda: len(gate.values) >= 50)
+        await asyncio.sleep(0.5)  # paused past ping_interval + ping_timeout + close_timeout
+        closes = [e for e in events if e.kind == "closed"]
+        assert [(e.code, e.reason) for e in closes] == [(1011, "keepalive ping timeout")]
+        # no reconnect while paused: the source waits for credit first
+        assert stats["connections"] == 1
+        gate.open()
+        await until(lambda: len(gate.values) == 300)
+        await pipeline.stop()
+    assert [v["seq"] for v in gate.values] == list(range(300))
+    assert stats["connections"] == 2
+    # it resumed after the last message it had received before the close
+    assert 49 <= stats["subscriptions"][1]["from"] < 299
+
+
+# -- lifecycle and clean close --------------------------------------------------------------
+
+
+async def test_lifecycle_in_order_and_a_clean_close_without_leaks() -> None:
+    close_codes: list[int | None] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"seq": 0}))
+        await ws.wait_closed()
+        close_codes.append(ws.close_code)
+
+    before = asyncio.all_tasks()
+    async with serving(handler) as (url, server):
+        source = WebSocketSource(url)
+        events = recorder(source)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: sink.values == [{"seq": 0}])
+        assert pipeline.status().source["connected"] is True
+        await pipeline.stop()
+        await until(lambda: close_codes == [1000])
+        assert not server.connections
+    assert [e.kind for e in events] == ["connecting", "opened", "closed"]
+    assert (events[-1].code, events[-1].reason) == (1000, "source stopped")
+    assert all(e.url == url for e in events)
+    assert pipeline.status().source["connected"] is False
+    await asyncio.sleep(0)
+    leaked = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert leaked == set()
+
+
+async def test_headers_of_the_handshake_reach_the_server() -> None:
+    seen: list[Headers] = []
+
+    def record(connection: ServerConnection, request: Request) -> None:
+        seen.append(request.headers)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close()
+
+    async with serving(handler, process_request=record) as (url, _):
+        source = WebSocketSource(url, headers={"X-Feed": "ticks"}, backoff=FAST)
+        pipeline = Pipeline("ws", source).to(ListSink())
+        await pipeline.start()
+        await until(lambda: len(seen) >= 1)
+        await pipeline.stop()
+    assert seen[0]["X-Feed"] == "ticks"
