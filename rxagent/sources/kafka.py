@@ -249,7 +249,8 @@ class KafkaSource(Source):
         self.dead_lettered = 0
         self.commits = 0
         self.pauses = 0
-        self.rebalances = 0
+        self.assignments = 0
+        self.revocations = 0
         self._consumer: _Consumer | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -265,7 +266,8 @@ class KafkaSource(Source):
             "dead_lettered": self.dead_lettered,
             "commits": self.commits,
             "pauses": self.pauses,
-            "rebalances": self.rebalances,
+            "assignments": self.assignments,
+            "revocations": self.revocations,
             "assignment": []
             if self._consumer is None
             else sorted(map(str, self._consumer.assigned)),
@@ -358,6 +360,8 @@ class _Consumer:
         self.delivered: dict[KafkaPartition, int] = {}
         self.stash: list[Any] = []
         self.closing = False
+        strategy = str(owner.config.get("partition.assignment.strategy", ""))
+        self.cooperative = "cooperative" in strategy.lower()
         # loop state
         self.committed: dict[KafkaPartition, int] = {}
         self.emitted_next: dict[KafkaPartition, int] = {}
@@ -527,8 +531,8 @@ class _Consumer:
             log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self.owner.rebalances += 1
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        self.owner.assignments += 1
+        if self.cooperative:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
@@ -550,7 +554,7 @@ class _Consumer:
         self._release(consumer, partitions, lost=True)
 
     def _release(self, consumer: Any, partitions: list[Any], *, lost: bool) -> None:
-        self.owner.rebalances += 1
+        self.owner.revocations += 1
         gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
         # stop handing these to the loop at once (messages of this hop included)
         self.assigned -= set(gone)
@@ -564,7 +568,7 @@ class _Consumer:
             offsets = []
         if offsets:
             self._commit(offsets, asynchronous=False)
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        if self.cooperative:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()

@@ -213,3 +213,49 @@ async def test_commits_never_pass_an_event_still_in_processing(
     finally:
         await pipeline.stop()
         await source.wait_closed()
+
+
+async def test_a_sink_slower_than_max_poll_interval_does_not_get_the_consumer_evicted(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(2)
+    gid = group()
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(0, 60, 2)], partition=0)
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(1, 60, 2)], partition=1)
+    sink = HoldingSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        config={
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 200,
+            "max.poll.interval.ms": 2000,
+        },
+        credit=8,
+        batch_size=4,
+    )
+    pipeline = Pipeline("slow", source).to(sink)
+    await pipeline.start()
+    try:
+        await until(lambda: len(sink.held) == 8, 15)
+        # the first events take longer than max.poll.interval.ms to process
+        await asyncio.sleep(2.6)
+        assert len(sink.held) == 8
+        assert source.pauses >= 1
+        deadline = time.monotonic() + 15
+        while len(sink.ended) < 60:
+            assert time.monotonic() < deadline, f"{len(sink.ended)} of 60 processed"
+            sink.release()
+            await asyncio.sleep(0.02)
+        await until(lambda: committed(kafka_bootstrap, gid, topic, 2) == [30, 30])
+        # one assignment, never evicted
+        assert (source.assignments, source.revocations) == (1, 0)
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
+    # no event skipped or repeated across pauses
+    assert sorted(e.value for e in sink.held) == list(range(60))
+    for p in (0, 1):
+        offsets = [e.position.offset for e in sink.held if e.position.partition.partition == p]
+        assert offsets == list(range(30))
