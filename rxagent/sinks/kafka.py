@@ -1,0 +1,257 @@
+"""The Kafka sink: each event produced to a topic, ended when the broker confirms it.
+
+A row's processing ends only when its delivery report arrives, so a source
+upstream (a Kafka consumer committing completion watermarks) never commits an
+event whose output could still be lost. A failed delivery, or a value that cannot
+be encoded, goes to dead letters with the reason.
+
+``produce`` runs on the loop (it only queues the message in librdkafka); delivery
+reports are collected by ``poll`` in a thread of the sink's own, and handed back
+to the loop in batches, one hop per batch of reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal
+
+from ..events import Batch, Event
+from ..exceptions import RxAgentError, StageError
+from ..sources.kafka import redact, resolve_config
+from .base import Sink
+
+__all__ = ["KafkaSink", "KafkaSinkError"]
+
+log = logging.getLogger("rxagent")
+
+Encoder = Literal["json", "text", "bytes"] | Callable[[Any], bytes]
+HeaderSpec = Mapping[str, str | bytes] | Callable[[Event], Mapping[str, str | bytes] | None]
+
+#: Producer settings for a sink that must not lose events; ``config`` overrides them.
+DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+}
+
+
+class KafkaSinkError(RxAgentError):
+    """An event could not be produced (encoding failed or the broker refused it)."""
+
+
+def _json_default(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)
+
+
+def _encoder(encode: Encoder) -> Callable[[Any], bytes]:
+    if callable(encode):
+        return encode
+    if encode == "json":
+        dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+        return lambda value: dumps(value).encode("utf-8")
+    if encode == "text":
+        return lambda value: str(value).encode("utf-8")
+    if encode == "bytes":
+        return lambda value: value if isinstance(value, bytes) else bytes(value)
+    raise RxAgentError(f"encode must be 'json', 'text', 'bytes' or a function, got {encode!r}")
+
+
+def _key_bytes(key: Hashable) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    return json.dumps(key, separators=(",", ":"), default=str).encode("utf-8")
+
+
+class KafkaSink(Sink):
+    """Produces each event's value to ``topic``.
+
+    ``key``: the event's key by default; a field name or a function of the value
+    picks another (str keys are UTF-8, others JSON). ``headers``: a mapping added
+    to every message, or a function of the event returning one. ``encode``:
+    ``"json"`` (pydantic models dumped as JSON), ``"text"``, ``"bytes"`` or a
+    function of the value. ``config`` passes through to the producer (``"${NAME}"``
+    values read from the environment, secrets never shown).
+    """
+
+    kind = "kafka"
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        bootstrap_servers: str,
+        key: str | Callable[[Any], Hashable] | None = None,
+        headers: HeaderSpec | None = None,
+        encode: Encoder = "json",
+        config: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(name)
+        self.topic = topic
+        self.config: dict[str, Any] = {
+            **DEFAULTS,
+            **(config or {}),
+            "bootstrap.servers": bootstrap_servers,
+        }
+        if isinstance(key, str):
+            field = key
+            self.key: Callable[[Any], Hashable] | None = lambda value: value[field]
+        else:
+            self.key = key
+        self.headers = headers
+        self.encode = _encoder(encode)
+        self.flush_timeout = flush_timeout
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self._producer: Any = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reports: list[tuple[Event, Any]] = []
+        self._outstanding = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "topic": self.topic,
+            "config": redact(self.config),
+            "produced": self.produced,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "outstanding": self._outstanding,
+        }
+
+    def _open(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            config = resolve_config(self.config, owner=f"kafka sink {self.name!r}")
+            self._producer = Producer(config)
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"rxagent-kafka-sink-{self.name}"
+            )
+            self._idle = asyncio.Event()
+            self._idle.set()
+        return self._producer
+
+    # -- loop side ---------------------------------------------------------------------------
+
+    def on_batch(self, batch: Batch) -> None:
+        producer = self._open()
+        ctx = batch.ctx
+        metrics = ctx.stage(self.name)
+        metrics.events_in += len(batch)
+        key_fn, headers, encode, topic = self.key, self.headers, self.encode, self.topic
+        events = batch.events(take=True)
+        for i, event in enumerate(events):
+            try:
+                value = encode(event.value)
+                key = _key_bytes(event.key if key_fn is None else key_fn(event.value))
+                extra = headers(event) if callable(headers) else headers
+                producer.produce(
+                    topic,
+                    value,
+                    key,
+                    headers=None if extra is None else dict(extra),
+                    on_delivery=functools.partial(self._report, event),
+                )
+            except Exception as error:
+                self.failed += 1
+                try:
+                    ctx.dead_letter(event, self.name, KafkaSinkError(f"cannot produce: {error!r}"))
+                except StageError:
+                    # fail_fast: the rows not produced yet end here, the pipeline fails
+                    for later in events[i + 1 :]:
+                        later.end()
+                    raise
+                continue
+            self._outstanding += 1
+            self.produced += 1
+        if self._outstanding:
+            assert self._idle is not None
+            self._idle.clear()
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.get_running_loop().create_task(
+                    self._poll_reports(), name=f"rxagent-kafka-sink-{self.name}"
+                )
+
+    async def _poll_reports(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._idle is not None
+        while self._outstanding > 0:
+            reports = await loop.run_in_executor(self._executor, self._poll, 0.1)
+            self._settle(reports)
+        self._idle.set()
+
+    def _settle(self, reports: list[tuple[Event, Any]]) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        metrics = ctx.stage(self.name)
+        for event, error in reports:
+            self._outstanding -= 1
+            if error is None:
+                self.delivered += 1
+                metrics.events_out += 1
+                event.end()
+                continue
+            self.failed += 1
+            try:
+                ctx.dead_letter(
+                    event, self.name, KafkaSinkError(f"delivery to {self.topic!r} failed: {error}")
+                )
+            except StageError as failure:
+                ctx.fail(failure, self.name)
+
+    async def drain(self) -> None:
+        if self._idle is not None:
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        if self._producer is None:
+            return
+        if self._poller is not None and not self._poller.done():
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(self._executor, self._producer.flush, self.flush_timeout)
+        self._settle(self._take_reports())
+        if left:
+            log.warning(
+                "kafka sink %r closed with %d messages undelivered to %r",
+                self.name,
+                left,
+                self.topic,
+            )
+        assert self._executor is not None
+        self._executor.shutdown(wait=False)
+        self._producer = None
+        if self._idle is not None:
+            self._idle.set()
+
+    # -- poll thread -------------------------------------------------------------------------
+
+    def _report(self, event: Event, error: Any, _message: Any) -> None:
+        self._reports.append((event, error))
+
+    def _take_reports(self) -> list[tuple[Event, Any]]:
+        reports, self._reports = self._reports, []
+        return reports
+
+    def _poll(self, timeout: float) -> list[tuple[Event, Any]]:
+        self._producer.poll(timeout)
+        return self._take_reports()
