@@ -8,6 +8,7 @@ from .deadletters import (
     MemoryDeadLetters,
     read_dead_letters,
 )
+from .kafka import KafkaSink, KafkaSinkError
 from .record import RecordSink
 from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
 from .tools import ToolResult, ToolSink, ToolStatus, activate
@@ -20,6 +21,8 @@ __all__ = [
     "DeadLetterSink",
     "Entry",
     "JsonlDeadLetters",
+    "KafkaSink",
+    "KafkaSinkError",
     "ListSink",
     "MemoryDeadLetters",
     "RecordSink",
