@@ -1,0 +1,136 @@
+"""WebSocketSink against real ``websockets`` servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from rxagent import ConfigurationError, Pipeline, PipelineError, sources
+from rxagent.backoff import Backoff
+from rxagent.sinks import MemoryDeadLetters
+from rxagent.sinks.websocket import WebSocketSink
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_attempts=None)
+
+server_log = logging.getLogger("tests.wsserver")
+server_log.setLevel(logging.WARNING)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[str]:
+    async with serve(handler, "127.0.0.1", 0, logger=server_log) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/out"
+
+
+async def test_every_event_is_published_and_ends_when_sent() -> None:
+    received: list[Any] = []
+    close_codes: list[int | None] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(json.loads(message))
+        close_codes.append(ws.close_code)
+
+    async with serving(handler) as url:
+        sink = WebSocketSink(url)
+        events: list[str] = []
+        sink.lifecycle.subscribe(lambda e: events.append(e.kind))
+        status = await Pipeline("out", sources.memory(range(500), batch_size=64)).to(sink).run()
+        await asyncio.sleep(0.05)
+    assert received == list(range(500))
+    assert status.completed
+    assert status.flow["in_flight"] == 0
+    assert status.sinks["websocket"]["sent"] == 500
+    assert close_codes == [1000]
+    assert events == ["connecting", "opened"]
+
+
+async def test_a_connection_closed_by_the_server_is_reopened_and_nothing_is_lost() -> None:
+    received: list[int] = []
+    connections: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        connections.append(ws)
+        async for message in ws:
+            received.append(json.loads(message)["n"])
+
+    async with serving(handler) as url:
+        sink = WebSocketSink(url, backoff=FAST)
+        events: list[str] = []
+        sink.lifecycle.subscribe(lambda e: events.append(e.kind))
+        source = sources.push()
+        pipeline = Pipeline("out", source).to(sink)
+        await pipeline.start()
+        for round_ in range(3):
+            for i in range(50):
+                source.push({"n": round_ * 50 + i})
+            await until(lambda r=round_: len(received) == (r + 1) * 50)
+            await connections[-1].close(1001, "restarting")
+            await until(lambda r=round_: events.count("opened") == r + 2)
+        source.complete()
+        status = await pipeline.wait()
+    assert received == list(range(150))
+    assert len(connections) == 4
+    assert events[:5] == ["connecting", "opened", "closed", "reconnect_scheduled", "connecting"]
+    assert status.completed
+    assert sink.reconnects == 3
+
+
+async def test_encoders_and_bad_values() -> None:
+    received: list[str | bytes] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+
+    def encode(value: Any) -> bytes:
+        if value == 2:
+            raise ValueError("two is not welcome")
+        return f"v{value}".encode()
+
+    letters = MemoryDeadLetters()
+    async with serving(handler) as url:
+        await (
+            Pipeline("out", sources.memory([1, 2, 3]), dead_letters=letters)
+            .to(WebSocketSink(url, encode=encode))
+            .run()
+        )
+        await Pipeline("text", sources.memory(["a", 5])).to(WebSocketSink(url, encode="text")).run()
+        await asyncio.sleep(0.05)
+    assert received == [b"v1", b"v3", "a", "5"]
+    assert [d.event.value for d in letters.letters] == [2]
+    assert "two is not welcome" in letters.letters[0].message
+    with pytest.raises(ConfigurationError):
+        WebSocketSink("http://example.invalid")
+
+
+async def test_gives_up_after_the_backoff_and_dead_letters_what_is_left() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(1011, "down")
+
+    letters = MemoryDeadLetters()
+    async with serving(handler) as url:
+        sink = WebSocketSink(
+            url, backoff=Backoff(initial=0.01, jitter="none", max_attempts=3), stable_after=10
+        )
+        pipeline = Pipeline("out", sources.memory(range(5)), dead_letters=letters).to(sink)
+        with pytest.raises(PipelineError, match="gave up reconnecting"):
+            await pipeline.run(timeout=5)
+    assert len(letters.letters) == 5
+    assert all(d.error_type == "WebSocketError" for d in letters.letters)
