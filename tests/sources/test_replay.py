@@ -421,15 +421,15 @@ async def test_a_driven_virtual_replay_does_not_deadlock_when_a_timer_holds_the_
         .to(sink)
     )
     await pipeline.start(scheduler=scheduler)
-    for _ in range(200):
-        await asyncio.sleep(0)
+    for _ in range(500):  # the file is read in a worker thread: wait in real time
+        await asyncio.sleep(0.01)
         if len(sink.values) >= 18:
             break
     assert len(sink.values) >= 18, f"stuck after {len(sink.values)} of 20 with credit 2"
     # after the source ends, the last delays fire once the test moves the clock
-    for _ in range(200):
+    for _ in range(500):
         scheduler.advance_by(0.01)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
         if pipeline.status().state.value == "stopped":
             break
     assert sink.values == list(range(20))
