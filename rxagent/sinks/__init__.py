@@ -12,6 +12,7 @@ from .kafka import KafkaSink, KafkaSinkError
 from .record import RecordSink
 from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
 from .tools import ToolResult, ToolSink, ToolStatus, activate
+from .websocket import WebSocketSink
 
 __all__ = [
     "DELETE",
@@ -34,6 +35,7 @@ __all__ = [
     "ToolResult",
     "ToolSink",
     "ToolStatus",
+    "WebSocketSink",
     "activate",
     "read_dead_letters",
 ]

@@ -5,6 +5,7 @@ from .kafka import KafkaPartition, KafkaSource, kafka
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
+from .websocket import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
 
 __all__ = [
     "Emitter",
@@ -16,8 +17,12 @@ __all__ = [
     "PushSource",
     "ReplaySource",
     "Source",
+    "WebSocketError",
+    "WebSocketLifecycle",
+    "WebSocketSource",
     "kafka",
     "memory",
     "push",
     "replay",
+    "websocket",
 ]
