@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from rxagent import Pipeline, StateStore
@@ -259,3 +260,65 @@ async def test_a_sink_slower_than_max_poll_interval_does_not_get_the_consumer_ev
     for p in (0, 1):
         offsets = [e.position.offset for e in sink.held if e.position.partition.partition == p]
         assert offsets == list(range(30))
+
+
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+async def test_two_sources_in_one_group_split_the_partitions_and_take_over(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, strategy: str
+) -> None:
+    topic = kafka_topic(4)
+    gid = group()
+    config = {
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 200,
+        "max.poll.interval.ms": 2000,
+        "partition.assignment.strategy": strategy,
+    }
+
+    def member(name: str) -> tuple[KafkaSource, HoldingSink, Pipeline]:
+        source = KafkaSource(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            group_id=gid,
+            config=config,
+            name=name,
+            commit_interval=0.1,
+        )
+        sink = HoldingSink(delay=0.01)
+        return source, sink, Pipeline(name, source).to(sink)
+
+    def values(*sinks: HoldingSink) -> set[int]:
+        return {e.value for s in sinks for e in s.ended}
+
+    a_source, a_sink, a = member("a")
+    b_source, b_sink, b = member("b")
+    await a.start()
+    try:
+        await until(lambda: len(a_source.describe()["assignment"]) == 4, 15)
+        kafka_produce(topic, [json.dumps(i).encode() for i in range(100)])
+        await until(lambda: values(a_sink) == set(range(100)))
+        await b.start()
+        await until(
+            lambda: (
+                len(a_source.describe()["assignment"]) == 2
+                and len(b_source.describe()["assignment"]) == 2
+            ),
+            15,
+        )
+        kafka_produce(topic, [json.dumps(i).encode() for i in range(100, 200)])
+        await until(lambda: values(a_sink, b_sink) == set(range(200)))
+        assert values(b_sink)  # b took its share
+        # b leaves: a takes its partitions over, from b's commits
+        await b.stop()
+        await b_source.wait_closed()
+        await until(lambda: len(a_source.describe()["assignment"]) == 4, 15)
+        kafka_produce(topic, [json.dumps(i).encode() for i in range(200, 300)])
+        await until(lambda: values(a_sink, b_sink) == set(range(300)))
+    finally:
+        await b.stop()
+        await a.stop()
+        await a_source.wait_closed()
+    # at least once, and here (commits on revoke) exactly once
+    seen = [e.value for s in (a_sink, b_sink) for e in s.ended]
+    assert sorted(seen) == list(range(300))
+    assert a_source.revocations >= 1
