@@ -37,7 +37,9 @@ messages already queued are still delivered, the close is reported on the
 lifecycle, and it reconnects *only once credit is free again* (it takes its
 credit before it connects), sending ``subscribe(last_seq)`` so a server that
 resumes loses nothing. A pipeline that can pause for long against a server that
-cannot resume should raise ``ping_timeout`` (or set it to ``None``) instead.
+cannot resume should raise ``ping_timeout`` (or set it to ``None``) instead, or
+make the source lossy with ``overflow=Overflow("latest", key=...)`` where only
+the newest message per key matters: it never stops reading.
 
 **Bad input.** A message that fails decoding or validation goes to dead letters
 as a :class:`~rxagent.exceptions.DecodeError` with the reason, and the stream
@@ -83,6 +85,7 @@ from ..exceptions import ConfigurationError, DecodeError, RxAgentError
 from ..operators.circuit import CircuitBreaker
 from ..operators.decode import _describe_error, _loader
 from .base import Emitter, Source
+from .overflow import Overflow
 
 __all__ = [
     "LifecycleKind",
@@ -229,6 +232,10 @@ class WebSocketSource(Source):
       buffered before the client stops reading), ``open_timeout``, ``close_timeout``.
     - ``backoff``, ``stable_after`` (seconds up before the attempt count resets),
       ``circuit`` (a :class:`CircuitBreaker`), ``rng`` (jitter, for tests).
+    - ``overflow``: an :class:`~rxagent.sources.overflow.Overflow` makes the source
+      lossy: it reads as fast as the server sends and never waits for credit; what
+      credit cannot take at once is queued or dropped by the policy (``latest``
+      keeps the newest message per key). Keepalive never starves then.
     """
 
     kind = "websocket"
@@ -257,6 +264,7 @@ class WebSocketSource(Source):
         circuit: CircuitBreaker | None = None,
         rng: random.Random | None = None,
         name: str | None = None,
+        overflow: Overflow | None = None,
         credit: int = 4096,
         batch_size: int = 512,
     ) -> None:
@@ -301,6 +309,7 @@ class WebSocketSource(Source):
         self.stable_after = stable_after
         self.circuit = circuit
         self.rng = rng
+        self.overflow = overflow
         #: Lifecycle events (see :class:`WebSocketLifecycle`).
         self.lifecycle: Subject[WebSocketLifecycle] = Subject()
         self.last_seq: Any = None
@@ -331,6 +340,7 @@ class WebSocketSource(Source):
             "received": self.received,
             "emitted": self.emitted,
             "bad_messages": self.bad_messages,
+            "dropped": None if self.overflow is None else self.overflow.dropped,
             "last_seq": self.last_seq,
             "last_event": None if last is None else last.kind,
             "last_close": self.last_close,
@@ -392,13 +402,21 @@ class WebSocketSource(Source):
         )
 
     async def run(self, out: Emitter) -> None:
+        try:
+            await self._run(out)
+        finally:
+            if self.overflow is not None:
+                await self.overflow.close()
+
+    async def _run(self, out: Emitter) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0  # failed connections since the last stable one
         failing_since: float | None = None
         while True:
             # take credit before connecting: a source paused by a slow pipeline
             # does not reconnect (and get flooded) until the pipeline has room
-            self._held = await out.credit(self.batch_size)
+            if self.overflow is None:
+                self._held = await out.credit(self.batch_size)
             opened_at: float | None = None
             error: Exception | None = None
             try:
@@ -416,7 +434,10 @@ class WebSocketSource(Source):
                     try:
                         for message in self._subscriptions():
                             await ws.send(message)
-                        await self._read(ws, out)
+                        if self.overflow is None:
+                            await self._read(ws, out)
+                        else:
+                            await self._read_lossy(ws, out, self.overflow)
                     except asyncio.CancelledError:
                         # the pipeline stops: close with 1000 (leaving the block
                         # on an exception would close with 1011)
@@ -500,7 +521,19 @@ class WebSocketSource(Source):
             # let timers, sinks and other pipelines run between batches
             await asyncio.sleep(0)
 
-    def _emit(self, out: Emitter, raws: list[Message]) -> int:
+    async def _read_lossy(self, ws: ClientConnection, out: Emitter, overflow: Overflow) -> None:
+        """Read as fast as the server sends, never waiting for credit: the
+        ``overflow`` policy emits what credit allows and queues or drops the rest."""
+        frames = _frame_queue(ws)
+        limit = self.batch_size
+        while True:
+            batch = [await ws.recv()]
+            while len(batch) < limit and _complete_message_queued(frames):
+                batch.append(await ws.recv())
+            self._emit(out, batch, overflow)
+            await asyncio.sleep(0)
+
+    def _emit(self, out: Emitter, raws: list[Message], overflow: Overflow | None = None) -> int:
         """Decode ``raws``, emit the good ones, dead-letter the rest; returns the count emitted."""
         self.received += len(raws)
         start = self._position
@@ -525,7 +558,10 @@ class WebSocketSource(Source):
             except Exception as error:
                 log.warning("websocket source %r: sequence() raised %r", self.name, error)
         self.emitted += len(values)
-        out.emit(values, positions=positions)
+        if overflow is None:
+            out.emit(values, positions=positions)
+        else:
+            overflow.offer(out, values, positions=positions)
         return len(values)
 
     def _dead_letter(self, out: Emitter, raw: Message, position: int, error: Exception) -> None:

@@ -25,6 +25,7 @@ from rxagent.backoff import Backoff
 from rxagent.events import Batch, Event
 from rxagent.operators.circuit import CircuitBreaker
 from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
+from rxagent.sources import Overflow
 from rxagent.sources.websocket import WebSocketError, WebSocketLifecycle, WebSocketSource
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -499,6 +500,36 @@ async def test_a_pause_longer_than_keepalive_reconnects_and_resumes_without_loss
     assert stats["connections"] == 2
     # it resumed after the last message it had received before the close
     assert 49 <= stats["subscriptions"][1]["from"] < 299
+
+
+async def test_a_lossy_latest_source_keeps_reading_and_delivers_the_newest_per_key() -> None:
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        for i in range(300):
+            await ws.send(json.dumps({"sym": "ABC"[i % 3], "seq": i}))
+        done.set()
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(
+            url,
+            overflow=Overflow("latest", capacity=8, key=lambda v: v["sym"]),
+            credit=10,
+            batch_size=10,
+        )
+        gate = Gate()
+        pipeline = Pipeline("ws", source).to(gate)
+        await pipeline.start()
+        await asyncio.wait_for(done.wait(), 5)  # the server was never held back
+        await until(lambda: source.received == 300)
+        assert len(gate.values) == 10
+        gate.open()
+        await until(lambda: len(gate.values) == 13)
+        status = await pipeline.stop()
+    newest = {v["sym"]: v["seq"] for v in gate.values[10:]}
+    assert newest == {"A": 297, "B": 298, "C": 299}
+    assert status.source["dropped"] == 300 - 13
 
 
 # -- lifecycle and clean close --------------------------------------------------------------
