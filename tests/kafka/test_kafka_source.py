@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -322,3 +326,43 @@ async def test_two_sources_in_one_group_split_the_partitions_and_take_over(
     seen = [e.value for s in (a_sink, b_sink) for e in s.ended]
     assert sorted(seen) == list(range(300))
     assert a_source.revocations >= 1
+
+
+def test_a_pipeline_killed_mid_stream_loses_nothing_after_restart(
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    kafka_produce: Produce,
+    tmp_path: Path,
+) -> None:
+    topic = kafka_topic(2)
+    gid = group()
+    n = 3000
+    kafka_produce(topic, [json.dumps({"id": i}).encode() for i in range(n)])
+    out = tmp_path / "processed.txt"
+    worker = [sys.executable, str(Path(__file__).with_name("crash_worker.py"))]
+    args = [kafka_bootstrap, topic, gid, str(out)]
+
+    def lines() -> int:
+        return len(out.read_bytes().splitlines()) if out.exists() else 0
+
+    kills = []
+    for _ in range(3):
+        # kill each run once it processed 700 more events (commits run every 50 ms)
+        kill_at = lines() + 700
+        process = subprocess.Popen([*worker, *args])
+        try:
+            deadline = time.monotonic() + 30
+            while lines() < kill_at:
+                assert process.poll() is None, "the worker exited early"
+                assert time.monotonic() < deadline, "the worker made no progress"
+                time.sleep(0.002)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        kills.append(lines())
+    subprocess.run([*worker, *args, "--until-eof"], check=True, timeout=60)
+    ids = [int(line) for line in out.read_bytes().splitlines()]
+    missing = set(range(n)) - set(ids)
+    assert not missing, f"killed at {kills} lines; {len(missing)} ids missing"
+    # the restarts resumed from commits, not from the start
+    assert len(ids) - kills[-1] < n
