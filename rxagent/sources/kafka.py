@@ -469,50 +469,85 @@ class _Consumer:
                 log.debug("kafka source %r: seek %s@%d: %s", self.owner.name, p, offset, error)
 
     def _decode(self, messages: list[Any]) -> list[_Rows]:
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
-        groups: dict[KafkaPartition, _Rows] = {}
-        decode_value = self.owner.decode_value
-        decode_key = self.owner.decode_key
-        assigned, delivered = self.assigned, self.delivered
+        # split into partitions (consume() returns runs of one partition: one lookup a run)
+        runs: dict[tuple[str, int], list[Any]] = {}
+        run: list[Any] = []
+        topic, part = None, -1
+        at_end: dict[tuple[str, int], bool] = {}  # the last word of this hop per partition
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self.eof.add(KafkaPartition(message.topic(), message.partition()))
-                    continue
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("kafka source %r: %s", self.owner.name, error)
+            if message.error() is not None:
+                if self._on_message_error(message, KafkaError, KafkaException):
+                    at_end[message.topic(), message.partition()] = True
                 continue
-            p = KafkaPartition(message.topic(), message.partition())
-            offset = message.offset()
-            if p not in assigned:
+            if message.partition() != part or message.topic() != topic:
+                topic, part = message.topic(), message.partition()
+                run = runs.setdefault((topic, part), [])
+                at_end[topic, part] = False
+            run.append(message)
+        for (topic, part), end in at_end.items():
+            if end:
+                self.eof.add(KafkaPartition(topic, part))
+            else:
+                self.eof.discard(KafkaPartition(topic, part))
+        groups = []
+        for (topic, part), batch in runs.items():
+            p = KafkaPartition(topic, part)
+            if p not in self.assigned:
                 continue  # revoked while this hop ran: its new owner reads it
-            expected = delivered.get(p)
-            if expected is not None and offset < expected:
-                continue  # fetched again after a pause: already handed over
-            delivered[p] = offset + 1
-            self.eof.discard(p)
-            rows = groups.get(p)
-            if rows is None:
-                rows = groups[p] = _Rows(p)
-            raw = message.value()
-            try:
-                value = None if raw is None else decode_value(raw)
-                raw_key = message.key()
-                key = None if raw_key is None else decode_key(raw_key)
-            except Exception as failure:
-                rows.bad.append((len(rows.values), message, failure))
-                continue
-            rows.values.append(value)
-            rows.keys.append(key)
-            kind, ms = message.timestamp()
-            rows.times.append(None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000)
-            rows.positions.append(offset)
-            header_list = message.headers()
-            rows.headers.append(None if header_list is None else dict(header_list))
-        return list(groups.values())
+            expected = self.delivered.get(p)
+            if expected is not None and batch[0].offset() < expected:
+                # fetched again after a pause: already handed over
+                batch = [m for m in batch if m.offset() >= expected]
+                if not batch:
+                    continue
+            self.delivered[p] = batch[-1].offset() + 1
+            groups.append(self._columns(p, batch))
+        return groups
+
+    def _columns(self, p: KafkaPartition, batch: list[Any]) -> _Rows:
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+        rows = _Rows(p)
+        decode_value, decode_key = self.owner.decode_value, self.owner.decode_key
+        raws = [m.value() for m in batch]
+        raw_keys = [m.key() for m in batch]
+        try:
+            # the whole batch at once; row by row only when something fails
+            values = [None if raw is None else decode_value(raw) for raw in raws]
+            keys = [None if k is None else decode_key(k) for k in raw_keys]
+        except Exception:
+            good: list[int] = []
+            values, keys = [], []
+            for i, message in enumerate(batch):
+                try:
+                    value = None if raws[i] is None else decode_value(raws[i])
+                    key = None if raw_keys[i] is None else decode_key(raw_keys[i])
+                except Exception as failure:
+                    rows.bad.append((len(values), message, failure))
+                    continue
+                values.append(value)
+                keys.append(key)
+                good.append(i)
+            batch = [batch[i] for i in good]
+        rows.values = values
+        rows.keys = keys
+        rows.positions = [m.offset() for m in batch]
+        stamps = [m.timestamp() for m in batch]
+        rows.times = [None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000 for kind, ms in stamps]
+        rows.headers = [None if (h := m.headers()) is None else dict(h) for m in batch]
+        return rows
+
+    def _on_message_error(self, message: Any, kafka_error: Any, kafka_exception: Any) -> bool:
+        """True for the end of a partition; raises a fatal error; logs the others."""
+        error = message.error()
+        if error.code() == kafka_error._PARTITION_EOF:
+            return True
+        if error.fatal():
+            raise kafka_exception(error)
+        log.warning("kafka source %r: %s", self.owner.name, error)
+        return False
 
     def _commit(self, offsets: list[Any], *, asynchronous: bool) -> None:
         from confluent_kafka import KafkaException
