@@ -448,6 +448,8 @@ class WebSocketSource(Source):
                         self._report_close(ws)
             except ConnectionClosed as closed:
                 error = closed
+            except RxAgentError:
+                raise  # a pipeline error (fail_fast, flow), not the network's
             except Exception as failure:
                 error = failure
                 self._report("error", error=_error_text(failure))

@@ -265,6 +265,41 @@ async def test_refused_connections_are_retried_until_the_server_is_up() -> None:
     assert "ConnectionRefusedError" in (events[1].error or "")
 
 
+async def test_a_server_that_stalls_in_the_handshake_times_out_and_is_retried() -> None:
+    accepted = 0
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read()  # never answers the handshake
+        writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        source = WebSocketSource(f"ws://127.0.0.1:{port}/", open_timeout=0.1, backoff=FAST)
+        events = recorder(source)
+        pipeline = Pipeline("ws", source).to(ListSink())
+        await pipeline.start()
+        await until(lambda: accepted >= 2)
+        await pipeline.stop()
+    errors = [e.error for e in events if e.kind == "error"]
+    assert errors
+    assert "TimeoutError" in (errors[0] or "")
+
+
+async def test_compression_can_be_turned_on() -> None:
+    handler, _ = seq_feed(100, pad=500)
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=resume, compression="deflate")
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: len(sink.values) == 100)
+        await pipeline.stop()
+    assert [v["seq"] for v in sink.values] == list(range(100))
+
+
 async def test_an_open_circuit_holds_reconnects_back() -> None:
     connections = 0
 
@@ -322,6 +357,17 @@ async def test_bad_frames_go_to_dead_letters_and_the_stream_goes_on() -> None:
     assert [d.event.position.offset for d in letters.letters] == [1, 2, 3]  # type: ignore[union-attr]
     assert status.source["bad_messages"] == 3
     assert status.flow["in_flight"] == 0
+
+
+async def test_in_fail_fast_mode_a_bad_frame_fails_the_pipeline() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("not json{")
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        pipeline = Pipeline("ws", WebSocketSource(url), fail_fast=True).to(ListSink())
+        with pytest.raises(PipelineError, match="cannot decode"):
+            await pipeline.run(timeout=5)
 
 
 async def test_an_oversized_message_is_reported_and_the_source_reconnects() -> None:
