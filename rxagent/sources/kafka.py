@@ -296,10 +296,13 @@ class KafkaSource(Source):
         loop = asyncio.get_running_loop()
         next_commit = loop.time() + self.commit_interval
         waiting: asyncio.Future[int] | None = None
+        # one hop ahead: the thread reads the next batch while the loop emits this one
+        ahead: asyncio.Future[tuple[list[_Rows], bool]] | None = None
+        ahead_credit = 0
         try:
             while True:
                 granted = out.flow.try_acquire(self.batch_size)
-                if not granted:
+                if not granted and ahead is None:
                     # no credit: wait for it, pausing and polling meanwhile
                     waiting = asyncio.ensure_future(out.credit(self.batch_size))
                     while True:
@@ -309,20 +312,27 @@ class KafkaSource(Source):
                         await consumer.call(consumer.keepalive, consumer.due_commits(out))
                         next_commit = loop.time() + self.commit_interval
                     granted, waiting = waiting.result(), None
-                commits = None
-                if loop.time() >= next_commit:
-                    commits = consumer.due_commits(out)
-                    next_commit = loop.time() + self.commit_interval
-                try:
-                    groups = await consumer.call(
-                        consumer.fetch, granted, self.poll_timeout, commits
+                current, current_credit = ahead, ahead_credit
+                ahead, ahead_credit = None, 0
+                if granted:
+                    commits = None
+                    if loop.time() >= next_commit:
+                        commits = consumer.due_commits(out)
+                        next_commit = loop.time() + self.commit_interval
+                    ahead = asyncio.ensure_future(
+                        consumer.call(consumer.fetch, granted, self.poll_timeout, commits)
                     )
+                    ahead_credit = granted
+                if current is None:
+                    continue
+                try:
+                    groups, at_end = await current
                 except BaseException:
-                    out.give_back(granted)
+                    out.give_back(current_credit)
                     raise
                 used = consumer.emit(out, groups)
-                out.give_back(granted - used)
-                if self.until_eof and consumer.at_end():
+                out.give_back(current_credit - used)
+                if self.until_eof and at_end:
                     return
                 if used:
                     # let timers, tool calls and other pipelines run between batches
@@ -333,6 +343,10 @@ class KafkaSource(Source):
                     out.give_back(waiting.result())
                 else:
                     waiting.cancel()
+            # a read still under way is dropped: nothing of it was emitted
+            if ahead is not None:
+                ahead.cancel()
+                out.give_back(ahead_credit)
 
 
 class _Consumer:
@@ -412,7 +426,9 @@ class _Consumer:
                 on_lost=self._on_lost,
             )
 
-    def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> list[_Rows]:
+    def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> tuple[list[_Rows], bool]:
+        """Up to ``n`` messages, decoded; and whether every partition is read to its end
+        (decided here, with the messages, so nothing read is left behind at the end)."""
         consumer = self.consumer
         if commits:
             self._commit(commits, asynchronous=True)
@@ -423,11 +439,11 @@ class _Consumer:
         if not messages:
             first = consumer.poll(timeout)
             if first is None:
-                return []
+                return [], self.at_end()
             messages.append(first)
         if len(messages) < n:
             messages.extend(consumer.consume(n - len(messages), 0))
-        return self._decode(messages)
+        return self._decode(messages), self.at_end()
 
     def keepalive(self, commits: list[Any] | None) -> None:
         """No credit: pause what is assigned and poll, so the group keeps us."""
@@ -572,7 +588,7 @@ class _Consumer:
         else:
             consumer.assign(partitions)
         new = {KafkaPartition(tp.topic, tp.partition) for tp in partitions}
-        self.assigned |= new
+        self.assigned = self.assigned | new  # rebound, never changed in place: the loop reads it
         for p in new:
             # a new owner starts from the committed offset, whatever we read before
             self.delivered.pop(p, None)
@@ -592,7 +608,7 @@ class _Consumer:
         self.owner.revocations += 1
         gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
         # stop handing these to the loop at once (messages of this hop included)
-        self.assigned -= set(gone)
+        self.assigned = self.assigned - set(gone)
         # on close the events in flight had their time already (close_timeout)
         timeout = 0.0 if lost or self.closing else self.owner.revoke_timeout
         future = asyncio.run_coroutine_threadsafe(self.release_(gone, timeout, lost), self.loop)
