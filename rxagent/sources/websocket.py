@@ -415,12 +415,12 @@ class WebSocketSource(Source):
         while True:
             # take credit before connecting: a source paused by a slow pipeline
             # does not reconnect (and get flooded) until the pipeline has room
+            await self._wait_circuit()  # holding no credit while it is open
             if self.overflow is None:
                 self._held = await out.credit(self.batch_size)
             opened_at: float | None = None
             error: Exception | None = None
             try:
-                await self._wait_circuit()
                 self._report("connecting")
                 headers = await self._headers()
                 async with self._connect(headers) as ws:
