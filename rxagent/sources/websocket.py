@@ -181,8 +181,8 @@ wire_log.addFilter(_RedactHandshake())
 
 
 class _Decoder:
-    """Raw messages to values (the rules of :func:`rxagent.operators.decode`),
-    a whole batch at once when it can, row by row to find the bad ones."""
+    """Raw messages to values (the formats of :func:`rxagent.operators.decode`):
+    a whole batch in one pass, row by row only to find the bad ones."""
 
     def __init__(self, decode: Any) -> None:
         fmt = "json"
@@ -194,7 +194,6 @@ class _Decoder:
         self.raw = fmt == "raw"
         self.loader = None if self.raw else _loader(fmt)  # type: ignore[arg-type]
         self.adapter: TypeAdapter[Any] | None = None if model is None else TypeAdapter(model)
-        self.many: TypeAdapter[Any] | None = None if model is None else TypeAdapter(list[model])
 
     def one(self, raw: Message) -> Any:
         if self.adapter is not None:
@@ -204,12 +203,11 @@ class _Decoder:
     def all(self, raws: list[Message]) -> list[Any]:
         if self.raw:
             return raws
-        if self.many is not None:
-            parts = [r.encode() if isinstance(r, str) else r for r in raws]
-            values = list(self.many.validate_json(b"[" + b",".join(parts) + b"]"))
-            if len(values) != len(raws):  # a message held several JSON values
-                raise ValueError("row count changed")
-            return values
+        # one call per message, never one parse of the messages joined into a JSON
+        # array: frames that are each invalid ('{"a":1', '"b":2}', '3,4') can join
+        # into as many valid values, and a count check would not notice
+        if self.adapter is not None:
+            return list(map(self.adapter.validate_json, raws))
         loader = self.loader
         assert loader is not None
         return list(map(loader, raws))

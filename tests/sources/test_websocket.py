@@ -359,6 +359,25 @@ async def test_bad_frames_go_to_dead_letters_and_the_stream_goes_on() -> None:
     assert status.flow["in_flight"] == 0
 
 
+async def test_invalid_frames_never_join_into_valid_values() -> None:
+    frames = ['{"a":1', '"b":2}', "3,4"]  # joined into one JSON array they would parse
+
+    async def handler(ws: ServerConnection) -> None:
+        for frame in frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    for decode in ("json", Any):
+        async with serving(handler) as (url, _):
+            letters = MemoryDeadLetters()
+            sink = ListSink()
+            pipeline = Pipeline("ws", WebSocketSource(url, decode=decode), dead_letters=letters)
+            await pipeline.to(sink).start()
+            await until(lambda letters=letters: len(letters.letters) == 3)
+            await pipeline.stop()
+        assert sink.values == []
+
+
 async def test_in_fail_fast_mode_a_bad_frame_fails_the_pipeline() -> None:
     async def handler(ws: ServerConnection) -> None:
         await ws.send("not json{")
