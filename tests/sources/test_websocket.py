@@ -553,7 +553,9 @@ async def test_a_pause_longer_than_keepalive_reconnects_and_resumes_without_loss
         pipeline = Pipeline("ws", source).to(gate)
         await pipeline.start()
         await until(lambda: len(gate.values) >= 50)
-        await asyncio.sleep(0.5)  # paused past ping_interval + ping_timeout + close_timeout
+        # paused past ping_interval + ping_timeout (+ close_timeout: reading is paused)
+        await until(lambda: any(e.kind == "closed" for e in events))
+        await asyncio.sleep(0.1)
         closes = [e for e in events if e.kind == "closed"]
         assert [(e.code, e.reason) for e in closes] == [(1011, "keepalive ping timeout")]
         # no reconnect while paused: the source waits for credit first
