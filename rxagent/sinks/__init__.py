@@ -8,7 +8,7 @@ from .deadletters import (
     MemoryDeadLetters,
     read_dead_letters,
 )
-from .kafka import KafkaSink, KafkaSinkError
+from .kafka import KafkaDeadLetters, KafkaSink, KafkaSinkError
 from .record import RecordSink
 from .state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateSink, StateStore
 from .tools import ToolResult, ToolSink, ToolStatus, activate
@@ -22,6 +22,7 @@ __all__ = [
     "DeadLetterSink",
     "Entry",
     "JsonlDeadLetters",
+    "KafkaDeadLetters",
     "KafkaSink",
     "KafkaSinkError",
     "ListSink",

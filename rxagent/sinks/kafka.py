@@ -21,12 +21,13 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal
 
+from ..deadletters import DeadLetter
 from ..events import Batch, Event
 from ..exceptions import RxAgentError, StageError
-from ..sources.kafka import redact, resolve_config
+from ..sources.kafka import KafkaPartition, redact, resolve_config
 from .base import Sink
 
-__all__ = ["KafkaSink", "KafkaSinkError"]
+__all__ = ["KafkaDeadLetters", "KafkaSink", "KafkaSinkError"]
 
 log = logging.getLogger("rxagent")
 
@@ -255,3 +256,85 @@ class KafkaSink(Sink):
     def _poll(self, timeout: float) -> list[tuple[Event, Any]]:
         self._producer.poll(timeout)
         return self._take_reports()
+
+
+class KafkaDeadLetters:
+    """A dead-letter sink (``Pipeline(dead_letters=...)``) producing each letter to ``topic``.
+
+    The message carries the event's original bytes (a value that is not bytes is
+    encoded as JSON) and key, and headers ``error``, ``stage``, ``pipeline``, and
+    where the event came from: ``topic``, ``partition`` and ``offset`` for a Kafka
+    event, ``source``, ``partition`` and ``offset`` otherwise. ``put`` never blocks:
+    it queues the message in librdkafka; a failed delivery is logged and counted in
+    ``failed`` (the event itself has ended already: dead-lettering ends it).
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        bootstrap_servers: str,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.config: dict[str, Any] = {
+            **DEFAULTS,
+            **(config or {}),
+            "bootstrap.servers": bootstrap_servers,
+        }
+        self.produced = 0
+        self.failed = 0
+        self._producer: Any = None
+        self._encode = _encoder("json")
+
+    def put(self, letter: DeadLetter) -> None:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            self._producer = Producer(resolve_config(self.config, owner="kafka dead letters"))
+        event = letter.event
+        value = event.value
+        raw = value if isinstance(value, bytes) or value is None else self._encode(value)
+        headers = [
+            ("error", f"{letter.error_type}: {letter.message}".encode()),
+            ("stage", letter.stage.encode()),
+        ]
+        if letter.pipeline is not None:
+            headers.append(("pipeline", letter.pipeline.encode()))
+        position = event.position
+        if position is not None:
+            partition = position.partition
+            if isinstance(partition, KafkaPartition):
+                headers += [
+                    ("topic", partition.topic.encode()),
+                    ("partition", str(partition.partition).encode()),
+                ]
+            else:
+                headers.append(("source", position.source.encode()))
+                if partition is not None:
+                    headers.append(("partition", str(partition).encode()))
+            if position.offset is not None:
+                headers.append(("offset", str(position.offset).encode()))
+        self._producer.produce(
+            self.topic, raw, _key_bytes(event.key), headers=headers, on_delivery=self._delivered
+        )
+        self.produced += 1
+        self._producer.poll(0)
+
+    def _delivered(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self.failed += 1
+            log.warning("dead-letter topic %r: delivery failed: %s", self.topic, error)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait (blocking) for the letters queued; returns how many are still undelivered."""
+        if self._producer is None:
+            return 0
+        left: int = self._producer.flush(timeout)
+        return left
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush, then release the producer; returns how many letters stayed undelivered."""
+        left = self.flush(timeout)
+        self._producer = None
+        return left

@@ -13,8 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from rxagent import Pipeline, sources
 from rxagent import operators as ops
-from rxagent.sinks import MemoryDeadLetters
-from rxagent.sinks.kafka import KafkaSink
+from rxagent.sinks import ListSink, MemoryDeadLetters
+from rxagent.sinks.kafka import KafkaDeadLetters, KafkaSink
 from rxagent.sources.kafka import KafkaSource
 
 Produce = Callable[..., None]
@@ -111,3 +111,41 @@ async def test_undeliverable_and_unencodable_events_go_to_dead_letters() -> None
     assert "three is not allowed" in messages[3]
     assert "delivery to 'nowhere' failed" in messages[0]
     assert (sink.delivered, sink.failed) == (0, 5)
+
+
+async def test_events_failing_in_any_stage_go_to_the_dead_letter_topic(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic, dlq = kafka_topic(1), kafka_topic(1, prefix="dlq")
+    kafka_produce(topic, [(b"k%d" % i, json.dumps(i).encode()) for i in range(6)])
+
+    def invert(value: int) -> float:
+        return 1 / (value - 3)
+
+    letters = KafkaDeadLetters(dlq, bootstrap_servers=kafka_bootstrap)
+    sink = ListSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        assign=True,
+        until_eof=True,
+    )
+    pipeline = Pipeline("inv", source, dead_letters=letters).pipe(ops.map(invert)).to(sink)
+    status = await asyncio.wait_for(pipeline.run(), 20)
+    await source.wait_closed()
+    assert status.completed
+    assert len(sink.values) == 5
+    assert letters.close() == 0
+    (message,) = read_back(kafka_bootstrap, dlq, 1)
+    assert json.loads(message.value()) == 3
+    assert message.key() == b"k3"
+    headers = dict(message.headers())
+    assert headers["error"].startswith(b"ZeroDivisionError")
+    assert headers["stage"] == b"map"
+    assert headers["pipeline"] == b"inv"
+    assert (headers["topic"], headers["partition"], headers["offset"]) == (
+        topic.encode(),
+        b"0",
+        b"3",
+    )
