@@ -13,6 +13,7 @@ The tree::
     ├── StateError               a state store was read or written wrongly
     ├── CircuitOpenError         a circuit breaker is open (rxagent.operators.circuit)
     ├── MarbleError              a marble diagram is malformed (rxagent.testing.marbles)
+    ├── WebSocketError           a WebSocket source or sink gave up (rxagent.sources.websocket)
     └── ToolError                a tool could not be invoked
         ├── ToolArgumentsError   the arguments failed validation (carries ``errors``)
         ├── ToolTimeoutError     the call ran past its timeout

@@ -342,7 +342,8 @@ class Pipeline:
             await asyncio.wait_for(self._done.wait(), timeout)
         except TimeoutError:
             pending = self.flow.pending if self.flow is not None else 0
-            log.warning(
+            log.log(
+                logging.WARNING if pending else logging.DEBUG,
                 "pipeline %r: drain timed out after %.1fs with %d events pending; cancelling",
                 self.name,
                 timeout,

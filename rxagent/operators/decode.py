@@ -6,9 +6,10 @@ Validation happens here, once per event, never again downstream; a frame that
 does not decode or validate goes to dead letters as a :class:`DecodeError`
 naming the source, its position and what was wrong, and the stream goes on.
 
-A whole batch is validated in one pydantic call (``list[Model]``), which runs
-the loop in Rust; only when that fails does the stage fall back to row by row to
-find the bad rows.
+Python data is validated a whole batch at a time (one ``list[Model]`` call, the
+loop in Rust); JSON frames one call each (never joined: two broken frames could
+join into a valid value). Only when something fails does the stage go row by
+row to find the bad rows.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def decode(
         return value if adapter is None else adapter.validate_python(value)
 
     def decode_all(raws: list[Any]) -> list[Any]:
-        if json_native and all(isinstance(r, bytes | str) for r in raws):
-            assert many is not None
-            parts = [r.encode() if isinstance(r, str) else r for r in raws]
-            return list(many.validate_json(b"[" + b",".join(parts) + b"]"))
+        if json_native:
+            # one pydantic call per frame: joining frames into one JSON array would
+            # let two broken frames ('{"a":1' and '"b":2}') pass as one valid value
+            validate = adapter.validate_json  # type: ignore[union-attr]
+            return [validate(r) for r in raws]
         if many is not None and loader is None:
             return list(many.validate_python(raws))
         return [decode_one(r) for r in raws]

@@ -53,3 +53,11 @@ async def test_text_and_bytes() -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ConfigurationError, match="decode format must be"):
         ops.decode(format="xml")  # type: ignore[arg-type]
+
+
+async def test_broken_frames_never_join_into_valid_values() -> None:
+    from typing import Any
+
+    result = await run(['{"a":1', '"b":2}', "3,4"], ops.decode(Any))
+    assert result.values == []
+    assert len(result.dead_letters) == 3
