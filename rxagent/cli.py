@@ -23,18 +23,35 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.option("--duration", type=float, default=8.0, show_default=True, help="Seconds to run.")
+@click.option("--duration", type=float, default=12.0, show_default=True, help="Seconds to run.")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Ticks per second.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the feed.")
+@click.option("--window", type=float, default=5.0, show_default=True, help="Window seconds.")
+@click.option(
+    "--threshold", type=float, default=1.0, show_default=True, help="Alert on a move of this %."
+)
 @click.option("--live/--no-live", default=None, help="Live table (default: when on a terminal).")
-def demo(duration: float, rate: float, seed: int, live: bool | None) -> None:
-    """Run the market-feed demo on an embedded simulated feed (no network)."""
+def demo(
+    duration: float, rate: float, seed: int, window: float, threshold: float, live: bool | None
+) -> None:
+    """Run the market-feed demo: a simulated feed served on 127.0.0.1 (no outside network)
+    read over WebSocket, deduplicated, reordered, throttled and windowed into live state,
+    with an alert tool activated when a move passes the threshold."""
     from .demo import run_demo
 
     if live is None:
         live = sys.stdout.isatty()
     try:
-        asyncio.run(run_demo(duration=duration, rate=rate, seed=seed, live=live))
+        asyncio.run(
+            run_demo(
+                duration=duration,
+                rate=rate,
+                seed=seed,
+                live=live,
+                window=window,
+                threshold=threshold,
+            )
+        )
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C
         raise SystemExit(130) from None
 

@@ -14,17 +14,30 @@ import json
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import operators as ops
+from .backoff import Backoff
 from .events import Event
 from .runtime import Pipeline, PipelineStatus
 from .sinks.deadletters import MemoryDeadLetters
-from .sinks.state import StateStore
-from .sources.memory import memory
+from .sinks.state import StateChange, StateStore
+from .sinks.tools import ToolSink
+from .sources.memory import PushSource
+from .sources.websocket import websocket
+from .tools import tool
 
-__all__ = ["build_demo_pipeline", "market_feed", "paced", "run_demo"]
+__all__ = [
+    "MarketFeedServer",
+    "alert",
+    "build_alert_pipeline",
+    "build_demo_pipeline",
+    "market_feed",
+    "paced",
+    "run_demo",
+]
 
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "BTC", "ETH")
 
@@ -41,7 +54,7 @@ def market_feed(seed: int = 7, garbage_every: int = 500) -> Iterator[str]:
             yield "}garbage{"
             continue
         sym = rnd.choice(SYMBOLS)
-        prices[sym] *= 1 + rnd.gauss(0, 0.002)
+        prices[sym] *= 1 + rnd.gauss(0, 0.0002)
         yield json.dumps(
             {
                 "sym": sym,
@@ -83,22 +96,163 @@ def _fold(old: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     }
 
 
+class MarketFeedServer:
+    """A simulated market feed served over WebSocket on 127.0.0.1 (no network).
+
+    Ticks ``{"sym", "px", "qty", "seq", "ts"}`` are generated at ``rate`` per
+    second into a bounded history. A client subscribes with ``{"from": last_seq}``
+    and gets every tick after it, then the live ones. Like real feeds it
+    misbehaves: some ticks are sent twice, some pairs swapped, a garbage frame
+    now and then, and each connection is dropped after ``disconnect_every`` frames.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = 2000.0,
+        seed: int = 7,
+        disconnect_every: int = 2500,
+        history: int = 50_000,
+    ) -> None:
+        self.rate = rate
+        self.seed = seed
+        self.disconnect_every = disconnect_every
+        self.frames: deque[str] = deque(maxlen=history)
+        self.first_seq = 1
+        self.next_seq = 1
+        self.url = ""
+        self._new = asyncio.Event()
+        self._server: Any = None
+        self._producer: asyncio.Task[None] | None = None
+        self.connections = 0
+
+    async def __aenter__(self) -> MarketFeedServer:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/ticks"
+        self._producer = asyncio.create_task(self._produce(), name="rxagent-demo-feed")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _produce(self) -> None:
+        ticks = (t for t in market_feed(self.seed, garbage_every=0))
+        async for frame in paced(ticks, self.rate):
+            if len(self.frames) == self.frames.maxlen:
+                self.first_seq += 1
+            self.frames.append(frame)
+            self.next_seq += 1
+            self._new.set()
+
+    async def _handle(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        self.connections += 1
+        with contextlib.suppress(ConnectionClosed):  # the client left: nothing to do
+            await self._serve(ws)
+
+    async def _serve(self, ws: Any) -> None:
+        try:
+            request = json.loads(await ws.recv())
+            last = request.get("from")
+        except Exception:
+            await ws.close(1008, "expected a subscription")
+            return
+        seq = max(self.first_seq, 1 if last is None else int(last) + 1)
+        sent = 0
+        while sent < self.disconnect_every:
+            if seq >= self.next_seq:
+                self._new.clear()
+                await self._new.wait()
+                continue
+            seq = max(seq, self.first_seq)
+            frame = self.frames[seq - self.first_seq]
+            if seq % 149 == 0 and seq + 1 < self.next_seq:  # a swapped pair
+                await ws.send(self.frames[seq + 1 - self.first_seq])
+                await ws.send(frame)
+                seq += 2
+                sent += 2
+                continue
+            await ws.send(frame)
+            if seq % 211 == 0:  # sent twice
+                await ws.send(frame)
+            if seq % 500 == 0:  # a garbage frame
+                await ws.send("}garbage{")
+            seq += 1
+            sent += 1
+        await ws.close(1001, "feed rotating connections")
+
+
+@tool
+async def alert(symbol: str, move_pct: float) -> str:
+    """Alert a trader that a symbol moved by ``move_pct`` percent since the first window."""
+    return f"ALERT {symbol} moved {move_pct:+.2f}%"
+
+
 def build_demo_pipeline(
-    feed: Any, store: StateStore, dead_letters: MemoryDeadLetters, *, window: int = 20
+    url: str,
+    store: StateStore,
+    dead_letters: MemoryDeadLetters,
+    *,
+    window: float = 5.0,
+    throttle: float = 0.05,
 ) -> Pipeline:
+    """websocket -> decode -> dedup -> reorder -> key_by -> throttle -> windows -> state."""
+    feed = websocket(
+        url,
+        subscribe=lambda last_seq: [{"op": "subscribe", "from": last_seq}],
+        sequence=lambda tick: tick["seq"],
+        backoff=Backoff(initial=0.05, max_delay=1.0, max_attempts=None, jitter="full"),
+        stable_after=1.0,
+        name="feed",
+        credit=2048,
+    )
     return (
-        Pipeline("market", memory(feed, name="feed", credit=2048), dead_letters=dead_letters)
+        Pipeline("market", feed, dead_letters=dead_letters)
         .pipe(
-            ops.map(json.loads, name="parse"),
-            ops.filter(lambda t: t["qty"] > 0, name="valid"),
+            ops.dedup("seq", horizon=10_000),
+            ops.reorder("seq", max_delay=0.05),
             ops.key_by("sym"),
-            ops.count_window(window, name="windows"),
+            ops.throttle_latest(throttle),
+            ops.tumbling_window(window, name="windows"),
         )
         .to(store.sink(reducer=_fold))
     )
 
 
-def _table(store: StateStore, status: PipelineStatus, dead: MemoryDeadLetters) -> Any:
+def build_alert_pipeline(
+    store: StateStore, threshold: float, cooldown: float
+) -> tuple[Pipeline, ToolSink, PushSource]:
+    """State changes whose move passes ``threshold`` percent activate the alert tool."""
+    moves = PushSource(name="moves")
+
+    def on_changes(changes: list[StateChange]) -> None:
+        for change in changes:
+            new = change.new
+            if isinstance(new, dict) and abs(new["move_pct"]) >= threshold:
+                with contextlib.suppress(BufferError):  # alerts are advisory
+                    moves.push({"symbol": change.key, "move_pct": new["move_pct"]})
+
+    store.updates.subscribe(on_changes)
+    alerts = ToolSink(alert, args=lambda v: v, key="symbol", policy="latest", cooldown=cooldown)
+    return Pipeline("alerts", moves).to(alerts), alerts, moves
+
+
+def _table(
+    store: StateStore,
+    status: PipelineStatus,
+    dead: MemoryDeadLetters,
+    alerts: ToolSink,
+    fired: list[str],
+) -> Any:
     from rich.table import Table
 
     table = Table(title=f"rxagent demo - state {store.name!r} v{store.version}")
@@ -112,10 +266,20 @@ def _table(store: StateStore, status: PipelineStatus, dead: MemoryDeadLetters) -
             f"{row['move_pct']:+.3f}",
             str(row["ticks"]),
         )
+    stages = status.stages
     flow = status.flow
+
+    def stat(stage: str, field: str) -> int:
+        return int(stages.get(stage, {}).get(field, 0))
+
     table.caption = (
         f"{status.state} | events {flow.get('emitted', 0)} | in flight "
-        f"{flow.get('in_flight', 0)}/{flow.get('capacity', 0)} | dead letters {dead.total}"
+        f"{flow.get('in_flight', 0)}/{flow.get('capacity', 0)} | reconnects "
+        f"{status.source.get('reconnects', 0)} | duplicates {stat('dedup', 'dropped')} | "
+        f"reordered-late {stat('reorder', 'dropped')} | "
+        f"throttled {stat('throttle_latest', 'dropped')}"
+        f" | dead letters {dead.total} | alerts {len(fired)}"
+        + (f" (last: {fired[-1]})" if fired else "")
     )
     return table
 
@@ -135,43 +299,62 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_demo(*, duration: float, rate: float, seed: int, live: bool) -> PipelineStatus:
+async def run_demo(
+    *,
+    duration: float,
+    rate: float,
+    seed: int,
+    live: bool,
+    window: float = 5.0,
+    threshold: float = 1.0,
+) -> PipelineStatus:
     from rich.console import Console
     from rich.live import Live
 
     console = Console()
     store = StateStore("prices")
     dead = MemoryDeadLetters()
-    pipeline = build_demo_pipeline(paced(market_feed(seed), rate), store, dead)
-    await pipeline.start()
-    deadline = time.monotonic() + duration
-    stop = _stop_on_signals()
+    fired: list[str] = []
+    async with MarketFeedServer(rate=rate, seed=seed) as server:
+        pipeline = build_demo_pipeline(server.url, store, dead, window=window)
+        alerts_pipeline, alerts, moves = build_alert_pipeline(store, threshold, cooldown=window)
+        alerts.results.subscribe(lambda r: fired.append(str(r.value)) if r.ok else None)
+        await alerts_pipeline.start()
+        await pipeline.start()
+        deadline = time.monotonic() + duration
+        stop = _stop_on_signals()
 
-    def running() -> bool:
-        return time.monotonic() < deadline and not stop.is_set()
+        def running() -> bool:
+            return time.monotonic() < deadline and not stop.is_set()
 
-    if live:
-        with Live(
-            _table(store, pipeline.status(), dead), console=console, refresh_per_second=8
-        ) as view:
+        def view() -> Any:
+            return _table(store, pipeline.status(), dead, alerts, fired)
+
+        if live:
+            with Live(view(), console=console, refresh_per_second=8) as screen:
+                while running():
+                    await _sleep_or_stop(stop, 0.125)
+                    screen.update(view())
+        else:
             while running():
-                await _sleep_or_stop(stop, 0.125)
-                view.update(_table(store, pipeline.status(), dead))
-    else:
-        while running():
-            await _sleep_or_stop(stop, min(1.0, max(0.0, deadline - time.monotonic())))
-            console.print(
-                f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "),
-                soft_wrap=True,
-                markup=False,
-            )
-    status = await pipeline.drain(timeout=5)
-    console.print(_table(store, status, dead))
+                await _sleep_or_stop(stop, min(1.0, max(0.0, deadline - time.monotonic())))
+                console.print(
+                    f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "),
+                    soft_wrap=True,
+                    markup=False,
+                )
+        status = await pipeline.drain(timeout=5)
+        moves.complete()
+        await alerts_pipeline.drain(timeout=5)
+    console.print(_table(store, status, dead, alerts, fired))
     console.print("LLM context:\n" + store.context(600), soft_wrap=True, markup=False)
     if dead.total:
         first = dead.letters[0]
         console.print(
             f"{dead.total} dead letters, e.g. stage {first.stage!r}: "
-            f"{first.error_type}: {first.message}"
+            f"{first.error_type}: {first.message}",
+            markup=False,
         )
+    for line in fired[-3:]:
+        console.print(line, markup=False)
     return status

@@ -12,18 +12,21 @@ from rxagent import PipelineState
 from rxagent.demo import run_demo
 
 
-async def test_run_demo_updates_live_state() -> None:
-    status = await run_demo(duration=0.6, rate=3000, seed=1, live=False)
+async def test_run_demo_updates_live_state_from_the_local_websocket_feed() -> None:
+    status = await run_demo(duration=2.0, rate=3000, seed=1, live=False, window=0.2)
     assert status.state is PipelineState.STOPPED
-    assert status.flow["emitted"] > 500
+    assert status.flow["emitted"] > 1000
+    assert status.flow["pending"] == 0
     assert status.stages["state:prices"]["out"] > 0
-    assert status.stages["parse"]["dead_lettered"] >= 1  # the feed's garbage frames
+    assert status.stages["feed"]["dead_lettered"] >= 1  # the feed's garbage frames
+    assert status.stages["dedup"]["dropped"] >= 1  # the feed's duplicates
+    assert status.source["connects"] >= 2  # the feed drops connections now and then
 
 
 def test_rxagent_demo_console_script() -> None:
     exe = shutil.which("rxagent", path=str(Path(sys.executable).parent)) or "rxagent"
     proc = subprocess.run(
-        [exe, "demo", "--duration", "1", "--no-live"],
+        [exe, "demo", "--duration", "2", "--window", "0.5", "--no-live"],
         capture_output=True,
         text=True,
         timeout=60,
