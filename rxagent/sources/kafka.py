@@ -40,7 +40,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
@@ -49,6 +49,7 @@ from .base import Emitter, Source
 __all__ = ["KafkaPartition", "KafkaSource", "kafka"]
 
 log = logging.getLogger("rxagent")
+_T = TypeVar("_T")
 
 Decoder = Literal["json", "text", "bytes"] | Callable[[bytes], Any]
 KeyDecoder = Literal["json", "text", "bytes"] | Callable[[bytes], Hashable]
@@ -147,6 +148,12 @@ def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
     raise ConfigurationError(
         f"key_decode must be 'json', 'text', 'bytes' or a function, got {decode!r}"
     )
+
+
+def _column(column: list[_T]) -> list[_T] | None:
+    """``None`` for a column of nothing but ``None`` (counted in C), as batches expect."""
+    nones: int = column.count(None)  # type: ignore[arg-type]
+    return None if nones == len(column) else column
 
 
 class _Rows:
@@ -668,15 +675,15 @@ class _Consumer:
         return used
 
     def _emit_rows(self, out: Emitter, rows: _Rows, start: int, end: int) -> None:
-        times = rows.times[start:end]
-        headers = rows.headers[start:end]
-        keys = rows.keys[start:end]
+        whole = start == 0 and end == len(rows.values)
+        values = rows.values if whole else rows.values[start:end]
+        positions = rows.positions if whole else rows.positions[start:end]
         out.emit(
-            rows.values[start:end],
-            keys=keys if any(k is not None for k in keys) else None,
-            times=times if any(t is not None for t in times) else None,
-            positions=rows.positions[start:end],
-            headers=headers if any(h is not None for h in headers) else None,
+            values,
+            keys=_column(rows.keys if whole else rows.keys[start:end]),
+            times=_column(rows.times if whole else rows.times[start:end]),
+            positions=positions,
+            headers=_column(rows.headers if whole else rows.headers[start:end]),
             partition=rows.partition,
         )
 
