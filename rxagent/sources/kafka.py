@@ -799,9 +799,17 @@ class _Consumer:
     async def close_after(self, out: Emitter) -> None:
         """After the read loop: let the events in flight end (bounded), commit, leave."""
         start = time.monotonic()
+        idle = asyncio.ensure_future(out.flow.idle())
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(out.flow.idle(), self.owner.close_timeout)
+            deadline = self.loop.time() + self.owner.close_timeout
+            while not idle.done() and self.consumer is not None:
+                left = deadline - self.loop.time()
+                if left <= 0:
+                    break
+                await asyncio.wait({idle}, timeout=min(left, self.owner.keepalive))
+                if not idle.done():
+                    # paused, and polled: a slow last event must not get us evicted meanwhile
+                    await self.call(self.keepalive, self.due_commits(out))
             if out.flow.pending:
                 log.warning(
                     "kafka source %r: closing with %d events still in flight after %.1fs; "
@@ -815,6 +823,7 @@ class _Consumer:
         except Exception:
             log.exception("kafka source %r: close failed", self.owner.name)
         finally:
+            idle.cancel()
             if self.remove_listener is not None:
                 self.remove_listener()
             self.executor.shutdown(wait=False)

@@ -366,3 +366,53 @@ def test_a_pipeline_killed_mid_stream_loses_nothing_after_restart(
     assert not missing, f"killed at {kills} lines; {len(missing)} ids missing"
     # the restarts resumed from commits, not from the start
     assert len(ids) - kills[-1] < n
+
+
+async def test_a_paused_member_revoked_with_events_in_flight_loses_nothing(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(4)
+    gid = group()
+    config = {
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 200,
+        "max.poll.interval.ms": 2000,
+    }
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(200)])
+    a_source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        config=config,
+        name="a",
+        credit=8,
+        batch_size=8,
+        revoke_timeout=0.3,
+    )
+    a_sink = HoldingSink()
+    a = Pipeline("a", a_source).to(a_sink)
+    b_source = KafkaSource(
+        topic, bootstrap_servers=kafka_bootstrap, group_id=gid, config=config, name="b"
+    )
+    b_sink = HoldingSink(delay=0.0)
+    b = Pipeline("b", b_source).to(b_sink)
+    await a.start()
+    try:
+        # a holds its whole credit: it pauses and keeps polling
+        await until(lambda: len(a_sink.held) == 8 and a_source.pauses >= 1, 15)
+        await b.start()
+        # the rebalance revokes a's partitions while its events are in flight (bounded wait);
+        # a, still without credit, emits nothing more
+        await until(lambda: len(b_source.describe()["assignment"]) == 2, 15)
+        await asyncio.sleep(0.5)
+        assert len(a_sink.held) == 8
+        assert a_source.revocations >= 1
+        # b reads its partitions in full, including what a held there uncommitted
+        a_sink.delay = 0.0
+        a_sink.release()
+        await until(lambda: {e.value for s in (a_sink, b_sink) for e in s.ended} == set(range(200)))
+    finally:
+        await b.stop()
+        await a.stop()
+        await a_source.wait_closed()
+        await b_source.wait_closed()
