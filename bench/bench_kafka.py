@@ -141,6 +141,7 @@ async def rxagent_pipeline(bootstrap: str, topic: str, n: int) -> float:
     start = time.perf_counter()
     await pipeline.run()
     elapsed = time.perf_counter() - start
+    await source.wait_closed()  # final commit, leave the group (not timed)
     assert source.emitted == n, (source.emitted, n)
     return n / elapsed
 
