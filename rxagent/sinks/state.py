@@ -395,7 +395,8 @@ class StateStore:
         ``key``: field name or function of the value (default: the event's key).
         ``reducer(old, event) -> new`` (``old`` is None for a new key; return
         ``DELETE`` to remove it); without one the value (or ``value(...)`` of it)
-        replaces the old one.
+        replaces the old one, and of several rows of one key in a batch only the
+        newest is applied (and only its ``value(...)`` computed).
         """
         return StateSink(self, key=key, reducer=reducer, value=value, name=name)
 
@@ -445,6 +446,8 @@ class StateSink(Sink):
         ctx = batch.ctx
         metrics = ctx.stage(self.name)
         metrics.events_in += len(batch.values)
+        if self.reducer is None and self._replace_newest(batch, metrics):
+            return
         rows: list[int] = []
         updates: list[_Update] = []
         failed: set[int] = set()
@@ -494,6 +497,39 @@ class StateSink(Sink):
                     batch.end_row(i)
         else:
             batch.end_all()
+
+    def _replace_newest(self, batch: Batch, metrics: Any) -> bool:
+        """Without a reducer only each key's newest row of the batch matters: apply
+        those alone (one update per key, not per event). False: take the general path
+        (no keys, a None key, or a key or value function that raised)."""
+        values = batch.values
+        try:
+            keys = list(map(self.key_fn, values)) if self.key_fn is not None else batch.keys
+            if keys is None or None in keys:
+                return False
+            newest = dict(zip(keys, range(len(values)), strict=True))  # later rows win, in C
+            value_fn = self.value_fn
+            times = batch.times
+            positions = batch.positions
+            source, partition = batch.source, batch.partition
+            updates: list[_Update] = []
+            for k, i in newest.items():
+                value = values[i] if value_fn is None else value_fn(values[i])
+                offset = None if positions is None else positions[i]
+                updates.append(
+                    (
+                        k,
+                        _constant(value),
+                        None if times is None else times[i],
+                        None if offset is None else Position(source, partition, offset),
+                    )
+                )
+        except Exception:
+            return False
+        changes = self.store._apply(updates)
+        metrics.events_out += len(changes)
+        batch.end_all()
+        return True
 
     def _compute(self, batch: Batch, i: int, value: Any) -> Callable[[Any], Any]:
         reducer = self.reducer
