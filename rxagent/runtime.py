@@ -307,6 +307,10 @@ class Pipeline:
                 await sink.aclose()
             except Exception:
                 log.exception("closing sink %r of pipeline %r failed", sink.name, self.name)
+        try:
+            await self.source.aclose()
+        except Exception:
+            log.exception("closing source %r of pipeline %r failed", self.source.name, self.name)
 
     def _set_stopped(self, state: PipelineState) -> None:
         self.state = state

@@ -138,6 +138,13 @@ class Source(abc.ABC):
     async def run(self, out: Emitter) -> None:
         """Emit batches until the source is exhausted (return) or cancelled."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what outlives :meth:`run` (a final commit, a connection).
+
+        The pipeline awaits it last, after every event ended (or the drain timed
+        out) and the sinks closed.
+        """
+
     def describe(self) -> dict[str, Any]:
         """What status and logs show of this source (never secrets)."""
         return {"kind": self.kind, "name": self.name, "credit": self.credit}

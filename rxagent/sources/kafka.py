@@ -280,6 +280,10 @@ class KafkaSource(Source):
             else sorted(map(str, self._consumer.assigned)),
         }
 
+    async def aclose(self) -> None:
+        """The pipeline's last step: wait for the final commit (see :meth:`wait_closed`)."""
+        await self.wait_closed()
+
     async def wait_closed(self) -> None:
         """Wait until the final commit is done and the consumer has left its group."""
         if self._closing is not None:
