@@ -11,10 +11,12 @@ downstream, never an exception thrown into the event loop.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import reactivex as rx
-from reactivex import Observable, abc
+from reactivex import Observable
+from reactivex import abc as rxabc
 from reactivex.disposable import CompositeDisposable, Disposable
 
 from ..events import Batch
@@ -50,12 +52,13 @@ class Operator:
         return f"<operator {self.kind} {self.name or ''}>".replace(" >", ">")
 
 
-class BatchHandler:
+class BatchHandler(abc.ABC):
     """Per-subscription state of a stage. Override ``on_batch``; ``on_completed``
     flushes what the stage still holds; ``dispose`` cancels its timers."""
 
+    @abc.abstractmethod
     def on_batch(self, batch: Batch, emit: Emit) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Handle one batch: pass rows on with ``emit``, end them, or fold them."""
 
     def on_completed(self, emit: Emit) -> None:
         return None
@@ -66,13 +69,13 @@ class BatchHandler:
 
 def batch_stage(
     source: Observable[Batch],
-    make_handler: Callable[[abc.ObserverBase[Batch], abc.SchedulerBase | None], BatchHandler],
+    make_handler: Callable[[rxabc.ObserverBase[Batch], rxabc.SchedulerBase | None], BatchHandler],
 ) -> Observable[Batch]:
     """An observable that runs a :class:`BatchHandler` on every batch of ``source``."""
 
     def subscribe(
-        observer: abc.ObserverBase[Batch], scheduler: abc.SchedulerBase | None = None
-    ) -> abc.DisposableBase:
+        observer: rxabc.ObserverBase[Batch], scheduler: rxabc.SchedulerBase | None = None
+    ) -> rxabc.DisposableBase:
         handler = make_handler(observer, scheduler)
         emit = observer.on_next
         failed = False

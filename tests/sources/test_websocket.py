@@ -467,7 +467,8 @@ async def test_token_header_is_sent_on_every_connect_and_never_logged(
 
 
 async def test_wss_with_a_throwaway_certificate() -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme  # the dev extra; a hard import so TLS is never silently untested
+
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
