@@ -28,7 +28,7 @@ def main(verbose: int) -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the feed.")
 @click.option("--window", type=float, default=5.0, show_default=True, help="Window seconds.")
 @click.option(
-    "--threshold", type=float, default=1.0, show_default=True, help="Alert on a move of this %."
+    "--threshold", type=float, default=0.3, show_default=True, help="Alert on a move of this %."
 )
 @click.option("--live/--no-live", default=None, help="Live table (default: when on a terminal).")
 def demo(

@@ -306,7 +306,7 @@ async def run_demo(
     seed: int,
     live: bool,
     window: float = 5.0,
-    threshold: float = 1.0,
+    threshold: float = 0.3,
 ) -> PipelineStatus:
     from rich.console import Console
     from rich.live import Live
