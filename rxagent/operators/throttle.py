@@ -405,6 +405,28 @@ class _Timed(_HoldingHandler):
         self.entries.clear()
 
 
+def _timed_operator(
+    handler: type[_Timed],
+    interval: float | timedelta,
+    key: KeyArg,
+    scheduler: Scheduler | None,
+    name: str | None,
+    **options: Any,
+) -> Operator:
+    """The operator running ``handler`` per subscription: arguments checked once,
+    here, and named after the handler's ``op``."""
+    op = handler.op
+    seconds = _seconds(op, "interval", interval)
+    key_fn = _key_function(op, key)
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        return _holding_stage(
+            source, lambda o, s: handler(stage, key_fn, o, scheduler or s, seconds, **options)
+        )
+
+    return Operator(op, build, name)
+
+
 def _sweep(table: dict[Hashable, Any], stale: Callable[[Hashable, Any], bool], at: int) -> int:
     """Forget stale keys once ``table`` outgrew ``at``; returns the next size to sweep at."""
     if len(table) <= at:
@@ -466,15 +488,7 @@ def throttle_first(
         -a-b-c-d-e-|   throttle_first(3 frames)
         -a---c---e-|
     """
-    seconds = _seconds("throttle_first", "interval", interval)
-    key_fn = _key_function("throttle_first", key)
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: _ThrottleFirst(stage, key_fn, o, scheduler or s, seconds)
-        )
-
-    return Operator("throttle_first", build, name)
+    return _timed_operator(_ThrottleFirst, interval, key, scheduler, name)
 
 
 # -- throttle_last -------------------------------------------------------------------------
@@ -514,15 +528,7 @@ def throttle_last(
         -a-b-----c---|   throttle_last(3 frames)
         ----b-------c|
     """
-    seconds = _seconds("throttle_last", "interval", interval)
-    key_fn = _key_function("throttle_last", key)
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: _ThrottleLast(stage, key_fn, o, scheduler or s, seconds)
-        )
-
-    return Operator("throttle_last", build, name)
+    return _timed_operator(_ThrottleLast, interval, key, scheduler, name)
 
 
 # -- throttle_latest ------------------------------------------------------------------------
@@ -584,15 +590,7 @@ def throttle_latest(
         -ab-c------d--|   throttle_latest(4 frames)
         -a---c-----d--|   (b replaced by c, which trails at frame 5)
     """
-    seconds = _seconds("throttle_latest", "interval", interval)
-    key_fn = _key_function("throttle_latest", key)
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: _ThrottleLatest(stage, key_fn, o, scheduler or s, seconds)
-        )
-
-    return Operator("throttle_latest", build, name)
+    return _timed_operator(_ThrottleLatest, interval, key, scheduler, name)
 
 
 # -- debounce -------------------------------------------------------------------------------
@@ -639,15 +637,7 @@ def debounce(
         -a-b-----c--|   debounce(3 frames)
         ------b-----(c|)
     """
-    seconds = _seconds("debounce", "interval", interval)
-    key_fn = _key_function("debounce", key)
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: _Debounce(stage, key_fn, o, scheduler or s, seconds)
-        )
-
-    return Operator("debounce", build, name)
+    return _timed_operator(_Debounce, interval, key, scheduler, name)
 
 
 # -- sample ---------------------------------------------------------------------------------
@@ -705,15 +695,7 @@ def sample(
         -a-b--c-d--|   sample(4 frames)
         ----b---c---(d|)   (samples at frames 4, 8, 12; d came at 8, so goes at 12)
     """
-    seconds = _seconds("sample", "interval", interval)
-    key_fn = _key_function("sample", key)
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: _Sample(stage, key_fn, o, scheduler or s, seconds)
-        )
-
-    return Operator("sample", build, name)
+    return _timed_operator(_Sample, interval, key, scheduler, name)
 
 
 # -- rate_limit -------------------------------------------------------------------------------
@@ -834,18 +816,8 @@ def rate_limit(
         -(ab)c--d---|   policy="delay": c waits until a and b are 4 frames old
         -(ab)---d---|   policy="drop": c is dropped
     """
-    op = "rate_limit"
+    op = _RateLimit.op
     _count(op, "n", n)
-    seconds = _seconds(op, "interval", interval)
     if policy not in ("delay", "drop"):
         raise ConfigurationError(f"{op}: policy must be 'delay' or 'drop', got {policy!r}")
-    key_fn = _key_function(op, key)
-    delay = policy == "delay"
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source,
-            lambda o, s: _RateLimit(stage, key_fn, o, scheduler or s, seconds, n=n, delay=delay),
-        )
-
-    return Operator(op, build, name)
+    return _timed_operator(_RateLimit, interval, key, scheduler, name, n=n, delay=policy == "delay")
