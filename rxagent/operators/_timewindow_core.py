@@ -20,6 +20,7 @@ stream's ``on_error``.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from heapq import heappop, heappush
 from itertools import islice
@@ -163,25 +164,27 @@ class WindowHandler(BatchHandler):
 
     # -- what subclasses provide -----------------------------------------------------
 
+    @abstractmethod
     def limit(self, t: float) -> float:
         """What close orders are compared with when the watermark (or clock) is ``t``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def due(self, order: Any) -> float:
         """When a window of close order ``order`` is due, on the clock."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def latest_due(self) -> float | None:
         """When the last open window is due (idle close advances the watermark there)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def pop(self, entry: tuple[Any, int, Hashable, Any], limit: float, out: list[Out]) -> None:
         """A heap entry is due: close its window into ``out`` (or push it back)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def add_processing(self, batch: Batch, keys: Sequence[Hashable] | None, now: float) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Assign rows by arrival time ``now``."""
 
+    @abstractmethod
     def add_event(
         self,
         batch: Batch,
@@ -192,10 +195,10 @@ class WindowHandler(BatchHandler):
         late: Late,
     ) -> None:
         """Assign rows by event time; closes windows as the watermark moves row by row."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def late_reason(self, t: float, behind: float) -> str:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Why an event at ``t``, ``behind`` the watermark, is late (for dead letters)."""
 
     # -- batches -----------------------------------------------------------------------
 
