@@ -40,6 +40,7 @@ from reactivex.subject import Subject
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Batch
 from ..exceptions import ConfigurationError, StageError
@@ -77,7 +78,8 @@ class WebSocketSink(Sink):
     """Sends each event's value to the WebSocket at ``url`` (see the module docstring).
 
     ``headers``, ``token_provider`` (called on every connect, may be async),
-    ``ssl``, ``compression``, ``ping_interval``, ``ping_timeout``, ``open_timeout``
+    ``ssl`` or the TLS files ``ca_file``, ``cert_file``, ``key_file`` and
+    ``key_password``, ``compression``, ``ping_interval``, ``ping_timeout``, ``open_timeout``
     and ``close_timeout`` mean what they mean for the source.
     """
 
@@ -93,6 +95,10 @@ class WebSocketSink(Sink):
         token_header: str = "Authorization",
         token_prefix: str = "Bearer ",
         ssl: ssl_module.SSLContext | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        key_password: KeyPassword | None = None,
         compression: Literal["deflate"] | None = None,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -109,15 +115,22 @@ class WebSocketSink(Sink):
             raise ConfigurationError(
                 f"websocket sink {self.name!r}: url must start with ws:// or wss://, got {url!r}"
             )
-        if ssl is not None and scheme != "wss":
-            raise ConfigurationError(f"websocket sink {self.name!r}: ssl needs a wss:// url")
         self.url = url
         self.encoder = _encoder(encode)
         self.headers = dict(headers or {})
         self.token_provider = token_provider
         self.token_header = token_header
         self.token_prefix = token_prefix
-        self.ssl = ssl
+        tls_files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+        #: The client TLS context (see :class:`~rxagent.sources.websocket.WebSocketSource`).
+        self.ssl = client_context(
+            owner=f"websocket sink {self.name!r}",
+            url=url,
+            ssl_context=ssl,
+            key_password=key_password,
+            **tls_files,
+        )
+        self._tls = describe_tls(url, ssl, tls_files)
         self.compression = compression
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -144,6 +157,7 @@ class WebSocketSink(Sink):
             "kind": self.kind,
             "name": self.name,
             "url": redact_url(self.url),
+            "tls": self._tls,
             "connected": self.connected,
             "queued": len(self._queue),
             "sent": self.sent,

@@ -48,9 +48,17 @@ that is reported (``closed`` with code 1009, then ``error``) and the source
 reconnects.
 
 **Secrets.** Headers and ``token_provider`` tokens are sent on every connect
-and never logged: ``describe()`` shows header names only, the URL's user info
-and query are hidden, and the ``websockets`` wire log of the handshake is
-redacted.
+and never logged, nor is a key's password: ``describe()`` shows header names
+only, the URL's user info and query are hidden, and the ``websockets`` wire log
+of the handshake is redacted.
+
+**TLS.** A ``wss://`` url verifies the server's certificate and host name with
+the system's trust store by default. ``ssl=`` takes a ready
+:class:`ssl.SSLContext`; configurations that cannot hold one (YAML) give files
+instead: ``ca_file`` (trusted in place of the system's CAs), ``cert_file`` and
+``key_file`` for mutual TLS, and ``key_password`` for an encrypted key (see
+:mod:`rxagent._tls`). Either ``ssl=`` or the files, not both, and only with
+``wss://``.
 
 **Compression.** ``compression="deflate"`` (permessage-deflate) saves bandwidth
 on a slow link but costs CPU on every message (about 35 % of throughput on a
@@ -79,6 +87,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 from websockets.protocol import State
 
+from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError, RxAgentError
@@ -223,7 +232,14 @@ class WebSocketSource(Source):
     - ``headers`` and ``token_provider`` (called on every connect, may be async;
       sent as ``token_header: token_prefix + token``).
     - ``ssl``: an :class:`ssl.SSLContext` for ``wss://`` (default: the system's,
-      verifying); ``decode``: ``"json"`` (default), ``"text"``, ``"bytes"``,
+      verifying); or, where a configuration cannot hold a context, files:
+      ``ca_file`` (the CAs to trust, instead of the system's), ``cert_file`` and
+      ``key_file`` (a client certificate, for servers that require one) and
+      ``key_password`` (an encrypted key's password: the password, ``"${NAME}"``
+      to read it from the environment, or a function returning it; never
+      stored or logged). The files are read when the source is built; a problem
+      with one is a :class:`ConfigurationError` naming it. Verification is always on.
+    - ``decode``: ``"json"`` (default), ``"text"``, ``"bytes"``,
       ``"raw"`` (str or bytes as received), or a pydantic model / type.
     - ``ping_interval``, ``ping_timeout``, ``compression`` (``None`` or
       ``"deflate"``), ``max_size`` (bytes per message), ``max_queue`` (frames
@@ -249,6 +265,10 @@ class WebSocketSource(Source):
         token_header: str = "Authorization",
         token_prefix: str = "Bearer ",
         ssl: ssl_module.SSLContext | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        key_password: KeyPassword | None = None,
         decode: Any = "json",
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -273,8 +293,6 @@ class WebSocketSource(Source):
             raise ConfigurationError(
                 f"{where}: url must start with ws:// or wss://, got {scheme!r}"
             )
-        if ssl is not None and scheme != "wss":
-            raise ConfigurationError(f"{where}: an ssl context needs a wss:// url")
         if compression not in (None, "deflate"):
             raise ConfigurationError(
                 f"{where}: compression must be None or 'deflate', got {compression!r}"
@@ -294,7 +312,13 @@ class WebSocketSource(Source):
         self.token_provider = token_provider
         self.token_header = token_header
         self.token_prefix = token_prefix
-        self.ssl = ssl
+        tls_files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+        #: The client TLS context: ``ssl`` or one built from the files; ``None`` means
+        #: the system's default context (verifying) for ``wss://``.
+        self.ssl = client_context(
+            owner=where, url=url, ssl_context=ssl, key_password=key_password, **tls_files
+        )
+        self._tls = describe_tls(url, ssl, tls_files)
         self.decoder = _Decoder(decode)
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -332,6 +356,7 @@ class WebSocketSource(Source):
             "credit": self.credit,
             "url": redact_url(self.url),
             "headers": sorted(self.headers) + ([self.token_header] if self.token_provider else []),
+            "tls": self._tls,
             "connected": self.connected,
             "connects": self.connects,
             "reconnects": self.reconnects,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +136,83 @@ async def test_gives_up_after_the_backoff_and_dead_letters_what_is_left() -> Non
             await pipeline.run(timeout=5)
     assert len(letters.letters) == 5
     assert all(d.error_type == "WebSocketError" for d in letters.letters)
+
+
+# -- TLS from files ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[Any, dict[str, Path]]:
+    """A throwaway CA; the files of its certificate and of a client certificate and key."""
+    import trustme  # the dev extra; a hard import so TLS is never silently untested
+
+    ca = trustme.CA()
+    client = ca.issue_cert("client.example")
+    files = {
+        "ca_file": tmp_path / "ca.pem",
+        "cert_file": tmp_path / "client.pem",
+        "key_file": tmp_path / "client.key",
+    }
+    ca.cert_pem.write_to_path(str(files["ca_file"]))
+    client.cert_chain_pems[0].write_to_path(str(files["cert_file"]))
+    client.private_key_pem.write_to_path(str(files["key_file"]))
+    return ca, files
+
+
+async def test_publishes_over_mutual_tls_and_fails_without_a_client_certificate(
+    pki: tuple[Any, dict[str, Path]],
+) -> None:
+    ca, files = pki
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: a client certificate is required
+    ca.configure_trust(server_ctx)
+    received: list[Any] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(json.loads(message))
+
+    async with serve(handler, "127.0.0.1", 0, logger=server_log, ssl=server_ctx) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/out"
+        sink = WebSocketSink(url, **files)
+        assert sink.describe()["tls"] == {
+            "context": "files",
+            "verify": True,
+            **{name: str(path) for name, path in files.items()},
+        }
+        await Pipeline("out", sources.memory([{"n": 1}, {"n": 2}])).to(sink).run()
+        await until(lambda: len(received) == 2)
+
+        # only the CA: the server refuses the connection; the sink retries, then gives up
+        letters = MemoryDeadLetters()
+        lonely = WebSocketSink(
+            url,
+            ca_file=files["ca_file"],
+            backoff=Backoff(initial=0.01, jitter="none", max_attempts=2),
+        )
+        kinds: list[str] = []
+        lonely.lifecycle.subscribe(lambda e: kinds.append(e.kind))
+        pipeline = Pipeline("lonely", sources.memory([{"n": 3}]), dead_letters=letters)
+        with pytest.raises(PipelineError, match="gave up reconnecting"):
+            await pipeline.to(lonely).run(timeout=5)
+    assert received == [{"n": 1}, {"n": 2}]
+    assert "opened" not in kinds
+    assert kinds[:3] == ["connecting", "error", "reconnect_scheduled"]
+    assert [d.event.value for d in letters.letters] == [{"n": 3}]
+
+
+def test_bad_tls_options_are_configuration_errors(
+    pki: tuple[Any, dict[str, Path]], tmp_path: Path
+) -> None:
+    _, files = pki
+    url = "wss://127.0.0.1:1/out"
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigurationError, match=r"websocket sink 'out': ca_file '.*missing"):
+        WebSocketSink(url, name="out", ca_file=missing)
+    with pytest.raises(ConfigurationError, match=r"cert_file '.*missing\.pem' does not exist"):
+        WebSocketSink(url, cert_file=missing, key_file=files["key_file"])
+    with pytest.raises(ConfigurationError, match=r"not both"):
+        WebSocketSink(url, ssl=ssl.create_default_context(), ca_file=files["ca_file"])
+    with pytest.raises(ConfigurationError, match=r"ca_file needs a wss:// url"):
+        WebSocketSink("ws://127.0.0.1:1/out", ca_file=files["ca_file"])

@@ -6,11 +6,14 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from rxagent import Pipeline, PipelineError
+from rxagent import ConfigurationError, Pipeline, PipelineError
 from rxagent import operators as ops
 from rxagent.backoff import Backoff
 from rxagent.events import Batch, Event
@@ -496,6 +499,219 @@ async def test_wss_with_a_throwaway_certificate() -> None:
         await until(lambda: any(e.kind == "error" for e in events))
         await pipeline.stop()
     assert "CERTIFICATE_VERIFY_FAILED" in (next(e for e in events if e.kind == "error").error or "")
+
+
+# -- TLS from files (configurations that cannot hold an SSLContext) ------------------------
+
+
+@dataclass
+class Pki:
+    """A throwaway CA and the files a configuration names: the CA, the server's
+    certificate for 127.0.0.1, and a client certificate (plain and encrypted key)."""
+
+    ca: Any
+    dir: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    encrypted_key_file: Path
+    key_password: str
+
+    def server_context(self, *, require_client_cert: bool = False) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(context)
+        if require_client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+            self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    import trustme  # the dev extra; a hard import so TLS is never silently untested
+    from cryptography.hazmat.primitives import serialization
+
+    ca = trustme.CA()
+    client = ca.issue_cert("client.example")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    password = "correct horse battery"
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
+    (tmp_path / "client-encrypted.key").write_bytes(encrypted)
+    return Pki(
+        ca,
+        tmp_path,
+        tmp_path / "ca.pem",
+        tmp_path / "client.pem",
+        tmp_path / "client.key",
+        tmp_path / "client-encrypted.key",
+        password,
+    )
+
+
+async def _first_value_or_error(source: WebSocketSource) -> tuple[list[Any], list[str]]:
+    """Runs ``source`` until it delivers a value or reports an error and schedules
+    a reconnect; returns the values and the lifecycle kinds."""
+    events = recorder(source)
+    sink = ListSink()
+    pipeline = Pipeline("ws", source).to(sink)
+    await pipeline.start()
+    await until(lambda: bool(sink.values) or any(e.kind == "reconnect_scheduled" for e in events))
+    await pipeline.stop()
+    return sink.values, [e.kind for e in events]
+
+
+async def _hello(ws: ServerConnection) -> None:
+    await ws.send(json.dumps({"secure": True}))
+    await ws.wait_closed()
+
+
+async def test_ca_file_verifies_the_server_certificate(pki: Pki) -> None:
+    async with serving(_hello, ssl=pki.server_context()) as (url, _):
+        source = WebSocketSource(url, ca_file=str(pki.ca_file), backoff=FAST)
+        values, kinds = await _first_value_or_error(source)
+    assert values == [{"secure": True}]
+    assert kinds[:2] == ["connecting", "opened"]
+    assert source.describe()["tls"] == {
+        "context": "files",
+        "verify": True,
+        "ca_file": str(pki.ca_file),
+    }
+
+
+async def test_mutual_tls_accepts_a_client_certificate_and_rejects_its_absence(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_ctx = pki.server_context(require_client_cert=True)
+    async with serving(_hello, ssl=server_ctx) as (url, _):
+        with_cert = WebSocketSource(
+            url, ca_file=pki.ca_file, cert_file=pki.cert_file, key_file=pki.key_file
+        )
+        values, _ = await _first_value_or_error(with_cert)
+        assert values == [{"secure": True}]
+
+        # an encrypted key, its password read from the environment as a YAML config would
+        monkeypatch.setenv("RXAGENT_TEST_KEY_PASSWORD", pki.key_password)
+        encrypted = WebSocketSource(
+            url,
+            ca_file=pki.ca_file,
+            cert_file=pki.cert_file,
+            key_file=pki.encrypted_key_file,
+            key_password="${RXAGENT_TEST_KEY_PASSWORD}",
+        )
+        values, _ = await _first_value_or_error(encrypted)
+        assert values == [{"secure": True}]
+        assert pki.key_password not in repr(encrypted.describe())
+
+        # no client certificate: the server refuses, the source reports it and retries
+        without = WebSocketSource(url, ca_file=pki.ca_file, backoff=FAST)
+        values, kinds = await _first_value_or_error(without)
+    assert values == []
+    assert "opened" not in kinds
+    assert kinds[:3] == ["connecting", "error", "reconnect_scheduled"]
+    assert without.describe()["last_error"]
+    assert without.describe()["connects"] == 0
+
+
+async def test_verification_is_on_by_default_and_a_ca_file_trusts_only_its_cas(
+    pki: Pki, tmp_path: Path
+) -> None:
+    import trustme
+
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    async with serving(_hello, ssl=pki.server_context()) as (url, _):
+        failures = []
+        for options in ({}, {"ca_file": other_ca}):
+            source = WebSocketSource(url, backoff=FAST, **options)
+            values, kinds = await _first_value_or_error(source)
+            assert values == []
+            assert "opened" not in kinds
+            failures.append(source.describe()["last_error"] or "")
+    assert all("CERTIFICATE_VERIFY_FAILED" in failure for failure in failures), failures
+
+
+def _garbage(pki: Pki) -> Path:
+    path = pki.dir / "garbage.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (lambda p: {"ca_file": p.dir / "missing.pem"}, r"ca_file '.*missing\.pem' does not exist"),
+        (lambda p: {"ca_file": p.dir}, r"ca_file '.*' is not a file"),
+        (lambda p: {"ca_file": _garbage(p)}, r"ca_file '.*garbage\.pem' holds no usable PEM"),
+        (
+            lambda p: {"cert_file": p.dir / "nope.pem", "key_file": p.key_file},
+            r"cert_file '.*nope\.pem' does not exist",
+        ),
+        (
+            lambda p: {"cert_file": p.cert_file, "key_file": p.dir / "nope.key"},
+            r"key_file '.*nope\.key' does not exist",
+        ),
+        (
+            lambda p: {"cert_file": p.ca_file, "key_file": p.key_file},  # key of another cert
+            r"cannot load the client certificate from cert_file '.*ca\.pem' and key_file",
+        ),
+        (
+            lambda p: {
+                "cert_file": p.cert_file,
+                "key_file": p.encrypted_key_file,
+                "key_password": "wrong",
+            },
+            r"cannot load the client certificate .* key_password",
+        ),
+        (lambda p: {"key_file": p.key_file}, r"key_file needs cert_file"),
+        (
+            lambda p: {"cert_file": p.cert_file, "key_password": "${RXAGENT_TEST_UNSET_VAR}"},
+            r"key_password reads environment variable RXAGENT_TEST_UNSET_VAR, which is not set",
+        ),
+        (
+            lambda p: {"ca_file": p.ca_file, "ssl": ssl.create_default_context()},
+            r"pass either ssl= \(a ready SSLContext\) or ca_file, not both",
+        ),
+    ],
+)
+def test_bad_tls_options_are_configuration_errors_naming_the_option(
+    pki: Pki, options: Callable[[Pki], dict[str, Any]], expected: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"websocket source 'feed': {expected}"):
+        WebSocketSource("wss://127.0.0.1:1/feed", name="feed", **options(pki))
+
+
+def test_tls_options_need_a_wss_url(pki: Pki) -> None:
+    with pytest.raises(ConfigurationError, match=r"ca_file needs a wss:// url, got a ws:// url"):
+        WebSocketSource("ws://127.0.0.1:1/feed", ca_file=pki.ca_file)
+    with pytest.raises(ConfigurationError, match=r"ssl= needs a wss:// url"):
+        WebSocketSource("ws://127.0.0.1:1/feed", ssl=ssl.create_default_context())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_ca_file_is_a_configuration_error(pki: Pki) -> None:
+    pki.ca_file.chmod(0)
+    with pytest.raises(ConfigurationError, match=r"ca_file '.*ca\.pem' cannot be read"):
+        WebSocketSource("wss://127.0.0.1:1/feed", ca_file=pki.ca_file)
+
+
+def test_the_key_password_never_appears_in_errors(pki: Pki) -> None:
+    secret = "s3cret-but-wrong"
+    with pytest.raises(ConfigurationError) as raised:
+        WebSocketSource(
+            "wss://127.0.0.1:1/feed",
+            cert_file=pki.cert_file,
+            key_file=pki.encrypted_key_file,
+            key_password=lambda: secret,
+        )
+    text = f"{raised.value} {raised.value.__cause__!r} {raised.value.__context__!r}"
+    assert secret not in text
 
 
 # -- backpressure and keepalive -------------------------------------------------------------
