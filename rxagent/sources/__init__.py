@@ -5,6 +5,7 @@ from .kafka import KafkaPartition, KafkaSource, kafka
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
+from .state import StateChangesSource, state_changes
 from .websocket import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "PushSource",
     "ReplaySource",
     "Source",
+    "StateChangesSource",
     "WebSocketError",
     "WebSocketLifecycle",
     "WebSocketSource",
@@ -24,5 +26,6 @@ __all__ = [
     "memory",
     "push",
     "replay",
+    "state_changes",
     "websocket",
 ]

@@ -1,0 +1,987 @@
+"""The built-in kinds: every source, operator and sink of the Python API, for YAML.
+
+Each kind is a pydantic model of its parameters and a ``build`` that calls the
+Python API. Conventions of the parameter types (see docs/yaml.md):
+
+- **durations**: a number of seconds, or a string with a unit: ``"250ms"``,
+  ``"5s"``, ``"2m"``, ``"1h"``;
+- **fields or expressions** (keys, sequence numbers, ids): a plain name such as
+  ``sym`` picks that field of the value (a C-level ``itemgetter``); anything
+  else is an expression (docs/expressions.md), compiled once at load time;
+- **python references**: ``"package.module:attribute"`` for what only code can
+  say (a reducer, a pydantic model); imported at load time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Hashable
+from operator import itemgetter
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
+
+from .. import operators as ops
+from ..backoff import Backoff
+from .registry import BuildContext, Kind, Registry
+
+__all__ = ["register_builtins"]
+
+
+# -- parameter types -------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration (seconds, or '250ms', '5s', '2m', '1h')")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration must be >= 0, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    raise ValueError(f"expected a duration (seconds, or '250ms', '5s', '2m', '1h'), got {value!r}")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+            ],
+            "description": "seconds, or a string with a unit: 250ms, 5s, 2m, 1h",
+        }
+    ),
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_expression(text: str) -> str:
+    if not _NAME.match(text):
+        from .expressions import compile_expression
+
+        compile_expression(text)  # raises ExpressionError (a ValueError) with the reason
+    return text
+
+
+FieldOrExpr = Annotated[
+    str,
+    AfterValidator(_check_expression),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "a field name of the value (sym), or an expression (value.px * 2)",
+        }
+    ),
+]
+Expr = Annotated[
+    str,
+    AfterValidator(_check_expression),
+    WithJsonSchema({"type": "string", "description": "an expression (docs/expressions.md)"}),
+]
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def import_ref(ref: str) -> Any:
+    """``"package.module:attr.sub"`` -> the object; ValueError saying why not."""
+    if not _REF.match(ref):
+        raise ValueError(f"expected a python reference 'package.module:attribute', got {ref!r}")
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise ValueError(
+            f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _check_ref(ref: str) -> str:
+    import_ref(ref)
+    return ref
+
+
+PythonRef = Annotated[
+    str,
+    AfterValidator(_check_ref),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _REF.pattern,
+            "description": "a python reference: package.module:attribute",
+        }
+    ),
+]
+
+
+def compute(text: str) -> Callable[[Any], Any]:
+    """A field name -> ``itemgetter``; an expression -> the compiled expression."""
+    if _NAME.match(text):
+        return itemgetter(text)
+    from .expressions import compile_expression
+
+    expression: Callable[[Any], Any] = compile_expression(text)
+    return expression
+
+
+class Params(BaseModel):
+    """Base of every kind's parameters: unknown parameters are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageParams(Params):
+    name: str | None = Field(None, description="the stage's name in status and dead letters")
+
+
+class BackoffParams(Params):
+    """Exponential backoff with jitter (rxagent.Backoff)."""
+
+    initial: Duration = 0.1
+    factor: float = Field(2.0, ge=1)
+    max_delay: Duration = 30.0
+    jitter: Literal["full", "equal", "none"] = "full"
+    max_attempts: int | None = Field(3, ge=1)
+    max_elapsed: Duration | None = None
+
+    def build(self) -> Backoff:
+        return Backoff(
+            initial=self.initial,
+            factor=self.factor,
+            max_delay=self.max_delay,
+            jitter=self.jitter,
+            max_attempts=self.max_attempts,
+            max_elapsed=self.max_elapsed,
+        )
+
+
+# -- sources ---------------------------------------------------------------------------
+
+
+class SourceParams(Params):
+    name: str | None = Field(None, description="the source's name (default: its kind)")
+    credit: int = Field(4096, ge=1, description="most events in flight at once")
+    batch_size: int = Field(512, ge=1, description="most events per batch")
+
+
+class MemoryParams(SourceParams):
+    """Events from a list written in the file (examples, tests)."""
+
+    items: list[Any]
+    key: FieldOrExpr | None = None
+
+
+def _memory(p: MemoryParams, ctx: BuildContext) -> Any:
+    from ..sources.memory import MemorySource
+
+    return MemorySource(
+        list(p.items),
+        name=p.name,
+        key=None if p.key is None else compute(p.key),
+        credit=p.credit,
+        batch_size=p.batch_size,
+    )
+
+
+class ReplayParams(SourceParams):
+    """Events of a JSONL recording (made by the ``record`` sink)."""
+
+    path: str
+    speed: float | None = Field(None, gt=0, description="1.0 = recorded pace; null = fast")
+    virtual: bool = False
+    on_error: Literal["raise", "dead_letter"] = "raise"
+
+
+def _replay(p: ReplayParams, ctx: BuildContext) -> Any:
+    from ..sources.replay import ReplaySource
+
+    return ReplaySource(
+        ctx.path(p.path),
+        speed=p.speed,
+        virtual=p.virtual,
+        name=p.name,
+        on_error=p.on_error,
+        credit=p.credit,
+        batch_size=p.batch_size,
+    )
+
+
+class OverflowParams(Params):
+    """A lossy policy: read as fast as the server sends; drop by the policy."""
+
+    policy: Literal["latest", "drop_oldest", "drop_newest"]
+    capacity: int = Field(1024, ge=1)
+    key: FieldOrExpr | None = None
+
+
+class WebSocketParams(SourceParams):
+    """Messages of a WebSocket server, reconnecting with backoff."""
+
+    url: str = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
+    subscribe: list[Any] | None = Field(
+        None,
+        description='messages sent on every (re)connect; a string "{last_seq}" in them '
+        "is replaced by the last sequence number seen",
+    )
+    sequence: FieldOrExpr | None = Field(None, description="the sequence number of a value")
+    headers: dict[str, str] = Field(default_factory=dict)
+    token: str | None = Field(None, description="a token sent on every connect (use ${VAR})")
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
+    decode: Literal["json", "text", "bytes", "raw"] = "json"
+    model: PythonRef | None = Field(None, description="a pydantic model validating each value")
+    ping_interval: Duration | None = 20.0
+    ping_timeout: Duration | None = 20.0
+    compression: Literal["deflate"] | None = None
+    max_size: int | None = Field(1 << 20, ge=1)
+    max_queue: int = Field(64, ge=1)
+    open_timeout: Duration | None = 10.0
+    close_timeout: Duration | None = 5.0
+    backoff: BackoffParams | None = None
+    stable_after: Duration = 5.0
+    overflow: OverflowParams | None = None
+    ca_file: str | None = Field(None, description="CA bundle verifying the server (wss://)")
+    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="client certificate's key (mutual TLS)")
+
+
+_LAST_SEQ = "{last_seq}"
+
+
+def _fill_last_seq(template: Any, last: Any) -> Any:
+    if template == _LAST_SEQ:
+        return last
+    if isinstance(template, dict):
+        return {k: _fill_last_seq(v, last) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill_last_seq(v, last) for v in template]
+    return template
+
+
+def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
+    from ..sources.overflow import Overflow
+    from ..sources.websocket import WebSocketSource
+
+    options: dict[str, Any] = {}
+    if p.subscribe is not None:
+        messages = list(p.subscribe)
+        options["subscribe"] = lambda last: [_fill_last_seq(m, last) for m in messages]
+    if p.sequence is not None:
+        options["sequence"] = compute(p.sequence)
+    if p.token is not None:
+        token = p.token
+        options["token_provider"] = lambda: token
+    if p.backoff is not None:
+        options["backoff"] = p.backoff.build()
+    if p.overflow is not None:
+        key = None if p.overflow.key is None else compute(p.overflow.key)
+        options["overflow"] = Overflow(p.overflow.policy, p.overflow.capacity, key=key)
+    for tls in ("ca_file", "cert_file", "key_file"):
+        value = getattr(p, tls)
+        if value is not None:
+            options[tls] = str(ctx.path(value))
+    return WebSocketSource(
+        p.url,
+        headers=p.headers,
+        token_header=p.token_header,
+        token_prefix=p.token_prefix,
+        decode=import_ref(p.model) if p.model else p.decode,
+        ping_interval=p.ping_interval,
+        ping_timeout=p.ping_timeout,
+        compression=p.compression,
+        max_size=p.max_size,
+        max_queue=p.max_queue,
+        open_timeout=p.open_timeout,
+        close_timeout=p.close_timeout,
+        stable_after=p.stable_after,
+        name=p.name,
+        credit=p.credit,
+        batch_size=p.batch_size,
+        **options,
+    )
+
+
+class KafkaParams(SourceParams):
+    """Records of Kafka topics, committed at-least-once (docs/kafka.md)."""
+
+    topics: list[str] | str
+    bootstrap_servers: str
+    group_id: str
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="librdkafka settings passed through (secrets: ${VAR})"
+    )
+    decode: Literal["json", "text", "bytes"] = "json"
+    model: PythonRef | None = None
+    key_decode: Literal["json", "text", "bytes"] = "text"
+    assign: bool = False
+    until_eof: bool = False
+    dead_letter_topic: str | None = None
+    batch_size: int = Field(1024, ge=1)
+    commit_interval: Duration = 1.0
+    revoke_timeout: Duration = 10.0
+    close_timeout: Duration = 10.0
+
+
+def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
+    from ..sources.kafka import KafkaSource
+
+    return KafkaSource(
+        p.topics,
+        bootstrap_servers=p.bootstrap_servers,
+        group_id=p.group_id,
+        config=p.config,
+        decode=p.decode,
+        model=import_ref(p.model) if p.model else None,
+        key_decode=p.key_decode,
+        assign=p.assign,
+        until_eof=p.until_eof,
+        dead_letter_topic=p.dead_letter_topic,
+        name=p.name,
+        credit=p.credit,
+        batch_size=p.batch_size,
+        commit_interval=p.commit_interval,
+        revoke_timeout=p.revoke_timeout,
+        close_timeout=p.close_timeout,
+    )
+
+
+class StateSourceParams(SourceParams):
+    """The changes of a state store: one event per changed key (value: the new
+    value, key: the store's key). Lets one pipeline react to what another folds."""
+
+    store: str = Field(description="a store declared under state:")
+    deletes: bool = Field(False, description="also emit deletions (value null)")
+    initial: bool = Field(True, description="start with the store's current entries")
+
+
+def _state_source(p: StateSourceParams, ctx: BuildContext) -> Any:
+    from ..sources.state import StateChangesSource
+
+    return StateChangesSource(
+        ctx.stores[p.store],
+        deletes=p.deletes,
+        initial=p.initial,
+        name=p.name,
+        credit=p.credit,
+        batch_size=p.batch_size,
+    )
+
+
+# -- operators -------------------------------------------------------------------------
+
+
+class FilterParams(StageParams):
+    """Keep the events whose value satisfies ``predicate``."""
+
+    predicate: FieldOrExpr
+
+
+def _filter(p: FilterParams, ctx: BuildContext) -> Any:
+    if _NAME.match(p.predicate):
+        return ops.filter(itemgetter(p.predicate), name=p.name)
+    from .expressions import compile_expression, expression_filter
+
+    return expression_filter(compile_expression(p.predicate, kind="predicate"), name=p.name)
+
+
+class MapParams(StageParams):
+    """Replace each value by an expression of it (a dict literal builds a record)."""
+
+    expr: FieldOrExpr
+
+
+def _map(p: MapParams, ctx: BuildContext) -> Any:
+    if _NAME.match(p.expr):
+        return ops.map(itemgetter(p.expr), name=p.name)
+    from .expressions import compile_expression, expression_map
+
+    return expression_map(compile_expression(p.expr), name=p.name)
+
+
+class KeyByParams(StageParams):
+    """Set each event's key from its value."""
+
+    key: FieldOrExpr
+
+
+def _key_by(p: KeyByParams, ctx: BuildContext) -> Any:
+    if _NAME.match(p.key):
+        return ops.key_by(p.key, name=p.name)
+    from .expressions import compile_expression, expression_key_by
+
+    return expression_key_by(compile_expression(p.key), name=p.name)
+
+
+class EventTimeParams(StageParams):
+    """Set each event's time (epoch seconds) from its value."""
+
+    time: FieldOrExpr
+
+
+def _event_time(p: EventTimeParams, ctx: BuildContext) -> Any:
+    return ops.event_time(p.time if _NAME.match(p.time) else compute(p.time), name=p.name)
+
+
+class FlatMapParams(StageParams):
+    """Replace each value by the items of a list (a field or an expression)."""
+
+    items: FieldOrExpr
+
+
+def _flat_map(p: FlatMapParams, ctx: BuildContext) -> Any:
+    return ops.flat_map(compute(p.items), name=p.name)
+
+
+class TapParams(StageParams):
+    """Call a python function with each value (side effects; the value flows on)."""
+
+    function: PythonRef
+
+
+def _tap(p: TapParams, ctx: BuildContext) -> Any:
+    return ops.tap(import_ref(p.function), name=p.name)
+
+
+class DecodeParams(StageParams):
+    """Decode text/bytes values (and validate with a pydantic model)."""
+
+    format: Literal["json", "text", "bytes", "python"] = "json"
+    model: PythonRef | None = None
+
+
+def _decode(p: DecodeParams, ctx: BuildContext) -> Any:
+    return ops.decode(import_ref(p.model) if p.model else None, format=p.format, name=p.name)
+
+
+class DedupParams(StageParams):
+    """Drop events whose id was seen (within a horizon of ids or a ttl)."""
+
+    id: FieldOrExpr | None = None
+    key: FieldOrExpr | None = None
+    horizon: int | None = Field(None, ge=1)
+    ttl: Duration | None = None
+
+
+def _dedup(p: DedupParams, ctx: BuildContext) -> Any:
+    return ops.dedup(
+        None if p.id is None else _key_arg(p.id),
+        key=None if p.key is None else _key_arg(p.key),
+        horizon=p.horizon,
+        ttl=p.ttl,
+        scheduler=ctx.scheduler,
+        name=p.name,
+    )
+
+
+class ReorderParams(StageParams):
+    """Put events back in sequence order, waiting at most ``max_delay`` for a gap."""
+
+    seq: FieldOrExpr
+    max_delay: Duration
+    key: FieldOrExpr | None = None
+    start: int | None = None
+
+
+def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
+    seq = p.seq if _NAME.match(p.seq) else cast("Callable[[Any], int]", compute(p.seq))
+    return ops.reorder(
+        seq,
+        max_delay=p.max_delay,
+        key=None if p.key is None else _key_arg(p.key),
+        start=p.start,
+        scheduler=ctx.scheduler,
+        name=p.name,
+    )
+
+
+class BufferParams(StageParams):
+    """Decouple the source from slow stages: block (backpressure) or a lossy policy."""
+
+    capacity: int = Field(ge=1)
+    policy: Literal["block", "latest", "drop_oldest", "drop_newest"] = "block"
+    in_flight: int | None = Field(None, ge=1)
+    key: FieldOrExpr | None = None
+
+
+def _buffer(p: BufferParams, ctx: BuildContext) -> Any:
+    return ops.buffer(
+        p.capacity,
+        p.policy,
+        in_flight=p.in_flight,
+        key=None if p.key is None else _key_arg(p.key),
+        scheduler=ctx.scheduler,
+        name=p.name,
+    )
+
+
+class ThrottleParams(StageParams):
+    """At most one event per interval (per key when ``key`` is given, else per event key)."""
+
+    interval: Duration
+    key: FieldOrExpr | None = None
+
+
+def _throttle(fn: Callable[..., Any]) -> Callable[[ThrottleParams, BuildContext], Any]:
+    def build(p: ThrottleParams, ctx: BuildContext) -> Any:
+        return fn(
+            p.interval,
+            key=None if p.key is None else _key_arg(p.key),
+            scheduler=ctx.scheduler,
+            name=p.name,
+        )
+
+    return build
+
+
+class RateLimitParams(StageParams):
+    """At most ``n`` events per interval; ``delay`` the rest or ``drop`` them."""
+
+    n: int = Field(ge=1)
+    interval: Duration
+    policy: Literal["delay", "drop"] = "delay"
+    key: FieldOrExpr | None = None
+
+
+def _rate_limit(p: RateLimitParams, ctx: BuildContext) -> Any:
+    return ops.rate_limit(
+        p.n,
+        p.interval,
+        p.policy,
+        key=None if p.key is None else _key_arg(p.key),
+        scheduler=ctx.scheduler,
+        name=p.name,
+    )
+
+
+class RetryParams(StageParams):
+    """Resubscribe upstream after an error, with backoff."""
+
+    backoff: BackoffParams = BackoffParams()
+    reset_after: Duration | None = None
+
+
+def _retry(p: RetryParams, ctx: BuildContext) -> Any:
+    return ops.retry(
+        p.backoff.build(), reset_after=p.reset_after, scheduler=ctx.scheduler, name=p.name
+    )
+
+
+class CircuitParams(StageParams):
+    """Guard a python function (each value -> result) with a circuit breaker."""
+
+    call: PythonRef
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout: Duration = 30.0
+    success_threshold: int = Field(1, ge=1)
+
+
+def _circuit(p: CircuitParams, ctx: BuildContext) -> Any:
+    return ops.circuit_breaker(
+        import_ref(p.call),
+        failure_threshold=p.failure_threshold,
+        reset_timeout=p.reset_timeout,
+        success_threshold=p.success_threshold,
+        scheduler=ctx.scheduler,
+        name=p.name,
+    )
+
+
+_AGGREGATIONS: dict[str, Callable[..., ops.Aggregation]] = {
+    "count": ops.count,
+    "sum": ops.sum_,
+    "mean": ops.mean,
+    "min": ops.min_,
+    "max": ops.max_,
+    "first": ops.first,
+    "last": ops.last,
+    "collect": ops.collect,
+}
+_NO_FIELD = {"count", "collect"}
+
+
+def _check_agg(spec: Any) -> Any:
+    """``count`` | ``{mean: px}`` | ``{name: count | {fn: field}, ...}``."""
+    if spec is None:
+        return spec
+    if isinstance(spec, str):
+        _one_agg(spec)
+        return spec
+    if isinstance(spec, dict):
+        if len(spec) == 1 and next(iter(spec)) in _AGGREGATIONS:
+            _one_agg(spec)
+            return spec
+        for out, one in spec.items():
+            try:
+                _one_agg(one)
+            except ValueError as error:
+                raise ValueError(f"agg {out!r}: {error}") from None
+        return spec
+    raise ValueError(f"expected an aggregation (count, {{mean: px}} or a mapping), got {spec!r}")
+
+
+def _one_agg(spec: Any) -> ops.Aggregation:
+    names = ", ".join(sorted(_AGGREGATIONS))
+    if isinstance(spec, str):
+        if spec not in _AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {spec!r}; expected one of {names}")
+        return _AGGREGATIONS[spec]()
+    if isinstance(spec, dict) and len(spec) == 1:
+        fn, field = next(iter(spec.items()))
+        if fn not in _AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {fn!r}; expected one of {names}")
+        if fn in _NO_FIELD:
+            return _AGGREGATIONS[fn]()
+        if not isinstance(field, str | int) or isinstance(field, bool):
+            raise ValueError(f"{fn}: expected a field name, got {field!r}")
+        return _AGGREGATIONS[fn](field)
+    raise ValueError(f"expected an aggregation like count or {{mean: px}}, got {spec!r}")
+
+
+def build_agg(spec: Any) -> Any:
+    if spec is None:
+        return None
+    if isinstance(spec, str) or (
+        isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in _AGGREGATIONS
+    ):
+        return _one_agg(spec)
+    return {out: _one_agg(one) for out, one in spec.items()}
+
+
+Agg = Annotated[
+    Any,
+    AfterValidator(_check_agg),
+    WithJsonSchema(
+        {
+            "description": "count | {mean: px} | {out_name: count | {sum|mean|min|max|first|"
+            "last: field}, ...}",
+            "anyOf": [
+                {"type": "string", "enum": sorted(_AGGREGATIONS)},
+                {"type": "object"},
+                {"type": "null"},
+            ],
+        }
+    ),
+]
+
+
+class CountWindowParams(StageParams):
+    """Windows of ``size`` events per key, aggregated."""
+
+    size: int = Field(ge=1)
+    key: FieldOrExpr | None = None
+    agg: Agg = None
+    emit_partial: bool = True
+
+
+def _count_window(p: CountWindowParams, ctx: BuildContext) -> Any:
+    return ops.count_window(
+        p.size,
+        key=None if p.key is None else _key_arg(p.key),
+        agg=build_agg(p.agg),
+        emit_partial=p.emit_partial,
+        name=p.name,
+    )
+
+
+class TimeWindowParams(StageParams):
+    time: Literal["processing", "event"] = "processing"
+    key: FieldOrExpr | None = None
+    agg: Agg = None
+    allowed_lateness: Duration = 0.0
+    late: Literal["drop", "dead_letter", "stream"] | None = None
+    idle_timeout: Duration | None = None
+    emit_partial: bool = True
+
+    def common(self, ctx: BuildContext) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "key": None if self.key is None else _key_arg(self.key),
+            "agg": build_agg(self.agg),
+            "allowed_lateness": self.allowed_lateness,
+            "late": self.late,
+            "idle_timeout": self.idle_timeout,
+            "emit_partial": self.emit_partial,
+            "scheduler": ctx.scheduler,
+            "name": self.name,
+        }
+
+
+class TumblingParams(TimeWindowParams):
+    """Back-to-back windows of ``size`` per key."""
+
+    size: Duration
+    offset: Duration = 0.0
+
+
+class SlidingParams(TimeWindowParams):
+    """Windows of ``size`` starting every ``slide``."""
+
+    size: Duration
+    slide: Duration
+    offset: Duration = 0.0
+
+
+class SessionParams(TimeWindowParams):
+    """A window per burst of activity, closed after ``gap`` without events."""
+
+    gap: Duration
+
+
+def _tumbling(p: TumblingParams, ctx: BuildContext) -> Any:
+    return ops.tumbling_window(p.size, offset=p.offset, **p.common(ctx))
+
+
+def _sliding(p: SlidingParams, ctx: BuildContext) -> Any:
+    return ops.sliding_window(p.size, p.slide, offset=p.offset, **p.common(ctx))
+
+
+def _session(p: SessionParams, ctx: BuildContext) -> Any:
+    return ops.session_window(p.gap, **p.common(ctx))
+
+
+def _key_arg(text: str) -> str | Callable[[Any], Hashable]:
+    """Operators take a field name as is (they build their own itemgetter)."""
+    return text if _NAME.match(text) else compute(text)
+
+
+# -- sinks -----------------------------------------------------------------------------
+
+
+class SinkParams(Params):
+    name: str | None = Field(None, description="the sink's name in status")
+
+
+class StateSinkParams(SinkParams):
+    """Fold events into a state store."""
+
+    store: str = Field(description="a store declared under state:")
+    key: FieldOrExpr | None = Field(None, description="default: the event's key")
+    value: FieldOrExpr | None = Field(None, description="default: the whole value")
+    reducer: PythonRef | None = Field(None, description="reducer(old, event) -> new")
+
+
+def _state_sink(p: StateSinkParams, ctx: BuildContext) -> Any:
+    return ctx.stores[p.store].sink(
+        key=None if p.key is None else _key_arg(p.key),
+        value=None if p.value is None else compute(p.value),
+        reducer=import_ref(p.reducer) if p.reducer else None,
+        name=p.name,
+    )
+
+
+class ToolSinkParams(SinkParams):
+    """Activate a tool once per event (docs/architecture.md, tools)."""
+
+    tool: str = Field(description="a tool declared under tools:")
+    args: dict[str, FieldOrExpr] | FieldOrExpr | None = Field(
+        None,
+        description="argument -> field or expression; or one expression giving all "
+        "arguments; default: the value is the arguments",
+    )
+    key: FieldOrExpr | None = None
+    policy: Literal["queue", "latest", "drop_while_busy", "parallel"] = "queue"
+    cooldown: Duration | None = None
+    concurrency: int = Field(8, ge=1)
+    timeout: Duration | None = None
+    retry: BackoffParams | None = None
+
+
+def _tool_sink(p: ToolSinkParams, ctx: BuildContext) -> Any:
+    from ..sinks.tools import ToolSink
+
+    args: Callable[[Any], Any] | None
+    if p.args is None:
+        args = None
+    elif isinstance(p.args, str):
+        args = compute(p.args)
+    else:
+        pairs = [(arg, compute(text)) for arg, text in p.args.items()]
+        args = lambda value: {arg: fn(value) for arg, fn in pairs}  # noqa: E731
+    return ToolSink(
+        ctx.tools[p.tool],
+        args=args,
+        key=None if p.key is None else _key_arg(p.key),
+        policy=p.policy,
+        cooldown=p.cooldown,
+        concurrency=p.concurrency,
+        timeout=p.timeout,
+        retry=None if p.retry is None else p.retry.build(),
+        name=p.name,
+    )
+
+
+class KafkaSinkParams(SinkParams):
+    """Produce events to a Kafka topic; delivery is checked before credit returns."""
+
+    topic: str
+    bootstrap_servers: str
+    key: FieldOrExpr | None = None
+    headers: dict[str, str] | None = None
+    encode: Literal["json", "text", "bytes"] = "json"
+    config: dict[str, Any] = Field(default_factory=dict)
+    flush_timeout: Duration = 10.0
+
+
+def _kafka_sink(p: KafkaSinkParams, ctx: BuildContext) -> Any:
+    from ..sinks.kafka import KafkaSink
+
+    return KafkaSink(
+        p.topic,
+        bootstrap_servers=p.bootstrap_servers,
+        key=None if p.key is None else _key_arg(p.key),
+        headers=p.headers,
+        encode=p.encode,
+        config=p.config,
+        name=p.name,
+        flush_timeout=p.flush_timeout,
+    )
+
+
+class WebSocketSinkParams(SinkParams):
+    """Publish events to a WebSocket server."""
+
+    url: str = Field(pattern=r"^wss?://")
+    encode: Literal["json", "text", "bytes"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+    token: str | None = None
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
+    from ..sinks.websocket import WebSocketSink
+
+    options: dict[str, Any] = {}
+    if p.token is not None:
+        token = p.token
+        options["token_provider"] = lambda: token
+    for tls in ("ca_file", "cert_file", "key_file"):
+        value = getattr(p, tls)
+        if value is not None:
+            options[tls] = str(ctx.path(value))
+    return WebSocketSink(
+        p.url,
+        encode=p.encode,
+        headers=p.headers,
+        token_header=p.token_header,
+        token_prefix=p.token_prefix,
+        name=p.name,
+        **options,
+    )
+
+
+class RecordParams(SinkParams):
+    """Append events to a JSONL recording (replay it with the replay source)."""
+
+    path: str
+    append: bool = True
+
+
+def _record(p: RecordParams, ctx: BuildContext) -> Any:
+    from ..sinks.record import RecordSink
+
+    return RecordSink(ctx.path(p.path), append=p.append, name=p.name)
+
+
+class LogParams(SinkParams):
+    """Log each event's value (logger ``rxagent.events``) at ``level``."""
+
+    level: Literal["debug", "info", "warning"] = "info"
+
+
+def _log_sink(p: LogParams, ctx: BuildContext) -> Any:
+    import logging
+
+    from ..sinks.base import CallbackSink
+
+    logger = logging.getLogger("rxagent.events")
+    level = getattr(logging, p.level.upper())
+    label = p.name or f"{ctx.pipeline}:log"
+
+    def emit(value: Any) -> None:
+        logger.log(level, "%s %r", label, value)
+
+    return CallbackSink(emit, name=label)
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+def register_builtins(registry: Registry) -> None:
+    """Add every built-in kind to ``registry``."""
+    add = registry.add
+    add(Kind("source", "memory", MemoryParams, _memory, shorthand="items"))
+    add(Kind("source", "replay", ReplayParams, _replay, shorthand="path"))
+    add(Kind("source", "websocket", WebSocketParams, _websocket, shorthand="url"))
+    add(Kind("source", "kafka", KafkaParams, _kafka_source))
+    add(
+        Kind(
+            "source", "state", StateSourceParams, _state_source, shorthand="store",
+            reads_store="store",
+        )
+    )  # fmt: skip
+
+    add(Kind("operator", "filter", FilterParams, _filter, shorthand="predicate"))
+    add(Kind("operator", "map", MapParams, _map, shorthand="expr"))
+    add(Kind("operator", "key_by", KeyByParams, _key_by, shorthand="key"))
+    add(Kind("operator", "event_time", EventTimeParams, _event_time, shorthand="time"))
+    add(Kind("operator", "flat_map", FlatMapParams, _flat_map, shorthand="items"))
+    add(Kind("operator", "tap", TapParams, _tap, shorthand="function"))
+    add(Kind("operator", "decode", DecodeParams, _decode, shorthand="format"))
+    add(Kind("operator", "dedup", DedupParams, _dedup, shorthand="id"))
+    add(Kind("operator", "reorder", ReorderParams, _reorder))
+    add(Kind("operator", "buffer", BufferParams, _buffer, shorthand="capacity"))
+    for name, fn in (
+        ("throttle_first", ops.throttle_first),
+        ("throttle_last", ops.throttle_last),
+        ("throttle_latest", ops.throttle_latest),
+        ("debounce", ops.debounce),
+        ("sample", ops.sample),
+    ):
+        summary = (fn.__doc__ or "").strip().split("\n")[0]
+        add(Kind("operator", name, ThrottleParams, _throttle(fn), "interval", summary))
+    add(Kind("operator", "rate_limit", RateLimitParams, _rate_limit))
+    add(Kind("operator", "retry", RetryParams, _retry))
+    add(Kind("operator", "circuit_breaker", CircuitParams, _circuit, shorthand="call"))
+    add(Kind("operator", "count_window", CountWindowParams, _count_window, shorthand="size"))
+    add(Kind("operator", "tumbling_window", TumblingParams, _tumbling, shorthand="size"))
+    add(Kind("operator", "sliding_window", SlidingParams, _sliding))
+    add(Kind("operator", "session_window", SessionParams, _session, shorthand="gap"))
+
+    add(
+        Kind(
+            "sink", "state", StateSinkParams, _state_sink, shorthand="store",
+            writes_store="store",
+        )
+    )  # fmt: skip
+    add(Kind("sink", "tool", ToolSinkParams, _tool_sink, shorthand="tool", uses_tool="tool"))
+    add(Kind("sink", "kafka", KafkaSinkParams, _kafka_sink))
+    add(Kind("sink", "websocket", WebSocketSinkParams, _websocket_sink, shorthand="url"))
+    add(Kind("sink", "record", RecordParams, _record, shorthand="path"))
+    add(Kind("sink", "log", LogParams, _log_sink, shorthand="level"))

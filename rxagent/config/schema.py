@@ -1,0 +1,157 @@
+"""JSON Schema of the pipeline file format, made from the registry's kinds.
+
+Editors with a YAML language server complete and check pipeline files against
+it (``# yaml-language-server: $schema=../docs/rxagent.schema.json``).
+``rxagent schema`` prints it; docs/rxagent.schema.json is the checked-in copy
+and docs/yaml.md's reference is generated from the same kinds (a test checks
+both are current).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .model import DocumentModel
+from .registry import Kind, Registry, Role, default_registry
+
+__all__ = ["SCHEMA_ID", "json_schema", "kind_schema", "reference_markdown"]
+
+SCHEMA_ID = "https://rxagent.dev/schema/pipelines-v1.json"
+
+
+def kind_schema(kind: Kind) -> dict[str, Any]:
+    """The schema of ``{kind: parameters}`` (parameters may be the shorthand scalar)."""
+    params = kind.params.model_json_schema(ref_template="#/$defs/{model}")
+    defs = params.pop("$defs", {})
+    params.pop("title", None)
+    options: list[dict[str, Any]] = [params]
+    if kind.shorthand is not None:
+        options.append(copy.deepcopy(params["properties"][kind.shorthand]))
+    if not any(info.is_required() for info in kind.params.model_fields.values()):
+        options.append({"type": "null"})
+    value: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {
+        "type": "object",
+        "description": kind.doc,
+        "properties": {kind.name: value},
+        "required": [kind.name],
+        "additionalProperties": False,
+    }
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def _one_of(registry: Registry, role: Role, defs: dict[str, Any]) -> dict[str, Any]:
+    options = []
+    for kind in registry.kinds(role):
+        schema = kind_schema(kind)
+        defs.update(schema.pop("$defs", {}))
+        options.append(schema)
+        if kind.params.model_fields and not any(
+            info.is_required() for info in kind.params.model_fields.values()
+        ):
+            options.append({"const": kind.name, "description": f"{kind.name} with defaults"})
+    return {"oneOf": options}
+
+
+def json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a pipeline file."""
+    registry = registry or default_registry()
+    schema = DocumentModel.model_json_schema(ref_template="#/$defs/{model}")
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    defs["Source"] = _one_of(registry, "source", defs)
+    defs["Step"] = _one_of(registry, "operator", defs)
+    defs["Sink"] = _one_of(registry, "sink", defs)
+    pipeline = defs["PipelineModel"]
+    props = pipeline["properties"]
+    props["source"] = {"$ref": "#/$defs/Source", "description": props["source"]["description"]}
+    props["steps"] = {
+        "type": "array",
+        "items": {"$ref": "#/$defs/Step"},
+        "description": props["steps"]["description"],
+    }
+    props["sinks"] = {
+        "type": "array",
+        "items": {"$ref": "#/$defs/Sink"},
+        "minItems": 1,
+        "description": props["sinks"]["description"],
+    }
+    props["sink"] = {"$ref": "#/$defs/Sink", "description": "a single sink (instead of sinks)"}
+    pipeline.pop("required", None)
+    pipeline["required"] = ["source"]
+    pipeline["oneOf"] = [{"required": ["sinks"]}, {"required": ["sink"]}]
+    tools = schema["properties"]["tools"]
+    tools["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "description": "package.module:function"},
+            {"$ref": "#/$defs/ToolModel"},
+        ]
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "rxagent pipeline file",
+        **schema,
+    }
+
+
+def _type_text(prop: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1].removesuffix("Params")
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "const" in prop:
+        return f"`{prop['const']}`"
+    if "anyOf" in prop:
+        parts = [_type_text(p) for p in prop["anyOf"]]
+        return " \\| ".join(p for p in parts if p)
+    kind = prop.get("type")
+    if kind == "array":
+        return f"list of {_type_text(prop.get('items', {})) or 'any'}"
+    if kind == "object":
+        extra = prop.get("additionalProperties")
+        return f"mapping to {_type_text(extra)}" if isinstance(extra, dict) else "mapping"
+    if kind == "null":
+        return "null"
+    return str(kind or "any")
+
+
+def _default_text(name: str, kind: Kind) -> str:
+    info = kind.params.model_fields[name]
+    if info.is_required():
+        return "**required**"
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, dict | list) and not default:
+        return "empty"
+    if default is None:
+        return "-"
+    if hasattr(default, "model_dump"):
+        return "defaults"
+    return f"`{default!r}`"
+
+
+def reference_markdown(registry: Registry | None = None) -> str:
+    """The kinds reference of docs/yaml.md, generated from the registry."""
+    registry = registry or default_registry()
+    lines: list[str] = []
+    titles = {"source": "Sources", "operator": "Steps (operators)", "sink": "Sinks"}
+    for role in ("source", "operator", "sink"):
+        lines += [f"### {titles[role]}", ""]
+        for kind in registry.kinds(role):
+            params = kind.params.model_json_schema(ref_template="#/$defs/{model}")
+            props = params.get("properties", {})
+            short = f" Shorthand: `{kind.name}: <{kind.shorthand}>`." if kind.shorthand else ""
+            lines += [f"#### `{kind.name}`", "", f"{kind.doc}{short}", ""]
+            if not props:
+                lines += ["No parameters.", ""]
+                continue
+            lines += ["| parameter | type | default | description |", "|---|---|---|---|"]
+            for name, prop in props.items():
+                desc = (prop.get("description") or "").replace("|", "\\|").replace("\n", " ")
+                lines.append(
+                    f"| `{name}` | {_type_text(prop)} | {_default_text(name, kind)} | {desc} |"
+                )
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
