@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import json
 import logging
 import random
@@ -77,6 +78,7 @@ import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,6 +112,9 @@ LifecycleKind = Literal["connecting", "opened", "closed", "error", "reconnect_sc
 Message = str | bytes
 Subscribe = Sequence[Any] | Callable[[Any], Sequence[Any]] | None
 TokenProvider = Callable[[], str | Awaitable[str]]
+
+#: A queued frame's FIN bit: it ends a message.
+_FIN = attrgetter("fin")
 
 #: Reconnect forever by default, growing to 30 s; "equal" jitter never retries at once.
 DEFAULT_BACKOFF = Backoff(
@@ -537,8 +542,7 @@ class WebSocketSource(Source):
                 self._held = await out.credit(self.batch_size)
             batch = [await ws.recv()]
             # what is already queued leaves with it, without awaiting the network
-            while len(batch) < self._held and _complete_message_queued(frames):
-                batch.append(await ws.recv())
+            await _take_queued(ws, frames, batch, self._held)
             # the rows emitted keep their credit; dead-lettered ones give it back
             self._held -= len(batch)
             out.give_back(self._held + len(batch) - self._emit(out, batch))
@@ -553,8 +557,7 @@ class WebSocketSource(Source):
         limit = self.batch_size
         while True:
             batch = [await ws.recv()]
-            while len(batch) < limit and _complete_message_queued(frames):
-                batch.append(await ws.recv())
+            await _take_queued(ws, frames, batch, limit)
             self._emit(out, batch, overflow)
             await asyncio.sleep(0)
 
@@ -605,11 +608,24 @@ def _frame_queue(ws: ClientConnection) -> Any:
     return getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
 
 
-def _complete_message_queued(frames: Any) -> bool:
-    """Whether ``recv()`` would return at once: a final frame is already queued."""
-    if not frames:
-        return False
-    return any(getattr(frame, "fin", True) for frame in frames)
+def _complete_messages_queued(frames: Any, limit: int) -> int:
+    """How many of the next ``limit`` messages ``recv()`` would return at once: the
+    final frames (``fin``) among the first ``limit`` frames queued, each ending one
+    message (a lower bound when messages are fragmented). Counted once per batch,
+    in C, not once per message."""
+    if not frames or limit <= 0:
+        return 0
+    return sum(map(_FIN, itertools.islice(frames, limit)))
+
+
+async def _take_queued(ws: ClientConnection, frames: Any, batch: list[Message], limit: int) -> None:
+    """Append to ``batch`` the messages already queued in the client, up to ``limit``
+    in all. None of these ``recv()`` calls waits: the frames are there (and nothing
+    else runs meanwhile, so none can be taken away)."""
+    recv = ws.recv
+    append = batch.append
+    for _ in range(_complete_messages_queued(frames, limit - len(batch))):
+        append(await recv())
 
 
 def _close_of(closed: ConnectionClosed) -> tuple[int | None, str | None]:
