@@ -1,16 +1,86 @@
-"""The ``rxagent`` command line."""
+"""The ``rxagent`` command line.
+
+Verbs: ``demo`` (the market-feed demo), ``validate``, ``graph``, ``schema``,
+``run``, ``replay`` and ``test`` for pipeline files (docs/cli.md).
+
+Exit codes: 0 success; 1 an invalid pipeline file, a failed pipeline or a
+failed test; 2 a usage error (a missing file, an unknown pipeline name, a bad
+option). User errors are one clear line on stderr, never a traceback; ``-vv``
+adds the traceback of an unexpected error.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from . import __version__
 
+if TYPE_CHECKING:
+    from .config import BuiltApp, Config
+    from .runtime import PipelineStatus
+
 __all__ = ["main"]
+
+USAGE = 2
+INVALID = 1
+
+
+class _Exit(Exception):
+    """Leave the command with ``code`` after printing ``message`` (if any) on stderr."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    raise _Exit(code, message)
+
+
+@contextlib.contextmanager
+def _guard(verbose: int) -> Iterator[None]:
+    """Turn every error into one line on stderr and an exit code (no traceback)."""
+    from .exceptions import ConfigurationError
+
+    try:
+        yield
+    except _Exit as done:
+        if done.message:
+            click.echo(f"rxagent: {done.message}", err=True)
+        raise SystemExit(done.code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except ConfigurationError as error:  # a problem the user can fix
+        click.echo(f"rxagent: {error}", err=True)
+        raise SystemExit(INVALID) from None
+    except Exception as error:
+        if verbose >= 2:
+            raise
+        first = (str(error).strip() or "").split("\n")[0]
+        click.echo(
+            f"rxagent: unexpected error: {type(error).__name__}: {first} "
+            "(run with -vv for the traceback)",
+            err=True,
+        )
+        raise SystemExit(INVALID) from None
+
+
+def _verbosity() -> int:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    return int(root.params.get("verbose", 0) or 0)
 
 
 @click.group()
@@ -54,6 +124,459 @@ def demo(
         )
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C
         raise SystemExit(130) from None
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def _read(path: str) -> Config:
+    """Load a pipeline file; a missing file is a usage error (2), an invalid one
+    prints its located problems and is exit 1."""
+    from .config import ConfigFileError, load
+    from .exceptions import ConfigurationError
+
+    if not Path(path).is_file():
+        what = "is a directory" if Path(path).is_dir() else "does not exist"
+        _fail(USAGE, f"pipeline file {path!r} {what}")
+    try:
+        return load(path)
+    except ConfigFileError as error:
+        for problem in error.problems:
+            click.echo(str(problem), err=True)
+        raise _Exit(INVALID) from None
+    except ConfigurationError as error:
+        _fail(USAGE, str(error))
+
+
+def _pick(config: Config, names: Sequence[str]) -> list[str]:
+    """The pipelines named (all when none is); an unknown name is a usage error."""
+    for name in names:
+        if name not in config.pipelines:
+            _fail(
+                USAGE,
+                f"{config.file}: no pipeline named {name!r}; the file has "
+                f"{', '.join(config.pipelines)}",
+            )
+    return list(dict.fromkeys(names)) or list(config.pipelines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- validate, graph, schema ---------------------------------------------------------------
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+def validate(files: tuple[str, ...]) -> None:
+    """Check pipeline files: YAML, kinds, parameters, state stores, tools and test
+    cases. Prints "FILE: ok (...)" or every problem as file:line:col: path: message."""
+    from .config import ConfigFileError, load
+    from .config.testing import check_cases
+    from .exceptions import ConfigurationError
+
+    with _guard(_verbosity()):
+        code = 0
+        for path in files:
+            if not Path(path).is_file():
+                click.echo(f"{path}: error: no such file", err=True)
+                code = max(code, USAGE)
+                continue
+            try:
+                config = load(path)
+            except ConfigFileError as error:
+                for problem in error.problems:
+                    click.echo(str(problem))
+                code = max(code, INVALID)
+                continue
+            except ConfigurationError as error:
+                click.echo(f"{path}: error: {error}", err=True)
+                code = max(code, USAGE)
+                continue
+            problems = check_cases(config)
+            if problems:
+                for problem in problems:
+                    click.echo(str(problem))
+                code = max(code, INVALID)
+                continue
+            model = config.model
+            tests = len(model.tests)
+            click.echo(
+                f"{path}: ok ({_plural(len(config.pipelines), 'pipeline')}: "
+                f"{', '.join(config.pipelines)}; {_plural(len(model.state), 'state store')}; "
+                f"{_plural(len(model.tools), 'tool')}"
+                + (f"; {_plural(tests, 'test')}" if tests else "")
+                + ")"
+            )
+        if code:
+            raise _Exit(code)
+
+
+@main.command()
+@click.argument("file")
+@click.option(
+    "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
+)
+def graph(file: str, pipelines: tuple[str, ...]) -> None:
+    """Print a Mermaid flowchart of FILE's pipelines, state stores and tools."""
+    from .config.graph import mermaid
+
+    with _guard(_verbosity()):
+        config = _read(file)
+        names = _pick(config, pipelines)
+        click.echo(mermaid(config, pipelines=names), nl=False)
+
+
+def schema_text() -> str:
+    """The JSON Schema of pipeline files as ``rxagent schema`` prints it."""
+    from .config.schema import json_schema
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file.")
+def schema(output: str | None) -> None:
+    """Print (or write) the JSON Schema of pipeline files, for editors and CI."""
+    with _guard(_verbosity()):
+        text = schema_text()
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as error:
+            _fail(USAGE, f"cannot write {output!r}: {error.strerror}")
+        click.echo(f"wrote {output}", err=True)
+
+
+# -- run and replay ------------------------------------------------------------------------
+
+
+class _Rates:
+    """Events per second over the last second, from counters sampled over time."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def sample(self, counts: dict[str, int], now: float | None = None) -> dict[str, float]:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, counts))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        then, old = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return {name: 0.0 for name in counts}
+        return {name: max(0, n - old.get(name, 0)) / span for name, n in counts.items()}
+
+
+def _counts(status: PipelineStatus) -> dict[str, int]:
+    counts = {"": int(status.flow.get("emitted", 0))}
+    for name, stage in status.stages.items():
+        counts[name] = int(stage.get("in", 0))
+    return counts
+
+
+def _totals(status: PipelineStatus) -> dict[str, int]:
+    out = {"dropped": 0, "dead_lettered": 0, "errors": 0}
+    for stage in status.stages.values():
+        for field in out:
+            out[field] += int(stage.get(field, 0) or 0)
+    return out
+
+
+def _last_error(status: PipelineStatus) -> str | None:
+    if status.last_error:
+        return status.last_error
+    for name, stage in status.stages.items():
+        if stage.get("last_error"):
+            return f"{name}: {stage['last_error']}"
+    return None
+
+
+def _compact(value: Any, limit: int = 80) -> str:
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Monitor:
+    """What ``rxagent run`` shows while pipelines run: a live table or log lines."""
+
+    def __init__(self, built: BuiltApp) -> None:
+        self.built = built
+        self.rates = {name: _Rates() for name in built.pipelines}
+        self.last: dict[str, dict[str, float]] = {}
+
+    def statuses(self) -> dict[str, PipelineStatus]:
+        out = {}
+        for name, pipeline in self.built.pipelines.items():
+            status = pipeline.status()
+            self.last[name] = self.rates[name].sample(_counts(status))
+            out[name] = status
+        return out
+
+    def log_lines(self) -> list[str]:
+        redact = self.built.config.redact
+        lines = []
+        stamp = time.strftime("%H:%M:%S")
+        for name, status in self.statuses().items():
+            flow = status.flow
+            totals = _totals(status)
+            fields: list[tuple[str, Any]] = [
+                ("pipeline", name),
+                ("state", str(status.state)),
+                ("events", flow.get("emitted", 0)),
+                ("rate", f"{self.last[name].get('', 0.0):.1f}/s"),
+                ("in_flight", flow.get("in_flight", 0)),
+                ("dropped", totals["dropped"]),
+                ("dead_lettered", totals["dead_lettered"]),
+                ("errors", totals["errors"]),
+            ]
+            lag = status.source.get("lag")
+            if lag is not None:
+                fields.append(("lag", lag))
+            error = _last_error(status)
+            if error:
+                fields.append(("last_error", json.dumps(error)))
+            lines.append(redact(f"{stamp} " + " ".join(f"{k}={v}" for k, v in fields)))
+        return lines
+
+    def view(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        redact = self.built.config.redact
+        parts: list[Any] = []
+        for name, status in self.statuses().items():
+            flow = status.flow
+            rates = self.last[name]
+            lag = status.source.get("lag")
+            table = Table(
+                title=f"pipeline {name} - {status.state}",
+                caption=redact(
+                    f"events {flow.get('emitted', 0)} ({rates.get('', 0.0):.1f}/s) | in flight "
+                    f"{flow.get('in_flight', 0)}/{flow.get('capacity', 0)}"
+                    + (f" | lag {lag}" if lag is not None else "")
+                    + (f" | error: {status.last_error}" if status.last_error else "")
+                ),
+                title_justify="left",
+            )
+            for col in ("stage", "in", "out", "rate/s", "dropped", "dead letters", "last error"):
+                table.add_column(col, justify="left" if col in ("stage", "last error") else "right")
+            for stage_name, stage in status.stages.items():
+                table.add_row(
+                    stage_name,
+                    str(stage.get("in", 0)),
+                    str(stage.get("out", 0)),
+                    f"{rates.get(stage_name, 0.0):.1f}",
+                    str(stage.get("dropped", 0)),
+                    str(stage.get("dead_lettered", 0)),
+                    redact(str(stage.get("last_error") or "")),
+                )
+            parts.append(table)
+        for store_name, store in self.built.stores.items():
+            table = Table(
+                title=f"state {store_name} v{store.version} - {_plural(len(store), 'key')}",
+                title_justify="left",
+            )
+            table.add_column("key")
+            table.add_column("value")
+            entries = list(store.snapshot.to_dict().items())
+            for key, value in entries[:10]:
+                table.add_row(redact(str(key)), redact(_compact(value)))
+            if len(entries) > 10:
+                table.add_row("...", f"{len(entries) - 10} more")
+            parts.append(table)
+        return Group(*parts)
+
+
+def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: int = 50) -> int:
+    """Print the final state; returns the exit code (1 if a pipeline failed)."""
+    redact = built.config.redact
+    code = 0
+    for name, status in statuses.items():
+        totals = _totals(status)
+        line = (
+            f"pipeline {name}: {status.state}"
+            + (" (completed)" if status.completed else "")
+            + f", {status.flow.get('emitted', 0)} events, {totals['dropped']} dropped, "
+            f"{totals['dead_lettered']} dead-lettered"
+        )
+        if status.last_error:
+            code = INVALID
+            where = f" in {status.failed_stage!r}" if status.failed_stage else ""
+            line += f"; failed{where}: {status.last_error}"
+        click.echo(redact(line))
+    for store_name, store in built.stores.items():
+        entries = list(store.snapshot.to_dict().items())
+        click.echo(
+            redact(f"state {store_name} (version {store.version}, {_plural(len(store), 'key')}):")
+        )
+        for key, value in entries[:max_entries]:
+            click.echo(redact(f"  {key}: {_compact(value, 200)}"))
+        if len(entries) > max_entries:
+            click.echo(f"  ... {len(entries) - max_entries} more keys")
+    total = getattr(built.dead_letters, "total", None)
+    if total is not None:
+        click.echo(f"dead letters: {total}")
+    return code
+
+
+async def _run_app(
+    built: BuiltApp, *, duration: float | None, live: bool, drain_timeout: float
+) -> int:
+    """Run until every pipeline stopped, ``duration`` passed, or SIGINT/SIGTERM;
+    drain, print the final state, return the exit code."""
+    from ._signals import sleep_or_stop, stop_on_signals
+
+    app = built.app
+    stop = stop_on_signals()
+    monitor = _Monitor(built)
+    await app.start()
+    everything = asyncio.ensure_future(app.wait())
+    everything.add_done_callback(lambda _: stop.set())
+    deadline = None if duration is None else time.monotonic() + duration
+
+    def remaining() -> float:
+        return 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def running() -> bool:
+        return not stop.is_set() and remaining() > 0
+
+    try:
+        if live:
+            from rich.console import Console
+            from rich.live import Live
+
+            with Live(monitor.view(), console=Console(), refresh_per_second=4) as screen:
+                while running():
+                    await sleep_or_stop(stop, min(0.25, remaining()))
+                    screen.update(monitor.view())
+        else:
+            monitor.statuses()  # the rates' first sample
+            next_line = time.monotonic() + 1.0
+            while running():
+                await sleep_or_stop(stop, min(max(0.0, next_line - time.monotonic()), remaining()))
+                if time.monotonic() < next_line or everything.done():
+                    continue  # stopping, or the duration ends first: the final state follows
+                next_line += 1.0
+                for line in monitor.log_lines():
+                    click.echo(line)
+    finally:
+        statuses = await app.drain(drain_timeout)
+        everything.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await everything
+    return _final(built, statuses)
+
+
+def _execute(built: BuiltApp, *, duration: float | None, live: bool) -> None:
+    drain_timeout = built.config.model.settings.drain_timeout
+    code = asyncio.run(_run_app(built, duration=duration, live=live, drain_timeout=drain_timeout))
+    if code:
+        raise _Exit(code)
+
+
+@main.command()
+@click.argument("file")
+@click.option(
+    "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many seconds (default: when the sources end, or Ctrl-C).",
+)
+@click.option(
+    "--live/--no-live", default=None, help="Live table (default: when stdout is a terminal)."
+)
+def run(file: str, pipelines: tuple[str, ...], duration: float | None, live: bool | None) -> None:
+    """Run FILE's pipelines until their sources end, --duration passes, or Ctrl-C /
+    SIGTERM (which drain the pipelines first), then print the final state."""
+    with _guard(_verbosity()):
+        config = _read(file)
+        names = _pick(config, pipelines)
+        built = config.build(pipelines=names)
+        _execute(built, duration=duration, live=sys.stdout.isatty() if live is None else live)
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    """``FILE[:NAME]`` -> (file, name); a path that exists as given has no name."""
+    if Path(target).exists() or ":" not in target:
+        return target, None
+    file, _, name = target.rpartition(":")
+    return file, name or None
+
+
+@main.command()
+@click.argument("recording")
+@click.option(
+    "--pipeline",
+    "target",
+    required=True,
+    metavar="FILE[:NAME]",
+    help="The pipeline file, and the pipeline's name if it has several.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    help="1 = the recorded pace, 2 = twice as fast (default: as fast as possible).",
+)
+def replay(recording: str, target: str, speed: float | None) -> None:
+    """Play RECORDING (made by the record sink) through a pipeline of a file, in
+    place of its source; print the final state and the dead letters count."""
+    from .sources.replay import ReplaySource
+
+    with _guard(_verbosity()):
+        file, name = _split_target(target)
+        if not Path(recording).is_file():
+            _fail(USAGE, f"recording {recording!r} does not exist")
+        config = _read(file)
+        if name is None:
+            if len(config.pipelines) != 1:
+                _fail(
+                    USAGE,
+                    f"{file} has {len(config.pipelines)} pipelines "
+                    f"({', '.join(config.pipelines)}): name one with --pipeline {file}:NAME",
+                )
+            name = next(iter(config.pipelines))
+        _pick(config, [name])
+        source = ReplaySource(recording, speed=speed)
+        built = config.build(pipelines=[name], sources={name: source})
+        _execute(built, duration=None, live=False)
+
+
+# -- test ----------------------------------------------------------------------------------
+
+
+@main.command("test")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+def test_command(files: tuple[str, ...]) -> None:
+    """Run the marble test cases under tests: in each FILE, in virtual time; print
+    PASS/FAIL per case with the diagrams of any difference."""
+    from .config.testing import run_cases
+
+    with _guard(_verbosity()):
+        failed = ran = 0
+        for file in files:
+            config = _read(file)
+            results = run_cases(config)
+            if not config.model.tests:
+                click.echo(f"{file}: no test cases (add them under tests:)")
+            for result in results:
+                ran += 1
+                click.echo(result.report())
+                failed += not result.passed
+        if ran:
+            click.echo(f"{ran - failed} passed, {failed} failed")
+        if failed or not ran:
+            raise _Exit(INVALID)
 
 
 if __name__ == "__main__":  # pragma: no cover

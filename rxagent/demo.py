@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import operators as ops
+from ._signals import sleep_or_stop, stop_on_signals
 from .backoff import Backoff
 from .events import Event
 from .runtime import Pipeline, PipelineStatus
@@ -284,21 +284,6 @@ def _table(
     return table
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """SIGINT and SIGTERM end the demo cleanly (drain, final state) instead of a traceback."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
 async def run_demo(
     *,
     duration: float,
@@ -322,7 +307,7 @@ async def run_demo(
         await alerts_pipeline.start()
         await pipeline.start()
         deadline = time.monotonic() + duration
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
 
         def running() -> bool:
             return time.monotonic() < deadline and not stop.is_set()
@@ -333,11 +318,11 @@ async def run_demo(
         if live:
             with Live(view(), console=console, refresh_per_second=8) as screen:
                 while running():
-                    await _sleep_or_stop(stop, 0.125)
+                    await sleep_or_stop(stop, 0.125)
                     screen.update(view())
         else:
             while running():
-                await _sleep_or_stop(stop, min(1.0, max(0.0, deadline - time.monotonic())))
+                await sleep_or_stop(stop, min(1.0, max(0.0, deadline - time.monotonic())))
                 console.print(
                     f"[{time.strftime('%H:%M:%S')}] " + store.context(400).replace("\n", " | "),
                     soft_wrap=True,

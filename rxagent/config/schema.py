@@ -93,8 +93,40 @@ def json_schema(registry: Registry | None = None) -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         "title": "rxagent pipeline file",
-        **schema,
+        **_with_variables(schema),
     }
+
+
+_VARIABLE = {
+    "type": "string",
+    "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}",
+    "description": "${VAR} or ${VAR:-default}, replaced from the environment when loading",
+}
+_ONE_SCHEMA = ("items", "additionalProperties", "not")
+_SCHEMA_LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAP = ("properties", "$defs", "patternProperties")
+
+
+def _with_variables(node: Any) -> Any:
+    """``node`` where every number, boolean, enumerated or patterned string may
+    also be a ``${VAR}`` string: the loader substitutes variables before it
+    validates, so ``until_eof: ${EOF:-false}`` is valid."""
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _ONE_SCHEMA:
+            out[key] = _with_variables(value)
+        elif key in _SCHEMA_LIST and isinstance(value, list):
+            out[key] = [_with_variables(item) for item in value]
+        elif key in _SCHEMA_MAP and isinstance(value, dict):
+            out[key] = {name: _with_variables(item) for name, item in value.items()}
+        else:
+            out[key] = value
+    typed = out.get("type") in ("boolean", "integer", "number") or (
+        out.get("type") == "string" and ("enum" in out or "pattern" in out)
+    )
+    return {"anyOf": [out, _VARIABLE]} if typed else out
 
 
 def _type_text(prop: dict[str, Any]) -> str:

@@ -1,0 +1,433 @@
+"""Marble tests declared in a pipeline file, run in virtual time (``rxagent test``).
+
+A test case (:class:`~rxagent.config.model.TestCaseModel`) names a pipeline,
+gives its source's input as a marble diagram and says what each sink must
+receive, frame by frame, and what a state store must hold at the end::
+
+    tests:
+      - name: one alert per symbol per 3 s
+        pipeline: alerts
+        tick: 1s                       # one marble frame = one second
+        values:
+          a: {sym: AAPL, px: 1.0}
+          b: {sym: AAPL, px: 2.0}
+        input:  a-b---b|
+        expect:
+          alert: a-----b|              # what the sink named "alert" (or index 0) receives
+          state.prices: {AAPL: 2.0}    # the store's snapshot after the run
+
+How a case runs:
+
+- the pipeline is built as the file declares it, on a
+  ``reactivex.testing.TestScheduler``: every time-based step (windows,
+  throttles, rate limits) runs in virtual time, so a five-minute window takes
+  milliseconds and timing is exact;
+- its source is replaced by :func:`~rxagent.testing.virtual.marble_source`
+  playing ``input`` (``values`` maps letters to values; a letter not in it is
+  itself, a one-character string). When the file's source sets ``key:``, the
+  marble events get the same key;
+- every sink is observed with a :class:`~rxagent.testing.virtual.MarbleSink`
+  recording what reaches it, and when. State sinks also run for real (their
+  stores are what ``state.NAME`` checks); other sinks (tools, Kafka, WebSocket,
+  record, log) do not run: a test never calls a tool nor touches the network,
+  it checks what the sink *would* receive (for a tool sink: the events that
+  would activate it, before its policy and cooldown);
+- values reaching a sink are compared as plain data: a window is the mapping
+  ``{key, value, count, start, end}``;
+- an input ending in ``|`` completes the pipeline (windows flush, timers due
+  after the end still fire); an input without ``|`` or ``#`` stays open like a
+  live feed: recording stops at the end of the longest diagram, then the
+  pipeline is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..clock import advance, next_due
+from ..events import Batch
+from ..exceptions import ConfigurationError
+from ..sinks.base import Sink
+from ..testing.marbles import (
+    MarbleError,
+    Notification,
+    assert_notifications,
+    parse_marbles,
+)
+from ..testing.virtual import MarbleSink, VirtualSource, marble_source
+from .registry import BuildContext
+from .source import Problem
+
+if TYPE_CHECKING:
+    from ..context import PipelineContext
+    from ..runtime import Pipeline
+    from ..sinks.state import StateStore
+    from .loader import Config, PipelineSpec
+    from .model import TestCaseModel
+
+__all__ = ["CaseResult", "check_cases", "run_case", "run_cases"]
+
+#: how long (wall clock) a case may take before it fails as stuck
+CASE_TIMEOUT = 10.0
+
+
+@dataclass
+class CaseResult:
+    """The outcome of one test case: ``failures`` holds one readable block per
+    expectation that was not met (empty when the case passed)."""
+
+    name: str
+    pipeline: str
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def report(self) -> str:
+        """``PASS name`` or ``FAIL name`` followed by the indented failures."""
+        head = f"{'PASS' if self.passed else 'FAIL'} {self.name} (pipeline {self.pipeline})"
+        if self.passed:
+            return head
+        body = "\n".join("    " + line for failure in self.failures for line in failure.split("\n"))
+        return f"{head}\n{body}"
+
+
+# -- checking the cases (rxagent validate) -------------------------------------------------
+
+
+def _sink_index(spec: PipelineSpec, label: str) -> int | None:
+    """A sink by index (``"0"``), by its ``name:``, or by its kind when only one
+    sink has that kind."""
+    if label.isdigit():
+        i = int(label)
+        return i if i < len(spec.sinks) else None
+    for i, sink in enumerate(spec.sinks):
+        if sink.name == label:
+            return i
+    same_kind = [i for i, sink in enumerate(spec.sinks) if sink.kind.name == label]
+    return same_kind[0] if len(same_kind) == 1 else None
+
+
+def _sink_names(spec: PipelineSpec) -> str:
+    return ", ".join(f"{i} ({sink.label})" for i, sink in enumerate(spec.sinks))
+
+
+def check_cases(config: Config) -> list[Problem]:
+    """The problems of the file's test cases (an unknown pipeline, sink or state
+    store, a diagram that does not parse), located in the file."""
+    problems: list[Problem] = []
+    locations = config.document.locations
+    for i, case in enumerate(config.model.tests):
+        base: tuple[str | int, ...] = ("tests", i)
+        spec = config.pipelines.get(case.pipeline)
+        if spec is None:
+            problems.append(
+                locations.problem(
+                    (*base, "pipeline"),
+                    f"no pipeline named {case.pipeline!r}; the file has "
+                    f"{', '.join(config.pipelines)}",
+                )
+            )
+            continue
+        if case.tick <= 0:
+            problems.append(locations.problem((*base, "tick"), "tick must be > 0 seconds"))
+            continue
+        try:
+            parse_marbles(case.input, case.values, frame=case.tick)
+        except MarbleError as error:
+            problems.append(locations.problem((*base, "input"), f"bad marble diagram: {error}"))
+        if not case.expect:
+            problems.append(
+                locations.problem((*base, "expect"), "expect at least one sink or state store")
+            )
+        for label, expected in case.expect.items():
+            path = (*base, "expect", label)
+            if label.startswith("state."):
+                store = label.removeprefix("state.")
+                if store not in config.model.state:
+                    known = ", ".join(config.model.state) or "none declared"
+                    problems.append(
+                        locations.problem(
+                            path, f"unknown state store {store!r} (declared: {known})", key=True
+                        )
+                    )
+                elif not isinstance(expected, dict):
+                    problems.append(
+                        locations.problem(
+                            path, "expected the store's snapshot as a mapping key -> value"
+                        )
+                    )
+                continue
+            if _sink_index(spec, label) is None:
+                problems.append(
+                    locations.problem(
+                        path,
+                        f"pipeline {case.pipeline!r} has no sink {label!r} (by index, name, or "
+                        f"kind when unique: {_sink_names(spec)}; or state.STORE)",
+                        key=True,
+                    )
+                )
+                continue
+            if not isinstance(expected, str):
+                problems.append(
+                    locations.problem(
+                        path, "expected a marble diagram of what the sink receives, e.g. '-a-b|'"
+                    )
+                )
+                continue
+            try:
+                parse_marbles(expected, case.values, frame=case.tick)
+            except MarbleError as error:
+                problems.append(locations.problem(path, f"bad marble diagram: {error}"))
+    return [Problem(p.location, p.path, config.redact(p.message)) for p in problems]
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain data for comparison with YAML: dataclasses (windows) and
+    pydantic models become mappings, tuples lists, enums their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        return plain(value.model_dump())
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+class _Observed(MarbleSink):
+    """A :class:`MarbleSink` in front of the real sink (or none): notes what arrives
+    and when, then hands the batch on. Stops noting once ``recording`` is off."""
+
+    kind = "observed"
+
+    def __init__(self, name: str, inner: Sink | None, *, frame: float) -> None:
+        super().__init__(name, frame=frame)
+        self.inner = inner
+        self.recording = True
+
+    def bind(self, ctx: PipelineContext) -> None:
+        super().bind(ctx)
+        if self.inner is not None:
+            self.inner.bind(ctx)
+
+    def on_batch(self, batch: Batch) -> None:
+        if self.recording:
+            at = self._now_frame(batch.ctx)
+            events = batch.events()
+            self.events.extend(events)
+            self.notifications.extend(Notification(at, "N", plain(e.value), e.key) for e in events)
+        if self.inner is None:
+            batch.end_all()
+        else:
+            self.inner.on_batch(batch)
+
+    def on_completed(self) -> None:
+        if self.recording:
+            super().on_completed()
+        if self.inner is not None:
+            self.inner.on_completed()
+
+    async def drain(self) -> None:
+        if self.inner is not None:
+            await self.inner.drain()
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
+
+
+def _max_frame(case: TestCaseModel) -> int:
+    frames = [n.frame for n in parse_marbles(case.input, case.values, frame=case.tick)]
+    for label, expected in case.expect.items():
+        if not label.startswith("state.") and isinstance(expected, str):
+            frames += [n.frame for n in parse_marbles(expected, case.values, frame=case.tick)]
+    return max(frames, default=0)
+
+
+def _build(
+    config: Config, case: TestCaseModel, scheduler: Any
+) -> tuple[Pipeline, VirtualSource, dict[int, _Observed], dict[str, StateStore]]:
+    from ..deadletters import MemoryDeadLetters
+    from ..runtime import Pipeline
+    from ..sinks.state import StateStore
+    from .kinds import compute
+
+    spec = config.pipelines[case.pipeline]
+    stores = {name: StateStore(name) for name in config.model.state}
+    dead = MemoryDeadLetters()
+
+    def context(name: str | None) -> BuildContext:
+        return BuildContext(
+            stores=stores,
+            tools={},
+            base_dir=config.document.base_dir,
+            registry=config.registry,
+            scheduler=scheduler,
+            dead_letters=dead,
+            pipeline=case.pipeline,
+            name=name,
+        )
+
+    key = getattr(spec.source.params, "key", None)
+    source = marble_source(
+        case.input,
+        case.values,
+        frame=case.tick,
+        keys=compute(key) if isinstance(key, str) else None,
+        name=spec.source.label,
+    )
+    pipeline = Pipeline(
+        case.pipeline, source, dead_letters=dead, fail_fast=config.model.settings.fail_fast
+    )
+    pipeline.pipe(*(step.kind.build(step.params, context(step.name)) for step in spec.steps))
+    observed: dict[int, _Observed] = {}
+    for i, sink in enumerate(spec.sinks):
+        inner = sink.kind.build(sink.params, context(sink.name)) if sink.kind.writes_store else None
+        observed[i] = _Observed(
+            inner.name if inner is not None else sink.label, inner, frame=case.tick
+        )
+    pipeline.to(*observed.values())
+    return pipeline, source, observed, stores
+
+
+async def _play(
+    pipeline: Pipeline,
+    source: VirtualSource,
+    scheduler: Any,
+    observed: Mapping[int, _Observed],
+    horizon: float,
+) -> None:
+    """Run the pipeline in virtual time until it stops (see the module docstring)."""
+    from ..runtime import PipelineState
+
+    ended = (PipelineState.STOPPED, PipelineState.FAILED)
+    await pipeline.start(scheduler=scheduler)
+    origin = scheduler.now
+    await source.finished()
+    drain: asyncio.Future[Any] | None = None
+    idle = 0
+    while pipeline.state not in ended:
+        await asyncio.sleep(0)
+        if pipeline.state in ended:
+            break
+        due = next_due(scheduler)
+        open_ended = source.forever and drain is None
+        if open_ended and (due is None or due > origin + timedelta(seconds=horizon)):
+            # a live-like input: past the diagrams, stop recording and drain
+            advance(scheduler, origin + timedelta(seconds=horizon))
+            for sink in observed.values():
+                sink.recording = False
+            drain = asyncio.ensure_future(pipeline.drain(timeout=CASE_TIMEOUT))
+            continue
+        if due is None:
+            idle += 1
+            await asyncio.sleep(0.001 if idle < 100 else 0.01)
+            continue
+        idle = 0
+        advance(scheduler, due, flush=True)
+    if drain is not None:
+        await drain
+
+
+def _compare_state(store: StateStore, expected: Mapping[str, Any]) -> str | None:
+    actual = {_key_text(k): plain(v) for k, v in store.snapshot.to_dict().items()}
+    want = {str(k): v for k, v in expected.items()}
+    if actual == want:
+        return None
+    lines = [f"state {store.name} differs:"]
+    for key in sorted(set(want) | set(actual)):
+        if key not in actual:
+            lines.append(f"  - {key}: {want[key]!r} (missing)")
+        elif key not in want:
+            lines.append(f"  + {key}: {actual[key]!r} (unexpected)")
+        elif actual[key] != want[key]:
+            lines.append(f"  ~ {key}: expected {want[key]!r}, got {actual[key]!r}")
+    return "\n".join(lines)
+
+
+def _key_text(key: Hashable) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+async def run_case(config: Config, case: TestCaseModel) -> CaseResult:
+    """Run one test case in virtual time and compare (see the module docstring)."""
+    from reactivex.testing import TestScheduler
+
+    result = CaseResult(case.name, case.pipeline)
+    started = time.perf_counter()
+    scheduler = TestScheduler()
+    spec = config.pipelines[case.pipeline]
+    try:
+        pipeline, source, observed, stores = _build(config, case, scheduler)
+        horizon = (_max_frame(case) + 1) * case.tick
+        await asyncio.wait_for(_play(pipeline, source, scheduler, observed, horizon), CASE_TIMEOUT)
+    except TimeoutError:
+        result.failures.append(f"the pipeline did not finish within {CASE_TIMEOUT:g} s")
+        return result
+    except (ConfigurationError, MarbleError) as error:
+        result.failures.append(config.redact(str(error)))
+        return result
+    status = pipeline.status()
+    if status.last_error and status.state.value == "failed":
+        where = f" in {status.failed_stage!r}" if status.failed_stage else ""
+        result.failures.append(config.redact(f"the pipeline failed{where}: {status.last_error}"))
+    for label, expected in case.expect.items():
+        if label.startswith("state."):
+            store = stores[label.removeprefix("state.")]
+            problem = _compare_state(store, expected)
+            if problem:
+                result.failures.append(config.redact(problem))
+            continue
+        index = _sink_index(spec, label)
+        assert index is not None  # check_cases ran first
+        sink = observed[index]
+        try:
+            assert_notifications(sink.notifications, expected, case.values, frame=case.tick)
+        except AssertionError as error:
+            result.failures.append(
+                config.redact(f"sink {label} ({spec.sinks[index].label}): {error}")
+            )
+    dead = pipeline.dead_letters
+    letters = getattr(dead, "letters", [])
+    if letters and not result.passed:
+        first = letters[0]
+        result.failures.append(
+            config.redact(
+                f"{getattr(dead, 'total', len(letters))} dead letters, the first in stage "
+                f"{first.stage!r}: {first.error_type}: {first.message}"
+            )
+        )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_cases(config: Config) -> list[CaseResult]:
+    """Run every test case of the file; a case that does not check out (see
+    :func:`check_cases`) fails with its located problems."""
+    problems = check_cases(config)
+    bad: dict[int, list[str]] = {}
+    for problem in problems:
+        bad.setdefault(int(problem.path[1]), []).append(str(problem))
+    results: list[CaseResult] = []
+    for i, case in enumerate(config.model.tests):
+        if i in bad:
+            results.append(CaseResult(case.name, case.pipeline, bad[i]))
+        else:
+            results.append(asyncio.run(run_case(config, case)))
+    return results
