@@ -1,14 +1,15 @@
 """What a running pipeline lends to its stages: clock, scheduler, dead letters, metrics.
 
 Every batch carries its pipeline's context, so an operator written as a plain
-Rx operator still finds where to send dead letters and where to count.
+Rx operator still finds where to send dead letters and where to count, and
+where to say why it held an event back (:class:`Suppressions`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from reactivex.abc import SchedulerBase
@@ -16,9 +17,9 @@ from reactivex.abc import SchedulerBase
 from .clock import is_virtual, scheduler_seconds
 from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from .events import Batch, Event
-from .exceptions import StageError
+from .exceptions import ConfigurationError, StageError
 
-__all__ = ["PipelineContext", "StageMetrics"]
+__all__ = ["PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
 
 log = logging.getLogger("rxagent")
 
@@ -69,11 +70,175 @@ class StageMetrics:
         }
 
 
+class Suppression:
+    """Why one key of one stage was held back: the answer to "why didn't it fire?".
+
+    ``count`` events of ``key`` were suppressed by ``stage`` for ``reason``;
+    ``first_at`` and ``last_at`` are the first and latest of them, and
+    ``eligible_at`` when the key may pass again as of the latest one (``None``
+    when that is not a time: the key waits for a running call, say). Times are
+    the stage's clock: the pipeline's (virtual in tests and virtual replays).
+    """
+
+    __slots__ = ("count", "eligible_at", "first_at", "key", "last_at", "reason", "stage")
+
+    def __init__(
+        self, stage: str, key: Hashable, reason: str, at: float, until: float | None, count: int
+    ) -> None:
+        self.stage = stage
+        self.key = key
+        self.reason = reason
+        self.count = count
+        self.first_at = at
+        self.last_at = at
+        self.eligible_at = until
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (keys that are not plain scalars become their ``repr``)."""
+        return {
+            "stage": self.stage,
+            "key": json_key(self.key),
+            "reason": self.reason,
+            "count": self.count,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "eligible_at": self.eligible_at,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Suppression({self.stage!r}, key={self.key!r}, reason={self.reason!r}, "
+            f"count={self.count}, last_at={self.last_at}, eligible_at={self.eligible_at})"
+        )
+
+
+def json_key(key: Hashable) -> str | int | float | bool | None:
+    """A key as JSON can carry it: scalars as they are, anything else as its ``repr``."""
+    if key is None or isinstance(key, str | int | float | bool):
+        return key
+    return repr(key)
+
+
+class Suppressions:
+    """Why events were held back, per stage and key, for status pages and dry runs.
+
+    Stages call :meth:`record` only when they suppress something (a throttled,
+    debounced or rate-limited event, an activation dropped in cooldown or while
+    busy, replaced under ``latest``, refused by an open circuit), so the table
+    costs nothing on the pass-through path. One :class:`Suppression` is kept per
+    ``(key, reason)`` of a stage; each stage keeps the ``max_keys`` most recently
+    suppressed of them, so high-cardinality keys cannot grow it without bound.
+    :meth:`totals` counts every suppression per stage and reason, evicted or not.
+
+    Not locked: stages write on the event loop; a reader on another thread gets
+    copies that may miss the latest few records, never a broken table.
+    """
+
+    __slots__ = ("_stages", "_totals", "evicted", "max_keys")
+
+    def __init__(self, max_keys: int = 256) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigurationError(
+                f"Suppressions: max_keys must be an int >= 1, got {max_keys!r}"
+            )
+        self.max_keys = max_keys
+        self._stages: dict[str, dict[tuple[Hashable, str], Suppression]] = {}
+        self._totals: dict[str, dict[str, int]] = {}
+        #: Entries forgotten to keep each stage within ``max_keys``, per stage.
+        self.evicted: dict[str, int] = {}
+
+    def record(
+        self,
+        stage: str,
+        key: Hashable,
+        reason: str,
+        *,
+        at: float,
+        until: float | None = None,
+        count: int = 1,
+    ) -> None:
+        """``count`` events of ``key`` were suppressed by ``stage`` at ``at`` for
+        ``reason``; the key is eligible again at ``until`` (``None``: not a time)."""
+        table = self._stages.get(stage)
+        if table is None:
+            table = self._stages[stage] = {}
+            self._totals[stage] = {}
+        totals = self._totals[stage]
+        totals[reason] = totals.get(reason, 0) + count
+        slot = (key, reason)
+        entry = table.pop(slot, None)  # re-inserted below: the newest stays last
+        if entry is None:
+            entry = Suppression(stage, key, reason, at, until, count)
+            if len(table) >= self.max_keys:
+                del table[next(iter(table))]  # the least recently suppressed
+                self.evicted[stage] = self.evicted.get(stage, 0) + 1
+        else:
+            entry.count += count
+            entry.last_at = at
+            entry.eligible_at = until
+        table[slot] = entry
+
+    def entries(self, stage: str | None = None) -> list[Suppression]:
+        """The kept entries of ``stage`` (or of every stage), most recent first."""
+        stages = [stage] if stage is not None else list(self._stages)
+        found: list[Suppression] = []
+        for name in stages:
+            found.extend(reversed(list(self._stages.get(name, {}).values())))
+        if stage is None:
+            found.sort(key=lambda e: e.last_at, reverse=True)
+        return found
+
+    def totals(self, stage: str | None = None) -> dict[str, int]:
+        """Suppressed events per reason, of ``stage`` or summed over every stage."""
+        if stage is not None:
+            return dict(self._totals.get(stage, {}))
+        summed: dict[str, int] = {}
+        for per_reason in list(self._totals.values()):
+            for reason, n in list(per_reason.items()):
+                summed[reason] = summed.get(reason, 0) + n
+        return summed
+
+    def stages(self) -> list[str]:
+        """The stages that suppressed anything, in order of their first suppression."""
+        return list(self._stages)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Per stage: ``totals`` per reason, ``evicted`` and the kept ``entries``
+        (dicts, most recent first): what a status page shows."""
+        return {
+            stage: {
+                "totals": self.totals(stage),
+                "evicted": self.evicted.get(stage, 0),
+                "entries": [e.as_dict() for e in self.entries(stage)],
+            }
+            for stage in self.stages()
+        }
+
+    def clear(self, stage: str | None = None) -> None:
+        """Forget everything (or one stage's records)."""
+        if stage is None:
+            self._stages.clear()
+            self._totals.clear()
+            self.evicted.clear()
+        else:
+            self._stages.pop(stage, None)
+            self._totals.pop(stage, None)
+            self.evicted.pop(stage, None)
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in list(self._stages.values()))
+
+    def __repr__(self) -> str:
+        return f"<Suppressions stages={len(self._stages)} entries={len(self)}>"
+
+
 class PipelineContext:
     """Shared by the stages of one pipeline run.
 
     ``fail_fast`` turns a user function's exception into a pipeline failure
     instead of a dead letter: for tests that must not pass by accident.
+    ``suppressions`` is the table stages record held-back events in (a new
+    :class:`Suppressions` by default).
     """
 
     def __init__(
@@ -85,6 +250,7 @@ class PipelineContext:
         fail_fast: bool = False,
         on_failure: Callable[[BaseException, str | None], None] | None = None,
         clock: Callable[[], float] | None = None,
+        suppressions: Suppressions | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.scheduler = scheduler
@@ -94,6 +260,8 @@ class PipelineContext:
         self.fail_fast = fail_fast
         self._on_failure = on_failure
         self.metrics: dict[str, StageMetrics] = {}
+        #: Why stages held events back, per key (see :class:`Suppressions`).
+        self.suppressions = suppressions if suppressions is not None else Suppressions()
         if clock is not None:
             self.now = clock
         elif scheduler is not None and not _is_wall_clock(scheduler):

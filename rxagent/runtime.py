@@ -60,7 +60,12 @@ class PipelineState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PipelineStatus:
-    """A pipeline's state and counters at one moment."""
+    """A pipeline's state and counters at one moment.
+
+    ``suppressions`` says why stages held events back, per stage: ``totals`` per
+    reason, ``evicted`` and the most recent ``entries`` (key, reason, count,
+    first_at, last_at, eligible_at); see :class:`~rxagent.context.Suppressions`.
+    """
 
     name: str
     state: PipelineState
@@ -73,6 +78,7 @@ class PipelineStatus:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_at: float | None = None
     stopped_at: float | None = None
+    suppressions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,7 @@ class PipelineStatus:
             "sinks": self.sinks,
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
+            "suppressions": self.suppressions,
         }
 
 
@@ -418,6 +425,7 @@ class Pipeline:
             sinks={s.name: s.describe() for s in self._sinks},
             started_at=self._started_at,
             stopped_at=self._stopped_at,
+            suppressions={} if ctx is None else ctx.suppressions.as_dict(),
         )
 
     def __repr__(self) -> str:

@@ -11,7 +11,9 @@ Two parts, as everywhere in rxagent where time meets decisions:
   an inner operator) with a breaker. While the circuit is open, events are
   *failed fast*: sent to dead letters with the reason (``circuit 'x' open until
   ...``) and counted in the stage's ``extra["rejected"]``, instead of waiting on
-  something known to be down.
+  something known to be down. Each rejection is also recorded per event key in
+  the pipeline's ``ctx.suppressions`` (reason ``"circuit_open"``, eligible at
+  ``open_until``).
 
 The states::
 
@@ -495,6 +497,16 @@ def circuit_breaker(
                 extra = metrics.extra
                 extra["rejected"] = extra.get("rejected", 0) + len(rows)
                 error = the_breaker.rejection(now)
+                # "why didn't it fire?": per key, until the circuit lets trials through
+                keys = batch.keys
+                per_key: dict[Any, int] = {}
+                for i in rows:
+                    k = None if keys is None else keys[i]
+                    per_key[k] = per_key.get(k, 0) + 1
+                for k, count in per_key.items():
+                    ctx.suppressions.record(
+                        stage, k, "circuit_open", at=now, until=error.open_until, count=count
+                    )
                 for i in rows:
                     ctx.dead_letter(batch.event(i, take=True), stage, error)
 

@@ -36,6 +36,14 @@ then the stream completes (as RxJS's ``throttle`` and ``audit`` do), so the
 spacing and rate invariants hold to the end. ``debounce`` emits its held events
 at once: no later event can break the quiet any more.
 
+**Why didn't it fire?** Every event let go is also recorded, per key, in the
+pipeline's :class:`~rxagent.context.Suppressions` (``ctx.suppressions``) with a
+reason and when the key is eligible again: ``"throttled"`` (``throttle_*``: until
+the key's interval ends), ``"debounced"`` (until the quiet period would end),
+``"sampled"`` (until the next sample) and ``"rate_limited"`` (``rate_limit`` with
+``policy="drop"``: until the key's oldest emission leaves the window). One record
+per key and batch, only when something was let go.
+
 **Errors and disposal** forget the held events *without ending them*: they
 were never processed, so the commit watermark must not pass them, and a
 restarted pipeline reads them again.
@@ -291,8 +299,9 @@ class _Timed(_HoldingHandler):
                 out.sort()  # arrival order across keys
                 emit(batch.take(out))
 
-    def keep_latest(self, key: Hashable, batch: Batch, row: int) -> None:
+    def keep_latest(self, key: Hashable, batch: Batch, row: int) -> int:
         """Hold ``row`` as the latest event of ``key``; the one it replaces is dropped.
+        Returns how many held events were replaced (0 or 1).
 
         The pending table stays in order of last arrival (what ``sample`` and the
         debounce flush emit in)."""
@@ -300,9 +309,10 @@ class _Timed(_HoldingHandler):
         self.pending[key] = batch.event(row, take=True)
         if old is None:
             self.held += 1
-        else:
-            old.end()
-            batch.ctx.stage(self.stage).dropped += 1
+            return 0
+        old.end()
+        batch.ctx.stage(self.stage).dropped += 1
+        return 1
 
     def send(self, events: list[Event], now: float) -> None:
         """Emit held events (their holds move to the emitted rows)."""
@@ -453,11 +463,17 @@ class _ThrottleFirst(_Timed):
         n = len(batch.values)
         mask = bytearray(n)
         out = 0
+        record = batch.ctx.suppressions.record
         for key, rows in groups.items():
-            if until.get(key, -math.inf) <= now:
+            end = until.get(key, -math.inf)
+            let_go = len(rows)
+            if end <= now:
                 mask[rows[0]] = 1
                 out += 1
-                until[key] = self.after(now)
+                let_go -= 1
+                end = until[key] = self.after(now)
+            if let_go:
+                record(self.stage, key, "throttled", at=now, until=end, count=let_go)
         metrics = batch.ctx.stage(self.stage)
         metrics.dropped += n - out
         if out:
@@ -500,11 +516,16 @@ class _ThrottleLast(_Timed):
     def on_batch(self, batch: Batch, emit: Emit) -> None:
         batch, groups, now = self.begin(batch)
         drop: list[int] = []
+        record = batch.ctx.suppressions.record
         for key, rows in groups.items():
             drop.extend(rows[:-1])
-            self.keep_latest(key, batch, rows[-1])
-            if key not in self.due:  # the key's interval starts with this batch
-                self.set_due(key, self.after(now))
+            let_go = len(rows) - 1 + self.keep_latest(key, batch, rows[-1])
+            end = self.due.get(key)
+            if end is None:  # the key's interval starts with this batch
+                end = self.after(now)
+                self.set_due(key, end)
+            if let_go:
+                record(self.stage, key, "throttled", at=now, until=end, count=let_go)
         self.finish(batch, [], drop, emit)
 
 
@@ -556,8 +577,12 @@ class _ThrottleLatest(_Timed):
                 first = 1
             if len(rows) > first:  # the latest trails at the interval's end
                 drop.extend(rows[first:-1])
-                self.keep_latest(key, batch, rows[-1])
+                let_go = len(rows) - first - 1 + self.keep_latest(key, batch, rows[-1])
                 self.set_due(key, end)
+                if let_go:
+                    batch.ctx.suppressions.record(
+                        self.stage, key, "throttled", at=now, until=end, count=let_go
+                    )
         self.finish(batch, out, drop, emit)
         pending = self.pending
         self.sweep_at = _sweep(until, lambda k, end: end <= now and k not in pending, self.sweep_at)
@@ -603,10 +628,13 @@ class _Debounce(_Timed):
         batch, groups, now = self.begin(batch)
         drop: list[int] = []
         at = self.after(now)
+        record = batch.ctx.suppressions.record
         for key, rows in groups.items():
             drop.extend(rows[:-1])
-            self.keep_latest(key, batch, rows[-1])
+            let_go = len(rows) - 1 + self.keep_latest(key, batch, rows[-1])
             self.set_due(key, at)
+            if let_go:
+                record(self.stage, key, "debounced", at=now, until=at, count=let_go)
         self.finish(batch, [], drop, emit)
 
     def source_completed(self, complete: Callable[[], None]) -> None:
@@ -651,12 +679,17 @@ class _Sample(_Timed):
     def on_batch(self, batch: Batch, emit: Emit) -> None:
         batch, groups, now = self.begin(batch)
         drop: list[int] = []
+        tick = self.due.get(_TICK)
+        if tick is None and groups:
+            tick = self.next_tick(now)
+            self.set_due(_TICK, tick)
+        record = batch.ctx.suppressions.record
         for key, rows in groups.items():
             drop.extend(rows[:-1])
-            self.keep_latest(key, batch, rows[-1])
+            let_go = len(rows) - 1 + self.keep_latest(key, batch, rows[-1])
+            if let_go:
+                record(self.stage, key, "sampled", at=now, until=tick, count=let_go)
         self.finish(batch, [], drop, emit)
-        if self.pending and _TICK not in self.due:
-            self.set_due(_TICK, self.next_tick(now))
 
     def next_tick(self, now: float) -> float:
         """The first multiple of the interval strictly after ``now``."""
@@ -761,6 +794,14 @@ class _RateLimit(_Timed):
                 rest = rows[free:]
                 if not self.delay:
                     drop.extend(rest)
+                    batch.ctx.suppressions.record(
+                        self.stage,
+                        key,
+                        "rate_limited",
+                        at=now,
+                        until=log.entries[0][0],
+                        count=len(rest),
+                    )
                     continue
                 queue = queues[key] = deque()
                 self.set_due(key, log.entries[0][0])

@@ -14,6 +14,16 @@ Every activation ends in exactly one :class:`ToolResult` on :attr:`ToolSink.resu
 (an Rx observable), so a pipeline can react to what its tools did; failures
 after the retries are also dead letters, with the reason.
 
+Why didn't it fire? Every activation held back (``"cooldown"``, ``"busy"``
+under ``drop_while_busy``, ``"replaced"`` under ``latest``, ``"circuit_open"``
+when a ``breaker`` guards the tool) is recorded per key in the pipeline's
+:class:`~rxagent.context.Suppressions`; :meth:`ToolSink.suppressions` lists the
+sink's records with when each key is eligible again.
+
+Dry run: ``dry_run=True`` records each activation the sink would make
+(:attr:`ToolSink.recorded`) instead of calling the tool; policies, cooldown and
+concurrency apply as usual, each call taking no time.
+
 Tasks: each started call is one asyncio task, tracked until it is done. Calls
 waiting for a slot or for their key are plain queue entries, not tasks, so a
 backlog costs no tasks. :meth:`ToolSink.drain` waits for all of them;
@@ -38,15 +48,16 @@ from reactivex import Observable
 from reactivex.subject import Subject
 
 from ..backoff import Backoff
-from ..context import PipelineContext
+from ..context import PipelineContext, json_key
 from ..events import Batch, Event
 from ..exceptions import ConfigurationError, StageError, ToolError, ToolTimeoutError
+from ..operators.circuit import CircuitBreaker
 from ..operators.transform import to_key_function
 from ..tools.policy import POLICIES, ActivationPolicy, Decision, decide
 from ..tools.tool import Tool
 from .base import Sink
 
-__all__ = ["ToolResult", "ToolSink", "ToolStatus", "activate"]
+__all__ = ["RecordedActivation", "ToolResult", "ToolSink", "ToolStatus", "activate"]
 
 log = logging.getLogger("rxagent")
 
@@ -54,6 +65,8 @@ log = logging.getLogger("rxagent")
 _CLOSE_TIMEOUT = 5.0
 #: Sweep idle per-key bookkeeping after this many activations (cooldown keeps keys).
 _SWEEP_EVERY = 1024
+#: Default bound of :attr:`ToolSink.recorded` in dry-run mode.
+_MAX_RECORDED = 10_000
 
 
 class ToolStatus(enum.StrEnum):
@@ -73,7 +86,8 @@ class ToolResult:
     ``attempts`` counts the calls made (0 when never called); ``duration`` the
     seconds from the first call's start to the end; ``reason`` says why an
     activation was dropped or cancelled (``"busy"``, ``"cooldown"``,
-    ``"replaced"``, ``"closed"``) or that its arguments were ``"invalid"``.
+    ``"circuit_open"``, ``"replaced"``, ``"closed"``), that its arguments were
+    ``"invalid"``, or (status ok) that it was only recorded (``"dry_run"``).
     ``event`` is the activating event (already ended: its hold is released).
     """
 
@@ -92,6 +106,39 @@ class ToolResult:
         return self.status is ToolStatus.OK
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedActivation:
+    """What a dry-run sink did with one event: ``fired`` (the tool would have been
+    called with ``arguments`` at ``at``, the pipeline clock's seconds) or not,
+    with the ``reason`` (``"cooldown"``, ``"busy"``, ``"replaced"``,
+    ``"circuit_open"``) and when the key was eligible again (``eligible_at``,
+    ``None`` when that is not a time)."""
+
+    tool: str
+    sink: str
+    key: Hashable
+    fired: bool
+    at: float
+    arguments: dict[str, Any]
+    reason: str | None = None
+    eligible_at: float | None = None
+    event_time: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return {
+            "tool": self.tool,
+            "sink": self.sink,
+            "key": json_key(self.key),
+            "fired": self.fired,
+            "at": self.at,
+            "arguments": self.arguments,
+            "reason": self.reason,
+            "eligible_at": self.eligible_at,
+            "event_time": self.event_time,
+        }
+
+
 class _Activation:
     """One accepted event on its way through the sink."""
 
@@ -102,6 +149,7 @@ class _Activation:
         "ctx",
         "ended",
         "event",
+        "guarded",
         "key",
         "started",
         "task",
@@ -117,6 +165,7 @@ class _Activation:
         self.attempts = 0
         self.ended = False
         self.cancel_reason: str | None = None
+        self.guarded = False  # allowed by the sink's breaker: report the outcome to it
 
 
 class _KeyState:
@@ -156,6 +205,12 @@ class ToolSink(Sink):
     - ``concurrency``: most calls running at once, across keys.
     - ``timeout``: seconds per attempt (:class:`ToolTimeoutError` when exceeded).
     - ``retry``: a :class:`Backoff` for failed attempts; ``None`` calls once.
+    - ``breaker``: a :class:`~rxagent.operators.CircuitBreaker` asked when an
+      event arrives (after the policy): while it refuses, events are dropped
+      (reason ``"circuit_open"``); each call's final outcome (after retries) is
+      reported to it. Its clock is its own if it has one, else the pipeline's.
+    - ``dry_run``: record activations (:attr:`recorded`, at most
+      ``max_recorded``) instead of calling the tool.
 
     Example::
 
@@ -179,6 +234,9 @@ class ToolSink(Sink):
         concurrency: int = 8,
         timeout: float | None = None,
         retry: Backoff | None = None,
+        breaker: CircuitBreaker | None = None,
+        dry_run: bool = False,
+        max_recorded: int = _MAX_RECORDED,
         name: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -204,6 +262,14 @@ class ToolSink(Sink):
             raise ConfigurationError(f"{where}: cooldown must be >= 0 seconds, got {cooldown!r}")
         if retry is not None and not isinstance(retry, Backoff):
             raise ConfigurationError(f"{where}: retry must be a Backoff or None, got {retry!r}")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(
+                f"{where}: breaker must be a CircuitBreaker or None, got {breaker!r}"
+            )
+        if isinstance(max_recorded, bool) or not isinstance(max_recorded, int) or max_recorded < 0:
+            raise ConfigurationError(
+                f"{where}: max_recorded must be an int >= 0, got {max_recorded!r}"
+            )
         self.args_fn = args
         self.event_args_fn = event_args
         self.key_fn = None if key is None else to_key_function(key)
@@ -212,6 +278,14 @@ class ToolSink(Sink):
         self.concurrency = concurrency
         self.timeout = timeout
         self.retry = retry
+        self.breaker = breaker
+        #: Record activations instead of calling the tool (set before the pipeline starts).
+        self.dry_run = bool(dry_run)
+        self.max_recorded = max_recorded
+        #: Dry run: what the sink did with each event, up to ``max_recorded``.
+        self.recorded: list[RecordedActivation] = []
+        #: Dry run: records not kept because ``recorded`` was full.
+        self.recorded_overflow = 0
         self._rng = rng if rng is not None else random.Random()
         self._results: Subject[ToolResult] = Subject()
         self._keys: dict[Hashable, _KeyState] = {}
@@ -243,8 +317,23 @@ class ToolSink(Sink):
         """Accepted activations waiting for their key or for a slot."""
         return self._waiting
 
+    def suppressions(self) -> list[dict[str, Any]]:
+        """Why this sink did not fire, per key: one dict per key and reason with
+        ``key``, ``reason`` (``"cooldown"``, ``"busy"``, ``"replaced"``,
+        ``"circuit_open"``), ``count``, ``first_at``, ``last_at`` and
+        ``eligible_at`` (the pipeline clock's seconds; ``None`` when the key waits
+        for something other than time), most recent first. Empty before the
+        sink's pipeline started. The table keeps the most recently suppressed keys
+        only (:class:`~rxagent.context.Suppressions`)."""
+        if self.ctx is None:
+            return []
+        return [
+            {k: v for k, v in e.as_dict().items() if k != "stage"}
+            for e in self.ctx.suppressions.entries(self.name)
+        ]
+
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "kind": self.kind,
             "name": self.name,
             "tool": self.tool.name,
@@ -256,6 +345,13 @@ class ToolSink(Sink):
             "running": self._running,
             "queued": self._waiting,
         }
+        if self.breaker is not None:
+            described["breaker"] = self.breaker.describe()
+        if self.dry_run:
+            described["dry_run"] = True
+        if self.ctx is not None:
+            described["suppressed"] = self.ctx.suppressions.totals(self.name)
+        return described
 
     # -- receiving events ------------------------------------------------------------
 
@@ -331,18 +427,23 @@ class ToolSink(Sink):
             cooldown=self.cooldown,
         )
         if decision is Decision.DROP_BUSY or decision is Decision.DROP_COOLDOWN:
-            reason = "busy" if decision is Decision.DROP_BUSY else "cooldown"
-            metrics = ctx.stage(self.name)
-            metrics.dropped += 1
-            _bump(metrics.extra, f"dropped_{reason}")
-            self._emit(
-                ToolResult(self.tool.name, key, ToolStatus.DROPPED, event=event, reason=reason)
-            )
-            event.end()
-            self._forget_if_idle(key, state)
+            if decision is Decision.DROP_BUSY:
+                self._drop(ctx, event, key, model, state, now, "busy", None)
+            else:
+                assert state.last_activation is not None
+                assert self.cooldown is not None
+                until = state.last_activation + self.cooldown
+                self._drop(ctx, event, key, model, state, now, "cooldown", until)
             return
+        breaker = self.breaker
+        if breaker is not None:
+            at = now if breaker.clock is None else None
+            if not breaker.allow(at):
+                self._drop(ctx, event, key, model, state, now, "circuit_open", breaker.open_until)
+                return
         state.last_activation = now
         activation = _Activation(event, key, model, ctx)
+        activation.guarded = breaker is not None
         if decision is Decision.QUEUE:
             state.backlog.append(activation)
             self._waiting += 1
@@ -352,6 +453,57 @@ class ToolSink(Sink):
                 self._cancel(old, "replaced")
         self._admit(state, activation)
         self._sweep(now)
+
+    def _drop(
+        self,
+        ctx: PipelineContext,
+        event: Event,
+        key: Hashable,
+        model: BaseModel,
+        state: _KeyState,
+        now: float,
+        reason: str,
+        until: float | None,
+    ) -> None:
+        """Do not activate: count, record why (and, in a dry run, what), end the event."""
+        metrics = ctx.stage(self.name)
+        metrics.dropped += 1
+        _bump(metrics.extra, f"dropped_{reason}")
+        ctx.suppressions.record(self.name, key, reason, at=now, until=until)
+        if self.dry_run:
+            self._record(event, key, model, now, fired=False, reason=reason, until=until)
+        self._emit(ToolResult(self.tool.name, key, ToolStatus.DROPPED, event=event, reason=reason))
+        event.end()
+        self._forget_if_idle(key, state)
+
+    def _record(
+        self,
+        event: Event,
+        key: Hashable,
+        args: BaseModel,
+        at: float,
+        *,
+        fired: bool,
+        reason: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Keep a dry-run record, within ``max_recorded``."""
+        if len(self.recorded) >= self.max_recorded:
+            self.recorded_overflow += 1
+            return
+        self.recorded.append(
+            RecordedActivation(
+                self.tool.name,
+                self.name,
+                key,
+                fired,
+                at,
+                args.model_dump(mode="json"),
+                reason,
+                until,
+                event.time,
+            )
+        )
 
     # -- running calls -----------------------------------------------------------------
 
@@ -376,6 +528,11 @@ class ToolSink(Sink):
         """The call with its timeout and retries. Cancellation propagates."""
         loop = asyncio.get_running_loop()
         tool = self.tool
+        if self.dry_run:  # record what would be called, call nothing
+            activation.attempts = 1
+            ctx = activation.ctx
+            self._record(activation.event, activation.key, activation.args, ctx.now(), fired=True)
+            return _Outcome()
         first = loop.time()
         while True:
             activation.attempts += 1
@@ -437,6 +594,13 @@ class ToolSink(Sink):
         ctx = activation.ctx
         duration = self._duration(activation)
         error = outcome.error
+        breaker = self.breaker
+        if breaker is not None and activation.guarded:
+            at = ctx.now() if breaker.clock is None else None
+            if error is None:
+                breaker.record_success(at)
+            else:
+                breaker.record_failure(at, error)
         if error is None:
             ctx.stage(self.name).events_out += 1
             self._emit(
@@ -448,6 +612,7 @@ class ToolSink(Sink):
                     attempts=activation.attempts,
                     duration=duration,
                     event=activation.event,
+                    reason="dry_run" if self.dry_run else None,
                 )
             )
             activation.event.end()
@@ -474,6 +639,8 @@ class ToolSink(Sink):
             return
         activation.ended = True
         ctx = activation.ctx
+        if self.breaker is not None and activation.guarded:
+            self.breaker.release()  # no verdict: free a half-open trial slot
         metrics = ctx.stage(self.name)
         _bump(metrics.extra, "cancelled")
         error = ToolError(
@@ -507,6 +674,19 @@ class ToolSink(Sink):
         if activation.ended or activation.cancel_reason is not None:
             return
         activation.cancel_reason = reason
+        if reason == "replaced":  # the policy chose to lose it: say so, per key
+            ctx = activation.ctx
+            now = ctx.now()
+            ctx.suppressions.record(self.name, activation.key, reason, at=now)
+            if self.dry_run:
+                self._record(
+                    activation.event,
+                    activation.key,
+                    activation.args,
+                    now,
+                    fired=False,
+                    reason=reason,
+                )
         if activation.task is not None:
             activation.task.cancel()  # _on_done finishes it
             return

@@ -459,3 +459,11 @@ def test_the_operator_never_calls_while_open_and_accounts_for_every_event(
     assert sorted(called + rejected) == list(range(len(outcomes))), "called or rejected, once"
     assert result.values == [i for i in called if outcomes[i]]
     assert result.flow.pending == 0
+
+
+def test_rejections_are_recorded_as_suppressions_until_the_circuit_half_opens() -> None:
+    op = circuit_breaker(fetch, failure_threshold=2, reset_timeout=0.005, name="quotes")
+    result = run_marbles(op, "-a-b-c-d-------e-|")
+    [entry] = result.ctx.suppressions.entries("quotes")
+    assert (entry.key, entry.reason, entry.count) == (None, "circuit_open", 2)
+    assert (round(entry.last_at * 1000), entry.eligible_at) == (7, pytest.approx(0.008))

@@ -19,6 +19,7 @@ from rxagent import ConfigurationError
 from rxagent.context import PipelineContext
 from rxagent.events import Batch
 from rxagent.flow import Flow
+from rxagent.operators.base import Operator
 from rxagent.operators.throttle import (
     debounce,
     rate_limit,
@@ -491,3 +492,120 @@ def test_a_deadline_set_on_a_timer_does_not_hide_an_earlier_one() -> None:
         rate_limit(1, 2.0), [(0, 0, "a"), (0, 1, "a"), (0, 2, "a"), (1, 3, "b"), (1, 4, "b")]
     )
     assert got == {"a": [(0, 0), (2, 1), (4, 2)], "b": [(1, 3), (3, 4)]}
+
+
+# -- why didn't it fire: suppressions per key ---------------------------------------------
+
+
+def _suppressed(run: Any, stage: str) -> list[tuple[Any, str, int, float, float | None]]:
+    return [
+        (
+            e.key,
+            e.reason,
+            e.count,
+            round(e.last_at / F),
+            None if e.eligible_at is None else round(e.eligible_at / F),
+        )
+        for e in run.ctx.suppressions.entries(stage)
+    ]
+
+
+def test_throttle_first_records_throttled_keys_with_the_end_of_their_interval() -> None:
+    run = assert_marbles(throttle_first(3 * F), "-a-b-c-d-e-|", "-a---c---e-|")
+    # b (frame 3) and d (frame 7) were let go; the key is eligible at frame 4, then 8
+    assert _suppressed(run, "throttle_first") == [(None, "throttled", 2, 7, 8)]
+    assert run.ctx.suppressions.totals("throttle_first") == {"throttled": 2}
+
+
+def test_throttle_first_records_per_key() -> None:
+    run = run_marbles(throttle_first(3 * F), "-aAbB-cC-|", keys=str.isupper)
+    assert sorted(_suppressed(run, "throttle_first"), key=repr) == [
+        (False, "throttled", 1, 3, 4),
+        (True, "throttled", 1, 4, 5),
+    ]
+
+
+def test_nothing_let_go_records_nothing() -> None:
+    run = assert_marbles(throttle_first(2 * F), "a-b-c|", "a-b-c|")
+    assert run.ctx.suppressions.entries() == []
+    assert run.ctx.suppressions.as_dict() == {}
+
+
+@pytest.mark.parametrize(
+    ("operator", "source", "reason", "expected"),
+    [
+        # a (frame 1) is held; b (frame 2) replaces it: a is let go
+        (throttle_last(3 * F), "-ab-----|", "throttled", (None, 1, 2, 4)),
+        # a leads, b is held, c (frame 3) replaces b; the interval ends at 5
+        (throttle_latest(4 * F), "-abc----|", "throttled", (None, 1, 3, 5)),
+        (debounce(3 * F), "-ab-----|", "debounced", (None, 1, 2, 5)),
+        (sample(4 * F), "-ab-----|", "sampled", (None, 1, 2, 4)),
+    ],
+)
+def test_holding_operators_record_the_replaced_events(
+    operator: Operator, source: str, reason: str, expected: tuple[Any, int, int, int]
+) -> None:
+    run = run_marbles(operator, source)
+    [entry] = run.ctx.suppressions.entries(operator.kind)
+    assert entry.reason == reason
+    assert entry.eligible_at is not None
+    got = (entry.key, entry.count, round(entry.last_at / F), round(entry.eligible_at / F))
+    assert got == expected
+
+
+def test_rate_limit_drop_records_when_the_key_has_room_again() -> None:
+    run = assert_marbles(rate_limit(2, 4 * F, "drop"), "-(abc)--d---|", "-(ab)---d---|")
+    [entry] = run.ctx.suppressions.entries("rate_limit")
+    assert (entry.reason, entry.count, round(entry.last_at / F), round(entry.eligible_at / F)) == (
+        "rate_limited",
+        1,
+        1,
+        5,
+    )
+
+
+def test_rate_limit_delay_suppresses_nothing() -> None:
+    run = run_marbles(rate_limit(2, 4 * F), "-(abc)--d---|")
+    assert run.ctx.suppressions.entries() == []
+
+
+def test_suppressions_keep_the_most_recent_keys_and_count_all() -> None:
+    from rxagent.context import Suppressions
+
+    table = Suppressions(max_keys=3)
+    for i in range(10):
+        table.record("s", f"k{i}", "throttled", at=float(i), until=i + 1.0)
+    table.record("s", "k8", "throttled", at=20.0, until=21.0, count=2)
+    assert [e.key for e in table.entries("s")] == ["k8", "k9", "k7"]
+    assert table.entries("s")[0].count == 3
+    assert table.entries("s")[0].first_at == 8.0
+    assert table.totals("s") == {"throttled": 12}
+    assert table.evicted == {"s": 7}
+    assert table.as_dict()["s"]["entries"][0] == {
+        "stage": "s",
+        "key": "k8",
+        "reason": "throttled",
+        "count": 3,
+        "first_at": 8.0,
+        "last_at": 20.0,
+        "eligible_at": 21.0,
+    }
+    table.record("s", ("tuple", 1), "debounced", at=30.0)
+    assert table.as_dict()["s"]["entries"][0]["key"] == "('tuple', 1)"
+    with pytest.raises(ConfigurationError, match="max_keys"):
+        Suppressions(max_keys=0)
+
+
+def test_high_cardinality_keys_stay_bounded_in_a_pipeline() -> None:
+    values = {c: {"k": c} for c in "abcdefghij"}
+    run = run_marbles(throttle_first(50 * F, key="k"), "-(abcdefghij)-(abcdefghij)-|", values)
+    table = run.ctx.suppressions
+    assert table.totals("throttle_first") == {"throttled": 10}
+    assert len(table.entries("throttle_first")) == 10
+    small = PipelineContext("p")
+    from rxagent.context import Suppressions
+
+    small.suppressions = Suppressions(max_keys=4)
+    for i in range(100):
+        small.suppressions.record("throttle_first", i, "throttled", at=0.0)
+    assert len(small.suppressions) == 4

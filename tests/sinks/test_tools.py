@@ -15,6 +15,7 @@ from reactivex.testing import TestScheduler
 
 from rxagent import Backoff, Pipeline, PipelineError, sources
 from rxagent.exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError
+from rxagent.operators.circuit import CircuitBreaker
 from rxagent.sinks import MemoryDeadLetters, ToolResult, ToolSink, ToolStatus, activate
 from rxagent.sources.memory import PushSource
 from rxagent.tools import Tool, tool
@@ -666,3 +667,98 @@ async def test_per_key_bookkeeping_stays_bounded_with_many_keys() -> None:
     # kept for their cooldown, swept every 1024 activations; keys busy at a sweep
     # (at most the credit) stay: 3000 keys without the sweep
     assert len(cooled._keys) <= 1024 + 256
+
+
+# -- why didn't it fire: suppressions ---------------------------------------------------------
+
+
+async def test_cooldown_suppressions_say_when_the_key_is_eligible_again() -> None:
+    scheduler = TestScheduler()
+    sink = ToolSink(double, key=lambda v: v["k"], args=lambda v: {"n": v["n"]}, cooldown=1.0)
+    assert sink.suppressions() == []  # not started yet
+    rec = Recorder(sink)
+    source = sources.push(credit=16)
+    p = Pipeline("cooldown", source).to(sink)
+    await p.start(scheduler=scheduler)
+
+    async def send(k: str, n: int) -> None:
+        before = len(rec.results)
+        source.push({"k": k, "n": n})
+        await until(lambda: len(rec.results) > before)
+
+    await send("a", 1)  # t=0: activated
+    scheduler.advance_to(0.25)
+    await send("a", 2)  # in cooldown until 1.0
+    scheduler.advance_to(0.5)
+    await send("a", 3)  # again
+    source.complete()
+    status = await p.wait()
+    assert sink.suppressions() == [
+        {
+            "key": "a",
+            "reason": "cooldown",
+            "count": 2,
+            "first_at": 0.25,
+            "last_at": 0.5,
+            "eligible_at": 1.0,
+        }
+    ]
+    shown = status.as_dict()["suppressions"]["tool:double"]
+    assert shown["totals"] == {"cooldown": 2}
+    assert shown["entries"][0]["eligible_at"] == 1.0
+    assert sink.describe()["suppressed"] == {"cooldown": 2}
+
+
+async def test_busy_and_replaced_activations_are_recorded_per_key() -> None:
+    log: list[tuple[str, str, int]] = []
+    busy = ToolSink(_tracking_tool(log, 5 * MS), key="key", policy="drop_while_busy")
+    items = [{"key": "a", "n": n} for n in range(3)] + [{"key": "b", "n": 3}]
+    await pipeline(items, busy).run()
+    assert [(s["key"], s["reason"], s["count"], s["eligible_at"]) for s in busy.suppressions()] == [
+        ("a", "busy", 2, None)
+    ]
+    latest = ToolSink(_tracking_tool(log, MS), key="key", policy="latest", name="latest")
+    await pipeline([{"key": k, "n": n} for n, k in enumerate("aaab")], latest).run()
+    assert [(s["key"], s["reason"], s["count"]) for s in latest.suppressions()] == [
+        ("a", "replaced", 2)
+    ]
+
+
+async def test_a_breaker_guarding_the_sink_drops_while_open_and_says_until_when() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker("api", failure_threshold=1, reset_timeout=10, clock=lambda: now[0])
+
+    @tool
+    async def flaky(n: int) -> int:
+        if n == 0:
+            raise ConnectionError("down")
+        return n
+
+    sink = ToolSink(flaky, args=lambda v: {"n": v}, breaker=breaker, concurrency=1)
+    rec = Recorder(sink)
+    source = sources.push(credit=16)
+    p = Pipeline("guarded", source).to(sink)
+    await p.start()
+    source.push(0)
+    await until(lambda: len(rec.results) == 1)
+    assert breaker.state == "open"
+    source.push(1)  # refused: the circuit is open until t=10
+    await until(lambda: len(rec.results) == 2)
+    now[0] = 10.0  # half-open: one trial
+    source.push(2)
+    source.complete()
+    await p.wait()
+    assert [(r.status, r.reason) for r in rec.results] == [
+        (ToolStatus.ERROR, None),
+        (ToolStatus.DROPPED, "circuit_open"),
+        (ToolStatus.OK, None),
+    ]
+    assert breaker.state == "closed"
+    [entry] = sink.suppressions()
+    assert (entry["reason"], entry["count"], entry["eligible_at"]) == ("circuit_open", 1, 10.0)
+    assert sink.describe()["breaker"]["name"] == "api"
+
+
+def test_a_breaker_must_be_a_circuit_breaker() -> None:
+    with pytest.raises(ConfigurationError, match="breaker must be a CircuitBreaker"):
+        ToolSink(double, breaker="api")  # type: ignore[arg-type]
