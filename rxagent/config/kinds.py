@@ -160,12 +160,18 @@ class StageParams(Params):
 class BackoffParams(Params):
     """Exponential backoff with jitter (rxagent.Backoff)."""
 
-    initial: Duration = 0.1
-    factor: float = Field(2.0, ge=1)
-    max_delay: Duration = 30.0
-    jitter: Literal["full", "equal", "none"] = "full"
-    max_attempts: int | None = Field(3, ge=1)
-    max_elapsed: Duration | None = None
+    initial: Duration = Field(0.1, description="the first delay")
+    factor: float = Field(2.0, ge=1, description="each delay is the previous one times this")
+    max_delay: Duration = Field(30.0, description="the longest delay")
+    jitter: Literal["full", "equal", "none"] = Field(
+        "full", description="randomize delays: full (0..delay), equal (delay/2..delay) or none"
+    )
+    max_attempts: int | None = Field(
+        3, ge=1, description="give up after this many attempts (null: never)"
+    )
+    max_elapsed: Duration | None = Field(
+        None, description="give up this long after the first failure (null: never)"
+    )
 
     def build(self) -> Backoff:
         return Backoff(
@@ -190,8 +196,8 @@ class SourceParams(Params):
 class MemoryParams(SourceParams):
     """Events from a list written in the file (examples, tests)."""
 
-    items: list[Any]
-    key: FieldOrExpr | None = None
+    items: list[Any] = Field(description="the events' values, in order")
+    key: FieldOrExpr | None = Field(None, description="each event's key (default: none)")
 
 
 def _memory(p: MemoryParams, ctx: BuildContext) -> Any:
@@ -209,10 +215,14 @@ def _memory(p: MemoryParams, ctx: BuildContext) -> Any:
 class ReplayParams(SourceParams):
     """Events of a JSONL recording (made by the ``record`` sink)."""
 
-    path: str
+    path: str = Field(description="the recording (JSONL), relative to the pipeline file")
     speed: float | None = Field(None, gt=0, description="1.0 = recorded pace; null = fast")
-    virtual: bool = False
-    on_error: Literal["raise", "dead_letter"] = "raise"
+    virtual: bool = Field(
+        False, description="schedule the events on the pipeline's scheduler (virtual time in tests)"
+    )
+    on_error: Literal["raise", "dead_letter"] = Field(
+        "raise", description="an unreadable line stops the replay (raise) or is a dead letter"
+    )
 
 
 def _replay(p: ReplayParams, ctx: BuildContext) -> Any:
@@ -232,9 +242,13 @@ def _replay(p: ReplayParams, ctx: BuildContext) -> Any:
 class OverflowParams(Params):
     """A lossy policy: read as fast as the server sends; drop by the policy."""
 
-    policy: Literal["latest", "drop_oldest", "drop_newest"]
-    capacity: int = Field(1024, ge=1)
-    key: FieldOrExpr | None = None
+    policy: Literal["latest", "drop_oldest", "drop_newest"] = Field(
+        description="latest: the newest per key; drop_oldest / drop_newest: a bounded queue"
+    )
+    capacity: int = Field(1024, ge=1, description="most messages (latest: keys) waiting for credit")
+    key: FieldOrExpr | None = Field(
+        None, description="groups messages for latest (default: the event's key)"
+    )
 
 
 class WebSocketParams(SourceParams):
@@ -247,22 +261,40 @@ class WebSocketParams(SourceParams):
         "is replaced by the last sequence number seen",
     )
     sequence: FieldOrExpr | None = Field(None, description="the sequence number of a value")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="HTTP headers of the opening handshake (secrets: ${VAR})"
+    )
     token: str | None = Field(None, description="a token sent on every connect (use ${VAR})")
-    token_header: str = "Authorization"
-    token_prefix: str = "Bearer "
-    decode: Literal["json", "text", "bytes", "raw"] = "json"
+    token_header: str = Field("Authorization", description="the header the token is sent in")
+    token_prefix: str = Field("Bearer ", description="put before the token in its header")
+    decode: Literal["json", "text", "bytes", "raw"] = Field(
+        "json", description="json, text, bytes, or raw (str or bytes as received)"
+    )
     model: PythonRef | None = Field(None, description="a pydantic model validating each value")
-    ping_interval: Duration | None = 20.0
-    ping_timeout: Duration | None = 20.0
-    compression: Literal["deflate"] | None = None
-    max_size: int | None = Field(1 << 20, ge=1)
-    max_queue: int = Field(64, ge=1)
-    open_timeout: Duration | None = 10.0
-    close_timeout: Duration | None = 5.0
-    backoff: BackoffParams | None = None
-    stable_after: Duration = 5.0
-    overflow: OverflowParams | None = None
+    ping_interval: Duration | None = Field(
+        20.0, description="keepalive ping every this long (null: none)"
+    )
+    ping_timeout: Duration | None = Field(
+        20.0, description="close the connection when a ping is not answered in this long"
+    )
+    compression: Literal["deflate"] | None = Field(None, description="per-message deflate, or null")
+    max_size: int | None = Field(
+        1 << 20, ge=1, description="largest message in bytes (null: no limit)"
+    )
+    max_queue: int = Field(64, ge=1, description="frames buffered before the client stops reading")
+    open_timeout: Duration | None = Field(
+        10.0, description="longest wait for the opening handshake"
+    )
+    close_timeout: Duration | None = Field(
+        5.0, description="longest wait for the closing handshake"
+    )
+    backoff: BackoffParams | None = Field(
+        None, description="reconnect delays (default: 0.5 s doubling to 30 s, never giving up)"
+    )
+    stable_after: Duration = Field(5.0, description="connected this long resets the attempt count")
+    overflow: OverflowParams | None = Field(
+        None, description="make the source lossy: never wait for credit, drop by the policy"
+    )
     ca_file: str | None = Field(None, description="CA bundle verifying the server (wss://)")
     cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
     key_file: str | None = Field(None, description="client certificate's key (mutual TLS)")
@@ -327,22 +359,39 @@ def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
 class KafkaParams(SourceParams):
     """Records of Kafka topics, committed at-least-once (docs/kafka.md)."""
 
-    topics: list[str] | str
-    bootstrap_servers: str
-    group_id: str
+    topics: list[str] | str = Field(description="a topic, or a list of topics")
+    bootstrap_servers: str = Field(description="host:port[,host:port...] (use ${VAR})")
+    group_id: str = Field(
+        description="the consumer group: its committed offsets, and the partitions shared"
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka settings passed through (secrets: ${VAR})"
     )
-    decode: Literal["json", "text", "bytes"] = "json"
-    model: PythonRef | None = None
-    key_decode: Literal["json", "text", "bytes"] = "text"
-    assign: bool = False
-    until_eof: bool = False
-    dead_letter_topic: str | None = None
-    batch_size: int = Field(1024, ge=1)
-    commit_interval: Duration = 1.0
-    revoke_timeout: Duration = 10.0
-    close_timeout: Duration = 10.0
+    decode: Literal["json", "text", "bytes"] = Field(
+        "json", description="how message values are decoded"
+    )
+    model: PythonRef | None = Field(None, description="a pydantic model validating each value")
+    key_decode: Literal["json", "text", "bytes"] = Field(
+        "text", description="how message keys are decoded (keys that are not UTF-8 stay bytes)"
+    )
+    assign: bool = Field(
+        False,
+        description="take every partition without a group rebalance (offsets still committed)",
+    )
+    until_eof: bool = Field(
+        False, description="end once every partition is read to its end (batch runs, tests)"
+    )
+    dead_letter_topic: str | None = Field(
+        None, description="also produce undecodable messages there, with the reason in headers"
+    )
+    batch_size: int = Field(1024, ge=1, description="most events per batch")
+    commit_interval: Duration = Field(1.0, description="commit the completed offsets this often")
+    revoke_timeout: Duration = Field(
+        10.0, description="on a rebalance, wait this long for revoked partitions' events"
+    )
+    close_timeout: Duration = Field(
+        10.0, description="on stop, wait this long for events in flight before the last commit"
+    )
 
 
 def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
@@ -468,8 +517,12 @@ def _tap(p: TapParams, ctx: BuildContext) -> Any:
 class DecodeParams(StageParams):
     """Decode text/bytes values (and validate with a pydantic model)."""
 
-    format: Literal["json", "text", "bytes", "python"] = "json"
-    model: PythonRef | None = None
+    format: Literal["json", "text", "bytes", "python"] = Field(
+        "json", description="json, text (UTF-8), bytes, or python (values already decoded)"
+    )
+    model: PythonRef | None = Field(
+        None, description="a pydantic model validating each decoded value"
+    )
 
 
 def _decode(p: DecodeParams, ctx: BuildContext) -> Any:
@@ -479,10 +532,14 @@ def _decode(p: DecodeParams, ctx: BuildContext) -> Any:
 class DedupParams(StageParams):
     """Drop events whose id was seen (within a horizon of ids or a ttl)."""
 
-    id: FieldOrExpr | None = None
-    key: FieldOrExpr | None = None
-    horizon: int | None = Field(None, ge=1)
-    ttl: Duration | None = None
+    id: FieldOrExpr | None = Field(None, description="the event's id (default: the value itself)")
+    key: FieldOrExpr | None = Field(
+        None, description="ids are unique per key (default: the event's key)"
+    )
+    horizon: int | None = Field(
+        None, ge=1, description="remember the last this many ids (give horizon, ttl or both)"
+    )
+    ttl: Duration | None = Field(None, description="remember each id this long")
 
 
 def _dedup(p: DedupParams, ctx: BuildContext) -> Any:
@@ -499,10 +556,16 @@ def _dedup(p: DedupParams, ctx: BuildContext) -> Any:
 class ReorderParams(StageParams):
     """Put events back in sequence order, waiting at most ``max_delay`` for a gap."""
 
-    seq: FieldOrExpr
-    max_delay: Duration
-    key: FieldOrExpr | None = None
-    start: int | None = None
+    seq: FieldOrExpr = Field(description="the event's sequence number (an int)")
+    max_delay: Duration = Field(
+        description="how long an event waits for the numbers before it (then a gap)"
+    )
+    key: FieldOrExpr | None = Field(
+        None, description="sequences are per key (default: the event's key)"
+    )
+    start: int | None = Field(
+        None, description="every key's first number (default: its first event's)"
+    )
 
 
 def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
@@ -520,10 +583,16 @@ def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
 class BufferParams(StageParams):
     """Decouple the source from slow stages: block (backpressure) or a lossy policy."""
 
-    capacity: int = Field(ge=1)
-    policy: Literal["block", "latest", "drop_oldest", "drop_newest"] = "block"
-    in_flight: int | None = Field(None, ge=1)
-    key: FieldOrExpr | None = None
+    capacity: int = Field(ge=1, description="most events waiting (latest: most keys)")
+    policy: Literal["block", "latest", "drop_oldest", "drop_newest"] = Field(
+        "block", description="block (backpressure, no loss), or a lossy policy"
+    )
+    in_flight: int | None = Field(
+        None, ge=1, description="most events downstream at once (default: capacity)"
+    )
+    key: FieldOrExpr | None = Field(
+        None, description="groups events for latest (default: the event's key)"
+    )
 
 
 def _buffer(p: BufferParams, ctx: BuildContext) -> Any:
@@ -540,8 +609,10 @@ def _buffer(p: BufferParams, ctx: BuildContext) -> Any:
 class ThrottleParams(StageParams):
     """At most one event per interval (per key when ``key`` is given, else per event key)."""
 
-    interval: Duration
-    key: FieldOrExpr | None = None
+    interval: Duration = Field(description="the throttle's period")
+    key: FieldOrExpr | None = Field(
+        None, description="throttle per this key (default: the event's key)"
+    )
 
 
 def _throttle(fn: Callable[..., Any]) -> Callable[[ThrottleParams, BuildContext], Any]:
@@ -559,10 +630,14 @@ def _throttle(fn: Callable[..., Any]) -> Callable[[ThrottleParams, BuildContext]
 class RateLimitParams(StageParams):
     """At most ``n`` events per interval; ``delay`` the rest or ``drop`` them."""
 
-    n: int = Field(ge=1)
-    interval: Duration
-    policy: Literal["delay", "drop"] = "delay"
-    key: FieldOrExpr | None = None
+    n: int = Field(ge=1, description="most events per interval, per key")
+    interval: Duration = Field(description="the sliding window the limit applies to")
+    policy: Literal["delay", "drop"] = Field(
+        "delay", description="delay the excess (no loss) or drop it"
+    )
+    key: FieldOrExpr | None = Field(
+        None, description="limit per this key (default: the event's key)"
+    )
 
 
 def _rate_limit(p: RateLimitParams, ctx: BuildContext) -> Any:
@@ -579,8 +654,12 @@ def _rate_limit(p: RateLimitParams, ctx: BuildContext) -> Any:
 class RetryParams(StageParams):
     """Resubscribe upstream after an error, with backoff."""
 
-    backoff: BackoffParams = BackoffParams()
-    reset_after: Duration | None = None
+    backoff: BackoffParams = Field(
+        BackoffParams(), description="delays between resubscriptions and when to give up"
+    )
+    reset_after: Duration | None = Field(
+        None, description="this long without an error ends a run of failures"
+    )
 
 
 def _retry(p: RetryParams, ctx: BuildContext) -> Any:
@@ -592,10 +671,14 @@ def _retry(p: RetryParams, ctx: BuildContext) -> Any:
 class CircuitParams(StageParams):
     """Guard a python function (each value -> result) with a circuit breaker."""
 
-    call: PythonRef
-    failure_threshold: int = Field(5, ge=1)
-    reset_timeout: Duration = 30.0
-    success_threshold: int = Field(1, ge=1)
+    call: PythonRef = Field(description="a function of the value; its result replaces the value")
+    failure_threshold: int = Field(5, ge=1, description="failures in a row that open the circuit")
+    reset_timeout: Duration = Field(
+        30.0, description="how long the circuit stays open before a trial call"
+    )
+    success_threshold: int = Field(
+        1, ge=1, description="successful trial calls that close it again"
+    )
 
 
 def _circuit(p: CircuitParams, ctx: BuildContext) -> Any:
@@ -690,10 +773,12 @@ Agg = Annotated[
 class CountWindowParams(StageParams):
     """Windows of ``size`` events per key, aggregated."""
 
-    size: int = Field(ge=1)
-    key: FieldOrExpr | None = None
-    agg: Agg = None
-    emit_partial: bool = True
+    size: int = Field(ge=1, description="events per window")
+    key: FieldOrExpr | None = Field(
+        None, description="windows per this key (default: the event's key)"
+    )
+    agg: Agg = Field(None, description="what a window emits (default: the list of its values)")
+    emit_partial: bool = Field(True, description="emit the unfinished windows when the stream ends")
 
 
 def _count_window(p: CountWindowParams, ctx: BuildContext) -> Any:
@@ -707,13 +792,24 @@ def _count_window(p: CountWindowParams, ctx: BuildContext) -> Any:
 
 
 class TimeWindowParams(StageParams):
-    time: Literal["processing", "event"] = "processing"
-    key: FieldOrExpr | None = None
-    agg: Agg = None
-    allowed_lateness: Duration = 0.0
-    late: Literal["drop", "dead_letter", "stream"] | None = None
-    idle_timeout: Duration | None = None
-    emit_partial: bool = True
+    time: Literal["processing", "event"] = Field(
+        "processing", description="processing time (arrival) or event time (event_time step)"
+    )
+    key: FieldOrExpr | None = Field(
+        None, description="windows per this key (default: the event's key)"
+    )
+    agg: Agg = Field(None, description="what a window emits (default: the list of its values)")
+    allowed_lateness: Duration = Field(
+        0.0, description="event time: how far behind the largest time seen a window waits"
+    )
+    late: Literal["drop", "dead_letter", "stream"] | None = Field(
+        None,
+        description="event time: events for closed windows are dropped, dead letters or a stream",
+    )
+    idle_timeout: Duration | None = Field(
+        None, description="close open windows after this long without events"
+    )
+    emit_partial: bool = Field(True, description="emit the open windows when the stream ends")
 
     def common(self, ctx: BuildContext) -> dict[str, Any]:
         return {
@@ -732,22 +828,24 @@ class TimeWindowParams(StageParams):
 class TumblingParams(TimeWindowParams):
     """Back-to-back windows of ``size`` per key."""
 
-    size: Duration
-    offset: Duration = 0.0
+    size: Duration = Field(description="each window's length")
+    offset: Duration = Field(0.0, description="windows start at multiples of size plus this")
 
 
 class SlidingParams(TimeWindowParams):
     """Windows of ``size`` starting every ``slide``."""
 
-    size: Duration
-    slide: Duration
-    offset: Duration = 0.0
+    size: Duration = Field(description="each window's length")
+    slide: Duration = Field(description="a window starts this often")
+    offset: Duration = Field(0.0, description="windows start at multiples of slide plus this")
 
 
 class SessionParams(TimeWindowParams):
     """A window per burst of activity, closed after ``gap`` without events."""
 
-    gap: Duration
+    gap: Duration = Field(
+        description="a session closes after this long without an event of its key"
+    )
 
 
 def _tumbling(p: TumblingParams, ctx: BuildContext) -> Any:
@@ -801,12 +899,21 @@ class ToolSinkParams(SinkParams):
         description="argument -> field or expression; or one expression giving all "
         "arguments; default: the value is the arguments",
     )
-    key: FieldOrExpr | None = None
-    policy: Literal["queue", "latest", "drop_while_busy", "parallel"] = "queue"
-    cooldown: Duration | None = None
-    concurrency: int = Field(8, ge=1)
-    timeout: Duration | None = None
-    retry: BackoffParams | None = None
+    key: FieldOrExpr | None = Field(
+        None, description="the policy works per this key (default: the event's key)"
+    )
+    policy: Literal["queue", "latest", "drop_while_busy", "parallel"] = Field(
+        "queue",
+        description="a busy key: queue its events, keep the latest, drop them, or run in parallel",
+    )
+    cooldown: Duration | None = Field(
+        None, description="after an activation, drop the key's events for this long"
+    )
+    concurrency: int = Field(8, ge=1, description="most calls running at once, across keys")
+    timeout: Duration | None = Field(None, description="longest attempt (then a ToolTimeoutError)")
+    retry: BackoffParams | None = Field(
+        None, description="retry failed attempts with backoff (default: call once)"
+    )
 
 
 def _tool_sink(p: ToolSinkParams, ctx: BuildContext) -> Any:
@@ -836,13 +943,15 @@ def _tool_sink(p: ToolSinkParams, ctx: BuildContext) -> Any:
 class KafkaSinkParams(SinkParams):
     """Produce events to a Kafka topic; delivery is checked before credit returns."""
 
-    topic: str
-    bootstrap_servers: str
-    key: FieldOrExpr | None = None
-    headers: dict[str, str] | None = None
-    encode: Literal["json", "text", "bytes"] = "json"
-    config: dict[str, Any] = Field(default_factory=dict)
-    flush_timeout: Duration = 10.0
+    topic: str = Field(description="the topic produced to")
+    bootstrap_servers: str = Field(description="host:port[,host:port...] (use ${VAR})")
+    key: FieldOrExpr | None = Field(None, description="the message key (default: the event's key)")
+    headers: dict[str, str] | None = Field(None, description="headers added to every message")
+    encode: Literal["json", "text", "bytes"] = Field("json", description="how values are encoded")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="librdkafka settings passed through (secrets: ${VAR})"
+    )
+    flush_timeout: Duration = Field(10.0, description="on stop, wait this long for deliveries")
 
 
 def _kafka_sink(p: KafkaSinkParams, ctx: BuildContext) -> Any:
@@ -863,15 +972,19 @@ def _kafka_sink(p: KafkaSinkParams, ctx: BuildContext) -> Any:
 class WebSocketSinkParams(SinkParams):
     """Publish events to a WebSocket server."""
 
-    url: str = Field(pattern=r"^wss?://")
-    encode: Literal["json", "text", "bytes"] = "json"
-    headers: dict[str, str] = Field(default_factory=dict)
-    token: str | None = None
-    token_header: str = "Authorization"
-    token_prefix: str = "Bearer "
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    url: str = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
+    encode: Literal["json", "text", "bytes"] = Field(
+        "json", description="how values are sent: json, text or bytes frames"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="HTTP headers of the opening handshake (secrets: ${VAR})"
+    )
+    token: str | None = Field(None, description="a token sent on every connect (use ${VAR})")
+    token_header: str = Field("Authorization", description="the header the token is sent in")
+    token_prefix: str = Field("Bearer ", description="put before the token in its header")
+    ca_file: str | None = Field(None, description="CA bundle verifying the server (wss://)")
+    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="client certificate's key (mutual TLS)")
 
 
 def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
@@ -899,8 +1012,8 @@ def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
 class RecordParams(SinkParams):
     """Append events to a JSONL recording (replay it with the replay source)."""
 
-    path: str
-    append: bool = True
+    path: str = Field(description="the recording (JSONL), relative to the pipeline file")
+    append: bool = Field(True, description="add a session to an existing file (false: replace it)")
 
 
 def _record(p: RecordParams, ctx: BuildContext) -> Any:
@@ -912,7 +1025,7 @@ def _record(p: RecordParams, ctx: BuildContext) -> Any:
 class LogParams(SinkParams):
     """Log each event's value (logger ``rxagent.events``) at ``level``."""
 
-    level: Literal["debug", "info", "warning"] = "info"
+    level: Literal["debug", "info", "warning"] = Field("info", description="the log level")
 
 
 def _log_sink(p: LogParams, ctx: BuildContext) -> Any:
