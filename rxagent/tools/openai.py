@@ -1,0 +1,271 @@
+"""Running an LLM's tool calls, in OpenAI's formats, through a :class:`ToolRegistry`.
+
+No ``openai`` package needed: the calls are plain dicts (or the SDK's objects,
+which are dumped to dicts). Two input formats are understood, per call:
+
+- Chat Completions ``message.tool_calls`` entries::
+
+      {"id": "call_1", "type": "function",
+       "function": {"name": "weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}
+
+  answered by a tool message ``{"role": "tool", "tool_call_id": "call_1",
+  "content": "..."}``;
+- Responses API ``function_call`` output items::
+
+      {"type": "function_call", "call_id": "call_1", "name": "weather",
+       "arguments": "{\\"city\\": \\"Oslo\\"}"}
+
+  answered by ``{"type": "function_call_output", "call_id": "call_1", "output": "..."}``.
+
+Every call is validated by the tool's own model and called through
+:meth:`Tool.call` (the tool's ``timeout`` and ``max_concurrency`` apply, as for a
+pipeline), all calls running concurrently. A call that cannot be made or fails
+never raises: its answer says what went wrong, as JSON
+``{"error": KIND, "message": ...}`` with ``KIND`` one of ``"malformed_call"``,
+``"unknown_tool"``, ``"invalid_arguments"``, ``"timeout"`` or ``"tool_error"``,
+so the model can correct itself. A successful result is its text when the tool
+returned a ``str``, else compact JSON (pydantic models and dataclasses dumped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError, UnknownToolError
+from .registry import ToolRegistry
+
+__all__ = ["ToolCall", "parse_tool_call", "run_tool_calls"]
+
+ErrorKind = Literal["malformed_call", "unknown_tool", "invalid_arguments", "timeout", "tool_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call, whichever API it came from: ``id`` (the ``tool_call_id``
+    or ``call_id``), the tool ``name``, ``arguments`` as given (JSON text, a
+    mapping or ``None``) and the ``api`` to answer in (``"chat"`` or ``"responses"``)."""
+
+    id: str
+    name: str
+    arguments: Any
+    api: Literal["chat", "responses"] = "chat"
+
+    def answer(self, content: str) -> dict[str, Any]:
+        """The message (chat) or input item (responses) carrying ``content`` back."""
+        if self.api == "responses":
+            return {"type": "function_call_output", "call_id": self.id, "output": content}
+        return {"role": "tool", "tool_call_id": self.id, "content": content}
+
+
+class _MalformedCall(ValueError):
+    def __init__(self, message: str, call_id: str, api: Literal["chat", "responses"]) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+        self.api = api
+
+
+def parse_tool_call(call: Any) -> ToolCall:
+    """A :class:`ToolCall` from a Chat Completions tool call or a Responses API
+    ``function_call`` item (a dict, or an SDK object with ``model_dump()``).
+
+    Raises :class:`ValueError` saying what is missing or of the wrong type.
+    """
+    data = _as_mapping(call)
+    if data is None:
+        raise _MalformedCall(
+            f"a tool call must be a mapping or an SDK object, got {type(call).__name__}", "", "chat"
+        )
+    if "call_id" in data and "function" not in data:
+        call_id = data.get("call_id")
+        api: Literal["chat", "responses"] = "responses"
+        if data.get("type", "function_call") != "function_call":
+            raise _MalformedCall(
+                f"output item {call_id!r}: only function_call items can be run, "
+                f"got type {data.get('type')!r}",
+                call_id if isinstance(call_id, str) else "",
+                api,
+            )
+        name = data.get("name")
+        arguments = data.get("arguments")
+    else:
+        call_id = data.get("id")
+        api = "chat"
+        kind = data.get("type", "function")
+        function = _as_mapping(data.get("function"))
+        if kind != "function" or function is None:
+            raise _MalformedCall(
+                f"tool call {call_id!r}: only function calls can be run (type 'function' with a "
+                f"'function' object), got type {kind!r}",
+                call_id if isinstance(call_id, str) else "",
+                api,
+            )
+        name = function.get("name")
+        arguments = function.get("arguments")
+    ident = call_id if isinstance(call_id, str) else ""
+    if not ident:
+        raise _MalformedCall(
+            f"tool call has no {'call_id' if api == 'responses' else 'id'} string", ident, api
+        )
+    if not isinstance(name, str) or not name:
+        raise _MalformedCall(f"tool call {ident!r} has no function name", ident, api)
+    if arguments is not None and not isinstance(arguments, str | bytes | Mapping):
+        raise _MalformedCall(
+            f"tool call {ident!r}: arguments must be JSON text or an object, "
+            f"got {type(arguments).__name__}",
+            ident,
+            api,
+        )
+    return ToolCall(ident, name, arguments, api)
+
+
+async def run_tool_calls(
+    registry: ToolRegistry,
+    tool_calls: Iterable[Any] | Mapping[str, Any],
+    *,
+    timeout: float | None = None,
+    max_concurrency: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run an LLM's tool calls through ``registry``; one answer per call, in order.
+
+    ``tool_calls`` is the list from a Chat Completions message
+    (``message["tool_calls"]``; the assistant message itself is accepted too) or
+    the Responses API ``function_call`` items (other output items, such as
+    ``"message"`` or ``"reasoning"``, are skipped). ``timeout`` bounds each call in
+    seconds on top of the tool's own; ``max_concurrency`` bounds how many run at
+    once (default: all). Append the answers to the conversation as they are::
+
+        answers = await run_tool_calls(registry, message["tool_calls"])
+        messages += [message, *answers]
+
+    Never raises for one bad call (see the module docstring for the error
+    answers); cancelling the caller cancels every call.
+    """
+    if timeout is not None and not timeout > 0:
+        raise ConfigurationError(f"run_tool_calls: timeout must be > 0 seconds, got {timeout!r}")
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise ConfigurationError(
+            f"run_tool_calls: max_concurrency must be an int >= 1, got {max_concurrency!r}"
+        )
+    if isinstance(tool_calls, Mapping):
+        tool_calls = tool_calls.get("tool_calls") or []
+    items = [c for c in tool_calls if not _is_other_output_item(c)]
+    slots = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
+
+    async def one(item: Any) -> dict[str, Any]:
+        try:
+            call = parse_tool_call(item)
+        except _MalformedCall as error:
+            return _error_answer(
+                ToolCall(error.call_id, "", None, error.api), "malformed_call", error
+            )
+        if slots is None:
+            return await _run_one(registry, call, timeout)
+        async with slots:
+            return await _run_one(registry, call, timeout)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+async def _run_one(registry: ToolRegistry, call: ToolCall, timeout: float | None) -> dict[str, Any]:
+    try:
+        tool = registry.get(call.name)
+    except UnknownToolError as error:
+        return _error_answer(call, "unknown_tool", error)
+    arguments = call.arguments
+    if isinstance(arguments, str | bytes) and not arguments.strip():
+        arguments = None  # "" for a call without arguments: as "{}"
+    try:
+        args = tool.validate(arguments)
+    except ToolArgumentsError as error:
+        return _error_answer(call, "invalid_arguments", error)
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            result = await tool.call(args)
+    except ToolTimeoutError as error:
+        return _error_answer(call, "timeout", error)
+    except TimeoutError as error:
+        if scope.expired():
+            message = f"tool {tool.name!r} ran past the call timeout of {timeout:g}s"
+            return _error_answer(call, "timeout", message)
+        return _error_answer(call, "tool_error", error)
+    except Exception as error:
+        return _error_answer(call, "tool_error", error)
+    try:
+        return call.answer(result_text(result))
+    except Exception as error:  # a result JSON cannot carry
+        return _error_answer(call, "tool_error", f"the result could not be encoded: {error}")
+
+
+def result_text(result: Any) -> str:
+    """A tool's result as message content: a ``str`` as is, anything else as
+    compact JSON (models and dataclasses dumped, unknown types by ``str``)."""
+    if isinstance(result, str):
+        return result
+    return json.dumps(_plain(result), separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _error_answer(call: ToolCall, kind: ErrorKind, error: BaseException | str) -> dict[str, Any]:
+    if isinstance(error, str):
+        message = error
+    elif kind == "tool_error":
+        message = f"tool {call.name!r} failed: {type(error).__name__}: {error}"
+    else:
+        message = str(error)
+    return call.answer(json.dumps({"error": kind, "message": message}, ensure_ascii=False))
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any] | None:
+    if isinstance(value, Mapping):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    return None
+
+
+def _is_other_output_item(item: Any) -> bool:
+    """A Responses API output item that is no tool call at all (a message,
+    reasoning): it has neither a ``call_id`` nor a ``function``. Chat tool calls
+    of other types are answered as malformed instead, since the API expects an
+    answer for every tool call id."""
+    data = _as_mapping(item)
+    if data is None:
+        return False
+    kind = data.get("type")
+    return (
+        isinstance(kind, str)
+        and kind not in ("function", "function_call")
+        and "call_id" not in data
+        and "function" not in data
+        and "id" in data
+        and kind in _OTHER_ITEMS
+    )
+
+
+#: Responses API output items that carry no call to answer.
+_OTHER_ITEMS = frozenset({"message", "reasoning", "web_search_call", "file_search_call"})
