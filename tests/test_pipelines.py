@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from rxagent.config import BuiltApp, load
 from rxagent.config.graph import mermaid
+from rxagent.config.testing import check_cases, run_cases
 from rxagent.demo import MarketFeedServer
 from rxagent.examples import MOVE_ALERT_PCT, SensorFeedServer
 from rxagent.sinks.tools import ToolResult
@@ -309,11 +310,14 @@ def test_there_are_pipeline_files() -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_file_is_valid_with_its_defaults(path: Path) -> None:
     """With no environment at all, every ``${VAR:-default}`` default makes a valid file,
-    it says how to run it, and its graph renders."""
+    it says how to run it, its graph renders and its marble tests (if any) pass."""
     config = load(path, environ={})
     assert config.build() is not None  # builds without connecting to anything
     assert f"rxagent run pipelines/{path.name}" in path.read_text(encoding="utf-8")
     assert "flowchart" in mermaid(config)
+    assert not check_cases(config)
+    failed = [case.report() for case in run_cases(config) if not case.passed]
+    assert not failed, "\n".join(failed)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
