@@ -131,7 +131,7 @@ def _with_variables(node: Any) -> Any:
 
 def _type_text(prop: dict[str, Any]) -> str:
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[-1].removesuffix("Params")
+        return str(prop["$ref"]).rsplit("/", 1)[-1].removesuffix("Params")
     if "enum" in prop:
         return " \\| ".join(f"`{v}`" for v in prop["enum"])
     if "const" in prop:
