@@ -203,6 +203,44 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+# -- the prompt text of a store, shared with rxagent.tools.context.build_context ---------
+
+
+def recent_entries(snap: Snapshot) -> list[Entry]:
+    """A snapshot's entries, most recently changed first; entries changed in the
+    same version in key order, so prompts repeat."""
+    entries = sorted(snap._entries.values(), key=lambda e: _key_text(e.key))
+    entries.sort(key=lambda e: e.version, reverse=True)
+    return entries
+
+
+def context_header(name: str, snap: Snapshot, now: float) -> str:
+    """The first line of a store's prompt text: name, version, size, freshness."""
+    head = f"state {name!r} v{snap.version}, {len(snap)} keys"
+    if snap.version:
+        head += f", updated {_ago(max(0.0, now - snap.wall_time))}"
+    return head + ":"
+
+
+def context_line(entry: Entry, now: float) -> str:
+    """One entry of a store's prompt text: ``key: compact JSON (age)``."""
+    return (
+        f"{_key_text(entry.key)}: {_compact(entry.value)} ({_ago(max(0.0, now - entry.wall_time))})"
+    )
+
+
+def omitted_line(count: int) -> str:
+    """The last line of a prompt text that left ``count`` keys out."""
+    return f"... {count} more keys omitted"
+
+
+def fit(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` (ending in "…") when even the header did not fit."""
+    if len(text) <= max_chars:
+        return text
+    return text[: max(0, max_chars - 1)] + "…" if max_chars > 0 else ""
+
+
 class StateStore:
     """Named keyed state. Write with :meth:`sink` in a pipeline (or :meth:`set`
     from code); read with :attr:`snapshot`, :meth:`get`, :meth:`context`,
@@ -276,35 +314,25 @@ class StateStore:
         snap = self._snapshot
         now = self._clock() if now is None else now
         if keys is None:
-            # newest first; keys changed in the same version in key order, so prompts repeat
-            entries = sorted(snap._entries.values(), key=lambda e: _key_text(e.key))
-            entries.sort(key=lambda e: e.version, reverse=True)
+            entries = recent_entries(snap)
         else:
             entries = [e for e in (snap.entry(k) for k in keys) if e is not None]
-        head = f"state {self.name!r} v{snap.version}, {len(snap)} keys"
-        if snap.version:
-            head += f", updated {_ago(max(0.0, now - snap.wall_time))}"
-        lines = [head + ":"]
+        lines = [context_header(self.name, snap, now)]
         used = len(lines[0])
         omitted: list[Hashable] = []
         for i, entry in enumerate(entries):
-            age = _ago(max(0.0, now - entry.wall_time))
-            line = f"{_key_text(entry.key)}: {_compact(entry.value)} ({age})"
+            line = context_line(entry, now)
             remaining = len(entries) - i - 1
             # keep room for the omission line should anything after this be left out
-            reserve = len(f"... {len(entries)} more keys omitted") + 1 if remaining else 0
+            reserve = len(omitted_line(len(entries))) + 1 if remaining else 0
             if used + 1 + len(line) + reserve > max_chars or omitted:
                 omitted.append(entry.key)
                 continue
             lines.append(line)
             used += 1 + len(line)
         if omitted:
-            tail = f"... {len(omitted)} more keys omitted"
-            lines.append(tail)
-        text = "\n".join(lines)
-        if len(text) > max_chars:  # a budget too small even for the header
-            text = text[: max(0, max_chars - 1)] + "…" if max_chars > 0 else ""
-        return text
+            lines.append(omitted_line(len(omitted)))
+        return fit("\n".join(lines), max_chars)
 
     # -- writing -----------------------------------------------------------------
 

@@ -4,15 +4,25 @@
   model, its JSON schema, one validation path for every caller;
 - :class:`ToolRegistry`: tools by name, as an LLM client wants them;
 - :func:`state_query_tool`: on-demand reads of state stores for the LLM;
+- :func:`build_context`: one prompt section from several state stores in one budget;
 - :func:`run_tool_calls`: an LLM's tool calls in OpenAI's formats, validated and
   run concurrently, answered in the same format.
 
 Activating tools from events is the job of :class:`rxagent.sinks.ToolSink`.
 """
 
+from .context import build_context
 from .openai import run_tool_calls
 from .registry import ToolRegistry
 from .state import state_query_tool
 from .tool import Tool, ToolStats, tool
 
-__all__ = ["Tool", "ToolRegistry", "ToolStats", "run_tool_calls", "state_query_tool", "tool"]
+__all__ = [
+    "Tool",
+    "ToolRegistry",
+    "ToolStats",
+    "build_context",
+    "run_tool_calls",
+    "state_query_tool",
+    "tool",
+]
