@@ -6,3 +6,5 @@
 
 Nothing is imported here, so ``import rxagent.adapters`` works without any extra.
 """
+
+__all__: list[str] = []
