@@ -366,10 +366,30 @@ class _Monitor:
                     + (f" | error: {status.last_error}" if status.last_error else "")
                 ),
                 title_justify="left",
+                min_width=60,
             )
-            for col in ("stage", "in", "out", "rate/s", "dropped", "dead letters", "last error"):
+            columns = ("stage", "in", "out", "rate/s", "dropped", "dead letters", "in flight")
+            for col in (*columns, "last error"):
                 table.add_column(col, justify="left" if col in ("stage", "last error") else "right")
+            source = status.source
+            emitted = str(flow.get("emitted", 0))
+            table.add_row(
+                f"{source.get('name', 'source')} ({source.get('kind', 'source')})",
+                "",
+                emitted,
+                f"{rates.get('', 0.0):.1f}",
+                "",
+                str(source.get("dead_lettered", "")),
+                str(flow.get("in_flight", 0)),
+                "",
+            )
             for stage_name, stage in status.stages.items():
+                sink = status.sinks.get(stage_name, {})
+                busy = (
+                    str(int(sink.get("running", 0)) + int(sink.get("queued", 0)))
+                    if "running" in sink
+                    else ""
+                )
                 table.add_row(
                     stage_name,
                     str(stage.get("in", 0)),
@@ -377,6 +397,7 @@ class _Monitor:
                     f"{rates.get(stage_name, 0.0):.1f}",
                     str(stage.get("dropped", 0)),
                     str(stage.get("dead_lettered", 0)),
+                    busy,
                     redact(str(stage.get("last_error") or "")),
                 )
             parts.append(table)
@@ -384,6 +405,7 @@ class _Monitor:
             table = Table(
                 title=f"state {store_name} v{store.version} - {_plural(len(store), 'key')}",
                 title_justify="left",
+                min_width=40,
             )
             table.add_column("key")
             table.add_column("value")
