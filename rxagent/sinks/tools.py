@@ -112,10 +112,11 @@ class RecordedActivation:
     called with ``arguments`` at ``at``, the pipeline clock's seconds) or not,
     with the ``reason`` (``"cooldown"``, ``"busy"``, ``"replaced"``,
     ``"circuit_open"``) and when the key was eligible again (``eligible_at``,
-    ``None`` when that is not a time)."""
+    ``None`` when that is not a time). ``sink`` and ``pipeline`` name where."""
 
     tool: str
     sink: str
+    pipeline: str
     key: Hashable
     fired: bool
     at: float
@@ -129,6 +130,7 @@ class RecordedActivation:
         return {
             "tool": self.tool,
             "sink": self.sink,
+            "pipeline": self.pipeline,
             "key": json_key(self.key),
             "fired": self.fired,
             "at": self.at,
@@ -471,13 +473,14 @@ class ToolSink(Sink):
         _bump(metrics.extra, f"dropped_{reason}")
         ctx.suppressions.record(self.name, key, reason, at=now, until=until)
         if self.dry_run:
-            self._record(event, key, model, now, fired=False, reason=reason, until=until)
+            self._record(ctx, event, key, model, now, fired=False, reason=reason, until=until)
         self._emit(ToolResult(self.tool.name, key, ToolStatus.DROPPED, event=event, reason=reason))
         event.end()
         self._forget_if_idle(key, state)
 
     def _record(
         self,
+        ctx: PipelineContext,
         event: Event,
         key: Hashable,
         args: BaseModel,
@@ -495,6 +498,7 @@ class ToolSink(Sink):
             RecordedActivation(
                 self.tool.name,
                 self.name,
+                ctx.pipeline,
                 key,
                 fired,
                 at,
@@ -531,7 +535,9 @@ class ToolSink(Sink):
         if self.dry_run:  # record what would be called, call nothing
             activation.attempts = 1
             ctx = activation.ctx
-            self._record(activation.event, activation.key, activation.args, ctx.now(), fired=True)
+            self._record(
+                ctx, activation.event, activation.key, activation.args, ctx.now(), fired=True
+            )
             return _Outcome()
         first = loop.time()
         while True:
@@ -680,6 +686,7 @@ class ToolSink(Sink):
             ctx.suppressions.record(self.name, activation.key, reason, at=now)
             if self.dry_run:
                 self._record(
+                    ctx,
                     activation.event,
                     activation.key,
                     activation.args,
