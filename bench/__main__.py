@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["pipeline", "operators", "backpressure", "websocket", "kafka"]
+BENCHMARKS = ["pipeline", "operators", "expressions", "backpressure", "websocket", "kafka"]
 
 
 def main() -> None:

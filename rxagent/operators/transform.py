@@ -31,13 +31,22 @@ def to_key_function(key: str | int | Callable[[Any], Any]) -> Callable[[Any], An
     return key
 
 
-def _apply(batch: Batch, fn: Callable[[Any], Any], stage: str) -> tuple[list[Any], list[bool]]:
+def _apply(
+    batch: Batch,
+    fn: Callable[[Any], Any],
+    stage: str,
+    many: Callable[[list[Any]], list[Any]] | None = None,
+) -> tuple[list[Any], list[bool]]:
     """``fn`` over the batch's values; on error, row by row with failures dead-lettered.
 
+    ``many``, if given, computes the whole batch's results at once (the same as
+    ``fn`` row by row, or raising) and replaces the fast path's ``map``.
     Returns the results and an ``ok`` mask (all True on the fast path).
     """
     values = batch.values
     try:
+        if many is not None:
+            return many(values), []
         return list(_builtin_map(fn, values)), []
     except Exception:
         pass
@@ -68,17 +77,18 @@ def _per_row(
     fn: Callable[[Any], Any],
     attach: Callable[[Batch, list[Any]], Batch],
     name: str | None,
+    many: Callable[[list[Any]], list[Any]] | None = None,
 ) -> Operator:
     """A stage computing ``fn(value)`` for every row and attaching the results to
     the batch with ``attach`` (as values, keys or times); rows whose ``fn`` raised
-    are dead-lettered and left out."""
+    are dead-lettered and left out. ``many`` is passed on to :func:`_apply`."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
                 metrics.events_in += len(batch.values)
-                results, ok = _apply(batch, fn, stage)
+                results, ok = _apply(batch, fn, stage, many)
                 if ok:
                     batch = _without_failed(batch, ok)
                     results = [r for r, good in zip(results, ok, strict=True) if good]

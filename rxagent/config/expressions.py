@@ -1,0 +1,856 @@
+"""A small, safe expression language for pipeline files (filters, maps, keys, tool arguments).
+
+The syntax is a subset of Python expressions, parsed by the standard library's
+:mod:`ast` (no ``eval``, no ``exec``, no ``compile`` of Python code)::
+
+    value.px > 100 and value.sym == "BTC"
+    {"sym": value.sym, "notional": value.px * value.qty}
+    lower(value.sym) if "sym" in value else "unknown"
+
+An expression sees one variable, ``value``: the event's value. ``value.px`` and
+``value["px"]`` both read the field ``px`` (item lookup, never Python attribute
+access, so ``value.__class__`` is just a missing field). Which nodes, operators
+and functions are allowed, and why this design rather than a CEL or JMESPath
+library, is in docs/expressions.md.
+
+Each expression is compiled once into two forms:
+
+- a *row* form, a tree of closures over C-level primitives (``itemgetter``,
+  the :mod:`operator` functions), called by :meth:`Expression.__call__`;
+- a *column* form, called by :meth:`Expression.evaluate_many` on a whole batch:
+  every node maps over the batch's list with the builtin ``map`` (a loop in C),
+  so ``value.px > 100`` costs one ``map(itemgetter("px"), values)`` and one
+  ``map(gt, ..., repeat(100))`` per batch.
+
+Both forms give the same results: operators are pure, so when the column form
+succeeds every row would have succeeded with the same value. When any row fails
+the column form raises (a sub-expression may fail for rows where ``and``/``or``/
+``if`` would have skipped it, in which case that node retries row by row), and
+the stages built here (:func:`expression_filter`, :func:`expression_map`,
+:func:`expression_key_by`) redo the batch row by row so only the failing events
+go to dead letters, with an :class:`ExpressionEvaluationError` naming the
+expression and the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Literal
+
+from reactivex import Observable
+
+from ..events import Batch
+from ..exceptions import ConfigurationError, RxAgentError
+from ..operators.base import BatchHandler, Emit, Operator, batch_stage
+from ..operators.transform import _apply, _per_row, _without_failed
+
+__all__ = [
+    "FUNCTIONS",
+    "MAX_LENGTH",
+    "VARIABLES",
+    "Expression",
+    "ExpressionError",
+    "ExpressionEvaluationError",
+    "compile_expression",
+    "expression_filter",
+    "expression_key_by",
+    "expression_map",
+]
+
+#: The variables an expression may read.
+VARIABLES = frozenset({"value"})
+
+#: Longest expression text accepted (a pipeline file is no place for programs).
+MAX_LENGTH = 4000
+
+#: Deepest nesting of expression nodes accepted.
+_MAX_DEPTH = 64
+
+#: ``2 ** n`` style results above this many bits are refused at run time.
+_MAX_POW_BITS = 4096
+
+_Row = Callable[[Any], Any]
+_Col = Callable[[list[Any]], list[Any]]
+
+
+class ExpressionError(ConfigurationError):
+    """An expression cannot be compiled: a syntax error, an unknown name or function,
+    or a construct the language does not allow.
+
+    ``text`` is the expression, ``column`` the 0-based offset in it where the
+    problem is (``None`` when unknown), ``reason`` what is wrong and what was expected.
+    """
+
+    def __init__(self, text: str, reason: str, column: int | None = None) -> None:
+        where = "" if column is None else f" at column {column}"
+        super().__init__(f"expression {text!r}{where}: {reason}")
+        self.text = text
+        self.reason = reason
+        self.column = column
+
+
+class ExpressionEvaluationError(RxAgentError):
+    """An expression failed on one event value (a missing field, a type mismatch,
+    a division by zero). Stages dead-letter that event and go on."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"expression {text!r} failed: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+# -- runtime helpers (called per row only where no C-level operator fits) ------------------
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    # no sequence repetition: "x" * 10**9 would be a memory bomb
+    if not (_is_number(a) and _is_number(b)):
+        raise TypeError(f"'*' multiplies numbers, got {type(a).__name__} and {type(b).__name__}")
+    return a * b
+
+
+def _pow(a: Any, b: Any) -> Any:
+    if not (_is_number(a) and _is_number(b)):
+        raise TypeError(f"'**' takes numbers, got {type(a).__name__} and {type(b).__name__}")
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > _MAX_POW_BITS:
+        raise ValueError(f"'**' result too large (more than {_MAX_POW_BITS} bits)")
+    return a**b
+
+
+def _contains(container: Any, item: Any) -> bool:
+    return item in container
+
+
+def _not_contains(container: Any, item: Any) -> bool:
+    return item not in container
+
+
+def _get(container: Any, key: Any, default: Any = None) -> Any:
+    try:
+        return container[key]
+    except (KeyError, IndexError):
+        return default
+
+
+def _lower(s: str) -> str:
+    return s.lower()
+
+
+def _upper(s: str) -> str:
+    return s.upper()
+
+
+def _startswith(s: str, prefix: str) -> bool:
+    return s.startswith(prefix)
+
+
+def _endswith(s: str, suffix: str) -> bool:
+    return s.endswith(suffix)
+
+
+def _int(x: Any) -> int:
+    return int(x)
+
+
+def _float(x: Any) -> float:
+    return float(x)
+
+
+def _str(x: Any) -> str:
+    if not isinstance(x, str | int | float | bool) and x is not None:
+        raise TypeError(f"str() takes a scalar, got {type(x).__name__}")
+    return str(x)
+
+
+#: Functions an expression may call: name -> (function, min args, max args, returns bool).
+FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int, bool]] = {
+    "len": (len, 1, 1, False),
+    "abs": (abs, 1, 1, False),
+    "min": (min, 1, 8, False),
+    "max": (max, 1, 8, False),
+    "round": (round, 1, 2, False),
+    "int": (_int, 1, 1, False),
+    "float": (_float, 1, 1, False),
+    "str": (_str, 1, 1, False),
+    "bool": (bool, 1, 1, True),
+    "lower": (_lower, 1, 1, False),
+    "upper": (_upper, 1, 1, False),
+    "startswith": (_startswith, 2, 2, True),
+    "endswith": (_endswith, 2, 2, True),
+    "get": (_get, 2, 3, False),
+}
+
+_CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+_BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
+    ast.Add: ("+", operator.add),
+    ast.Sub: ("-", operator.sub),
+    ast.Mult: ("*", _mul),
+    ast.Div: ("/", operator.truediv),
+    ast.FloorDiv: ("//", operator.floordiv),
+    ast.Mod: ("%", operator.mod),
+    ast.Pow: ("**", _pow),
+}
+
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+
+# syntax other languages use, with the spelling this one wants
+_HINTS = {"&&": "and", "||": "or", "===": "==", "!=": "", "!": "not"}
+
+
+class _Node:
+    """One compiled node: its row and column forms; ``const`` holds a literal's value."""
+
+    __slots__ = ("boolean", "col", "const", "is_const", "row")
+
+    def __init__(
+        self,
+        row: _Row,
+        col: _Col,
+        *,
+        boolean: bool = False,
+        is_const: bool = False,
+        const: Any = None,
+    ) -> None:
+        self.row = row
+        self.col = col
+        self.boolean = boolean  # always gives a bool
+        self.is_const = is_const
+        self.const = const
+
+
+def _constant(c: Any) -> _Node:
+    return _Node(
+        lambda _v: c,
+        lambda vs: [c] * len(vs),
+        boolean=isinstance(c, bool),
+        is_const=True,
+        const=c,
+    )
+
+
+def _rowwise(row: _Row, col: _Col) -> _Col:
+    """The column form, retried row by row if it raises (a guard such as
+    ``"px" in value and value.px > 1`` skips rows the vectorised form does not)."""
+
+    def run(vs: list[Any]) -> list[Any]:
+        try:
+            return col(vs)
+        except Exception:
+            return [row(v) for v in vs]
+
+    return run
+
+
+class _Compiler:
+    def __init__(self, text: str, offset: int, line_starts: list[int]) -> None:
+        self.text = text
+        self.offset = offset
+        self.line_starts = line_starts
+        self.names: set[str] = set()
+
+    def column(self, node: ast.AST, *, end: bool = False) -> int | None:
+        """The 0-based character offset in the text of ``node``'s start (or end)."""
+        lineno: int | None = getattr(node, "end_lineno" if end else "lineno", None)
+        col_offset: int | None = getattr(node, "end_col_offset" if end else "col_offset", None)
+        if lineno is None or col_offset is None:
+            return None
+        line = self.line_starts[min(lineno, len(self.line_starts)) - 1]
+        # col_offset counts UTF-8 bytes; the column counts characters
+        prefix = self.text[self.offset + line :].encode()[:col_offset]
+        return self.offset + line + len(prefix.decode(errors="ignore"))
+
+    def error(
+        self, node: ast.AST | None, reason: str, *, after: ast.AST | None = None
+    ) -> ExpressionError:
+        """An :class:`ExpressionError` at ``node``, or at the first character after ``after``."""
+        column = None
+        if after is not None:
+            column = self.column(after, end=True)
+            if column is not None:
+                while column < len(self.text) and self.text[column] in " \t\n()":
+                    column += 1
+        elif node is not None:
+            column = self.column(node)
+        return ExpressionError(self.text, reason, column)
+
+    def compile(self, node: ast.AST, depth: int = 0) -> _Node:
+        if depth > _MAX_DEPTH:
+            raise self.error(node, f"nested deeper than {_MAX_DEPTH} levels")
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise self.error(node, f"{_describe(node)} is not allowed in an expression")
+        result: _Node = method(node, depth + 1)
+        return result
+
+    # -- leaves ----------------------------------------------------------------------------
+
+    def _Constant(self, node: ast.Constant, depth: int) -> _Node:
+        if not isinstance(node.value, str | int | float | bool) and node.value is not None:
+            raise self.error(node, f"{type(node.value).__name__} literals are not allowed")
+        return _constant(node.value)
+
+    def _Name(self, node: ast.Name, depth: int) -> _Node:
+        if node.id in _CONSTANTS:
+            return _constant(_CONSTANTS[node.id])
+        if node.id not in VARIABLES:
+            hint = ""
+            if node.id in FUNCTIONS:
+                hint = f"; {node.id} is a function: call it, {node.id}(...)"
+            elif not node.id.startswith("_"):
+                hint = f"; for the field {node.id!r} of the event value write value.{node.id}"
+            raise self.error(
+                node,
+                f"unknown name {node.id!r}: the variables are {', '.join(sorted(VARIABLES))}"
+                + hint,
+            )
+        self.names.add(node.id)
+        return _Node(lambda v: v, list)
+
+    # -- field access ----------------------------------------------------------------------
+
+    def _lookup(self, obj: _Node, key: Any) -> _Node:
+        get = itemgetter(key)
+        if obj.row is not None and obj.col is list:  # the value itself
+            return _Node(get, lambda vs: list(map(get, vs)))
+        orow, ocol = obj.row, obj.col
+        return _Node(lambda v: orow(v)[key], lambda vs: list(map(get, ocol(vs))))
+
+    def _Attribute(self, node: ast.Attribute, depth: int) -> _Node:
+        if node.attr.startswith("__"):
+            raise self.error(
+                node,
+                f"field names starting with '__' are not allowed: {node.attr}",
+                after=node.value,
+            )
+        obj = self.compile(node.value, depth)
+        return self._lookup(obj, node.attr)
+
+    def _Subscript(self, node: ast.Subscript, depth: int) -> _Node:
+        obj = self.compile(node.value, depth)
+        if isinstance(node.slice, ast.Slice):
+            raise self.error(node.slice, "slices are not allowed; index with one key or number")
+        index = self.compile(node.slice, depth)
+        if index.is_const:
+            if isinstance(index.const, str) and index.const.startswith("__"):
+                raise self.error(node.slice, "field names starting with '__' are not allowed")
+            return self._lookup(obj, index.const)
+        orow, ocol, irow, icol = obj.row, obj.col, index.row, index.col
+        return _Node(
+            lambda v: orow(v)[irow(v)],
+            lambda vs: list(map(operator.getitem, ocol(vs), icol(vs))),
+        )
+
+    # -- operators -------------------------------------------------------------------------
+
+    def _BinOp(self, node: ast.BinOp, depth: int) -> _Node:
+        entry = _BINARY.get(type(node.op))
+        if entry is None:
+            allowed = " ".join(symbol for symbol, _ in _BINARY.values())
+            raise self.error(
+                node,
+                f"operator {_describe(node.op)} is not allowed; use {allowed}",
+                after=node.left,
+            )
+        fn = entry[1]
+        left = self.compile(node.left, depth)
+        right = self.compile(node.right, depth)
+        return self._binary(fn, left, right)
+
+    @staticmethod
+    def _binary(
+        fn: Callable[[Any, Any], Any], left: _Node, right: _Node, boolean: bool = False
+    ) -> _Node:
+        lrow, lcol, rrow, rcol = left.row, left.col, right.row, right.col
+        if right.is_const:
+            c = right.const
+            return _Node(
+                lambda v: fn(lrow(v), c),
+                lambda vs: list(map(fn, lcol(vs), repeat(c, len(vs)))),
+                boolean=boolean,
+            )
+        if left.is_const:
+            k = left.const
+            return _Node(
+                lambda v: fn(k, rrow(v)),
+                lambda vs: list(map(fn, repeat(k, len(vs)), rcol(vs))),
+                boolean=boolean,
+            )
+        return _Node(
+            lambda v: fn(lrow(v), rrow(v)),
+            lambda vs: list(map(fn, lcol(vs), rcol(vs))),
+            boolean=boolean,
+        )
+
+    def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> _Node:
+        operand = self.compile(node.operand, depth)
+        orow, ocol = operand.row, operand.col
+        fn: Callable[[Any], Any]
+        if isinstance(node.op, ast.Not):
+            return _Node(
+                lambda v: not orow(v),
+                lambda vs: list(map(operator.not_, ocol(vs))),
+                boolean=True,
+            )
+        if isinstance(node.op, ast.USub):
+            fn = operator.neg
+        elif isinstance(node.op, ast.UAdd):
+            fn = operator.pos
+        else:
+            raise self.error(node, f"operator {_describe(node.op)} is not allowed; use not, -, +")
+        return _Node(lambda v: fn(orow(v)), lambda vs: list(map(fn, ocol(vs))))
+
+    def _Compare(self, node: ast.Compare, depth: int) -> _Node:
+        operands = [self.compile(node.left, depth)]
+        operands += [self.compile(c, depth) for c in node.comparators]
+        steps: list[_Node] = []
+        sources = [node.left, *node.comparators]
+        for op, left, right, left_ast in zip(
+            node.ops, operands, operands[1:], sources, strict=False
+        ):
+            if isinstance(op, ast.In | ast.NotIn):
+                fn = _contains if isinstance(op, ast.In) else _not_contains
+                # container first, so a literal container can be the constant argument
+                swapped = self._binary(fn, right, left, boolean=True)
+                steps.append(swapped)
+                continue
+            cmp = _COMPARE.get(type(op))
+            if cmp is None:
+                raise self.error(
+                    node,
+                    f"comparison {_describe(op)} is not allowed; use == != < <= > >= in",
+                    after=left_ast,
+                )
+            steps.append(self._binary(cmp, left, right, boolean=True))
+        if len(steps) == 1:
+            return steps[0]
+        return self._all(steps)  # a < b < c: both hold (middle operands computed per step)
+
+    @staticmethod
+    def _all(steps: list[_Node]) -> _Node:
+        rows = [s.row for s in steps]
+        cols = [s.col for s in steps]
+
+        def row(v: Any) -> Any:
+            result: Any = True
+            for r in rows:
+                result = r(v)
+                if not result:
+                    return result
+            return result
+
+        def col(vs: list[Any]) -> list[Any]:
+            results = cols[0](vs)
+            for c in cols[1:]:
+                results = [b if a else a for a, b in zip(results, c(vs), strict=True)]
+            return results
+
+        return _Node(row, _rowwise(row, col), boolean=all(s.boolean for s in steps))
+
+    def _BoolOp(self, node: ast.BoolOp, depth: int) -> _Node:
+        parts = [self.compile(v, depth) for v in node.values]
+        rows = [p.row for p in parts]
+        cols = [p.col for p in parts]
+        boolean = all(p.boolean for p in parts)
+        is_and = isinstance(node.op, ast.And)
+
+        if is_and:
+
+            def row(v: Any) -> Any:
+                result: Any = True
+                for r in rows:
+                    result = r(v)
+                    if not result:
+                        return result
+                return result
+
+        else:
+
+            def row(v: Any) -> Any:
+                result: Any = False
+                for r in rows:
+                    result = r(v)
+                    if result:
+                        return result
+                return result
+
+        if len(rows) == 2:
+            r0, r1 = rows
+            # two operands, the common case, without the loop
+            row = (lambda v: r0(v) and r1(v)) if is_and else (lambda v: r0(v) or r1(v))
+
+        if boolean:
+            # bool & bool is the same as bool and bool, and runs in C
+            combine = operator.and_ if is_and else operator.or_
+
+            def col(vs: list[Any]) -> list[Any]:
+                results = cols[0](vs)
+                for c in cols[1:]:
+                    results = list(map(combine, results, c(vs)))
+                return results
+
+        elif is_and:
+
+            def col(vs: list[Any]) -> list[Any]:
+                results = cols[0](vs)
+                for c in cols[1:]:
+                    results = [b if a else a for a, b in zip(results, c(vs), strict=True)]
+                return results
+
+        else:
+
+            def col(vs: list[Any]) -> list[Any]:
+                results = cols[0](vs)
+                for c in cols[1:]:
+                    results = [a if a else b for a, b in zip(results, c(vs), strict=True)]
+                return results
+
+        return _Node(row, _rowwise(row, col), boolean=boolean)
+
+    def _IfExp(self, node: ast.IfExp, depth: int) -> _Node:
+        test = self.compile(node.test, depth)
+        body = self.compile(node.body, depth)
+        orelse = self.compile(node.orelse, depth)
+        trow, brow, erow = test.row, body.row, orelse.row
+        tcol, bcol, ecol = test.col, body.col, orelse.col
+
+        def row(v: Any) -> Any:
+            return brow(v) if trow(v) else erow(v)
+
+        def col(vs: list[Any]) -> list[Any]:
+            return [b if t else e for t, b, e in zip(tcol(vs), bcol(vs), ecol(vs), strict=True)]
+
+        return _Node(row, _rowwise(row, col), boolean=body.boolean and orelse.boolean)
+
+    # -- calls and literals ----------------------------------------------------------------
+
+    def _Call(self, node: ast.Call, depth: int) -> _Node:
+        if not isinstance(node.func, ast.Name):
+            raise self.error(
+                node.func,
+                "only the functions "
+                + ", ".join(sorted(FUNCTIONS))
+                + " can be called, as name(args); methods are not (write lower(x), not x.lower())",
+                after=node.func.value if isinstance(node.func, ast.Attribute) else None,
+            )
+        entry = FUNCTIONS.get(node.func.id)
+        if entry is None:
+            raise self.error(
+                node.func,
+                f"unknown function {node.func.id!r}: the functions are "
+                + ", ".join(sorted(FUNCTIONS)),
+            )
+        fn, low, high, boolean = entry
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.error(node, f"{node.func.id}() takes positional arguments only")
+        if not low <= len(node.args) <= high:
+            count = str(low) if low == high else f"{low} to {high}"
+            raise self.error(
+                node, f"{node.func.id}() takes {count} arguments, got {len(node.args)}"
+            )
+        args = [self.compile(a, depth) for a in node.args]
+        if len(args) == 1:
+            arow, acol = args[0].row, args[0].col
+            return _Node(lambda v: fn(arow(v)), lambda vs: list(map(fn, acol(vs))), boolean=boolean)
+        if len(args) == 2:
+            return self._binary(fn, args[0], args[1], boolean=boolean)
+        rows = [a.row for a in args]
+        cols = [a.col for a in args]
+        return _Node(
+            lambda v: fn(*[r(v) for r in rows]),
+            lambda vs: list(map(fn, *[c(vs) for c in cols])),
+            boolean=boolean,
+        )
+
+    def _sequence(self, elts: list[ast.expr], depth: int) -> _Node:
+        parts = [self.compile(e, depth) for e in elts]
+        if any(isinstance(e, ast.Starred) for e in elts):
+            raise self.error(elts[0], "unpacking (*x) is not allowed")
+        rows = [p.row for p in parts]
+        cols = [p.col for p in parts]
+        if not parts:
+            return _Node(lambda _v: [], lambda vs: [[] for _ in vs])
+        return _Node(
+            lambda v: [r(v) for r in rows],
+            lambda vs: list(map(list, zip(*[c(vs) for c in cols], strict=True))),
+        )
+
+    def _List(self, node: ast.List, depth: int) -> _Node:
+        return self._sequence(node.elts, depth)
+
+    def _Tuple(self, node: ast.Tuple, depth: int) -> _Node:
+        return self._sequence(node.elts, depth)  # results are plain lists
+
+    def _Dict(self, node: ast.Dict, depth: int) -> _Node:
+        if any(k is None for k in node.keys):
+            raise self.error(node, "unpacking (**x) is not allowed in a mapping")
+        keys = [self.compile(k, depth) for k in node.keys if k is not None]
+        values = [self.compile(v, depth) for v in node.values]
+        if all(k.is_const for k in keys):
+            names = tuple(k.const for k in keys)
+            vrows = [v.row for v in values]
+            vcols = [v.col for v in values]
+            if not values:
+                return _Node(lambda _v: {}, lambda vs: [{} for _ in vs])
+            return _Node(
+                lambda v: dict(zip(names, [r(v) for r in vrows], strict=True)),
+                lambda vs: [
+                    dict(zip(names, row, strict=True))
+                    for row in zip(*[c(vs) for c in vcols], strict=True)
+                ],
+            )
+        pairs = [(k.row, v.row) for k, v in zip(keys, values, strict=True)]
+
+        def row(v: Any) -> Any:
+            return {k(v): x(v) for k, x in pairs}
+
+        return _Node(row, lambda vs: [row(v) for v in vs])
+
+
+def _describe(node: ast.AST) -> str:
+    names = {
+        "ListComp": "a list comprehension",
+        "DictComp": "a dict comprehension",
+        "SetComp": "a set comprehension",
+        "GeneratorExp": "a generator expression",
+        "Lambda": "a lambda",
+        "NamedExpr": "an assignment (:=)",
+        "JoinedStr": "an f-string",
+        "Set": "a set literal",
+        "Await": "await",
+        "Yield": "yield",
+        "Starred": "unpacking (*x)",
+        "BitAnd": "'&'",
+        "BitOr": "'|'",
+        "BitXor": "'^'",
+        "LShift": "'<<'",
+        "RShift": "'>>'",
+        "MatMult": "'@'",
+        "Invert": "'~'",
+        "Is": "'is'",
+        "IsNot": "'is not'",
+    }
+    return names.get(type(node).__name__, type(node).__name__)
+
+
+class Expression:
+    """A compiled expression: call it on one event value, or :meth:`evaluate_many` on a
+    batch's values. Build with :func:`compile_expression`."""
+
+    __slots__ = ("_col", "_names", "_row", "kind", "text")
+
+    def __init__(
+        self, text: str, kind: Literal["predicate", "value"], node: _Node, names: frozenset[str]
+    ) -> None:
+        self.text = text
+        self.kind = kind
+        self._names = names
+        row, col = node.row, node.col
+        if kind == "predicate" and not node.boolean:
+            raw_row, raw_col = row, col
+            row = lambda v: bool(raw_row(v))  # noqa: E731
+            col = lambda vs: list(map(bool, raw_col(vs)))  # noqa: E731
+        self._row = row
+        self._col = col
+
+    def __call__(self, value: Any) -> Any:
+        """The expression's result for one event value.
+
+        Raises :class:`ExpressionEvaluationError` when it fails on this value.
+        """
+        try:
+            return self._row(value)
+        except Exception as error:
+            raise _runtime_error(self.text, error) from error
+
+    def evaluate_many(self, values: list[Any]) -> list[Any]:
+        """The results for a whole batch, equal to ``[self(v) for v in values]``.
+
+        Raises :class:`ExpressionEvaluationError` if it fails on any value (then
+        evaluate row by row to find which).
+        """
+        try:
+            return self._col(values)
+        except Exception as error:
+            raise _runtime_error(self.text, error) from error
+
+    def names(self) -> frozenset[str]:
+        """The variables the expression reads (a subset of :data:`VARIABLES`)."""
+        return self._names
+
+    def __repr__(self) -> str:
+        return f"<expression {self.text!r}>"
+
+
+def _runtime_error(text: str, error: Exception) -> ExpressionEvaluationError:
+    if isinstance(error, ExpressionEvaluationError):
+        return error
+    if isinstance(error, KeyError):
+        reason = f"no field {error.args[0]!r}" if error.args else "missing field"
+    elif isinstance(error, IndexError):
+        reason = "index out of range"
+    elif isinstance(error, ZeroDivisionError):
+        reason = "division by zero"
+    elif isinstance(error, TypeError | ValueError | OverflowError):
+        reason = str(error)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    return ExpressionEvaluationError(text, reason)
+
+
+def compile_expression(text: str, *, kind: Literal["predicate", "value"] = "value") -> Expression:
+    """Parse and check ``text`` once; the result evaluates it per value or per batch.
+
+    ``kind="predicate"`` makes every result a ``bool`` (by truthiness, as ``filter``
+    treats a lambda's result). Raises :class:`ExpressionError` for syntax errors,
+    unknown variables or functions, and constructs the language leaves out.
+    """
+    if not isinstance(text, str):
+        raise ExpressionError(repr(text), f"an expression is a string, got {type(text).__name__}")
+    if kind not in ("predicate", "value"):
+        raise ExpressionError(text, f"kind must be 'predicate' or 'value', got {kind!r}")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(text[:40] + "...", f"longer than {MAX_LENGTH} characters")
+    stripped = text.lstrip()
+    offset = len(text) - len(stripped)
+    if not stripped.strip():
+        raise ExpressionError(text, "empty expression; expected e.g. value.px > 100", 0)
+    line_starts = [0]
+    for i, ch in enumerate(stripped):
+        if ch == "\n":
+            line_starts.append(i + 1)
+    try:
+        # parenthesised so that an expression may span lines (YAML block scalars)
+        tree = ast.parse("(" + stripped + "\n)", mode="eval")
+    except SyntaxError as error:
+        raise _syntax_error(text, stripped, offset, line_starts, error) from None
+    except (RecursionError, MemoryError, ValueError) as error:
+        raise ExpressionError(text, f"cannot be parsed: {error}") from None
+    # the parenthesis shifts line 1 by one column: undo it for error positions
+    _shift_first_line(tree)
+    compiler = _Compiler(text, offset, line_starts)
+    try:
+        node = compiler.compile(tree.body)
+    except RecursionError:
+        raise ExpressionError(text, f"nested deeper than {_MAX_DEPTH} levels") from None
+    return Expression(text, kind, node, frozenset(compiler.names))
+
+
+def _shift_first_line(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) == 1 and hasattr(node, "col_offset"):
+            node.col_offset -= 1
+
+
+def _syntax_error(
+    text: str, stripped: str, offset: int, line_starts: list[int], error: SyntaxError
+) -> ExpressionError:
+    column: int | None = None
+    reason = f"invalid syntax ({error.msg})"
+    if error.lineno is not None and error.lineno > len(line_starts):
+        # the parser reached the closing parenthesis we added: the text ended early
+        column = len(text.rstrip())
+        reason = "the expression ends too early (an operand or a closing bracket is missing)"
+    elif error.lineno is not None and error.offset is not None:
+        line = min(max(error.lineno, 1), len(line_starts)) - 1
+        col = error.offset - 1 - (1 if line == 0 else 0)  # offset is 1-based; undo "("
+        column = min(max(offset + line_starts[line] + col, 0), len(text))
+    for token, spelling in _HINTS.items():
+        if spelling and token in stripped.replace("!=", "  "):
+            at = stripped.replace("!=", "  ").find(token)
+            column = offset + at
+            reason = f"invalid syntax: {token!r} is not an operator here; write {spelling!r}"
+            break
+    else:
+        reason += "; expected a Python-style expression such as value.px > 100 and value.ok"
+    return ExpressionError(text, reason, column)
+
+
+# -- operators ------------------------------------------------------------------------------
+
+
+def _as_expression(expr: Expression | str, kind: Literal["predicate", "value"]) -> Expression:
+    if isinstance(expr, Expression):
+        return expr
+    return compile_expression(expr, kind=kind)
+
+
+def expression_filter(expr: Expression | str, *, name: str | None = None) -> Operator:
+    """Keep the events whose value satisfies ``expr``; like ``ops.filter`` but evaluated
+    per batch (:meth:`Expression.evaluate_many`). Events on which the expression fails
+    go to dead letters with the stage name; the others flow on.
+
+    A string is compiled here as a predicate.
+    """
+    predicate = _as_expression(expr, "predicate")
+    many = predicate.evaluate_many
+
+    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
+        class Handler(BatchHandler):
+            def on_batch(self, batch: Batch, emit: Emit) -> None:
+                metrics = batch.ctx.stage(stage)
+                n = len(batch.values)
+                metrics.events_in += n
+                mask, ok = _apply(batch, predicate, stage, many)
+                if ok:
+                    batch = _without_failed(batch, ok)
+                    mask = [m for m, good in zip(mask, ok, strict=True) if good]
+                    n = len(batch.values)
+                kept = batch.select(mask)
+                out = len(kept.values)
+                metrics.dropped += n - out
+                if out:
+                    metrics.events_out += out
+                    emit(kept)
+
+        return batch_stage(source, lambda _o, _s: Handler())
+
+    return Operator("filter", build, name)
+
+
+def expression_map(expr: Expression | str, *, name: str | None = None) -> Operator:
+    """Replace each event's value by ``expr`` of it (a mapping literal builds a record);
+    evaluated per batch, failures dead-lettered per event."""
+    fn = _as_expression(expr, "value")
+    return _per_row("map", fn, Batch.with_values, name, fn.evaluate_many)
+
+
+def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Operator:
+    """Set each event's key to ``expr`` of its value; evaluated per batch. A result that
+    cannot be a key (a list, a mapping) dead-letters that event."""
+    fn = _as_expression(expr, "value")
+
+    def keys(values: list[Any]) -> list[Any]:
+        results = fn.evaluate_many(values)
+        try:
+            list(map(hash, results))  # in C; the row-by-row retry says which row
+        except TypeError:
+            raise ExpressionEvaluationError(fn.text, "a key must be a scalar") from None
+        return results
+
+    def key(value: Any) -> Any:
+        result = fn(value)
+        try:
+            hash(result)
+        except TypeError:
+            raise ExpressionEvaluationError(
+                fn.text, f"a key must be a scalar, got {type(result).__name__}"
+            ) from None
+        return result
+
+    return _per_row("key_by", key, Batch.with_keys, name, keys)
