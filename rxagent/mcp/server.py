@@ -29,6 +29,7 @@ pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -82,6 +83,8 @@ STATE_URI_PREFIX = "rxagent://state/"
 KEY_URI_TEMPLATE = STATE_URI_PREFIX + "{store}/{key}"
 
 _JSON = "application/json"
+#: Dead letters shown in the status resource.
+_RECENT_DEAD_LETTERS = 5
 #: Keys named in a "no such key" error.
 _KEYS_SHOWN = 10
 
@@ -425,14 +428,17 @@ class RxAgentMCP:
             conflater = self._conflater
             if conflater is None:
                 return
-            if self._interest[uri]:
-                conflater.touch(uri)
-            watched = self._watched_keys.get(store)
-            if watched:
-                for change in changes:
-                    text = _key_text(change.key)
-                    if watched[text]:
-                        conflater.touch(f"{uri}/{quote(text, safe='')}")
+            try:
+                if self._interest[uri]:
+                    conflater.touch(uri)
+                watched = self._watched_keys.get(store)
+                if watched:
+                    for change in changes:
+                        text = _key_text(change.key)
+                        if watched[text]:
+                            conflater.touch(f"{uri}/{quote(text, safe='')}")
+            except Exception:  # never let a notification problem fail the writing pipeline
+                log.exception("MCP change notification for store %r failed", store)
 
         return on_changes
 
@@ -638,6 +644,18 @@ class RxAgentMCP:
         total = getattr(self.dead_letters, "total", None)
         if isinstance(total, int):
             result["dead_letters"] = total
+        letters = getattr(self.dead_letters, "letters", None)  # MemoryDeadLetters keeps them
+        if isinstance(letters, list):
+            result["recent_dead_letters"] = [
+                {
+                    "pipeline": getattr(letter, "pipeline", None),
+                    "stage": getattr(letter, "stage", None),
+                    "error": f"{getattr(letter, 'error_type', '?')}: "
+                    f"{getattr(letter, 'message', '')}",
+                    "time": _iso(getattr(letter, "time", None)) if include_time else None,
+                }
+                for letter in letters[-_RECENT_DEAD_LETTERS:]
+            ]
         conflater = self._conflater
         result["notifications"] = {
             "min_interval_s": self.min_interval,
@@ -667,6 +685,10 @@ class RxAgentMCP:
         client = self._legacy.get(id(connection))
         if client is None:
             client = self._legacy[id(connection)] = _LegacyClient(ctx.session, self._client_gone)
+            # the SDK unwinds a connection's exit stack when it closes: release its subscriptions
+            stack = getattr(connection, "exit_stack", None)
+            if isinstance(stack, contextlib.AsyncExitStack):
+                stack.callback(self._client_gone, client)
         if uri not in client.uris:
             client.uris.add(uri)
             self._add_interest(uri)
@@ -683,6 +705,7 @@ class RxAgentMCP:
         return types.EmptyResult()
 
     def _client_gone(self, client: _LegacyClient) -> None:
+        client.close()
         for key, known in list(self._legacy.items()):
             if known is client:
                 del self._legacy[key]

@@ -19,9 +19,10 @@ from mcp.shared.memory import create_client_server_memory_streams
 from mcp_helpers import WAIT
 
 from rxagent import App, Pipeline, StateStore, sources
+from rxagent.deadletters import MemoryDeadLetters
 from rxagent.events import Batch
 from rxagent.mcp import Conflater, RxAgentMCP, key_uri, store_uri
-from rxagent.sinks import Sink
+from rxagent.sinks import CallbackSink, Sink
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -51,8 +52,14 @@ class Received:
 
 @contextlib.asynccontextmanager
 async def connected(server: RxAgentMCP, handler: Any = None) -> AsyncIterator[ClientSession]:
+    async with server, session_of(server, handler) as session:
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def session_of(server: RxAgentMCP, handler: Any = None) -> AsyncIterator[ClientSession]:
+    """One client connection to a started ``server``, closed on exit."""
     async with (
-        server,
         create_client_server_memory_streams() as (client_streams, server_streams),
         anyio.create_task_group() as tasks,
     ):
@@ -120,6 +127,21 @@ async def test_unsubscribed_changes_cost_nothing() -> None:
         assert server.conflater.touched == 1
 
 
+async def test_disconnect_releases_subscriptions() -> None:
+    store = StateStore("ticks")
+    async with RxAgentMCP(stores={"ticks": store}) as server:
+        async with session_of(server) as first, session_of(server) as second:
+            await first.subscribe_resource(store_uri("ticks"))
+            await second.subscribe_resource(store_uri("ticks"))
+            await second.subscribe_resource(key_uri("ticks", "a"))
+            subscribed = server.status()["notifications"]["subscribed"]
+            assert subscribed == [store_uri("ticks"), key_uri("ticks", "a")]
+        assert server.status()["notifications"]["subscribed"] == []
+        store.set("a", 1)
+        assert server.conflater is not None
+        assert server.conflater.touched == 0
+
+
 class Suppressing(Sink):
     """A sink reporting activation suppressions, as ToolSink may."""
 
@@ -132,11 +154,17 @@ class Suppressing(Sink):
 
 async def test_status_resource() -> None:
     store = StateStore("prices")
-    pipeline = Pipeline("ticks", sources.memory([{"s": "A", "px": 1}, {"s": "B", "px": 2}])).to(
-        store.sink(key="s", value="px"), Suppressing("alerts")
+    dead_letters = MemoryDeadLetters()
+    source = sources.memory([{"s": "A", "px": 1}, {"s": "B", "px": 2}])
+    pipeline = Pipeline("ticks", source, dead_letters=dead_letters).to(
+        store.sink(key="s", value="px"),
+        Suppressing("alerts"),
+        CallbackSink(lambda v: 1 / 0 if v["s"] == "B" else None, name="check"),
     )
     app = App([pipeline], name="demo")
-    server = RxAgentMCP(stores={"prices": store}, app=app, status_interval=0.05)
+    server = RxAgentMCP(
+        stores={"prices": store}, app=app, status_interval=0.05, dead_letters=dead_letters
+    )
     received = Received()
     async with connected(server, received) as session:
         await session.subscribe_resource("rxagent://status")
@@ -156,6 +184,11 @@ async def test_status_resource() -> None:
     assert ticks["flow"]["in_flight"] == 0
     assert status["stores"]["prices"]["keys"] == 2
     assert status["app"] == "demo"
+    assert status["dead_letters"] == 1
+    (letter,) = status["recent_dead_letters"]
+    assert letter["stage"] == "check"
+    assert letter["error"] == "ZeroDivisionError: division by zero"
+    assert ticks["stages"]["check"]["last_error"] == "ZeroDivisionError: division by zero"
 
 
 def test_conflater_spacing() -> None:
