@@ -143,7 +143,7 @@ class Suppressions:
             )
         self.max_keys = max_keys
         self._stages: dict[str, dict[tuple[Hashable, str], Suppression]] = {}
-        self._totals: dict[str, dict[str, int]] = {}
+        self._totals: dict[str, dict[str, int]] = {}  # counts of evicted entries
         #: Entries forgotten to keep each stage within ``max_keys``, per stage.
         self.evicted: dict[str, int] = {}
 
@@ -162,21 +162,20 @@ class Suppressions:
         table = self._stages.get(stage)
         if table is None:
             table = self._stages[stage] = {}
-            self._totals[stage] = {}
-        totals = self._totals[stage]
-        totals[reason] = totals.get(reason, 0) + count
         slot = (key, reason)
         entry = table.pop(slot, None)  # re-inserted below: the newest stays last
-        if entry is None:
-            entry = Suppression(stage, key, reason, at, until, count)
-            if len(table) >= self.max_keys:
-                del table[next(iter(table))]  # the least recently suppressed
-                self.evicted[stage] = self.evicted.get(stage, 0) + 1
-        else:
+        if entry is not None:
             entry.count += count
             entry.last_at = at
             entry.eligible_at = until
-        table[slot] = entry
+            table[slot] = entry
+            return
+        if len(table) >= self.max_keys:  # forget the least recently suppressed
+            old = table.pop(next(iter(table)))
+            self.evicted[stage] = self.evicted.get(stage, 0) + 1
+            gone = self._totals.setdefault(stage, {})
+            gone[old.reason] = gone.get(old.reason, 0) + old.count
+        table[slot] = Suppression(stage, key, reason, at, until, count)
 
     def entries(self, stage: str | None = None) -> list[Suppression]:
         """The kept entries of ``stage`` (or of every stage), most recent first."""
@@ -190,12 +189,12 @@ class Suppressions:
 
     def totals(self, stage: str | None = None) -> dict[str, int]:
         """Suppressed events per reason, of ``stage`` or summed over every stage."""
-        if stage is not None:
-            return dict(self._totals.get(stage, {}))
         summed: dict[str, int] = {}
-        for per_reason in list(self._totals.values()):
-            for reason, n in list(per_reason.items()):
+        for name in [stage] if stage is not None else list(self._stages):
+            for reason, n in list(self._totals.get(name, {}).items()):
                 summed[reason] = summed.get(reason, 0) + n
+            for entry in list(self._stages.get(name, {}).values()):
+                summed[entry.reason] = summed.get(entry.reason, 0) + entry.count
         return summed
 
     def stages(self) -> list[str]:
