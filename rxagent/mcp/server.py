@@ -282,7 +282,6 @@ class RxAgentMCP:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._status_task: asyncio.Task[None] | None = None
-        self._status_wake: asyncio.Event | None = None
 
         from .. import __version__
 
@@ -344,6 +343,10 @@ class RxAgentMCP:
         if self._status_task is not None:
             self._status_task.cancel()
             self._status_task = None
+        self._interest.clear()
+        self._watched_keys.clear()
+        self._conflater = None
+        self._loop = self._loop_thread = None
 
     @property
     def conflater(self) -> Conflater | None:
