@@ -12,11 +12,13 @@ breakers) suppressed, per key, from the pipelines'
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reactivex.abc import SchedulerBase
 from rich.table import Table
 
 from ..exceptions import ConfigurationError
@@ -137,6 +139,7 @@ async def dry_run_report(
     duration: float | None = None,
     drain_timeout: float = 10.0,
     max_recorded: int | None = None,
+    scheduler: SchedulerBase | None = None,
 ) -> DryRunReport:
     """Run ``app`` with its tool sinks in record mode and report what they would
     have done (see :class:`DryRunReport`).
@@ -146,6 +149,11 @@ async def dry_run_report(
     ``drain_timeout`` s. ``max_recorded`` overrides each sink's bound on kept
     records. A failing pipeline does not raise: its state and error are in
     ``pipelines``.
+
+    ``scheduler`` starts every pipeline on that scheduler: a ``TestScheduler``
+    with ``replay(path, virtual=True)`` sources replays a recording in virtual
+    time, so cooldowns and throttles see the recorded gaps (``duration`` is
+    then still wall-clock seconds).
     """
     the_app = _app_of(app)
     sinks = dry_run(the_app)
@@ -156,7 +164,15 @@ async def dry_run_report(
             )
         for sink in sinks:
             sink.max_recorded = max_recorded
-    statuses = await the_app.run(duration=duration, drain_timeout=drain_timeout)
+    if scheduler is None:
+        statuses = await the_app.run(duration=duration, drain_timeout=drain_timeout)
+    else:
+        for pipeline in the_app.pipelines.values():
+            await pipeline.start(scheduler=scheduler)
+        try:
+            statuses = await asyncio.wait_for(asyncio.shield(the_app.wait()), duration)
+        except TimeoutError:
+            statuses = await the_app.drain(drain_timeout)
     return _report(the_app.pipelines, sinks, statuses)
 
 

@@ -4,15 +4,19 @@ every activation and suppression reported with its reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from reactivex.testing import TestScheduler
 from rich.console import Console
 
 from rxagent import App, Pipeline, sources
 from rxagent import operators as ops
 from rxagent.exceptions import ConfigurationError
+from rxagent.recording import encode_event, encode_header
 from rxagent.sinks import ToolSink
+from rxagent.sources import replay
 from rxagent.tools import tool
 from rxagent.tools.dryrun import dry_run, dry_run_report
 
@@ -114,3 +118,38 @@ async def test_dry_run_needs_an_unstarted_app() -> None:
         await dry_run_report(object())  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_recorded"):
         await dry_run_report(build_app(), max_recorded=-1)
+
+
+async def test_a_virtual_replay_reports_recorded_times(tmp_path: Path) -> None:
+    # AAPL at 0, 10 and 70 s; MSFT at 5 s: a 60 s cooldown holds back the one at 10 s only
+    path = tmp_path / "ticks.jsonl"
+    times = [(0.0, "AAPL"), (5.0, "MSFT"), (10.0, "AAPL"), (70.0, "AAPL")]
+    path.write_bytes(
+        b"".join(
+            [encode_header(created=0.0, source="feed")]
+            + [
+                encode_event(1000.0 + t, {"sym": sym, "px": t}, offset=i)
+                for i, (t, sym) in enumerate(times)
+            ]
+        )
+    )
+    app = App()
+    app.pipeline("replayed", replay(path, virtual=True)).to(
+        ToolSink(alert, args=lambda v: {"symbol": v["sym"], "px": v["px"]}, key="sym", cooldown=60)
+    )
+    report = await dry_run_report(app, scheduler=TestScheduler())
+    assert [(a.key, a.at) for a in report.fired] == [
+        ("AAPL", pytest.approx(0.0)),
+        ("MSFT", pytest.approx(5.0)),
+        ("AAPL", pytest.approx(70.0)),
+    ]
+    [held] = report.held_back
+    assert (held.key, held.reason, held.at, held.eligible_at) == (
+        "AAPL",
+        "cooldown",
+        pytest.approx(10.0),
+        pytest.approx(60.0),
+    )
+    console = Console(width=200, record=True)
+    console.print(report.table())
+    assert "t=10.000s" in console.export_text()
