@@ -1,7 +1,8 @@
 """The ``rxagent`` command line.
 
 Verbs: ``demo`` (the market-feed demo), ``validate``, ``graph``, ``schema``,
-``run``, ``replay`` and ``test`` for pipeline files (docs/cli.md).
+``run``, ``replay``, ``test``, ``dry-run`` and ``mcp`` for pipeline files
+(docs/cli.md, docs/mcp.md).
 
 Exit codes: 0 success; 1 an invalid pipeline file, a failed pipeline or a
 failed test; 2 a usage error (a missing file, an unknown pipeline name, a bad
@@ -599,6 +600,120 @@ def test_command(files: tuple[str, ...]) -> None:
             click.echo(f"{ran - failed} passed, {failed} failed")
         if failed or not ran:
             raise _Exit(INVALID)
+
+
+# -- dry-run and mcp --------------------------------------------------------------------
+
+
+@main.command("dry-run")
+@click.argument("file")
+@click.option(
+    "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
+)
+@click.option(
+    "--recording",
+    metavar="REC",
+    help="Replay this recording through the (single named) pipeline instead of its source.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many seconds (needed for live sources that never end).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def dry_run_command(
+    file: str,
+    pipelines: tuple[str, ...],
+    recording: str | None,
+    duration: float | None,
+    as_json: bool,
+) -> None:
+    """Run FILE's pipelines with every tool activation recorded, not executed:
+    which tool would have fired, when, with which arguments, and what was
+    suppressed and why (throttled, in cooldown, dropped while busy, ...)."""
+    from .sources.replay import ReplaySource
+    from .tools.dryrun import dry_run_report
+
+    with _guard(_verbosity()):
+        config = _read(file)
+        names = _pick(config, pipelines)
+        sources = None
+        if recording is not None:
+            if not Path(recording).is_file():
+                _fail(USAGE, f"recording {recording!r} does not exist")
+            if len(names) != 1:
+                _fail(USAGE, "--recording replays through one pipeline: name it with --pipeline")
+            sources = {names[0]: ReplaySource(recording)}
+        built = config.build(pipelines=names, sources=sources)
+        report = asyncio.run(
+            dry_run_report(
+                built, duration=duration, drain_timeout=config.model.settings.drain_timeout
+            )
+        )
+        if as_json:
+            click.echo(config.redact(json.dumps(report.as_json(), indent=2, sort_keys=True)))
+        else:
+            from rich.console import Console
+
+            console = Console(width=max(100, Console().width))
+            with console.capture() as captured:
+                console.print(report.table())
+            click.echo(config.redact(captured.get()), nl=False)
+
+
+@main.command("mcp")
+@click.argument("file")
+@click.option("--http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address.")
+@click.option("--port", type=int, default=None, help="HTTP port (0: any free port).")
+@click.option(
+    "--token-env",
+    default="RXAGENT_MCP_TOKEN",
+    show_default=True,
+    metavar="VAR",
+    help="Environment variable holding the HTTP bearer token.",
+)
+@click.option(
+    "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
+)
+@click.option(
+    "--min-interval",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Least seconds between two change notifications of one resource.",
+)
+def mcp_command(
+    file: str,
+    http: bool,
+    host: str,
+    port: int | None,
+    token_env: str,
+    pipelines: tuple[str, ...],
+    min_interval: float,
+) -> None:
+    """Run FILE's pipelines and serve their state stores, tools and status over
+    the Model Context Protocol: stdio by default, or streamable HTTP on
+    127.0.0.1 with a bearer token from --token-env (docs/mcp.md)."""
+    import os
+
+    from .mcp.app import DEFAULT_PORT, run_mcp
+
+    with _guard(_verbosity()):
+        config = _read(file)  # located errors before anything starts
+        names = _pick(config, pipelines)
+        token = os.environ.get(token_env) if http else None
+        if http and not token:
+            _fail(USAGE, f"--http needs a bearer token: set the environment variable {token_env}")
+        run_mcp(
+            file,
+            transport="http" if http else "stdio",
+            host=host,
+            port=DEFAULT_PORT if port is None else port,
+            token=token,
+            pipelines=names,
+            min_interval=min_interval,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -472,3 +472,55 @@ def _marble_error(diagram: str) -> Exception:
     except ValueError as error:
         return error
     raise AssertionError("expected a MarbleError")
+
+
+# -- dry-run and mcp -------------------------------------------------------------------------
+
+ORDERS = """\
+tools:
+  alert: rxagent.demo:alert
+pipelines:
+  orders:
+    source:
+      memory:
+        items:
+          - {sym: AAPL, move: 1.0}
+          - {sym: AAPL, move: 2.0}
+          - {sym: MSFT, move: -3.0}
+          - {sym: MSFT, move: -4.0}
+    steps:
+      - key_by: sym
+    sinks:
+      - tool: {tool: alert, args: {symbol: sym, move_pct: move}, cooldown: 60s, name: alerts}
+"""
+
+
+def test_dry_run_reports_what_would_fire_and_what_was_held_back(tmp_path: Path) -> None:
+    write(tmp_path, "orders.yaml", ORDERS)
+    proc = rxagent("dry-run", "orders.yaml", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    fired = [(a["key"], a["arguments"]) for a in report["fired"]]
+    assert fired == [
+        ("AAPL", {"symbol": "AAPL", "move_pct": 1.0}),
+        ("MSFT", {"symbol": "MSFT", "move_pct": -3.0}),
+    ]
+    held = [(a["key"], a["reason"]) for a in report["held_back"]]
+    assert held == [("AAPL", "cooldown"), ("MSFT", "cooldown")]
+    assert all(a["eligible_at"] > a["at"] for a in report["held_back"])
+
+    table = rxagent("dry-run", "orders.yaml", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "2 fired, 2 held back" in table.stdout
+    assert "cooldown" in table.stdout
+
+
+def test_mcp_over_http_needs_a_token(tmp_path: Path) -> None:
+    write(tmp_path, "ticks.yaml", TICKS)
+    env = {"RXAGENT_MCP_TOKEN": ""}
+    proc = rxagent("mcp", "ticks.yaml", "--http", "--port", "0", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert "set the environment variable RXAGENT_MCP_TOKEN" in proc.stderr
+    proc = rxagent("mcp", "missing.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "pipeline file 'missing.yaml' does not exist" in proc.stderr
