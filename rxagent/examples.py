@@ -35,10 +35,6 @@ __all__ = [
     "track_move",
 ]
 
-#: ``track_move`` flags a symbol whose average moved this many percent since its first window.
-MOVE_ALERT_PCT = 0.2
-
-
 # -- reducers (state sink ``reducer: rxagent.examples:NAME``) ----------------------------
 
 
@@ -46,8 +42,8 @@ def track_move(old: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     """Fold a window ``{n, avg, last, ...}`` of one symbol into its state row.
 
     The row keeps the first window's average, so it can say how far the price
-    moved since (``move_pct``), and ``alert`` is true when the move passes
-    :data:`MOVE_ALERT_PCT` percent either way.
+    moved since (``move_pct``, in percent); the file's alert rule is an
+    expression of it (``abs(value.move_pct) >= 0.2``).
     """
     window = event.value
     agg: dict[str, Any] = dict(window.value)
@@ -59,26 +55,21 @@ def track_move(old: dict[str, Any] | None, event: Event) -> dict[str, Any]:
         "sym": window.key,
         "first_avg": first,
         "move_pct": round(move, 4),
-        "alert": abs(move) >= MOVE_ALERT_PCT,
         "windows": 1 if old is None else int(old["windows"]) + 1,
     }
 
 
 def apply_change(old: dict[str, Any] | None, event: Event) -> Any:
-    """Apply a Debezium-style change event to the read model's row.
+    """Apply a Debezium-style change to the read model's row.
 
-    The value is the change envelope, with or without its ``schema`` wrapper
-    (``{"schema": ..., "payload": change}`` or the bare change), or ``None``: a
-    tombstone, which follows a delete. In the change, ``op`` is ``c`` (create),
-    ``r`` (snapshot read), ``u`` (update) or ``d`` (delete) and ``after`` the
-    row after it. A delete or a tombstone removes the key; any other operation
-    replaces the row by ``after``, with the change's operation and source
-    position (``lsn``), so a reader can tell how current the row is.
+    The value is the change (the envelope's ``payload``): ``op`` is ``c``
+    (create), ``r`` (snapshot read), ``u`` (update) or ``d`` (delete), ``after``
+    the row after it. A delete removes the key; any other operation replaces
+    the row by ``after``, with the operation and the source position (``lsn``),
+    so a reader can tell how current the row is. Anything else raises: the
+    change goes to dead letters with the reason.
     """
-    envelope: Any = event.value
-    if envelope is None:
-        return DELETE
-    change: Mapping[str, Any] = envelope.get("payload", envelope)
+    change: Mapping[str, Any] = event.value
     op = change.get("op")
     if op == "d":
         return DELETE

@@ -30,7 +30,7 @@ from rxagent.config import BuiltApp, load
 from rxagent.config.graph import mermaid
 from rxagent.config.testing import check_cases, run_cases
 from rxagent.demo import MarketFeedServer
-from rxagent.examples import MOVE_ALERT_PCT, SensorFeedServer
+from rxagent.examples import SensorFeedServer
 from rxagent.sinks.tools import ToolResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +161,8 @@ async def run_market_feed(run: Run) -> None:
     fired = [r for r in alerts if r.ok]
     assert fired
     assert all(r.value.startswith(f"ALERT {r.key} moved") for r in fired)
-    assert all(abs(r.event.value["move_pct"]) >= MOVE_ALERT_PCT for r in fired if r.event)
+    # the file's rule: abs(value.move_pct) >= 0.2
+    assert all(abs(r.event.value["move_pct"]) >= 0.2 for r in fired if r.event)
     # the feed's garbage frames (one per 500 ticks) are dead letters with the reason
     letters = built.dead_letters.letters  # type: ignore[attr-defined]
     assert letters, "the feed sent garbage frames: they should be dead letters"
@@ -214,6 +215,7 @@ async def run_kafka_orders(run: Run) -> None:
         {"order_id": "o3", "sku": "plum", "qty": 7, "paid": True},
         {"order_id": "o1", "sku": "apple", "qty": 3, "paid": True},  # redelivered
         {"order_id": "o4", "sku": "fig", "qty": "many", "paid": True},  # not an int
+        {"order_id": "o5", "sku": "kiwi", "qty": 0, "paid": True},  # the rule: no quantity
     ]
     _produce(bootstrap, topic, [(o["order_id"], o) for o in orders])
     built = run.build(
@@ -259,7 +261,8 @@ async def run_cdc_read_model(run: Run) -> None:
             ("2", change("u", bob, {**bob, "tier": "gold"}, 13)),
             ("3", change("d", cy, None, 14)),
             ("3", None),  # the tombstone after a delete
-            ("9", {"payload": {"op": "t"}}),  # an operation the read model cannot apply
+            ("9", change("t", None, {"id": 9}, 15)),  # an operation it cannot apply
+            ("8", {"op": "c", "before": None, "after": {"id": 8, "name": "Di"}}),  # no schema
         ],
     )
     built = run.build(
@@ -270,8 +273,9 @@ async def run_cdc_read_model(run: Run) -> None:
     )
     await built.app.run(duration=15)
     assert built.stores["customers"].snapshot.to_dict() == {
-        "1": {**ada, "_op": "r", "_lsn": 10},
-        "2": {"id": 2, "name": "Bob", "tier": "gold", "_op": "u", "_lsn": 13},
+        1: {**ada, "_op": "r", "_lsn": 10},
+        2: {"id": 2, "name": "Bob", "tier": "gold", "_op": "u", "_lsn": 13},
+        8: {"id": 8, "name": "Di", "_op": "c", "_lsn": None},
     }
     [letter] = built.dead_letters.letters  # type: ignore[attr-defined]
     assert "unknown change operation 't'" in letter.message
