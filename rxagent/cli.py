@@ -655,7 +655,7 @@ def dry_run_command(
         else:
             from rich.console import Console
 
-            console = Console(width=max(100, Console().width))
+            console = Console(width=max(160, Console().width))
             with console.capture() as captured:
                 console.print(report.table())
             click.echo(config.redact(captured.get()), nl=False)

@@ -125,6 +125,7 @@ class MarketFeedServer:
         self._server: Any = None
         self._producer: asyncio.Task[None] | None = None
         self.connections = 0
+        self._closing = False
 
     async def __aenter__(self) -> MarketFeedServer:
         from websockets.asyncio.server import serve
@@ -140,6 +141,9 @@ class MarketFeedServer:
             self._producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
+        # wake handlers parked waiting for new ticks, so wait_closed() can return
+        self._closing = True
+        self._new.set()
         self._server.close()
         await self._server.wait_closed()
 
@@ -169,6 +173,8 @@ class MarketFeedServer:
         seq = max(self.first_seq, 1 if last is None else int(last) + 1)
         sent = 0
         while sent < self.disconnect_every:
+            if self._closing:
+                return
             if seq >= self.next_seq:
                 self._new.clear()
                 await self._new.wait()
