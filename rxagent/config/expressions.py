@@ -41,12 +41,10 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, Literal
 
-from reactivex import Observable
-
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
-from ..operators.base import BatchHandler, Emit, Operator, batch_stage
-from ..operators.transform import _apply, _per_row, _without_failed
+from ..operators.base import Operator
+from ..operators.transform import _filter, _per_row
 
 __all__ = [
     "FUNCTIONS",
@@ -798,29 +796,7 @@ def expression_filter(expr: Expression | str, *, name: str | None = None) -> Ope
     A string is compiled here as a predicate.
     """
     predicate = _as_expression(expr, "predicate")
-    many = predicate.evaluate_many
-
-    def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        class Handler(BatchHandler):
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
-                n = len(batch.values)
-                metrics.events_in += n
-                mask, ok = _apply(batch, predicate, stage, many)
-                if ok:
-                    batch = _without_failed(batch, ok)
-                    mask = [m for m, good in zip(mask, ok, strict=True) if good]
-                    n = len(batch.values)
-                kept = batch.select(mask)
-                out = len(kept.values)
-                metrics.dropped += n - out
-                if out:
-                    metrics.events_out += out
-                    emit(kept)
-
-        return batch_stage(source, lambda _o, _s: Handler())
-
-    return Operator("filter", build, name)
+    return _filter(predicate, name, predicate.evaluate_many)
 
 
 def expression_map(expr: Expression | str, *, name: str | None = None) -> Operator:

@@ -43,8 +43,6 @@ How a case runs:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import advance, next_due
 from ..events import Batch
 from ..exceptions import ConfigurationError
+from ..plain import plain
 from ..sinks.base import Sink
 from ..testing.marbles import (
     MarbleError,
@@ -192,22 +191,6 @@ def check_cases(config: Config) -> list[Problem]:
 
 
 # -- running -------------------------------------------------------------------------------
-
-
-def plain(value: Any) -> Any:
-    """``value`` as plain data for comparison with YAML: dataclasses (windows) and
-    pydantic models become mappings, tuples lists, enums their values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump") and not isinstance(value, type):
-        return plain(value.model_dump())
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
 
 
 class _Observed(MarbleSink):

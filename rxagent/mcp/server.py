@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
@@ -57,6 +56,7 @@ from reactivex.abc import DisposableBase
 from starlette.applications import Starlette
 
 from ..exceptions import ConfigurationError
+from ..plain import plain
 from ..runtime import App
 from ..sinks.state import Snapshot, StateChange, StateStore
 from ..tools.registry import ToolRegistry
@@ -102,15 +102,6 @@ def key_uri(store: str, key: Hashable) -> str:
 def _key_text(key: Hashable) -> str:
     """A key as text, as the state store's ``context()`` and tools show it."""
     return key if isinstance(key, str) else json.dumps(key, default=str)
-
-
-def _plain(value: Any) -> Any:
-    """Models and dataclasses as plain JSON data."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
 
 
 def _dumps(value: Any) -> str:
@@ -586,7 +577,7 @@ class RxAgentMCP:
             {
                 "store": snap.store,
                 "key": key_text,
-                "value": _plain(entry.value),
+                "value": plain(entry.value),
                 "version": entry.version,
                 "store_version": snap.version,
                 "event_time": _iso(entry.event_time),
@@ -766,7 +757,7 @@ class RxAgentMCP:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=message)], is_error=True
             )
-        value = _plain(result)
+        value = plain(result)
         text = value if isinstance(value, str) else _dumps(value)
         structured = value if isinstance(value, dict) else None
         if structured is not None:
@@ -819,7 +810,7 @@ def _store_json(snap: Snapshot, now: float) -> dict[str, Any]:
         "as_of": _iso(snap.wall_time) if snap.version else None,
         "staleness_s": _staleness(snap.wall_time, now) if snap.version else None,
         "keys": len(snap),
-        "entries": {_key_text(e.key): _plain(e.value) for e in snap.entries()},
+        "entries": {_key_text(e.key): plain(e.value) for e in snap.entries()},
     }
 
 
@@ -869,7 +860,7 @@ def _changes_since_tool(stores: Mapping[str, StateStore]) -> Tool:
             "since": version,
             "version": changes.version,
             "as_of": _iso(snap.wall_time) if snap.version else None,
-            "changed": {_key_text(k): _plain(e.value) for k, e in changes.changed.items()},
+            "changed": {_key_text(k): plain(e.value) for k, e in changes.changed.items()},
             "deleted": [_key_text(k) for k in changes.deleted],
         }
         if reset:

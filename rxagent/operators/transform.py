@@ -109,6 +109,16 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
         --1--2--3--4--|   filter(lambda v: v % 2 == 0)
         -----2-----4--|
     """
+    return _filter(predicate, name)
+
+
+def _filter(
+    predicate: Callable[[Any], Any],
+    name: str | None,
+    many: Callable[[list[Any]], list[Any]] | None = None,
+) -> Operator:
+    """The filter stage; ``many`` evaluates the predicate over a whole batch at
+    once (``predicate`` is still used row by row when ``many`` raises)."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
@@ -116,7 +126,7 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
                 metrics = batch.ctx.stage(stage)
                 n = len(batch.values)
                 metrics.events_in += n
-                mask, ok = _apply(batch, predicate, stage)
+                mask, ok = _apply(batch, predicate, stage, many)
                 if ok:
                     batch = _without_failed(batch, ok)
                     mask = [m for m, good in zip(mask, ok, strict=True) if good]

@@ -30,15 +30,13 @@ returned a ``str``, else compact JSON (pydantic models and dataclasses dumped).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
 from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError, UnknownToolError
+from ..plain import plain
 from .registry import ToolRegistry
 
 __all__ = ["ToolCall", "parse_tool_call", "run_tool_calls"]
@@ -212,19 +210,9 @@ def result_text(result: Any) -> str:
     compact JSON (models and dataclasses dumped, unknown types by ``str``)."""
     if isinstance(result, str):
         return result
-    return json.dumps(_plain(result), separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return json.dumps(
+        plain(result, str_keys=True), separators=(",", ":"), ensure_ascii=False, default=str
+    )
 
 
 def _error_answer(call: ToolCall, kind: ErrorKind, error: BaseException | str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ snapshot, so they never block writers and never see half an update.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Hashable
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..exceptions import ConfigurationError, StateError
+from ..plain import plain
 from ..sinks.state import Snapshot, StateStore
 from .tool import Tool
 
@@ -112,7 +112,7 @@ def state_query_tool(
             "store": store.name,
             "version": snap.version,
             "entries": {
-                text: {"value": _jsonable(snap[actual]), **snap.as_of(actual)}
+                text: {"value": plain(snap[actual]), **snap.as_of(actual)}
                 for text, actual in found.items()
             },
         }
@@ -157,12 +157,3 @@ def _missing_message(store: str, snap: Snapshot, missing: list[str]) -> str:
         f"state {store!r} has no key {what}; existing keys include "
         f"{', '.join(map(repr, shown))}{more}. Call without keys for a summary."
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """Models and dataclasses as plain data, so any LLM client can serialise the result."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
