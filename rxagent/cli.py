@@ -289,6 +289,17 @@ def _totals(status: PipelineStatus) -> dict[str, int]:
     return out
 
 
+def _suppressed(status: PipelineStatus) -> str:
+    """``stage: reason N, ...`` of what stages held back (why something did not fire)."""
+    parts = []
+    for stage, info in status.suppressions.items():
+        totals = info.get("totals") or {}
+        if totals:
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(totals.items()))
+            parts.append(f"{stage}: {reasons}")
+    return "; ".join(parts)
+
+
 def _last_error(status: PipelineStatus) -> str | None:
     if status.last_error:
         return status.last_error
@@ -401,6 +412,10 @@ class _Monitor:
                     busy,
                     redact(str(stage.get("last_error") or "")),
                 )
+            suppressed = _suppressed(status)
+            if suppressed:
+                table.caption = redact(f"held back: {suppressed}")
+                table.caption_justify = "left"
             parts.append(table)
         for store_name, store in self.built.stores.items():
             table = Table(
@@ -436,6 +451,9 @@ def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: in
             where = f" in {status.failed_stage!r}" if status.failed_stage else ""
             line += f"; failed{where}: {status.last_error}"
         click.echo(redact(line))
+        suppressed = _suppressed(status)
+        if suppressed:
+            click.echo(redact(f"  held back: {suppressed}"))
     for store_name, store in built.stores.items():
         entries = list(store.snapshot.to_dict().items())
         click.echo(

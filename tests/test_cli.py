@@ -524,3 +524,23 @@ def test_mcp_over_http_needs_a_token(tmp_path: Path) -> None:
     proc = rxagent("mcp", "missing.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "pipeline file 'missing.yaml' does not exist" in proc.stderr
+
+
+def test_run_says_what_stages_held_back(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "thr.yaml",
+        """\
+        state: {prices: {}}
+        pipelines:
+          ticks:
+            source: {memory: {items: [{sym: A, px: 1}, {sym: A, px: 2}, {sym: B, px: 3}]}}
+            steps:
+              - key_by: sym
+              - throttle_first: 10s
+            sinks: [{state: {store: prices, value: px}}]
+        """,
+    )
+    proc = rxagent("run", "thr.yaml", "--no-live", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "  held back: throttle_first: throttled 1" in proc.stdout.splitlines()
