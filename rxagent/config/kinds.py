@@ -71,10 +71,16 @@ Duration = Annotated[
 ]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONSTANTS = frozenset({"true", "false", "null", "True", "False", "None"})
+
+
+def _is_field(text: str) -> bool:
+    """A plain name is a field of the value; the language's constants are expressions."""
+    return bool(_NAME.match(text)) and text not in _CONSTANTS
 
 
 def _check_expression(text: str) -> str:
-    if not _NAME.match(text):
+    if not _is_field(text):
         from .expressions import compile_expression
 
         compile_expression(text)  # raises ExpressionError (a ValueError) with the reason
@@ -139,7 +145,7 @@ PythonRef = Annotated[
 
 def compute(text: str) -> Callable[[Any], Any]:
     """A field name -> ``itemgetter``; an expression -> the compiled expression."""
-    if _NAME.match(text):
+    if _is_field(text):
         return itemgetter(text)
     from .expressions import compile_expression
 
@@ -449,7 +455,7 @@ class FilterParams(StageParams):
 
 
 def _filter(p: FilterParams, ctx: BuildContext) -> Any:
-    if _NAME.match(p.predicate):
+    if _is_field(p.predicate):
         return ops.filter(itemgetter(p.predicate), name=p.name)
     from .expressions import compile_expression, expression_filter
 
@@ -463,7 +469,7 @@ class MapParams(StageParams):
 
 
 def _map(p: MapParams, ctx: BuildContext) -> Any:
-    if _NAME.match(p.expr):
+    if _is_field(p.expr):
         return ops.map(itemgetter(p.expr), name=p.name)
     from .expressions import compile_expression, expression_map
 
@@ -477,7 +483,7 @@ class KeyByParams(StageParams):
 
 
 def _key_by(p: KeyByParams, ctx: BuildContext) -> Any:
-    if _NAME.match(p.key):
+    if _is_field(p.key):
         return ops.key_by(p.key, name=p.name)
     from .expressions import compile_expression, expression_key_by
 
@@ -491,7 +497,7 @@ class EventTimeParams(StageParams):
 
 
 def _event_time(p: EventTimeParams, ctx: BuildContext) -> Any:
-    return ops.event_time(p.time if _NAME.match(p.time) else compute(p.time), name=p.name)
+    return ops.event_time(p.time if _is_field(p.time) else compute(p.time), name=p.name)
 
 
 class FlatMapParams(StageParams):
@@ -569,7 +575,7 @@ class ReorderParams(StageParams):
 
 
 def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
-    seq = p.seq if _NAME.match(p.seq) else cast("Callable[[Any], int]", compute(p.seq))
+    seq = p.seq if _is_field(p.seq) else cast("Callable[[Any], int]", compute(p.seq))
     return ops.reorder(
         seq,
         max_delay=p.max_delay,
@@ -862,7 +868,7 @@ def _session(p: SessionParams, ctx: BuildContext) -> Any:
 
 def _key_arg(text: str) -> str | Callable[[Any], Hashable]:
     """Operators take a field name as is (they build their own itemgetter)."""
-    return text if _NAME.match(text) else compute(text)
+    return text if _is_field(text) else compute(text)
 
 
 # -- sinks -----------------------------------------------------------------------------

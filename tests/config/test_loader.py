@@ -337,3 +337,21 @@ def test_mutated_good_files_load_or_give_located_errors(text: str) -> None:
         return
     for line in lines:
         assert re.match(r"^m\.yaml:\d+:\d+: ", line), line
+
+
+async def test_plain_names_are_fields_and_constants_are_expressions() -> None:
+    text = """\
+    state: {out: {}}
+    pipelines:
+      p:
+        source: {memory: [{ok: 0, n: 1, k: a}, {ok: 1, n: 2, k: b}]}
+        steps:
+          - filter: ok          # the field ok
+          - filter: "true"      # the constant, not a field named true
+          - key_by: k
+          - map: n
+        sinks: [{state: out}]
+    """
+    built = loads(textwrap.dedent(text)).build()
+    await built.app.run()
+    assert built.stores["out"].snapshot.to_dict() == {"b": 2}
