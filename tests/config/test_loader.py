@@ -355,3 +355,53 @@ async def test_plain_names_are_fields_and_constants_are_expressions() -> None:
     built = loads(textwrap.dedent(text)).build()
     await built.app.run()
     assert built.stores["out"].snapshot.to_dict() == {"b": 2}
+
+
+def test_a_plugin_registers_kinds_through_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a real installed distribution (a dist-info folder on sys.path), not a stub
+    (tmp_path / "rxagent_upper_plugin.py").write_text(
+        textwrap.dedent(
+            """\
+            from rxagent import operators as ops
+            from rxagent.config import Kind
+            from rxagent.config.kinds import StageParams
+
+
+            class UpperParams(StageParams):
+                field: str
+
+
+            def register(registry):
+                registry.add(
+                    Kind(
+                        "operator", "upper", UpperParams,
+                        lambda p, ctx: ops.map(lambda v: {**v, p.field: v[p.field].upper()}),
+                        shorthand="field",
+                    )
+                )
+            """
+        )
+    )
+    info = tmp_path / "rxagent_upper_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: rxagent-upper-plugin\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[rxagent.kinds]\nupper = rxagent_upper_plugin:register\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rxagent.config.kinds import register_builtins
+
+    registry = Registry()
+    register_builtins(registry)
+    config = loads(
+        "state: {out: {}}\n"
+        "pipelines:\n  p:\n    source: {memory: [{s: abc, k: 1}]}\n"
+        "    steps: [{upper: s}, {key_by: k}]\n    sinks: [{state: out}]\n",
+        registry=registry,
+    )
+    assert config.pipelines["p"].steps[0].kind.name == "upper"
+    assert "upper" in registry.names("operator")
