@@ -200,33 +200,16 @@ def _convert(
                 )
                 continue
             key = _scalar(key_node)
+            at = Location(
+                locations.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            )
             if not isinstance(key, str | int) or isinstance(key, bool):
-                problems.append(
-                    Problem(
-                        Location(
-                            locations.file,
-                            key_node.start_mark.line + 1,
-                            key_node.start_mark.column + 1,
-                        ),
-                        path,
-                        f"keys must be strings, got {key!r}",
-                    )
-                )
+                problems.append(Problem(at, path, f"keys must be strings, got {key!r}"))
                 continue
             key = str(key)
             child = (*path, key)
             if key in out:
-                problems.append(
-                    Problem(
-                        Location(
-                            locations.file,
-                            key_node.start_mark.line + 1,
-                            key_node.start_mark.column + 1,
-                        ),
-                        child,
-                        f"duplicate key {key!r}",
-                    )
-                )
+                problems.append(Problem(at, child, f"duplicate key {key!r}"))
                 continue
             out[key] = _convert(
                 value_node, child, locations, env, secrets, problems, key_node.start_mark
