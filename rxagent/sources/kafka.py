@@ -41,12 +41,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import logging
+import operator
 import os
 import re
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..events import Event, Position
@@ -163,6 +165,35 @@ def _column(column: list[_T]) -> list[_T] | None:
     return None if nones == len(column) else column
 
 
+def _slice(column: Sequence[_T] | None, start: int, end: int) -> list[_T] | None:
+    return None if column is None else _column(list(column[start:end]))
+
+
+def _decode_column(decode: Callable[[bytes], _T], raws: list[bytes | None]) -> list[_T | None]:
+    """``decode`` over a column of message bytes; ``None`` (a tombstone) stays ``None``."""
+    if raws.count(None):
+        return [None if raw is None else decode(raw) for raw in raws]
+    return list(map(decode, raws))  # type: ignore[arg-type]
+
+
+def _key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hashable] | None]:
+    """The key decoder over a column of keys (``None`` for a batch without keys)."""
+    one = _key_decoder(decode)
+
+    def keys(raws: list[bytes | None]) -> list[Hashable] | None:
+        nones = raws.count(None)
+        if nones == len(raws):
+            return None
+        if decode == "text" and not nones:
+            try:  # in C; a key that is not UTF-8 stays bytes (row by row below)
+                return list(map(bytes.decode, raws))  # type: ignore[arg-type]
+            except UnicodeDecodeError:
+                pass
+        return _decode_column(one, raws)
+
+    return keys
+
+
 class _Rows:
     """One partition's messages of one hop, decoded, in columns."""
 
@@ -171,10 +202,11 @@ class _Rows:
     def __init__(self, partition: KafkaPartition) -> None:
         self.partition = partition
         self.values: list[Any] = []
-        self.keys: list[Hashable] = []
-        self.times: list[float | None] = []
-        self.positions: list[int] = []
-        self.headers: list[Mapping[str, Any] | None] = []
+        # ``None`` for a column with nothing in it
+        self.keys: list[Hashable] | None = None
+        self.times: list[float | None] | None = None
+        self.positions: Sequence[int] = ()
+        self.headers: list[Mapping[str, Any] | None] | None = None
         # (row index it precedes, offset, raw message, error)
         self.bad: list[tuple[int, Any, BaseException]] = []
 
@@ -248,6 +280,7 @@ class KafkaSource(Source):
         self.group_id = group_id
         self.decode_value = _value_decoder(decode, model)
         self.decode_key = _key_decoder(key_decode)
+        self.decode_keys = _key_columns(key_decode)
         self.assign = assign
         self.until_eof = until_eof
         self.dead_letter_topic = dead_letter_topic
@@ -396,6 +429,9 @@ class _Consumer:
         # next offset to hand to the loop, per partition (what a resume seeks back to)
         self.delivered: dict[KafkaPartition, int] = {}
         self.stash: list[Any] = []
+        # the topic of every message when there is one (a "^..." name is a pattern)
+        only = owner.topics[0]
+        self.topic = only if len(owner.topics) == 1 and not only.startswith("^") else None
         self.closing = False
         strategy = str(owner.config.get("partition.assignment.strategy", ""))
         self.cooperative = "cooperative" in strategy.lower()
@@ -510,31 +546,58 @@ class _Consumer:
                 log.debug("kafka source %r: seek %s@%d: %s", self.owner.name, p, offset, error)
 
     def _decode(self, messages: list[Any]) -> list[_Rows]:
-        from confluent_kafka import KafkaError, KafkaException
+        """Split a hop's messages by partition and decode each partition's run.
 
-        # split into partitions (consume() returns runs of one partition: one lookup a run)
-        runs: dict[tuple[str, int], list[Any]] = {}
-        run: list[Any] = []
-        topic, part = None, -1
-        at_end: dict[tuple[str, int], bool] = {}  # the last word of this hop per partition
-        for message in messages:
-            if message.error() is not None:
-                if self._on_message_error(message, KafkaError, KafkaException):
+        The per-message work is kept in C where possible (``map`` over the unbound
+        ``Message`` methods): this runs for every message, under the GIL the
+        pipeline needs too.
+        """
+        from confluent_kafka import KafkaError, KafkaException, Message
+
+        # the last word of this hop per partition: a message (False) or its end (True)
+        at_end: dict[Any, bool] = {}
+        errors = list(map(Message.error, messages))
+        # (not ``errors.count(None)``: a KafkaError compared with None sets a TypeError)
+        if any(map(operator.is_not, errors, itertools.repeat(None))):
+            good = []
+            for message, error in zip(messages, errors, strict=True):
+                if error is None:
+                    good.append(message)
+                    at_end[message.topic(), message.partition()] = False
+                elif self._on_message_error(message, KafkaError, KafkaException):
                     at_end[message.topic(), message.partition()] = True
-                continue
-            if message.partition() != part or message.topic() != topic:
-                topic, part = message.topic(), message.partition()
-                run = runs.setdefault((topic, part), [])
-                at_end[topic, part] = False
-            run.append(message)
-        for (topic, part), end in at_end.items():
+            messages = good
+        # consume() returns runs of one partition: group the runs, in C
+        topic = self.topic
+        if topic is None:
+            ids: list[Any] = list(
+                zip(map(Message.topic, messages), map(Message.partition, messages), strict=True)
+            )
+        else:
+            ids = list(map(Message.partition, messages))
+        runs: dict[Any, list[Any]] = {}
+        if ids and ids.count(ids[0]) == len(ids):
+            runs[ids[0]] = messages
+        else:
+            start = 0
+            for ident, run in itertools.groupby(ids):
+                end = start + sum(1 for _ in run)
+                if ident in runs:
+                    runs[ident].extend(messages[start:end])
+                else:
+                    runs[ident] = messages[start:end]
+                start = end
+        for ident, end in at_end.items():
+            p = KafkaPartition(*ident)
             if end:
-                self.eof.add(KafkaPartition(topic, part))
+                self.eof.add(p)
             else:
-                self.eof.discard(KafkaPartition(topic, part))
+                self.eof.discard(p)
         groups = []
-        for (topic, part), batch in runs.items():
-            p = KafkaPartition(topic, part)
+        for ident, batch in runs.items():
+            p = KafkaPartition(topic, ident) if topic is not None else KafkaPartition(*ident)
+            if not at_end:  # no errors in this hop: a message is its last word
+                self.eof.discard(p)
             if p not in self.assigned:
                 continue  # revoked while this hop ran: its new owner reads it
             expected = self.delivered.get(p)
@@ -548,17 +611,18 @@ class _Consumer:
         return groups
 
     def _columns(self, p: KafkaPartition, batch: list[Any]) -> _Rows:
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+        from confluent_kafka import Message
 
+        owner = self.owner
         rows = _Rows(p)
-        decode_value, decode_key = self.owner.decode_value, self.owner.decode_key
-        raws = [m.value() for m in batch]
-        raw_keys = [m.key() for m in batch]
+        raws: list[Any] = list(map(Message.value, batch))
+        raw_keys: list[Any] = list(map(Message.key, batch))
         try:
             # the whole batch at once; row by row only when something fails
-            values = [None if raw is None else decode_value(raw) for raw in raws]
-            keys = [None if k is None else decode_key(k) for k in raw_keys]
+            values = _decode_column(owner.decode_value, raws)
+            keys = owner.decode_keys(raw_keys)
         except Exception:
+            decode_value, decode_key = owner.decode_value, owner.decode_key
             good: list[int] = []
             values, keys = [], []
             for i, message in enumerate(batch):
@@ -571,13 +635,29 @@ class _Consumer:
                 values.append(value)
                 keys.append(key)
                 good.append(i)
+            if not values:
+                return rows
             batch = [batch[i] for i in good]
+            keys = _column(keys)
         rows.values = values
         rows.keys = keys
-        rows.positions = [m.offset() for m in batch]
-        stamps = [m.timestamp() for m in batch]
-        rows.times = [None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000 for kind, ms in stamps]
-        rows.headers = [None if (h := m.headers()) is None else dict(h) for m in batch]
+        first, last = batch[0].offset(), batch[-1].offset()
+        # offsets of a run are increasing: consecutive ones (no compaction or transaction
+        # markers in between) are a range, with no int object per message
+        rows.positions = (
+            range(first, last + 1)
+            if last - first + 1 == len(batch)
+            else list(map(Message.offset, batch))  # type: ignore[arg-type]
+        )
+        # one (kind, ms) tuple per message, freed at once (kind 0: not available)
+        stamps = map(Message.timestamp, batch)
+        rows.times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
+        headers = list(map(Message.headers, batch))
+        rows.headers = (
+            None
+            if headers.count(None) == len(headers)
+            else [None if h is None else dict(h) for h in headers]
+        )
         return rows
 
     def _on_message_error(self, message: Any, kafka_error: Any, kafka_exception: Any) -> bool:
@@ -745,15 +825,22 @@ class _Consumer:
         return used
 
     def _emit_rows(self, out: Emitter, rows: _Rows, start: int, end: int) -> None:
-        whole = start == 0 and end == len(rows.values)
-        values = rows.values if whole else rows.values[start:end]
-        positions = rows.positions if whole else rows.positions[start:end]
+        if start == 0 and end == len(rows.values):
+            out.emit(
+                rows.values,
+                keys=rows.keys,
+                times=rows.times,
+                positions=rows.positions,
+                headers=rows.headers,
+                partition=rows.partition,
+            )
+            return
         out.emit(
-            values,
-            keys=_column(rows.keys if whole else rows.keys[start:end]),
-            times=_column(rows.times if whole else rows.times[start:end]),
-            positions=positions,
-            headers=_column(rows.headers if whole else rows.headers[start:end]),
+            rows.values[start:end],
+            keys=_slice(rows.keys, start, end),
+            times=_slice(rows.times, start, end),
+            positions=rows.positions[start:end],
+            headers=_slice(rows.headers, start, end),
             partition=rows.partition,
         )
 
