@@ -299,6 +299,8 @@ class KafkaSource(Source):
         self.assignments = 0
         self.revocations = 0
         self.outages = 0
+        #: per partition, messages behind its high watermark when last read
+        self.lag: dict[KafkaPartition, int] = {}
         #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
         self.down_since: float | None = None
         self._consumer: _Consumer | None = None
@@ -319,11 +321,22 @@ class KafkaSource(Source):
             "assignments": self.assignments,
             "revocations": self.revocations,
             "brokers_down": self.down_since is not None,
+            # messages behind the high watermarks, summed over partitions (None: unknown yet)
+            "lag": self._lag(),
             "outages": self.outages,
             "assignment": []
             if self._consumer is None
             else sorted(map(str, self._consumer.assigned)),
         }
+
+    def _lag(self) -> int | None:
+        """Messages behind the high watermarks over the partitions assigned now."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        lags = dict(self.lag)
+        known = [lags[p] for p in list(consumer.assigned) if p in lags]
+        return sum(known) if known else None
 
     async def aclose(self) -> None:
         """The pipeline's last step: wait for the final commit (see :meth:`wait_closed`)."""
@@ -607,8 +620,23 @@ class _Consumer:
                 if not batch:
                     continue
             self.delivered[p] = batch[-1].offset() + 1
+            self._note_lag(p, batch[-1])
             groups.append(self._columns(p, batch))
         return groups
+
+    def _note_lag(self, p: KafkaPartition, last: Any) -> None:
+        """How far this partition's last message is behind its high watermark, from
+        the watermarks librdkafka caches with each fetch (no broker round trip)."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            _low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(p.topic, p.partition), cached=True
+            )
+        except Exception:  # not known yet: keep the last figure
+            return
+        if high is not None and high >= 0:
+            self.owner.lag[p] = max(0, high - last.offset() - 1)
 
     def _columns(self, p: KafkaPartition, batch: list[Any]) -> _Rows:
         from confluent_kafka import Message

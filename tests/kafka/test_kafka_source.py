@@ -104,12 +104,16 @@ async def test_n_events_fold_into_the_expected_state_and_offsets_are_committed(
         credit=256,
         batch_size=64,
     )
+    lags: list[int | None] = []
     pipeline = (
         Pipeline("positions", source)
-        .pipe(ops.filter(lambda v: v["qty"] >= 0))
+        .pipe(ops.filter(lambda v: v["qty"] >= 0), ops.tap(lambda v: lags.append(source._lag())))
         .to(store.sink(reducer=lambda old, ev: (old or 0) + ev.value["qty"]))
     )
     status = await asyncio.wait_for(pipeline.run(), 30)
+    # the lag (behind the high watermarks) falls to 0 as the topic is read to its end
+    assert max(x for x in lags if x is not None) > 0
+    assert lags[-1] == 0
     await source.wait_closed()
     assert status.completed
     assert dict(store.snapshot) == expected
