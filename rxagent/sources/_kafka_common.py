@@ -1,0 +1,143 @@
+"""What the Kafka source, its consumer thread and the Kafka sink share: the partition
+type, settings (defaults, ``"${NAME}"`` environment references, redaction) and the
+decoders of message values and keys.
+
+Private: :mod:`rxagent.sources.kafka` re-exports what is meant to be used from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from ..exceptions import ConfigurationError
+
+__all__ = ["DEFAULTS", "Decoder", "KafkaPartition", "KeyDecoder", "redact", "resolve_config"]
+
+_T = TypeVar("_T")
+
+Decoder = Literal["json", "text", "bytes"] | Callable[[bytes], Any]
+KeyDecoder = Literal["json", "text", "bytes"] | Callable[[bytes], Hashable]
+
+#: librdkafka settings that make a consumer fast here (measured, see docs/kafka.md);
+#: anything in ``config`` overrides them, except what at-least-once needs.
+DEFAULTS: dict[str, Any] = {
+    # librdkafka's 1000 ms default halved throughput: the fetcher idled between fetches
+    "fetch.queue.backoff.ms": 10,
+    "auto.offset.reset": "earliest",
+    # bounded prefetch: the backlog belongs in the broker, not in this process
+    "queued.max.messages.kbytes": 16384,
+}
+_SECRET = re.compile(r"password|secret|token|key$|jaas", re.IGNORECASE)
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class KafkaPartition(NamedTuple):
+    """A batch's ``partition`` for Kafka events: topic and partition number."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+
+def resolve_config(config: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
+    """``config`` with ``"${NAME}"`` values read from the environment."""
+    resolved: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, str) and (match := _ENV_REF.match(value)):
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigurationError(
+                    f"{owner}: setting {key!r} reads environment variable {name} which is not set"
+                )
+            value = os.environ[name]
+        resolved[key] = value
+    return resolved
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` fit for logs and status: values of secret-looking keys hidden."""
+    return {k: ("***" if _SECRET.search(k) else v) for k, v in config.items()}
+
+
+def _value_decoder(decode: Decoder, model: Any) -> Callable[[bytes], Any]:
+    if model is not None:
+        from pydantic import TypeAdapter
+
+        adapter = TypeAdapter(model)
+        if decode == "json":
+            return adapter.validate_json
+        inner = _value_decoder(decode, None)
+        return lambda raw: adapter.validate_python(inner(raw))
+    if callable(decode):
+        return decode
+    if decode == "json":
+        try:
+            import orjson  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            return json.loads
+        loads: Callable[[bytes], Any] = orjson.loads
+        return loads
+    if decode == "text":
+        return lambda raw: raw.decode("utf-8")
+    if decode == "bytes":
+        return lambda raw: raw
+    raise ConfigurationError(
+        f"decode must be 'json', 'text', 'bytes' or a function of the message bytes, got {decode!r}"
+    )
+
+
+def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
+    if callable(decode):
+        return decode
+    if decode == "text":
+
+        def text(raw: bytes) -> Hashable:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return raw
+
+        return text
+    if decode == "json":
+
+        def from_json(raw: bytes) -> Hashable:
+            value = json.loads(raw)
+            return tuple(value) if isinstance(value, list) else value
+
+        return from_json
+    if decode == "bytes":
+        return lambda raw: raw
+    raise ConfigurationError(
+        f"key_decode must be 'json', 'text', 'bytes' or a function, got {decode!r}"
+    )
+
+
+def _decode_column(decode: Callable[[bytes], _T], raws: list[bytes | None]) -> list[_T | None]:
+    """``decode`` over a column of message bytes; ``None`` (a tombstone) stays ``None``."""
+    if raws.count(None):
+        return [None if raw is None else decode(raw) for raw in raws]
+    return list(map(decode, raws))  # type: ignore[arg-type]
+
+
+def _key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hashable] | None]:
+    """The key decoder over a column of keys (``None`` for a batch without keys)."""
+    one = _key_decoder(decode)
+
+    def keys(raws: list[bytes | None]) -> list[Hashable] | None:
+        nones = raws.count(None)
+        if nones == len(raws):
+            return None
+        if decode == "text" and not nones:
+            try:  # in C; a key that is not UTF-8 stays bytes (row by row below)
+                return list(map(bytes.decode, raws))  # type: ignore[arg-type]
+            except UnicodeDecodeError:
+                pass
+        return _decode_column(one, raws)
+
+    return keys
