@@ -304,9 +304,25 @@ class WebSocketParams(SourceParams):
     ca_file: str | None = Field(None, description="CA bundle verifying the server (wss://)")
     cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
     key_file: str | None = Field(None, description="client certificate's key (mutual TLS)")
+    key_password: str | None = Field(
+        None, description="password of an encrypted key_file (use ${VAR}; never logged)"
+    )
 
 
 _LAST_SEQ = "{last_seq}"
+
+
+def _tls_files(p: Any, ctx: BuildContext) -> dict[str, Any]:
+    """The TLS options of a websocket source or sink: files resolved against the
+    pipeline file's directory, the key's password as given."""
+    options: dict[str, Any] = {}
+    for tls in ("ca_file", "cert_file", "key_file"):
+        value = getattr(p, tls)
+        if value is not None:
+            options[tls] = str(ctx.path(value))
+    if p.key_password is not None:
+        options["key_password"] = p.key_password
+    return options
 
 
 def _fill_last_seq(template: Any, last: Any) -> Any:
@@ -337,10 +353,7 @@ def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
     if p.overflow is not None:
         key = None if p.overflow.key is None else compute(p.overflow.key)
         options["overflow"] = Overflow(p.overflow.policy, p.overflow.capacity, key=key)
-    for tls in ("ca_file", "cert_file", "key_file"):
-        value = getattr(p, tls)
-        if value is not None:
-            options[tls] = str(ctx.path(value))
+    options.update(_tls_files(p, ctx))
     return WebSocketSource(
         p.url,
         headers=p.headers,
@@ -991,6 +1004,9 @@ class WebSocketSinkParams(SinkParams):
     ca_file: str | None = Field(None, description="CA bundle verifying the server (wss://)")
     cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
     key_file: str | None = Field(None, description="client certificate's key (mutual TLS)")
+    key_password: str | None = Field(
+        None, description="password of an encrypted key_file (use ${VAR}; never logged)"
+    )
 
 
 def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
@@ -1000,10 +1016,7 @@ def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
     if p.token is not None:
         token = p.token
         options["token_provider"] = lambda: token
-    for tls in ("ca_file", "cert_file", "key_file"):
-        value = getattr(p, tls)
-        if value is not None:
-            options[tls] = str(ctx.path(value))
+    options.update(_tls_files(p, ctx))
     return WebSocketSink(
         p.url,
         encode=p.encode,

@@ -864,3 +864,36 @@ async def test_headers_of_the_handshake_reach_the_server() -> None:
         await until(lambda: len(seen) >= 1)
         await pipeline.stop()
     assert seen[0]["X-Feed"] == "ticks"
+
+
+async def test_mutual_tls_from_a_pipeline_file(pki: Pki) -> None:
+    """The YAML kind passes the TLS files (relative to the file) and the key's
+    password from the environment; a wrong password is a located load error."""
+    from rxagent.config import ConfigFileError, loads
+
+    server_ctx = pki.server_context(require_client_cert=True)
+    async with serving(_hello, ssl=server_ctx) as (url, _):
+        text = f"""\
+pipelines:
+  secure:
+    source:
+      websocket:
+        url: "{url}"
+        ca_file: ca.pem
+        cert_file: client.pem
+        key_file: client-encrypted.key
+        key_password: "${{KEY_PASSWORD}}"
+    sinks: [log]
+"""
+        with pytest.raises(ConfigFileError) as wrong:
+            loads(text, file="p.yaml", base_dir=pki.dir, environ={"KEY_PASSWORD": "not it"})
+        [problem] = wrong.value.problems
+        assert str(problem).startswith("p.yaml:5:9: pipelines.secure.source.websocket:")
+        assert "key_password" in str(problem)
+        assert "not it" not in str(problem)
+
+        config = loads(text, base_dir=pki.dir, environ={"KEY_PASSWORD": pki.key_password})
+        source = config.build().pipelines["secure"].source
+        assert isinstance(source, WebSocketSource)
+        values, _ = await _first_value_or_error(source)
+    assert values == [{"secure": True}]
