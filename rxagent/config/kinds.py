@@ -18,7 +18,7 @@ import importlib
 import re
 from collections.abc import Callable, Hashable
 from operator import itemgetter
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    model_validator,
 )
 
 from .. import operators as ops
@@ -461,13 +462,41 @@ def _state_source(p: StateSourceParams, ctx: BuildContext) -> Any:
 # -- operators -------------------------------------------------------------------------
 
 
-class FilterParams(StageParams):
+class _ComputedParams(StageParams):
+    """A stage computing something of each value: a field or expression in the
+    kind's main parameter, or ``function``: a python reference called per value."""
+
+    function: PythonRef | None = Field(
+        None, description="instead: a python function of the value (package.module:function)"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Any:
+        main = type(self)._main_field
+        if (getattr(self, main) is None) == (self.function is None):
+            raise ValueError(f"give {main} (a field or an expression) or function, not both")
+        return self
+
+    _main_field: ClassVar[str] = ""
+
+    def callable(self) -> Callable[[Any], Any]:
+        """The python function, imported."""
+        fn: Callable[[Any], Any] = import_ref(str(self.function))
+        return fn
+
+
+class FilterParams(_ComputedParams):
     """Keep the events whose value satisfies ``predicate``."""
 
-    predicate: FieldOrExpr
+    _main_field: ClassVar[str] = "predicate"
+    predicate: FieldOrExpr | None = Field(
+        None, description="a field (truthy keeps) or an expression of the value"
+    )
 
 
 def _filter(p: FilterParams, ctx: BuildContext) -> Any:
+    if p.predicate is None:
+        return ops.filter(p.callable(), name=p.name)
     if _is_field(p.predicate):
         return ops.filter(itemgetter(p.predicate), name=p.name)
     from .expressions import compile_expression, expression_filter
@@ -475,13 +504,18 @@ def _filter(p: FilterParams, ctx: BuildContext) -> Any:
     return expression_filter(compile_expression(p.predicate, kind="predicate"), name=p.name)
 
 
-class MapParams(StageParams):
+class MapParams(_ComputedParams):
     """Replace each value by an expression of it (a dict literal builds a record)."""
 
-    expr: FieldOrExpr
+    _main_field: ClassVar[str] = "expr"
+    expr: FieldOrExpr | None = Field(
+        None, description="a field or an expression of the value giving the new value"
+    )
 
 
 def _map(p: MapParams, ctx: BuildContext) -> Any:
+    if p.expr is None:
+        return ops.map(p.callable(), name=p.name)
     if _is_field(p.expr):
         return ops.map(itemgetter(p.expr), name=p.name)
     from .expressions import compile_expression, expression_map
@@ -489,13 +523,18 @@ def _map(p: MapParams, ctx: BuildContext) -> Any:
     return expression_map(compile_expression(p.expr), name=p.name)
 
 
-class KeyByParams(StageParams):
+class KeyByParams(_ComputedParams):
     """Set each event's key from its value."""
 
-    key: FieldOrExpr
+    _main_field: ClassVar[str] = "key"
+    key: FieldOrExpr | None = Field(
+        None, description="a field or an expression of the value giving the key"
+    )
 
 
 def _key_by(p: KeyByParams, ctx: BuildContext) -> Any:
+    if p.key is None:
+        return ops.key_by(p.callable(), name=p.name)
     if _is_field(p.key):
         return ops.key_by(p.key, name=p.name)
     from .expressions import compile_expression, expression_key_by

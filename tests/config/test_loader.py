@@ -405,3 +405,29 @@ def test_a_plugin_registers_kinds_through_its_entry_point(
     )
     assert config.pipelines["p"].steps[0].kind.name == "upper"
     assert "upper" in registry.names("operator")
+
+
+async def test_map_filter_and_key_by_take_a_python_function_instead() -> None:
+    text = """\
+    state: {out: {}}
+    pipelines:
+      p:
+        source: {memory: [0, 3, 12]}
+        steps:
+          - filter: {function: "builtins:bool"}
+          - map: {function: "builtins:str"}
+          - key_by: {function: "builtins:len"}
+        sinks: [{state: out}]
+    """
+    built = loads(textwrap.dedent(text)).build()
+    await built.app.run()
+    assert built.stores["out"].snapshot.to_dict() == {1: "3", 2: "12"}
+
+    [both] = _problems(
+        text.replace('{function: "builtins:str"}', '{expr: n, function: "builtins:str"}')
+    )
+    assert "pipelines.p.steps[1].map: give expr (a field or an expression) or function" in both
+    [neither] = _problems(text.replace('{function: "builtins:len"}', "{name: k}"))
+    assert "pipelines.p.steps[2].key_by: give key (a field or an expression) or function" in (
+        neither
+    )
