@@ -241,6 +241,7 @@ class RxAgentMCP:
         query_tool: bool = True,
         changes_tool: bool = True,
         dead_letters: Any = None,
+        max_entries: int = 500,
     ) -> None:
         if not min_interval >= 0:
             raise ConfigurationError(f"min_interval must be >= 0 seconds, got {min_interval!r}")
@@ -254,6 +255,10 @@ class RxAgentMCP:
         self.min_interval = min_interval
         self.status_interval = status_interval
         self.dead_letters = dead_letters
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigurationError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        #: most entries a whole-store read returns (the most recently updated first)
+        self.max_entries = max_entries
         self._descriptions = dict(descriptions or {})
         self.tools = ToolRegistry()
         for item in tools or ():
@@ -568,7 +573,7 @@ class RxAgentMCP:
         snap = store.snapshot
         now = time.time()
         if kind == "store":
-            return _dumps(_store_json(snap, now))
+            return _dumps(_store_json(snap, now, self.max_entries))
         key = _find_key(snap, key_text)
         entry = None if key is _MISSING else snap.entry(key)
         if entry is None:
@@ -803,15 +808,26 @@ def _missing_key(snap: Snapshot, text: str) -> str:
     )
 
 
-def _store_json(snap: Snapshot, now: float) -> dict[str, Any]:
-    return {
+def _store_json(snap: Snapshot, now: float, max_entries: int | None = None) -> dict[str, Any]:
+    """The whole store; past ``max_entries`` keys, the most recently updated ones
+    and how many were left out, so one read cannot flood an agent's context."""
+    entries = list(snap.entries())
+    data: dict[str, Any] = {
         "store": snap.store,
         "version": snap.version,
         "as_of": _iso(snap.wall_time) if snap.version else None,
         "staleness_s": _staleness(snap.wall_time, now) if snap.version else None,
         "keys": len(snap),
-        "entries": {_key_text(e.key): plain(e.value) for e in snap.entries()},
     }
+    if max_entries is not None and len(entries) > max_entries:
+        entries = sorted(entries, key=lambda e: e.version, reverse=True)[:max_entries]
+        data["omitted"] = len(snap) - max_entries
+        data["hint"] = (
+            "the most recently updated entries are shown; read "
+            f"{KEY_URI_TEMPLATE} for one key, or call changes_since / query_state"
+        )
+    data["entries"] = {_key_text(e.key): plain(e.value) for e in entries}
+    return data
 
 
 def _parse_uri(uri: str) -> tuple[Literal["status", "store", "key"], str, str] | None:

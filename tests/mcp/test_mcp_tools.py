@@ -93,3 +93,20 @@ def test_bad_options() -> None:
         RxAgentMCP(min_interval=-1)
     with pytest.raises(ConfigurationError, match="empty"):
         RxAgentMCP().http_app(token="")
+
+
+def test_a_whole_store_read_is_capped_to_the_most_recent_entries() -> None:
+    store = StateStore("big")
+    for i in range(10):
+        store.set(f"k{i}", i)
+    server = RxAgentMCP(stores={"big": store}, max_entries=3)
+    data = json.loads(server.read(store_uri("big")))
+    assert data["keys"] == 10
+    assert data["entries"] == {"k9": 9, "k8": 8, "k7": 7}
+    assert data["omitted"] == 7
+    assert "rxagent://state/{store}/{key}" in data["hint"]
+    # one key is still readable, and a small store is whole
+    assert json.loads(server.read(key_uri("big", "k0")))["value"] == 0
+    assert "omitted" not in json.loads(RxAgentMCP(stores={"big": store}).read(store_uri("big")))
+    with pytest.raises(ConfigurationError, match="max_entries must be an int >= 1"):
+        RxAgentMCP(stores={"big": store}, max_entries=0)
