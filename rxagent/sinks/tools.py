@@ -145,6 +145,7 @@ class _Activation:
     """One accepted event on its way through the sink."""
 
     __slots__ = (
+        "accepted_at",
         "args",
         "attempts",
         "cancel_reason",
@@ -157,8 +158,16 @@ class _Activation:
         "task",
     )
 
-    def __init__(self, event: Event, key: Hashable, args: BaseModel, ctx: PipelineContext):
+    def __init__(
+        self,
+        event: Event,
+        key: Hashable,
+        args: BaseModel,
+        ctx: PipelineContext,
+        accepted_at: float,
+    ):
         self.event = event
+        self.accepted_at = accepted_at  # the pipeline clock when the policy took it
         self.key = key
         self.args = args
         self.ctx = ctx
@@ -444,7 +453,7 @@ class ToolSink(Sink):
                 self._drop(ctx, event, key, model, state, now, "circuit_open", breaker.open_until)
                 return
         state.last_activation = now
-        activation = _Activation(event, key, model, ctx)
+        activation = _Activation(event, key, model, ctx, now)
         activation.guarded = breaker is not None
         if decision is Decision.QUEUE:
             state.backlog.append(activation)
@@ -535,8 +544,15 @@ class ToolSink(Sink):
         if self.dry_run:  # record what would be called, call nothing
             activation.attempts = 1
             ctx = activation.ctx
+            # at: when the policy accepted it (what its cooldown counts from), so the
+            # records of one key read in the order the events came
             self._record(
-                ctx, activation.event, activation.key, activation.args, ctx.now(), fired=True
+                ctx,
+                activation.event,
+                activation.key,
+                activation.args,
+                activation.accepted_at,
+                fired=True,
             )
             return _Outcome()
         first = loop.time()

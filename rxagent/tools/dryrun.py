@@ -83,7 +83,10 @@ class DryRunReport:
         columns = ("at", "where", "key", "outcome", "why", "count", "eligible at", "arguments")
         for column in columns:
             table.add_column(column, overflow="fold")
-        rows = sorted([*self.fired, *self.held_back], key=lambda a: a.at)
+        # by time; within one clock reading (a batch), per key, what fired first
+        rows = sorted(
+            [*self.fired, *self.held_back], key=lambda a: (a.at, _text(a.key), not a.fired)
+        )
         for a in rows:
             table.add_row(
                 _time(a.at),
