@@ -136,6 +136,10 @@ def make_source(bootstrap: str, topic: str, decoder: str) -> KafkaSource:
         assign=True,
         until_eof=True,
         decode=json.loads if decoder == "json" else "json",
+        # the raw loop reads values only; so does the pipeline (no stage uses these)
+        key_decode=None,
+        timestamps=False,
+        headers=False,
     )
 
 

@@ -391,9 +391,14 @@ class KafkaParams(SourceParams):
         "json", description="how message values are decoded"
     )
     model: PythonRef | None = Field(None, description="a pydantic model validating each value")
-    key_decode: Literal["json", "text", "bytes"] = Field(
-        "text", description="how message keys are decoded (keys that are not UTF-8 stay bytes)"
+    key_decode: Literal["json", "text", "bytes"] | None = Field(
+        "text",
+        description="how message keys are decoded (not UTF-8: bytes); null: events get no key",
     )
+    timestamps: bool = Field(
+        True, description="read each message's timestamp as the event time (off: saves work)"
+    )
+    headers: bool = Field(True, description="read each message's headers (off: saves work)")
     assign: bool = Field(
         False,
         description="take every partition without a group rebalance (offsets still committed)",
@@ -425,6 +430,8 @@ def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
         decode=p.decode,
         model=import_ref(p.model) if p.model else None,
         key_decode=p.key_decode,
+        timestamps=p.timestamps,
+        headers=p.headers,
         assign=p.assign,
         until_eof=p.until_eof,
         dead_letter_topic=p.dead_letter_topic,

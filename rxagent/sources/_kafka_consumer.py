@@ -297,7 +297,9 @@ class _Consumer:
         owner = self.owner
         rows = _Rows(p)
         raws: list[Any] = list(map(Message.value, batch))
-        raw_keys: list[Any] = list(map(Message.key, batch))
+        raw_keys: list[Any] = (
+            list(map(Message.key, batch)) if owner.read_keys else [None] * len(batch)
+        )
         try:
             # the whole batch at once; row by row only when something fails
             values = _decode_column(owner.decode_value, raws)
@@ -330,15 +332,17 @@ class _Consumer:
             if last - first + 1 == len(batch)
             else list(map(Message.offset, batch))  # type: ignore[arg-type]
         )
-        # one (kind, ms) tuple per message, freed at once (kind 0: not available)
-        stamps = map(Message.timestamp, batch)
-        rows.times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
-        headers = list(map(Message.headers, batch))
-        rows.headers = (
-            None
-            if headers.count(None) == len(headers)
-            else [None if h is None else dict(h) for h in headers]
-        )
+        if owner.read_timestamps:
+            # one (kind, ms) tuple per message, freed at once (kind 0: not available)
+            stamps = map(Message.timestamp, batch)
+            rows.times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
+        if owner.read_headers:
+            headers = list(map(Message.headers, batch))
+            rows.headers = (
+                None
+                if headers.count(None) == len(headers)
+                else [None if h is None else dict(h) for h in headers]
+            )
         return rows
 
     def _on_message_error(self, message: Any, kafka_error: Any, kafka_exception: Any) -> bool:

@@ -75,6 +75,11 @@ class KafkaSource(Source):
     the same for keys (``"text"`` by default; undecodable keys stay bytes). Each
     event carries the message timestamp (epoch seconds), headers as a dict of
     bytes, and position ``(source, KafkaPartition(topic, partition), offset)``.
+
+    What no stage uses need not be read: ``key_decode=None`` leaves events
+    without keys, ``timestamps=False`` without event times, ``headers=False``
+    without headers (each saves work per message in the consumer thread, which
+    shares the interpreter lock with the pipeline: docs/kafka.md, Throughput).
     """
 
     kind = "kafka"
@@ -88,7 +93,9 @@ class KafkaSource(Source):
         config: Mapping[str, Any] | None = None,
         decode: Decoder = "json",
         model: Any = None,
-        key_decode: KeyDecoder = "text",
+        key_decode: KeyDecoder | None = "text",
+        timestamps: bool = True,
+        headers: bool = True,
         assign: bool = False,
         until_eof: bool = False,
         dead_letter_topic: str | None = None,
@@ -126,8 +133,11 @@ class KafkaSource(Source):
         }
         self.group_id = group_id
         self.decode_value = _value_decoder(decode, model)
-        self.decode_key = _key_decoder(key_decode)
-        self.decode_keys = _key_columns(key_decode)
+        self.read_keys = key_decode is not None
+        self.decode_key = _key_decoder(key_decode or "bytes")
+        self.decode_keys = _key_columns(key_decode or "bytes")
+        self.read_timestamps = timestamps
+        self.read_headers = headers
         self.assign = assign
         self.until_eof = until_eof
         self.dead_letter_topic = dead_letter_topic

@@ -128,6 +128,34 @@ async def test_n_events_fold_into_the_expected_state_and_offsets_are_committed(
     assert entry.position.partition.topic == topic
 
 
+@pytest.mark.parametrize("read", [True, False], ids=["metadata", "values-only"])
+async def test_keys_times_and_headers_are_read_unless_turned_off(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, read: bool
+) -> None:
+    topic = kafka_topic(1)
+    kafka_produce(topic, [(b"k1", b'{"n": 1}')], headers=[("trace", b"t-1")])
+    options = {} if read else {"key_decode": None, "timestamps": False, "headers": False}
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        assign=True,
+        until_eof=True,
+        **options,
+    )
+    sink = HoldingSink(delay=0)
+    await asyncio.wait_for(Pipeline("meta", source).to(sink).run(), 30)
+    [event] = sink.held
+    assert event.value == {"n": 1}
+    if read:
+        assert event.key == "k1"
+        assert event.time is not None
+        assert abs(event.time - time.time()) < 60
+        assert event.headers == {"trace": b"t-1"}
+    else:
+        assert (event.key, event.time, event.headers) == (None, None, None)
+
+
 async def test_a_restarted_source_starts_at_the_committed_offsets(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
 ) -> None:
