@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import ConfigurationError
@@ -137,7 +137,7 @@ async def serve_built(
         await asyncio.sleep(0)  # let the app install its stop event before anything can stop it
         try:
             if transport == "stdio":
-                await mcp.serve_stdio()
+                await _until_signalled(mcp.serve_stdio())
             else:
                 await mcp.serve_http(token=token, host=host, port=port, path=path, ready=ready)
         finally:
@@ -150,6 +150,24 @@ async def serve_built(
                     await running
             except Exception:
                 pass  # reported by _report
+
+
+async def _until_signalled(serving: Coroutine[Any, Any, None]) -> None:
+    """Serve until the client closes stdin, or SIGINT / SIGTERM arrives (then stop
+    serving, so the caller drains the pipelines before the process ends)."""
+    from .._signals import stop_on_signals
+
+    stop = stop_on_signals()
+    server = asyncio.ensure_future(serving)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({server, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not server.done():
+            server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
 
 
 def _report(task: asyncio.Future[Any]) -> None:

@@ -33,13 +33,14 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import quote, unquote
 
 import mcp_types as types
@@ -352,13 +353,24 @@ class RxAgentMCP:
     # -- serving -----------------------------------------------------------------------
 
     async def serve_stdio(self) -> None:
-        """Serve one client over this process's stdin and stdout until stdin closes."""
+        """Serve one client over this process's stdin and stdout until stdin closes.
+
+        Stdin is read on the event loop when it is a pipe (how MCP clients start
+        servers), so cancelling this coroutine (SIGINT, SIGTERM) ends it at once;
+        the SDK's default reader blocks a thread that no cancellation reaches.
+        """
         from mcp.server.stdio import stdio_server
 
-        async with stdio_server() as (read_stream, write_stream):
-            await self.server.run(
-                read_stream, write_stream, self.server.create_initialization_options()
-            )
+        lines = await _StdinLines.open()
+        stdin = cast("Any", lines)  # duck-types the SDK's async text file: async lines
+        try:
+            async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+                await self.server.run(
+                    read_stream, write_stream, self.server.create_initialization_options()
+                )
+        finally:
+            if lines is not None:
+                lines.close()
 
     def http_app(
         self, *, token: str | None, host: str = "127.0.0.1", path: str = "/mcp"
@@ -806,6 +818,49 @@ def _missing_key(snap: Snapshot, text: str) -> str:
         f"state {snap.store!r} has no key {text!r}; existing keys include "
         f"{', '.join(map(repr, shown))}{more}"
     )
+
+
+class _StdinLines:
+    """This process's stdin as async text lines read on the event loop (cancellable).
+
+    Reads a duplicate of fd 0, so closing it leaves fd 0 open, and puts fd 0's
+    blocking mode back when closed. :meth:`open` returns ``None`` when stdin is
+    not something the loop can watch (a regular file): the SDK's reader then.
+    """
+
+    LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; tool results can be large
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        self._reader = reader
+        self._transport = transport
+
+    @classmethod
+    async def open(cls) -> _StdinLines | None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=cls.LIMIT)
+        pipe = os.fdopen(os.dup(0), "rb", buffering=0)
+        try:
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            )
+        except (ValueError, OSError):  # a regular file, or no stdin: not pollable
+            pipe.close()
+            return None
+        return cls(reader, transport)
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._reader.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self._transport.close()
+        with contextlib.suppress(OSError):
+            os.set_blocking(0, True)
 
 
 def _store_json(snap: Snapshot, now: float, max_entries: int | None = None) -> dict[str, Any]:

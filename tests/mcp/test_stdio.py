@@ -225,3 +225,46 @@ async def test_subscriptions_listen_flow(tmp_path: Path, feed: Feed) -> None:
         result = await session.call_tool("place_order", {"symbol": "", "qty": 1})
         assert result.is_error
         assert "symbol" in _text(result)
+
+
+def test_sigint_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM end the server (the pipelines drained) even while the client
+    still holds stdin open: stdin is read on the loop, not in an uncancellable thread."""
+    import signal
+    import subprocess
+    import time
+
+    app = tmp_path / "app.yaml"
+    app.write_text(
+        "state: {prices: {}}\n"
+        "pipelines:\n  p:\n    source: {memory: [{sym: A, px: 1}]}\n"
+        "    steps: [{key_by: sym}]\n"
+        "    sinks: [{state: {store: prices, value: px}}, {record: out.jsonl}]\n",
+        encoding="utf-8",
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = tmp_path / "out.jsonl"
+        out.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            server_command(app),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env=server_env(),
+        )
+        try:
+            deadline = time.monotonic() + WAIT
+            while not (out.exists() and len(out.read_bytes().splitlines()) >= 2):
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "the server never ran its pipeline"
+                time.sleep(0.05)
+            process.send_signal(sig)
+            code = process.wait(timeout=WAIT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            assert process.stdin is not None
+            process.stdin.close()
+        assert code == 0, process.stderr.read() if process.stderr else ""
+        assert len(out.read_bytes().splitlines()) == 2  # header and the one event
