@@ -544,3 +544,73 @@ def test_run_says_what_stages_held_back(tmp_path: Path) -> None:
     proc = rxagent("run", "thr.yaml", "--no-live", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "  held back: throttle_first: throttled 1" in proc.stdout.splitlines()
+
+
+# -- test cases with keys and event times per letter ----------------------------------------
+
+# keyed by the Kafka message key (no key_by, no key: on the source); event-time windows
+# over the message timestamps; a test gives both per marble letter
+KAFKA_KEYS_TIMES = """\
+state:
+  last: {}
+pipelines:
+  throttled:
+    source: {kafka: {topics: ticks, bootstrap_servers: "127.0.0.1:9092", group_id: g}}
+    steps:
+      - throttle_first: 3s
+    sinks:
+      - state: {store: last, value: px, name: last}
+  windows:
+    source: {kafka: {topics: ticks, bootstrap_servers: "127.0.0.1:9092", group_id: g}}
+    steps:
+      - tumbling_window: {size: 10s, time: event, agg: count, late: drop}
+    sinks: [log]
+tests:
+  - name: per message key
+    pipeline: throttled
+    tick: 1s
+    values: {a: {px: 1}, b: {px: 2}, m: {px: 9}}
+    keys: {a: AAPL, b: AAPL, m: MSFT}
+    input: amb-b|
+    expect:
+      last: am--b|
+      state.last: {AAPL: 2, MSFT: 9}
+  - name: per message timestamp, the late one dropped
+    pipeline: windows
+    tick: 1s
+    times: {a: 1000, b: 1004, c: 1012, l: 1003}
+    input: abcl|
+    expect:
+      log: --x-(y|)
+    values:
+      x: {key: null, value: 2, count: 2, start: 1000.0, end: 1010.0}
+      y: {key: null, value: 1, count: 1, start: 1010.0, end: 1020.0}
+"""
+
+
+def test_test_command_gives_letters_keys_and_event_times(tmp_path: Path) -> None:
+    write(tmp_path, "kafka.yaml", KAFKA_KEYS_TIMES)
+    proc = rxagent("test", "kafka.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        "PASS per message key (pipeline throttled)",
+        "PASS per message timestamp, the late one dropped (pipeline windows)",
+        "2 passed, 0 failed",
+    ]
+
+
+def test_validate_locates_a_key_or_time_for_a_letter_not_in_the_input(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "typo.yaml",
+        KAFKA_KEYS_TIMES.replace("keys: {a: AAPL, b: AAPL,", "keys: {a: AAPL, n: AAPL,"),
+    )
+    proc = rxagent("validate", "typo.yaml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        "typo.yaml:20:21: tests[0].keys.n: letter 'n' is not a value of the input diagram "
+        "'amb-b|' (its letters: a, b, m)"
+    ]
+    tested = rxagent("test", "typo.yaml", cwd=tmp_path)
+    assert tested.returncode == 1
+    assert "    typo.yaml:20:21: tests[0].keys.n: letter 'n'" in tested.stdout

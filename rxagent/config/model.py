@@ -99,6 +99,16 @@ class TestCaseModel(Params):
         "per state store (state.NAME): the expected snapshot"
     )
     tick: Duration = Field(1.0, description="seconds per marble frame")
+    keys: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="marble letter -> the event's key, as a Kafka message key travels beside "
+        "its value (wins over the source's key: expression)",
+    )
+    times: dict[str, float] = Field(
+        default_factory=dict,
+        description="marble letter -> the event's time in epoch seconds, as a message "
+        "timestamp (for event-time windows)",
+    )
 
 
 class DocumentModel(Params):

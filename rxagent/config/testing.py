@@ -25,7 +25,9 @@ How a case runs:
 - its source is replaced by :func:`~rxagent.testing.virtual.marble_source`
   playing ``input`` (``values`` maps letters to values; a letter not in it is
   itself, a one-character string). When the file's source sets ``key:``, the
-  marble events get the same key;
+  marble events get the same key; ``keys`` and ``times`` give a letter's key and
+  event time (epoch seconds) directly, as a Kafka message's key and timestamp
+  travel beside its value (a letter's own key wins over the source's ``key:``);
 - every sink is observed with a :class:`~rxagent.testing.virtual.MarbleSink`
   recording what reaches it, and when. State sinks also run for real (their
   stores are what ``state.NAME`` checks); other sinks (tools, Kafka, WebSocket,
@@ -58,6 +60,7 @@ from ..testing.marbles import (
     MarbleError,
     Notification,
     assert_notifications,
+    parse_letters,
     parse_marbles,
 )
 from ..testing.virtual import MarbleSink, VirtualSource, marble_source
@@ -141,9 +144,22 @@ def check_cases(config: Config) -> list[Problem]:
             problems.append(locations.problem((*base, "tick"), "tick must be > 0 seconds"))
             continue
         try:
-            parse_marbles(case.input, case.values, frame=case.tick)
+            parsed = parse_letters(case.input, case.values, frame=case.tick)
         except MarbleError as error:
             problems.append(locations.problem((*base, "input"), f"bad marble diagram: {error}"))
+        else:
+            drawn = sorted({c for n, c in parsed if n.kind == "N"})
+            for field_name in ("keys", "times"):
+                for letter in getattr(case, field_name):
+                    if letter not in drawn:
+                        problems.append(
+                            locations.problem(
+                                (*base, field_name, letter),
+                                f"letter {letter!r} is not a value of the input diagram "
+                                f"{case.input!r} (its letters: {', '.join(drawn) or 'none'})",
+                                key=True,
+                            )
+                        )
         if not case.expect:
             problems.append(
                 locations.problem((*base, "expect"), "expect at least one sink or state store")
@@ -273,6 +289,8 @@ def _build(
         case.values,
         frame=case.tick,
         keys=compute(key) if isinstance(key, str) else None,
+        letter_keys=case.keys,
+        letter_times=case.times,
         name=spec.source.label,
     )
     pipeline = Pipeline(

@@ -61,6 +61,7 @@ __all__ = [
     "assert_notifications",
     "marble_batches",
     "marble_time",
+    "parse_letters",
     "parse_marbles",
     "parse_subscription",
     "render_aligned",
@@ -154,9 +155,23 @@ def parse_marbles(
     ``values`` maps characters to values (a character not in it stands for
     itself, a one-character string); ``error`` is the value of ``#``.
     """
+    return [n for n, _ in parse_letters(diagram, values, error=error, frame=frame)]
+
+
+def parse_letters(
+    diagram: str,
+    values: Mapping[str, Any] | None = None,
+    *,
+    error: Any = None,
+    frame: float = DEFAULT_FRAME,
+) -> list[tuple[Notification, str]]:
+    """:func:`parse_marbles`, each notification with the character that drew it
+    (``|`` and ``#`` for completion and error), so a caller can attach more to a
+    letter than its value (:func:`~rxagent.testing.virtual.marble_source`'s keys
+    and event times)."""
     _check_frame(frame)
     values = values or {}
-    out: list[Notification] = []
+    out: list[tuple[Notification, str]] = []
     t = 0
     zero: int | None = None
     group_start: int | None = None
@@ -195,11 +210,11 @@ def parse_marbles(
         elif c == "!":
             raise MarbleError(f"'!' belongs in subscription marbles, column {i + 1} of {diagram!r}")
         elif c == "|":
-            out.append(Notification(at, "C"))
+            out.append((Notification(at, "C"), c))
         elif c == "#":
-            out.append(Notification(at, "E", error))
+            out.append((Notification(at, "E", error), c))
         else:
-            out.append(Notification(at, "N", values.get(c, c)))
+            out.append((Notification(at, "N", values.get(c, c)), c))
         if group_start is None:
             t += 1
         else:
@@ -208,7 +223,7 @@ def parse_marbles(
     if group_start is not None:
         raise MarbleError(f"group not closed in {diagram!r}")
     shift = zero or 0
-    return [Notification(n.frame - shift, n.kind, n.value) for n in out]
+    return [(Notification(n.frame - shift, n.kind, n.value), c) for n, c in out]
 
 
 def parse_subscription(diagram: str, *, frame: float = DEFAULT_FRAME) -> Subscription:

@@ -40,9 +40,10 @@ from ..sinks.base import Sink
 from ..sources.base import Emitter, Source
 from .marbles import (
     DEFAULT_FRAME,
+    MarbleError,
     Notification,
     assert_notifications,
-    parse_marbles,
+    parse_letters,
     render_marbles,
 )
 
@@ -230,6 +231,8 @@ def marble_source(
     error: Any = None,
     keys: Callable[[Any], Hashable] | None = None,
     times: Callable[[Any], float | None] | None = None,
+    letter_keys: Mapping[str, Hashable] | None = None,
+    letter_times: Mapping[str, float | None] | None = None,
     name: str | None = None,
     credit: int = 4096,
     batch_size: int = 512,
@@ -238,28 +241,41 @@ def marble_source(
     ``|`` completes the pipeline's stream at its frame, ``#`` fails the pipeline
     there with ``error`` (an exception, or the message of one), and a diagram
     with neither stays open until the pipeline is drained. Frames before a ``^``
-    are never emitted. ``keys`` and ``times`` set each event's key and event time
-    from its value.
+    are never emitted.
+
+    ``keys`` and ``times`` set each event's key and event time from its value;
+    ``letter_keys`` and ``letter_times`` set them per letter of the diagram
+    (``{"a": "AAPL"}``: every ``a`` has the key ``"AAPL"``), as a Kafka message's
+    key and timestamp travel beside its value. A letter's own key or time wins
+    over what ``keys`` or ``times`` compute. A letter in ``letter_keys`` or
+    ``letter_times`` that the diagram never draws as a value is a
+    :class:`~rxagent.testing.marbles.MarbleError` (a typo would otherwise pass).
     """
+    parsed = parse_letters(diagram, values, error=error, frame=frame)
+    key_of: dict[str, Hashable] = dict(letter_keys or {})
+    time_of: dict[str, float | None] = dict(letter_times or {})
+    drawn = {c for n, c in parsed if n.kind == "N"}
+    for argument, letters in (("letter_keys", key_of), ("letter_times", time_of)):
+        unknown = [repr(c) for c in letters if c not in drawn]
+        if unknown:
+            raise MarbleError(
+                f"{argument} names {', '.join(unknown)}, not a value of "
+                f"{diagram!r} (its letters: {', '.join(sorted(drawn)) or 'none'})"
+            )
     items: list[TimedEvent] = []
     until: float | None = None
     failure: BaseException | None = None
     forever = True
-    for n in parse_marbles(diagram, values, error=error, frame=frame):
+    for n, c in parsed:
         if n.frame < 0:
             continue
         if n.kind == "N":
             if until is not None:
                 break
             value = n.value
-            items.append(
-                TimedEvent(
-                    n.frame * frame,
-                    value,
-                    None if keys is None else keys(value),
-                    None if times is None else times(value),
-                )
-            )
+            key = key_of[c] if c in key_of else None if keys is None else keys(value)
+            at = time_of[c] if c in time_of else None if times is None else times(value)
+            items.append(TimedEvent(n.frame * frame, value, key, at))
         elif until is None:
             until = n.frame * frame
             forever = False

@@ -15,6 +15,7 @@ from rxagent.testing.marbles import (
     assert_marbles,
     assert_notifications,
     marble_time,
+    parse_letters,
     parse_marbles,
     parse_subscription,
     render_aligned,
@@ -48,6 +49,17 @@ def test_time_progression_and_values() -> None:
 
 def test_hot_subscription_point_is_time_zero() -> None:
     assert frames("a-^-b-|") == [(-2, "N", "a"), (2, "N", "b"), (4, "C", None)]
+
+
+def test_parse_letters_names_the_character_of_each_notification() -> None:
+    parsed = parse_letters("x^(ab)-#", {"a": 1, "b": 1})
+    assert [(n.frame, n.kind, n.value, c) for n, c in parsed] == [
+        (-1, "N", "x", "x"),
+        (1, "N", 1, "a"),
+        (1, "N", 1, "b"),
+        (6, "E", None, "#"),
+    ]
+    assert [n for n, _ in parsed] == parse_marbles("x^(ab)-#", {"a": 1, "b": 1})
 
 
 def test_errors_name_the_column() -> None:

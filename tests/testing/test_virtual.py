@@ -13,6 +13,7 @@ from rxagent import ConfigurationError, Pipeline, PipelineError, StateStore
 from rxagent import operators as ops
 from rxagent.events import Batch
 from rxagent.sinks import Sink
+from rxagent.testing.marbles import MarbleError
 from rxagent.testing.strategies import timed_events
 from rxagent.testing.virtual import (
     MarbleSink,
@@ -150,6 +151,31 @@ async def test_a_hot_diagram_starts_at_its_subscription_point_with_keys_and_time
     await pipeline.wait()
     sink.assert_marbles("--c-(dE)|")
     assert [(e.key, e.time) for e in sink.events] == [("c", 100.0), ("d", 100.0), ("e", 100.0)]
+
+
+async def test_letters_carry_their_own_keys_and_times_over_the_value_functions() -> None:
+    sink = MarbleSink()
+    source = marble_source(
+        "a^b-a-c|",
+        {"a": 1, "b": 2, "c": 1},
+        keys=str,
+        letter_keys={"a": "A", "b": None},
+        letter_times={"a": 10.0, "c": 30.0},
+        times=lambda v: 99.0,
+    )
+    pipeline = Pipeline("p", source).to(sink)
+    await pipeline.start(scheduler=TestScheduler())
+    await pipeline.wait()
+    sink.assert_marbles("-b-a-c|", {"a": 1, "b": 2, "c": 1})
+    # c and a have the same value: the letter decides; b's explicit None key wins too
+    assert [(e.key, e.time) for e in sink.events] == [(None, 99.0), ("A", 10.0), ("1", 30.0)]
+
+
+def test_a_letter_the_diagram_never_draws_is_refused() -> None:
+    with pytest.raises(MarbleError, match=r"letter_keys names 'x', not a value of '-a\|'"):
+        marble_source("-a|", letter_keys={"x": 1})
+    with pytest.raises(MarbleError, match=r"letter_times names '\|', .* \(its letters: a\)"):
+        marble_source("-a|", letter_times={"|": 1.0})
 
 
 async def test_pairs_at_one_instant_leave_in_one_batch() -> None:
