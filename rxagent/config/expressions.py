@@ -7,10 +7,14 @@ The syntax is a subset of Python expressions, parsed by the standard library's
     {"sym": value.sym, "notional": value.px * value.qty}
     lower(value.sym) if "sym" in value else "unknown"
 
-An expression sees one variable, ``value``: the event's value. ``value.px`` and
-``value["px"]`` both read the field ``px`` (item lookup, never Python attribute
-access, so ``value.__class__`` is just a missing field). Which nodes, operators
-and functions are allowed, and why this design rather than a CEL or JMESPath
+An expression sees three variables: ``value``, the event's value; ``key``, its key
+(``None`` before a ``key_by``); ``time``, its event time in epoch seconds (or
+``None``). ``value.px`` and ``value["px"]`` both read the field ``px`` (item lookup,
+never Python attribute access, so ``value.__class__`` is just a missing field). An
+expression reading ``key`` or ``time`` is compiled a second time over ``(value,
+key, time)`` rows and the batch's three columns (:meth:`Expression.evaluate_event`,
+:meth:`Expression.evaluate_events`); one reading only ``value`` keeps the forms below.
+Which nodes, operators and functions are allowed, and why this design rather than a CEL or JMESPath
 library, is in docs/expressions.md.
 
 Each expression is compiled once into two forms:
@@ -36,15 +40,15 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from ..operators.base import Operator
-from ..operators.transform import _filter, _per_row
+from ..operators.transform import _EventFunctions, _filter, _per_row
 
 __all__ = [
     "FUNCTIONS",
@@ -60,7 +64,7 @@ __all__ = [
 ]
 
 #: The variables an expression may read.
-VARIABLES = frozenset({"value"})
+VARIABLES = frozenset({"value", "key", "time"})
 
 #: Longest expression text accepted (a pipeline file is no place for programs).
 MAX_LENGTH = 4000
@@ -71,8 +75,17 @@ _MAX_DEPTH = 64
 #: ``2 ** n`` style results above this many bits are refused at run time.
 _MAX_POW_BITS = 4096
 
+#: The order variables are listed in (errors, docs).
+_VARIABLE_ORDER = ("value", "key", "time")
+
+#: The variables that are not the value: reading one makes an expression an *event* expression.
+_EVENT_VARIABLES = frozenset({"key", "time"})
+
+# A row form takes one value (or, in an event expression, a (value, key, time) tuple); a
+# column form takes the batch's values (or, in an event expression, a _Columns).
+_Rows = Collection[Any]
 _Row = Callable[[Any], Any]
-_Col = Callable[[list[Any]], list[Any]]
+_Col = Callable[[_Rows], list[Any]]
 
 
 class ExpressionError(ConfigurationError):
@@ -214,7 +227,7 @@ _HINTS = {"&&": "and", "||": "or", "===": "==", "!=": "", "!": "not"}
 class _Node:
     """One compiled node: its row and column forms; ``const`` holds a literal's value."""
 
-    __slots__ = ("boolean", "col", "const", "is_const", "row")
+    __slots__ = ("boolean", "col", "const", "is_const", "row", "var")
 
     def __init__(
         self,
@@ -224,12 +237,68 @@ class _Node:
         boolean: bool = False,
         is_const: bool = False,
         const: Any = None,
+        var: int | None = None,
     ) -> None:
         self.row = row
         self.col = col
         self.boolean = boolean  # always gives a bool
         self.is_const = is_const
         self.const = const
+        self.var = var  # a variable itself: its index in _VARIABLE_ORDER
+
+
+class _Columns(Collection[Any]):
+    """An event expression's batch: the values, keys and times columns (``None``
+    columns read as all ``None``). Iterating gives ``(value, key, time)`` rows, what
+    the row form takes, so a column form's row-by-row retry works unchanged."""
+
+    __slots__ = ("keys", "times", "values")
+
+    def __init__(
+        self,
+        values: list[Any],
+        keys: list[Hashable] | None,
+        times: list[float | None] | None,
+    ) -> None:
+        n = len(values)
+        for label, column in (("keys", keys), ("times", times)):
+            if column is not None and len(column) != n:
+                raise ValueError(f"{len(column)} {label} for {n} values")
+        self.values = values
+        self.keys: list[Any] = [None] * n if keys is None else keys
+        self.times: list[Any] = [None] * n if times is None else times
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
+        return zip(self.values, self.keys, self.times, strict=True)
+
+    def __contains__(self, row: object) -> bool:
+        return any(row == r for r in self)
+
+
+def _not_given(text: str, names: frozenset[str]) -> tuple[_Row, _Col]:
+    """The value-only forms of an event expression: they cannot run without key/time."""
+    missing = " and ".join(n for n in _VARIABLE_ORDER if n in names and n in _EVENT_VARIABLES)
+    error = ExpressionEvaluationError(
+        text,
+        f"it reads the event's {missing}, but only the value was given; "
+        "evaluate it with evaluate_event(value, key, time) or "
+        "evaluate_events(values, keys, times)",
+    )
+
+    def row(_v: Any) -> Any:
+        raise error
+
+    def col(_vs: _Rows) -> list[Any]:
+        raise error
+
+    return row, col
+
+
+def _unused(_v: Any) -> Any:  # pragma: no cover - replaced by the event compilation
+    raise AssertionError("an event variable compiled for values only")
 
 
 def _constant(c: Any) -> _Node:
@@ -246,7 +315,7 @@ def _rowwise(row: _Row, col: _Col) -> _Col:
     """The column form, retried row by row if it raises (a guard such as
     ``"px" in value and value.px > 1`` skips rows the vectorised form does not)."""
 
-    def run(vs: list[Any]) -> list[Any]:
+    def run(vs: _Rows) -> list[Any]:
         try:
             return col(vs)
         except Exception:
@@ -256,11 +325,22 @@ def _rowwise(row: _Row, col: _Col) -> _Col:
 
 
 class _Compiler:
-    def __init__(self, text: str, offset: int, line_starts: list[int]) -> None:
+    def __init__(
+        self,
+        text: str,
+        offset: int,
+        line_starts: list[int],
+        *,
+        variables: frozenset[str] = VARIABLES,
+        event: bool = False,
+    ) -> None:
         self.text = text
         self.offset = offset
         self.line_starts = line_starts
         self.names: set[str] = set()
+        self.variables = variables  # the variables this expression may read
+        # compiling for (value, key, time) rows and _Columns rather than for values
+        self.event = event
 
     def column(self, node: ast.AST, *, end: bool = False) -> int | None:
         """The 0-based character offset in the text of ``node``'s start (or end)."""
@@ -306,25 +386,38 @@ class _Compiler:
     def _Name(self, node: ast.Name, depth: int) -> _Node:
         if node.id in _CONSTANTS:
             return _constant(_CONSTANTS[node.id])
+        listed = ", ".join(n for n in _VARIABLE_ORDER if n in self.variables)
         if node.id not in VARIABLES:
             hint = ""
             if node.id in FUNCTIONS:
                 hint = f"; {node.id} is a function: call it, {node.id}(...)"
             elif not node.id.startswith("_"):
                 hint = f"; for the field {node.id!r} of the event value write value.{node.id}"
+            raise self.error(node, f"unknown name {node.id!r}: the variables are {listed}" + hint)
+        if node.id not in self.variables:
             raise self.error(
                 node,
-                f"unknown name {node.id!r}: the variables are {', '.join(sorted(VARIABLES))}"
-                + hint,
+                f"the event's {node.id} is not available here: the variables here are {listed}"
+                + f"; for the field {node.id!r} of the event value write value.{node.id}",
             )
         self.names.add(node.id)
-        return _Node(lambda v: v, list)
+        index = _VARIABLE_ORDER.index(node.id)
+        if self.event:
+            column = attrgetter(("values", "keys", "times")[index])
+            return _Node(itemgetter(index), lambda c: list(column(c)), var=index)
+        if index:
+            return _Node(_unused, _unused, var=index)  # compiled again as an event expression
+        return _Node(lambda v: v, list, var=0)
 
     # -- field access ----------------------------------------------------------------------
 
     def _lookup(self, obj: _Node, key: Any) -> _Node:
         get = itemgetter(key)
-        if obj.row is not None and obj.col is list:  # the value itself
+        if obj.var is not None and self.event:  # a variable of an event expression
+            index = obj.var
+            column = attrgetter(("values", "keys", "times")[index])
+            return _Node(lambda e: e[index][key], lambda c: list(map(get, column(c))))
+        if obj.var == 0:  # the value itself
             return _Node(get, lambda vs: list(map(get, vs)))
         orow, ocol = obj.row, obj.col
         return _Node(lambda v: orow(v)[key], lambda vs: list(map(get, ocol(vs))))
@@ -452,7 +545,7 @@ class _Compiler:
                     return result
             return result
 
-        def col(vs: list[Any]) -> list[Any]:
+        def col(vs: _Rows) -> list[Any]:
             results = cols[0](vs)
             for c in cols[1:]:
                 results = [b if a else a for a, b in zip(results, c(vs), strict=True)]
@@ -496,7 +589,7 @@ class _Compiler:
             # bool & bool is the same as bool and bool, and runs in C
             combine = operator.and_ if is_and else operator.or_
 
-            def col(vs: list[Any]) -> list[Any]:
+            def col(vs: _Rows) -> list[Any]:
                 results = cols[0](vs)
                 for c in cols[1:]:
                     results = list(map(combine, results, c(vs)))
@@ -504,7 +597,7 @@ class _Compiler:
 
         elif is_and:
 
-            def col(vs: list[Any]) -> list[Any]:
+            def col(vs: _Rows) -> list[Any]:
                 results = cols[0](vs)
                 for c in cols[1:]:
                     results = [b if a else a for a, b in zip(results, c(vs), strict=True)]
@@ -512,7 +605,7 @@ class _Compiler:
 
         else:
 
-            def col(vs: list[Any]) -> list[Any]:
+            def col(vs: _Rows) -> list[Any]:
                 results = cols[0](vs)
                 for c in cols[1:]:
                     results = [a if a else b for a, b in zip(results, c(vs), strict=True)]
@@ -530,7 +623,7 @@ class _Compiler:
         def row(v: Any) -> Any:
             return brow(v) if trow(v) else erow(v)
 
-        def col(vs: list[Any]) -> list[Any]:
+        def col(vs: _Rows) -> list[Any]:
             return [b if t else e for t, b, e in zip(tcol(vs), bcol(vs), ecol(vs), strict=True)]
 
         return _Node(row, _rowwise(row, col), boolean=body.boolean and orelse.boolean)
@@ -648,28 +741,43 @@ def _describe(node: ast.AST) -> str:
 
 class Expression:
     """A compiled expression: call it on one event value, or :meth:`evaluate_many` on a
-    batch's values. Build with :func:`compile_expression`."""
+    batch's values; an expression reading the event's ``key`` or ``time``
+    (:attr:`uses_event`) is evaluated with :meth:`evaluate_event` or
+    :meth:`evaluate_events`. Build with :func:`compile_expression`."""
 
-    __slots__ = ("_col", "_names", "_row", "kind", "text")
+    __slots__ = ("_col", "_ecol", "_erow", "_names", "_row", "kind", "text")
 
     def __init__(
-        self, text: str, kind: Literal["predicate", "value"], node: _Node, names: frozenset[str]
+        self,
+        text: str,
+        kind: Literal["predicate", "value"],
+        node: _Node,
+        names: frozenset[str],
+        event: _Node | None = None,
     ) -> None:
         self.text = text
         self.kind = kind
         self._names = names
-        row, col = node.row, node.col
-        if kind == "predicate" and not node.boolean:
-            raw_row, raw_col = row, col
-            row = lambda v: bool(raw_row(v))  # noqa: E731
-            col = lambda vs: list(map(bool, raw_col(vs)))  # noqa: E731
-        self._row = row
-        self._col = col
+        self._erow: _Row | None = None
+        self._ecol: _Col | None = None
+        if event is not None:
+            # reads key or time: the value-only forms cannot run, the event forms do
+            self._erow, self._ecol = _forms(kind, event)
+            self._row, self._col = _not_given(text, names)
+        else:
+            self._row, self._col = _forms(kind, node)
+
+    @property
+    def uses_event(self) -> bool:
+        """Whether the expression reads the event's ``key`` or ``time`` (then it needs
+        :meth:`evaluate_event` / :meth:`evaluate_events`, not a value alone)."""
+        return self._erow is not None
 
     def __call__(self, value: Any) -> Any:
         """The expression's result for one event value.
 
-        Raises :class:`ExpressionEvaluationError` when it fails on this value.
+        Raises :class:`ExpressionEvaluationError` when it fails on this value, or when
+        the expression reads ``key`` or ``time`` (:attr:`uses_event`).
         """
         try:
             return self._row(value)
@@ -680,10 +788,37 @@ class Expression:
         """The results for a whole batch, equal to ``[self(v) for v in values]``.
 
         Raises :class:`ExpressionEvaluationError` if it fails on any value (then
-        evaluate row by row to find which).
+        evaluate row by row to find which), or if the expression reads ``key`` or ``time``.
         """
         try:
             return self._col(values)
+        except Exception as error:
+            raise _runtime_error(self.text, error) from error
+
+    def evaluate_event(self, value: Any, key: Any, time: float | None) -> Any:
+        """The result for one event: its value, key and time (``None`` when it has none).
+        An expression that reads only ``value`` ignores ``key`` and ``time``."""
+        try:
+            if self._erow is None:
+                return self._row(value)
+            return self._erow((value, key, time))
+        except Exception as error:
+            raise _runtime_error(self.text, error) from error
+
+    def evaluate_events(
+        self,
+        values: list[Any],
+        keys: list[Hashable] | None,
+        times: list[float | None] | None,
+    ) -> list[Any]:
+        """The results for a batch's columns (``keys``/``times`` ``None``: every event has
+        none, as in :class:`~rxagent.events.Batch`), equal to :meth:`evaluate_event` row by
+        row, or raising :class:`ExpressionEvaluationError` if any row fails. An expression
+        that reads only ``value`` costs what :meth:`evaluate_many` does."""
+        try:
+            if self._ecol is None:
+                return self._col(values)
+            return self._ecol(_Columns(values, keys, times))
         except Exception as error:
             raise _runtime_error(self.text, error) from error
 
@@ -693,6 +828,16 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"<expression {self.text!r}>"
+
+
+def _forms(kind: Literal["predicate", "value"], node: _Node) -> tuple[_Row, _Col]:
+    """The row and column forms of the top node; a predicate's results made bools."""
+    row, col = node.row, node.col
+    if kind == "predicate" and not node.boolean:
+        raw_row, raw_col = row, col
+        row = lambda v: bool(raw_row(v))  # noqa: E731
+        col = lambda vs: list(map(bool, raw_col(vs)))  # noqa: E731
+    return row, col
 
 
 def _runtime_error(text: str, error: Exception) -> ExpressionEvaluationError:
@@ -711,12 +856,19 @@ def _runtime_error(text: str, error: Exception) -> ExpressionEvaluationError:
     return ExpressionEvaluationError(text, reason)
 
 
-def compile_expression(text: str, *, kind: Literal["predicate", "value"] = "value") -> Expression:
+def compile_expression(
+    text: str,
+    *,
+    kind: Literal["predicate", "value"] = "value",
+    variables: frozenset[str] | set[str] | None = None,
+) -> Expression:
     """Parse and check ``text`` once; the result evaluates it per value or per batch.
 
     ``kind="predicate"`` makes every result a ``bool`` (by truthiness, as ``filter``
-    treats a lambda's result). Raises :class:`ExpressionError` for syntax errors,
-    unknown variables or functions, and constructs the language leaves out.
+    treats a lambda's result). ``variables`` (default :data:`VARIABLES`) are the ones
+    the caller can give: ``{"value"}`` refuses ``key`` and ``time`` at compile time.
+    Raises :class:`ExpressionError` for syntax errors, unknown or unavailable
+    variables, unknown functions, and constructs the language leaves out.
     """
     if not isinstance(text, str):
         raise ExpressionError(repr(text), f"an expression is a string, got {type(text).__name__}")
@@ -741,12 +893,25 @@ def compile_expression(text: str, *, kind: Literal["predicate", "value"] = "valu
         raise ExpressionError(text, f"cannot be parsed: {error}") from None
     # the parenthesis shifts line 1 by one column: undo it for error positions
     _shift_first_line(tree)
-    compiler = _Compiler(text, offset, line_starts)
+    allowed = VARIABLES if variables is None else frozenset(variables)
+    if not allowed <= VARIABLES or "value" not in allowed:
+        raise ExpressionError(
+            text, f"variables must include 'value' and be among {sorted(VARIABLES)}, got {allowed}"
+        )
+    compiler = _Compiler(text, offset, line_starts, variables=allowed)
     try:
         node = compiler.compile(tree.body)
+        names = frozenset(compiler.names)
+        event = None
+        if names & _EVENT_VARIABLES:
+            # reads key or time: compiled again over (value, key, time) rows and columns, so
+            # value-only expressions keep their forms (and their cost) unchanged
+            event = _Compiler(text, offset, line_starts, variables=allowed, event=True).compile(
+                tree.body
+            )
     except RecursionError:
         raise ExpressionError(text, f"nested deeper than {_MAX_DEPTH} levels") from None
-    return Expression(text, kind, node, frozenset(compiler.names))
+    return Expression(text, kind, node, names, event)
 
 
 def _shift_first_line(tree: ast.AST) -> None:
@@ -788,14 +953,21 @@ def _as_expression(expr: Expression | str, kind: Literal["predicate", "value"]) 
     return compile_expression(expr, kind=kind)
 
 
+def _event_functions(expression: Expression) -> _EventFunctions:
+    return _EventFunctions(expression.evaluate_events, expression.evaluate_event)
+
+
 def expression_filter(expr: Expression | str, *, name: str | None = None) -> Operator:
-    """Keep the events whose value satisfies ``expr``; like ``ops.filter`` but evaluated
-    per batch (:meth:`Expression.evaluate_many`). Events on which the expression fails
-    go to dead letters with the stage name; the others flow on.
+    """Keep the events that satisfy ``expr``; like ``ops.filter`` but evaluated
+    per batch (:meth:`Expression.evaluate_many`, or :meth:`Expression.evaluate_events`
+    with the batch's keys and times when it reads ``key`` or ``time``). Events on which
+    the expression fails go to dead letters with the stage name; the others flow on.
 
     A string is compiled here as a predicate.
     """
     predicate = _as_expression(expr, "predicate")
+    if predicate.uses_event:
+        return _filter(predicate, name, events=_event_functions(predicate))
     return _filter(predicate, name, predicate.evaluate_many)
 
 
@@ -803,24 +975,24 @@ def expression_map(expr: Expression | str, *, name: str | None = None) -> Operat
     """Replace each event's value by ``expr`` of it (a mapping literal builds a record);
     evaluated per batch, failures dead-lettered per event."""
     fn = _as_expression(expr, "value")
+    if fn.uses_event:
+        return _per_row("map", fn, Batch.with_values, name, events=_event_functions(fn))
     return _per_row("map", fn, Batch.with_values, name, fn.evaluate_many)
 
 
 def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Operator:
-    """Set each event's key to ``expr`` of its value; evaluated per batch. A result that
+    """Set each event's key to ``expr`` of it; evaluated per batch. A result that
     cannot be a key (a list, a mapping) dead-letters that event."""
     fn = _as_expression(expr, "value")
 
-    def keys(values: list[Any]) -> list[Any]:
-        results = fn.evaluate_many(values)
+    def scalar_keys(results: list[Any]) -> list[Any]:
         try:
             list(map(hash, results))  # in C; the row-by-row retry says which row
         except TypeError:
             raise ExpressionEvaluationError(fn.text, "a key must be a scalar") from None
         return results
 
-    def key(value: Any) -> Any:
-        result = fn(value)
+    def scalar_key(result: Any) -> Any:
         try:
             hash(result)
         except TypeError:
@@ -828,5 +1000,24 @@ def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Ope
                 fn.text, f"a key must be a scalar, got {type(result).__name__}"
             ) from None
         return result
+
+    if fn.uses_event:
+
+        def event_keys(
+            values: list[Any], keys: list[Hashable] | None, times: list[float | None] | None
+        ) -> list[Any]:
+            return scalar_keys(fn.evaluate_events(values, keys, times))
+
+        def event_key(value: Any, key: Any, time: float | None) -> Any:
+            return scalar_key(fn.evaluate_event(value, key, time))
+
+        functions = _EventFunctions(event_keys, event_key)
+        return _per_row("key_by", fn, Batch.with_keys, name, events=functions)
+
+    def keys(values: list[Any]) -> list[Any]:
+        return scalar_keys(fn.evaluate_many(values))
+
+    def key(value: Any) -> Any:
+        return scalar_key(fn(value))
 
     return _per_row("key_by", key, Batch.with_keys, name, keys)

@@ -145,12 +145,16 @@ PythonRef = Annotated[
 
 
 def compute(text: str) -> Callable[[Any], Any]:
-    """A field name -> ``itemgetter``; an expression -> the compiled expression."""
+    """A field name -> ``itemgetter``; an expression -> the compiled expression.
+
+    Only the value is given to these (keys, ids, sequence numbers, times): an expression
+    reading ``key`` or ``time`` is refused here, when the file is built, with the column.
+    """
     if _is_field(text):
         return itemgetter(text)
     from .expressions import compile_expression
 
-    expression: Callable[[Any], Any] = compile_expression(text)
+    expression: Callable[[Any], Any] = compile_expression(text, variables={"value"})
     return expression
 
 
@@ -982,19 +986,43 @@ class ToolSinkParams(SinkParams):
 
 
 def _tool_sink(p: ToolSinkParams, ctx: BuildContext) -> Any:
+    from ..events import Event
     from ..sinks.tools import ToolSink
+    from .expressions import Expression, compile_expression
 
-    args: Callable[[Any], Any] | None
-    if p.args is None:
-        args = None
-    elif isinstance(p.args, str):
-        args = compute(p.args)
-    else:
-        pairs = [(arg, compute(text)) for arg, text in p.args.items()]
-        args = lambda value: {arg: fn(value) for arg, fn in pairs}  # noqa: E731
+    def of_event(text: str) -> Callable[[Any], Any] | Expression:
+        # a field, a value-only expression, or one reading key/time (an Expression)
+        if _is_field(text):
+            return itemgetter(text)
+        return compile_expression(text)
+
+    def reads_event(fn: Callable[[Any], Any] | Expression) -> bool:
+        return isinstance(fn, Expression) and fn.uses_event
+
+    def call(fn: Callable[[Any], Any] | Expression, event: Event) -> Any:
+        if isinstance(fn, Expression):
+            return fn.evaluate_event(event.value, event.key, event.time)
+        return fn(event.value)
+
+    args: Callable[[Any], Any] | None = None
+    event_args: Callable[[Event], Any] | None = None
+    if isinstance(p.args, str):
+        one = of_event(p.args)
+        if reads_event(one):
+            event_args = lambda event: call(one, event)  # noqa: E731
+        else:
+            args = one
+    elif p.args is not None:
+        pairs = [(arg, of_event(text)) for arg, text in p.args.items()]
+        if any(reads_event(fn) for _, fn in pairs):
+            # some argument reads the event's key or time: every one gets the whole event
+            event_args = lambda event: {arg: call(fn, event) for arg, fn in pairs}  # noqa: E731
+        else:
+            args = lambda value: {arg: fn(value) for arg, fn in pairs}  # noqa: E731
     return ToolSink(
         ctx.tools[p.tool],
         args=args,
+        event_args=event_args,
         key=None if p.key is None else _key_arg(p.key),
         policy=p.policy,
         cooldown=p.cooldown,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from reactivex import Observable
 
@@ -31,31 +31,53 @@ def to_key_function(key: str | int | Callable[[Any], Any]) -> Callable[[Any], An
     return key
 
 
+class _EventFunctions(NamedTuple):
+    """Functions of whole events rather than values, for :func:`_apply`: ``many`` takes
+    the batch's values, keys and times columns (``None``: all ``None``, as in
+    :class:`Batch`) and gives every row's result or raises; ``one`` takes one row's
+    value, key and time."""
+
+    many: Callable[[list[Any], list[Hashable] | None, list[float | None] | None], list[Any]]
+    one: Callable[[Any, Any, float | None], Any]
+
+
 def _apply(
     batch: Batch,
     fn: Callable[[Any], Any],
     stage: str,
     many: Callable[[list[Any]], list[Any]] | None = None,
+    *,
+    events: _EventFunctions | None = None,
 ) -> tuple[list[Any], list[bool]]:
     """``fn`` over the batch's values; on error, row by row with failures dead-lettered.
 
     ``many``, if given, computes the whole batch's results at once (the same as
     ``fn`` row by row, or raising) and replaces the fast path's ``map``.
+    ``events``, if given, replaces both: its ``many`` reads the batch's values, keys
+    and times, and the row-by-row retry calls its ``one`` with each row's.
     Returns the results and an ``ok`` mask (all True on the fast path).
     """
     values = batch.values
     try:
+        if events is not None:
+            return events.many(values, batch.keys, batch.times), []
         if many is not None:
             return many(values), []
         return list(_builtin_map(fn, values)), []
     except Exception:
         pass
+    one = None if events is None else events.one
+    keys, times = batch.keys, batch.times
     results: list[Any] = []
     ok: list[bool] = []
     ctx = batch.ctx
     for i, value in enumerate(values):
         try:
-            results.append(fn(value))
+            if one is None:
+                results.append(fn(value))
+            else:
+                key = None if keys is None else keys[i]
+                results.append(one(value, key, None if times is None else times[i]))
             ok.append(True)
         except Exception as error:
             results.append(None)
@@ -78,17 +100,20 @@ def _per_row(
     attach: Callable[[Batch, list[Any]], Batch],
     name: str | None,
     many: Callable[[list[Any]], list[Any]] | None = None,
+    *,
+    events: _EventFunctions | None = None,
 ) -> Operator:
     """A stage computing ``fn(value)`` for every row and attaching the results to
     the batch with ``attach`` (as values, keys or times); rows whose ``fn`` raised
-    are dead-lettered and left out. ``many`` is passed on to :func:`_apply`."""
+    are dead-lettered and left out. ``many`` and ``events`` are passed on to
+    :func:`_apply`."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
                 metrics.events_in += len(batch.values)
-                results, ok = _apply(batch, fn, stage, many)
+                results, ok = _apply(batch, fn, stage, many, events=events)
                 if ok:
                     batch = _without_failed(batch, ok)
                     results = [r for r, good in zip(results, ok, strict=True) if good]
@@ -116,9 +141,12 @@ def _filter(
     predicate: Callable[[Any], Any],
     name: str | None,
     many: Callable[[list[Any]], list[Any]] | None = None,
+    *,
+    events: _EventFunctions | None = None,
 ) -> Operator:
     """The filter stage; ``many`` evaluates the predicate over a whole batch at
-    once (``predicate`` is still used row by row when ``many`` raises)."""
+    once (``predicate`` is still used row by row when ``many`` raises); ``events``
+    evaluates it on whole events instead (:func:`_apply`)."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
@@ -126,7 +154,7 @@ def _filter(
                 metrics = batch.ctx.stage(stage)
                 n = len(batch.values)
                 metrics.events_in += n
-                mask, ok = _apply(batch, predicate, stage, many)
+                mask, ok = _apply(batch, predicate, stage, many, events=events)
                 if ok:
                     batch = _without_failed(batch, ok)
                     mask = [m for m, good in zip(mask, ok, strict=True) if good]

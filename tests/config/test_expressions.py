@@ -3,6 +3,7 @@ and the filter/map/key_by stages built on it."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxagent import PipelineError
+from rxagent import operators as ops
 from rxagent.config.expressions import (
     Expression,
     ExpressionError,
@@ -359,3 +361,163 @@ async def test_stages_take_compiled_expressions_and_strings_alike() -> None:
 def test_a_string_with_an_error_fails_when_the_stage_is_built() -> None:
     with pytest.raises(ExpressionError):
         expression_map("value.px +")
+
+
+# -- the event's key and time ---------------------------------------------------------------
+
+
+def test_key_and_time_are_variables_compiled_once() -> None:
+    expr = compile_expression('{"sym": key, "px": value.px, "t": time}')
+    assert expr.names() == {"value", "key", "time"}
+    assert expr.uses_event
+    assert expr.evaluate_event({"px": 1.0}, "BTC", 5.0) == {"sym": "BTC", "px": 1.0, "t": 5.0}
+    # a batch's columns; None columns mean no event has a key (or a time)
+    values = [{"px": 1.0}, {"px": 2.0}]
+    assert expr.evaluate_events(values, ["A", "B"], None) == [
+        {"sym": "A", "px": 1.0, "t": None},
+        {"sym": "B", "px": 2.0, "t": None},
+    ]
+    assert expr.evaluate_events(values, None, [1.0, 2.0])[1] == {"sym": None, "px": 2.0, "t": 2.0}
+    assert compile_expression("key[0]").evaluate_event(None, "XY", None) == "X"
+    assert compile_expression("time > 0", kind="predicate").evaluate_events(
+        [1, 2], None, [3.0, 0.0]
+    ) == [True, False]
+    # a value-only expression is the same under both calls, and not an event expression
+    plain = compile_expression("value.px * 2")
+    assert not plain.uses_event
+    assert plain.evaluate_events(values, ["A", "B"], None) == plain.evaluate_many(values)
+    assert plain.evaluate_event({"px": 3}, "A", 1.0) == plain({"px": 3}) == 6
+
+
+def test_guards_on_key_and_time_work_inside_a_batch() -> None:
+    expr = compile_expression("time != null and time > 10", kind="predicate")
+    assert expr.evaluate_events([0, 1, 2], None, [None, 5.0, 20.0]) == [False, False, True]
+    keyed = compile_expression('key != null and startswith(key, "T")', kind="predicate")
+    assert keyed.evaluate_events([0, 1, 2], ["TEST", None, "A"], None) == [True, False, False]
+
+
+def test_an_event_expression_without_key_or_time_fails_clearly() -> None:
+    expr = compile_expression('key != "TEST"', kind="predicate")
+    for call in (lambda: expr({"px": 1}), lambda: expr.evaluate_many([{"px": 1}])):
+        with pytest.raises(ExpressionEvaluationError, match="reads the event's key, but only"):
+            call()
+    with pytest.raises(ExpressionEvaluationError, match="key and time"):
+        compile_expression("[key, time]")(1)
+    with pytest.raises(ExpressionEvaluationError, match="'<' not supported"):
+        compile_expression("time < 1").evaluate_event(1, None, None)
+
+
+def test_unknown_names_list_every_variable_and_callers_can_narrow_them() -> None:
+    with pytest.raises(ExpressionError, match="the variables are value, key, time; for the field"):
+        compile_expression("px > 1")
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression("value.px > time", variables={"value"})
+    assert caught.value.column == 11
+    assert "the event's time is not available here: the variables here are value" in str(
+        caught.value
+    )
+
+
+async def test_key_by_then_filter_on_key_and_map_with_time_in_a_pipeline() -> None:
+    ticks = [{"sym": s, "px": float(i), "ts": 100.0 + i} for i, s in enumerate("ATBTA")]
+    result = await run(
+        ticks,
+        ops.event_time("ts"),
+        expression_key_by("value.sym + '-' + str(int(value.px) % 2)"),
+        expression_filter('not startswith(key, "T")'),
+        expression_map('{"k": key, "px": value.px, "age": 200 - time}', name="m"),
+    )
+    assert result.values == [
+        {"k": "A-0", "px": 0.0, "age": 100.0},
+        {"k": "B-0", "px": 2.0, "age": 98.0},
+        {"k": "A-0", "px": 4.0, "age": 96.0},
+    ]
+    assert result.keys == ["A-0", "B-0", "A-0"]
+    assert result.dead_letters == []
+    assert result.status.flow["pending"] == 0
+
+
+async def test_a_key_using_expression_dead_letters_only_the_failing_events() -> None:
+    items = [{"n": i, "sym": s} for i, s in enumerate(["A", None, "B", "C", None])]
+    result = await run(
+        items,
+        ops.key_by("sym"),
+        expression_map('{"low": lower(key), "n": value.n}', name="low"),
+        expression_key_by("key + time", name="k2"),  # time is None: every row fails
+        batch_size=8,
+    )
+    assert result.values == []
+    letters = result.dead_letters
+    assert [(d.stage, d.event.value["n"]) for d in letters[:2]] == [("low", 1), ("low", 4)]
+    assert letters[0].event.key is None
+    assert "lower(key)" in letters[0].message
+    assert [d.stage for d in letters[2:]] == ["k2"] * 3
+    assert [d.event.key for d in letters[2:]] == ["A", "B", "C"]
+    assert result.status.stages["low"]["out"] == 3
+    assert result.status.flow["pending"] == 0
+
+    kept = await run(
+        items,
+        ops.key_by("sym"),
+        expression_filter('key > "A"', name="f"),  # None > "A" fails on rows 1 and 4
+    )
+    assert [v["n"] for v in kept.values] == [2, 3]
+    assert [(d.stage, d.event.value["n"]) for d in kept.dead_letters] == [("f", 1), ("f", 4)]
+
+
+def _built(text: str) -> Any:
+    from rxagent.config import loads
+
+    return loads(textwrap.dedent(text), file="t.yaml").build()
+
+
+async def test_tool_args_read_the_event_key_and_time_from_a_yaml_file() -> None:
+    built = _built(
+        """\
+        tools:
+          alert: rxagent.demo:alert
+        pipelines:
+          p:
+            source:
+              memory:
+                items:
+                  - {sym: btc, move: 0.5, ts: 10}
+                  - {sym: eth, move: 0.25, ts: 20}
+            steps:
+              - event_time: ts
+              - key_by: upper(value.sym)
+            sinks:
+              - tool: {tool: alert, args: {symbol: key + "@" + str(time), move_pct: value.move}}
+              - tool:
+                  name: whole
+                  tool: alert
+                  args: '{"symbol": (key), "move_pct": value.move * 100}'
+        """
+    )
+    sinks = built.sinks["p"]
+    results: dict[str, list[Any]] = {"tool:alert": [], "whole": []}
+    for name, got in results.items():
+        sinks[name].results.subscribe(got.append)
+    await built.app.run(duration=0.5)
+    assert sorted(r.value for r in results["tool:alert"]) == [
+        "ALERT BTC@10.0 moved +0.50%",
+        "ALERT ETH@20.0 moved +0.25%",
+    ]
+    assert sorted(r.value for r in results["whole"]) == [
+        "ALERT BTC moved +50.00%",
+        "ALERT ETH moved +25.00%",
+    ]
+
+
+def test_value_only_places_refuse_key_and_time_when_the_file_is_built() -> None:
+    with pytest.raises(ConfigurationError, match="the event's key is not available here"):
+        _built(
+            """\
+            pipelines:
+              p:
+                source: {memory: {items: [{n: 1}]}}
+                steps:
+                  - event_time: value.n + len(key)
+                sink: {log: {}}
+            """
+        )
