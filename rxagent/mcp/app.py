@@ -143,13 +143,13 @@ async def serve_built(
         finally:
             built.app.request_stop()
             try:
-                # the run's own error, if any, was logged by _report when it ended
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(running), drain_timeout + 5.0)
+                await asyncio.wait_for(asyncio.shield(running), drain_timeout + 5.0)
             except (TimeoutError, asyncio.CancelledError):
                 running.cancel()
                 with contextlib.suppress(BaseException):
                     await running
+            except Exception as error:  # already logged by _report when the run ended
+                log.debug("the pipelines' run ended with %s", type(error).__name__)
 
 
 async def _until_signalled(serving: Coroutine[Any, Any, None]) -> None:
