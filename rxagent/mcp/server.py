@@ -61,7 +61,13 @@ from ..plain import plain
 from ..runtime import App
 from ..sinks.state import Snapshot, StateChange, StateStore
 from ..tools.registry import ToolRegistry
-from ..tools.state import state_query_tool
+from ..tools.state import (
+    MISSING_KEY,
+    find_key,
+    key_text,
+    missing_key_message,
+    state_query_tool,
+)
 from ..tools.tool import Tool
 from .conflate import Conflater
 
@@ -87,7 +93,6 @@ _JSON = "application/json"
 #: Dead letters shown in the status resource.
 _RECENT_DEAD_LETTERS = 5
 #: Keys named in a "no such key" error.
-_KEYS_SHOWN = 10
 
 
 def store_uri(store: str) -> str:
@@ -97,12 +102,7 @@ def store_uri(store: str) -> str:
 
 def key_uri(store: str, key: Hashable) -> str:
     """The URI of one key's resource; the key is percent-encoded (``/`` too)."""
-    return f"{store_uri(store)}/{quote(_key_text(key), safe='')}"
-
-
-def _key_text(key: Hashable) -> str:
-    """A key as text, as the state store's ``context()`` and tools show it."""
-    return key if isinstance(key, str) else json.dumps(key, default=str)
+    return f"{store_uri(store)}/{quote(key_text(key), safe='')}"
 
 
 def _dumps(value: Any) -> str:
@@ -445,7 +445,7 @@ class RxAgentMCP:
                 watched = self._watched_keys.get(store)
                 if watched:
                     for change in changes:
-                        text = _key_text(change.key)
+                        text = key_text(change.key)
                         if watched[text]:
                             conflater.touch(f"{uri}/{quote(text, safe='')}")
             except Exception:  # never let a notification problem fail the writing pipeline
@@ -578,7 +578,7 @@ class RxAgentMCP:
                 f"{KEY_URI_TEMPLATE}",
                 data={"uri": uri},
             )
-        kind, store_name, key_text = parsed
+        kind, store_name, wanted = parsed
         if kind == "status":
             return _dumps(self.status())
         store = self._store(store_name, uri)
@@ -586,14 +586,18 @@ class RxAgentMCP:
         now = time.time()
         if kind == "store":
             return _dumps(_store_json(snap, now, self.max_entries))
-        key = _find_key(snap, key_text)
-        entry = None if key is _MISSING else snap.entry(key)
+        key = find_key(snap, wanted)
+        entry = None if key is MISSING_KEY else snap.entry(key)
         if entry is None:
-            raise MCPError(types.INVALID_PARAMS, _missing_key(snap, key_text), data={"uri": uri})
+            raise MCPError(
+                types.INVALID_PARAMS,
+                missing_key_message(snap.store, snap, [wanted]),
+                data={"uri": uri},
+            )
         return _dumps(
             {
                 "store": snap.store,
-                "key": key_text,
+                "key": wanted,
                 "value": plain(entry.value),
                 "version": entry.version,
                 "store_version": snap.version,
@@ -797,29 +801,6 @@ def _connection_of(session: ServerSession) -> object:
     return getattr(session, "_connection", session)
 
 
-_MISSING: Hashable = object()
-
-
-def _find_key(snap: Snapshot, text: str) -> Hashable:
-    if text in snap:
-        return text
-    for key in snap:
-        if _key_text(key) == text:
-            return key
-    return _MISSING
-
-
-def _missing_key(snap: Snapshot, text: str) -> str:
-    shown = [_key_text(k) for _, k in zip(range(_KEYS_SHOWN), snap, strict=False)]
-    if not shown:
-        return f"state {snap.store!r} has no key {text!r}: the store is empty"
-    more = f" (and {len(snap) - len(shown)} more)" if len(snap) > len(shown) else ""
-    return (
-        f"state {snap.store!r} has no key {text!r}; existing keys include "
-        f"{', '.join(map(repr, shown))}{more}"
-    )
-
-
 class _StdinLines:
     """This process's stdin as async text lines read on the event loop (cancellable).
 
@@ -881,7 +862,7 @@ def _store_json(snap: Snapshot, now: float, max_entries: int | None = None) -> d
             "the most recently updated entries are shown; read "
             f"{KEY_URI_TEMPLATE} for one key, or call changes_since / query_state"
         )
-    data["entries"] = {_key_text(e.key): plain(e.value) for e in entries}
+    data["entries"] = {key_text(e.key): plain(e.value) for e in entries}
     return data
 
 
@@ -931,8 +912,8 @@ def _changes_since_tool(stores: Mapping[str, StateStore]) -> Tool:
             "since": version,
             "version": changes.version,
             "as_of": _iso(snap.wall_time) if snap.version else None,
-            "changed": {_key_text(k): plain(e.value) for k, e in changes.changed.items()},
-            "deleted": [_key_text(k) for k in changes.deleted],
+            "changed": {key_text(k): plain(e.value) for k, e in changes.changed.items()},
+            "deleted": [key_text(k) for k in changes.deleted],
         }
         if reset:
             out["reset"] = True

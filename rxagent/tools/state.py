@@ -10,7 +10,7 @@ snapshot, so they never block writers and never see half an update.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -20,7 +20,7 @@ from ..plain import plain
 from ..sinks.state import Snapshot, StateStore
 from .tool import Tool
 
-__all__ = ["state_query_tool"]
+__all__ = ["MISSING_KEY", "find_key", "key_text", "missing_key_message", "state_query_tool"]
 
 #: Keys named in a "no such key" error, so the model can correct itself.
 _KEYS_SHOWN = 10
@@ -101,13 +101,17 @@ def state_query_tool(
         found: dict[str, Hashable] = {}
         missing: list[str] = []
         for text in wanted:
-            actual = _find_key(snap, text)
-            if actual is _MISSING:
+            actual = find_key(snap, text)
+            if actual is MISSING_KEY:
                 missing.append(text)
             else:
                 found[text] = actual
         if missing:
-            raise StateError(_missing_message(store.name, snap, missing))
+            raise StateError(
+                missing_key_message(
+                    store.name, snap, missing, hint="Call without keys for a summary."
+                )
+            )
         return {
             "store": store.name,
             "version": snap.version,
@@ -127,10 +131,11 @@ def state_query_tool(
     return Tool(query_state, name=name, description=description, args_model=args_model)
 
 
-_MISSING: Hashable = object()
+#: what :func:`find_key` returns when no key matches
+MISSING_KEY: Hashable = object()
 
 
-def _find_key(snap: Snapshot, text: str) -> Hashable:
+def find_key(snap: Snapshot, text: str) -> Hashable:
     """The store key an LLM means by ``text``: the key itself, or one whose text form matches.
 
     Stores may be keyed by ints or tuples; the model can only send strings.
@@ -138,22 +143,26 @@ def _find_key(snap: Snapshot, text: str) -> Hashable:
     if text in snap:
         return text
     for key in snap:
-        if _key_text(key) == text:
+        if key_text(key) == text:
             return key
-    return _MISSING
+    return MISSING_KEY
 
 
-def _key_text(key: Hashable) -> str:
+def key_text(key: Hashable) -> str:
+    """A store key as the text LLM clients see (strings as they are, others as JSON)."""
     return key if isinstance(key, str) else json.dumps(key, default=str)
 
 
-def _missing_message(store: str, snap: Snapshot, missing: list[str]) -> str:
-    shown = [_key_text(k) for _, k in zip(range(_KEYS_SHOWN), snap, strict=False)]
+def missing_key_message(
+    store: str, snap: Snapshot, missing: Sequence[str], *, hint: str = ""
+) -> str:
+    """Which keys are missing from ``store``, and (some of) the keys it has."""
+    shown = [key_text(k) for _, k in zip(range(_KEYS_SHOWN), snap, strict=False)]
     what = ", ".join(map(repr, missing))
     if not shown:
         return f"state {store!r} has no key {what}: the store is empty"
     more = f" (and {len(snap) - len(shown)} more)" if len(snap) > len(shown) else ""
     return (
         f"state {store!r} has no key {what}; existing keys include "
-        f"{', '.join(map(repr, shown))}{more}. Call without keys for a summary."
+        f"{', '.join(map(repr, shown))}{more}{'. ' + hint if hint else ''}"
     )
