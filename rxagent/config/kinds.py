@@ -490,10 +490,23 @@ class _ComputedParams(StageParams):
 
     _main_field: ClassVar[str] = ""
 
-    def callable(self) -> Callable[[Any], Any]:
-        """The python function, imported."""
-        fn: Callable[[Any], Any] = import_ref(str(self.function))
-        return fn
+    def stage(
+        self,
+        plain: Callable[..., Any],
+        expression: Callable[..., Any],
+        *,
+        kind: Literal["predicate", "value"] = "value",
+    ) -> Any:
+        """``plain(fn)`` with the python function or the field (a C ``itemgetter``),
+        else ``expression(compiled)`` with the expression compiled once."""
+        text: str | None = getattr(self, self._main_field)
+        if text is None:
+            return plain(import_ref(str(self.function)), name=self.name)
+        if _is_field(text):
+            return plain(itemgetter(text), name=self.name)
+        from .expressions import compile_expression
+
+        return expression(compile_expression(text, kind=kind), name=self.name)
 
 
 class FilterParams(_ComputedParams):
@@ -506,13 +519,9 @@ class FilterParams(_ComputedParams):
 
 
 def _filter(p: FilterParams, ctx: BuildContext) -> Any:
-    if p.predicate is None:
-        return ops.filter(p.callable(), name=p.name)
-    if _is_field(p.predicate):
-        return ops.filter(itemgetter(p.predicate), name=p.name)
-    from .expressions import compile_expression, expression_filter
+    from .expressions import expression_filter
 
-    return expression_filter(compile_expression(p.predicate, kind="predicate"), name=p.name)
+    return p.stage(ops.filter, expression_filter, kind="predicate")
 
 
 class MapParams(_ComputedParams):
@@ -525,13 +534,9 @@ class MapParams(_ComputedParams):
 
 
 def _map(p: MapParams, ctx: BuildContext) -> Any:
-    if p.expr is None:
-        return ops.map(p.callable(), name=p.name)
-    if _is_field(p.expr):
-        return ops.map(itemgetter(p.expr), name=p.name)
-    from .expressions import compile_expression, expression_map
+    from .expressions import expression_map
 
-    return expression_map(compile_expression(p.expr), name=p.name)
+    return p.stage(ops.map, expression_map)
 
 
 class KeyByParams(_ComputedParams):
@@ -544,13 +549,9 @@ class KeyByParams(_ComputedParams):
 
 
 def _key_by(p: KeyByParams, ctx: BuildContext) -> Any:
-    if p.key is None:
-        return ops.key_by(p.callable(), name=p.name)
-    if _is_field(p.key):
-        return ops.key_by(p.key, name=p.name)
-    from .expressions import compile_expression, expression_key_by
+    from .expressions import expression_key_by
 
-    return expression_key_by(compile_expression(p.key), name=p.name)
+    return p.stage(ops.key_by, expression_key_by)
 
 
 class EventTimeParams(StageParams):
