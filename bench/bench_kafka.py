@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
-from rxagent.sources.kafka import DEFAULTS, KafkaSource
+from rxagent.kafka import CONSUMER_DEFAULTS, KafkaSource
 
 Decoder = Callable[[bytes], Any]
 
@@ -112,7 +112,11 @@ def fill(bootstrap: str, n: int) -> str:
 def raw_loop(bootstrap: str, topic: str, n: int, loads: Decoder) -> float:
     start = time.perf_counter()
     consumer = Consumer(
-        {**DEFAULTS, "bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:6]}"}
+        {
+            **CONSUMER_DEFAULTS,
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+        }
     )
     consumer.list_topics(topic, timeout=10)  # as the source does before its first assign
     consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])

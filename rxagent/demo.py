@@ -23,10 +23,10 @@ from .backoff import Backoff
 from .events import Event
 from .runtime import Pipeline, PipelineStatus
 from .sinks.deadletters import MemoryDeadLetters
-from .sinks.state import StateChange, StateStore
 from .sinks.tools import ToolSink
 from .sources.memory import PushSource
 from .sources.websocket import websocket
+from .state import StateChange, StateStore
 from .tools import tool
 
 __all__ = [

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .events import Event
-from .sinks.state import DELETE
+from .state import DELETE
 
 __all__ = [
     "SensorFeedServer",

@@ -14,7 +14,7 @@ The tree::
     ├── CircuitOpenError         a circuit breaker is open (rxagent.operators.circuit)
     ├── MarbleError              a marble diagram is malformed (rxagent.testing.marbles)
     ├── WebSocketError           a WebSocket source or sink gave up (rxagent.sources.websocket)
-    ├── KafkaSinkError           a Kafka sink could not deliver (rxagent.sinks.kafka)
+    ├── KafkaSinkError           a Kafka sink could not deliver (rxagent.kafka)
     └── ToolError                a tool could not be invoked
         ├── ToolArgumentsError   the arguments failed validation (carries ``errors``)
         ├── ToolTimeoutError     the call ran past its timeout

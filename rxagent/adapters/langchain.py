@@ -38,7 +38,7 @@ except ImportError as error:  # pragma: no cover - exercised with the extra miss
 from pydantic import ConfigDict, Field
 
 from ..exceptions import ConfigurationError
-from ..sinks.state import Entry, StateStore, context_line, recent_entries
+from ..state import Entry, StateStore, context_line, recent_entries
 from ..tools.registry import ToolRegistry
 from ..tools.state import state_query_tool
 from ..tools.tool import Tool

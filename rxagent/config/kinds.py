@@ -424,7 +424,7 @@ class KafkaParams(SourceParams):
 
 
 def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
-    from ..sources.kafka import KafkaSource
+    from ..kafka import KafkaSource
 
     return KafkaSource(
         p.topics,
@@ -1049,7 +1049,7 @@ class KafkaSinkParams(SinkParams):
 
 
 def _kafka_sink(p: KafkaSinkParams, ctx: BuildContext) -> Any:
-    from ..sinks.kafka import KafkaSink
+    from ..kafka import KafkaSink
 
     return KafkaSink(
         p.topic,

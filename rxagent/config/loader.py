@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
     from ..deadletters import DeadLetterSink
     from ..runtime import App, Pipeline
-    from ..sinks.state import StateStore
     from ..sources.base import Source
+    from ..state import StateStore
     from ..tools.registry import ToolRegistry
 
 __all__ = ["BuiltApp", "Config", "PipelineSpec", "StageSpec", "load", "loads"]
@@ -114,7 +114,7 @@ class Config:
         """Construct every tool and stage once (nothing connects or starts) and
         return the problems their constructors reported, located."""
         from ..deadletters import MemoryDeadLetters
-        from ..sinks.state import StateStore
+        from ..state import StateStore
 
         problems: list[Problem] = []
         locations = self.document.locations
@@ -168,7 +168,7 @@ class Config:
         """
         from ..deadletters import JsonlDeadLetters, MemoryDeadLetters
         from ..runtime import App, Pipeline
-        from ..sinks.state import StateStore
+        from ..state import StateStore
         from ..tools.registry import ToolRegistry
         from ..tools.tool import Tool
 

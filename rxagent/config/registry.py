@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from reactivex import abc
 
     from ..deadletters import DeadLetterSink
-    from ..sinks.state import StateStore
+    from ..state import StateStore
     from ..tools.tool import Tool
 
 __all__ = ["ENTRY_POINT_GROUP", "BuildContext", "Kind", "Registry", "Role", "default_registry"]

@@ -70,7 +70,7 @@ from .source import Problem
 if TYPE_CHECKING:
     from ..context import PipelineContext
     from ..runtime import Pipeline
-    from ..sinks.state import StateStore
+    from ..state import StateStore
     from .loader import Config, PipelineSpec
     from .model import TestCaseModel
 
@@ -264,7 +264,7 @@ def _build(
 ) -> tuple[Pipeline, VirtualSource, dict[int, _Observed], dict[str, StateStore]]:
     from ..deadletters import MemoryDeadLetters
     from ..runtime import Pipeline
-    from ..sinks.state import StateStore
+    from ..state import StateStore
     from .kinds import compute
 
     spec = config.pipelines[case.pipeline]

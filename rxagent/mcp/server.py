@@ -59,7 +59,7 @@ from starlette.applications import Starlette
 from ..exceptions import ConfigurationError
 from ..plain import plain
 from ..runtime import App
-from ..sinks.state import Snapshot, StateChange, StateStore
+from ..state import Snapshot, StateChange, StateStore
 from ..tools.registry import ToolRegistry
 from ..tools.state import (
     MISSING_KEY,

@@ -1,12 +1,29 @@
 """Sources: where events come from. Each is an async ``run`` that respects credit."""
 
+from typing import TYPE_CHECKING, Any
+
 from .base import Emitter, Source
-from .kafka import KafkaPartition, KafkaSource, kafka
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
 from .state import StateChangesSource, state_changes
 from .websocket import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
+
+if TYPE_CHECKING:
+    from ..kafka import KafkaPartition, KafkaSource, kafka
+
+# the Kafka connector lives in rxagent.kafka (which builds on this package):
+# re-exported here lazily, so importing either never needs the other first
+_KAFKA = frozenset({"KafkaPartition", "KafkaSource", "kafka"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _KAFKA:
+        from .. import kafka as _kafka
+
+        return getattr(_kafka, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Emitter",

@@ -15,7 +15,7 @@ source positions, in three tempos:
   hour of recording replays in milliseconds while every timer of the pipeline
   (windows, throttles) fires at the right virtual moment.
 
-Replays are idempotent in a :class:`~rxagent.sinks.state.StateStore`: an event
+Replays are idempotent in a :class:`~rxagent.state.StateStore`: an event
 keeps the position it was recorded with (its source offset, or its line number
 when it had none), and by default the replay takes the recorded source's name,
 so a store that has seen the live feed, or an earlier replay, ignores it.

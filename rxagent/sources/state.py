@@ -17,7 +17,7 @@ from ..exceptions import ConfigurationError
 from .base import Emitter, Source
 
 if TYPE_CHECKING:
-    from ..sinks.state import StateChange, StateStore
+    from ..state import StateChange, StateStore
 
 __all__ = ["StateChangesSource", "state_changes"]
 
@@ -50,7 +50,7 @@ class StateChangesSource(Source):
         credit: int = 4096,
         batch_size: int = 512,
     ) -> None:
-        from ..sinks.state import StateStore
+        from ..state import StateStore
 
         if not isinstance(store, StateStore):
             raise ConfigurationError(f"state source needs a StateStore, got {store!r}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from ..exceptions import ConfigurationError
-from ..sinks.state import (
+from ..state import (
     Entry,
     StateStore,
     context_header,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..exceptions import ConfigurationError, StateError
 from ..plain import plain
-from ..sinks.state import Snapshot, StateStore
+from ..state import Snapshot, StateStore
 from .tool import Tool
 
 __all__ = ["MISSING_KEY", "find_key", "key_text", "missing_key_message", "state_query_tool"]

@@ -18,7 +18,7 @@ from rxagent.adapters.langchain import (
     state_reader_tool,
 )
 from rxagent.exceptions import ConfigurationError
-from rxagent.sinks import StateStore
+from rxagent.state import StateStore
 from rxagent.tools import Tool, ToolRegistry, tool
 
 

@@ -13,8 +13,8 @@ import sys
 
 from rxagent import Pipeline
 from rxagent.events import Batch
+from rxagent.kafka import KafkaSource
 from rxagent.sinks import Sink
-from rxagent.sources.kafka import KafkaSource
 
 
 class AppendIds(Sink):

@@ -13,9 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from rxagent import Pipeline, sources
 from rxagent import operators as ops
+from rxagent.kafka import KafkaDeadLetters, KafkaSink, KafkaSource
 from rxagent.sinks import ListSink, MemoryDeadLetters
-from rxagent.sinks.kafka import KafkaDeadLetters, KafkaSink
-from rxagent.sources.kafka import KafkaSource
 
 Produce = Callable[..., None]
 

@@ -21,9 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
 from rxagent.events import Batch, Event
+from rxagent.kafka import KafkaPartition, KafkaSource
 from rxagent.runtime import PipelineState
 from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
-from rxagent.sources.kafka import KafkaPartition, KafkaSource
 
 if TYPE_CHECKING:
     from conftest import RestartableBroker  # tests/kafka/conftest.py, a fixture's type

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rxagent.exceptions import ConfigurationError
-from rxagent.sinks import StateStore
+from rxagent.state import StateStore
 from rxagent.tools.context import CHARS_PER_TOKEN, build_context
 
 

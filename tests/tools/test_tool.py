@@ -18,7 +18,7 @@ from rxagent.exceptions import (
     ToolArgumentsError,
     UnknownToolError,
 )
-from rxagent.sinks import StateStore
+from rxagent.state import StateStore
 from rxagent.tools import Tool, ToolRegistry, state_query_tool, tool
 
 

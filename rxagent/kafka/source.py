@@ -43,17 +43,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..exceptions import ConfigurationError
-
-# ``name as name`` marks a re-export: the sink, bench and tests import those from here
-from ._kafka_common import DEFAULTS as DEFAULTS
-from ._kafka_common import Decoder as Decoder
-from ._kafka_common import KafkaPartition as KafkaPartition
-from ._kafka_common import KeyDecoder as KeyDecoder
-from ._kafka_common import _key_columns, _key_decoder, _value_decoder
-from ._kafka_common import redact as redact
-from ._kafka_common import resolve_config as resolve_config
-from ._kafka_consumer import _Consumer, _Rows
-from .base import Emitter, Source
+from ..sources.base import Emitter, Source
+from .common import (
+    CONSUMER_DEFAULTS,
+    Decoder,
+    KafkaPartition,
+    KeyDecoder,
+    _key_columns,
+    _key_decoder,
+    _value_decoder,
+    redact,
+)
+from .consumer import _Consumer, _Rows
 
 __all__ = ["KafkaPartition", "KafkaSource", "kafka"]
 
@@ -123,7 +124,7 @@ class KafkaSource(Source):
                     "processing has not ended; the source commits completed offsets itself"
                 )
         self.config: dict[str, Any] = {
-            **DEFAULTS,
+            **CONSUMER_DEFAULTS,
             **user,
             "bootstrap.servers": bootstrap_servers,
             "group.id": group_id,

@@ -2,7 +2,7 @@
 rebalance callbacks, commits, dead letters) and ``_Rows``, one partition's messages of
 a hop decoded into columns.
 
-Private to :mod:`rxagent.sources.kafka`, whose docstring states the guarantees this
+Private to :mod:`rxagent.kafka.source`, whose docstring states the guarantees this
 code keeps.
 """
 
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
-from ._kafka_common import KafkaPartition, _decode_column, resolve_config
-from .base import Emitter
+from ..sources.base import Emitter
+from .common import KafkaPartition, _decode_column, resolve_config
 
 if TYPE_CHECKING:
-    from .kafka import KafkaSource
+    from .source import KafkaSource
 
 __all__ = ["_Consumer", "_Rows"]
 

@@ -2,7 +2,7 @@
 type, settings (defaults, ``"${NAME}"`` environment references, redaction) and the
 decoders of message values and keys.
 
-Private: :mod:`rxagent.sources.kafka` re-exports what is meant to be used from here.
+Shared by the source, the sink, dead letters and the state changelog.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["DEFAULTS", "Decoder", "KafkaPartition", "KeyDecoder", "redact", "resolve_config"]
+__all__ = [
+    "CONSUMER_DEFAULTS",
+    "Decoder",
+    "KafkaPartition",
+    "KeyDecoder",
+    "redact",
+    "resolve_config",
+]
 
 _T = TypeVar("_T")
 
@@ -24,7 +31,7 @@ KeyDecoder = Literal["json", "text", "bytes"] | Callable[[bytes], Hashable]
 
 #: librdkafka settings that make a consumer fast here (measured, see docs/kafka.md);
 #: anything in ``config`` overrides them, except what at-least-once needs.
-DEFAULTS: dict[str, Any] = {
+CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka's 1000 ms default halved throughput: the fetcher idled between fetches
     "fetch.queue.backoff.ms": 10,
     "auto.offset.reset": "earliest",

@@ -24,8 +24,8 @@ from typing import Any, Literal
 from ..deadletters import DeadLetter
 from ..events import Batch, Event
 from ..exceptions import RxAgentError, StageError
-from ..sources.kafka import KafkaPartition, redact, resolve_config
-from .base import Sink
+from ..sinks.base import Sink
+from .common import KafkaPartition, redact, resolve_config
 
 __all__ = ["KafkaDeadLetters", "KafkaSink", "KafkaSinkError"]
 
@@ -35,7 +35,7 @@ Encoder = Literal["json", "text", "bytes"] | Callable[[Any], bytes]
 HeaderSpec = Mapping[str, str | bytes] | Callable[[Event], Mapping[str, str | bytes] | None]
 
 #: Producer settings for a sink that must not lose events; ``config`` overrides them.
-DEFAULTS: dict[str, Any] = {
+PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
     "linger.ms": 5,
@@ -102,7 +102,7 @@ class KafkaSink(Sink):
         super().__init__(name)
         self.topic = topic
         self.config: dict[str, Any] = {
-            **DEFAULTS,
+            **PRODUCER_DEFAULTS,
             **(config or {}),
             "bootstrap.servers": bootstrap_servers,
         }
@@ -278,7 +278,7 @@ class KafkaDeadLetters:
     ) -> None:
         self.topic = topic
         self.config: dict[str, Any] = {
-            **DEFAULTS,
+            **PRODUCER_DEFAULTS,
             **(config or {}),
             "bootstrap.servers": bootstrap_servers,
         }

@@ -1,0 +1,90 @@
+"""How a store reads as text: keys, times and values rendered compactly for prompts.
+
+Shared by :meth:`rxagent.state.StateStore.context`, the prompt context builder
+(:func:`rxagent.tools.context.build_context`), MCP and the LangChain adapter, so
+every reader of a store sees the same lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store import Entry, Snapshot
+
+__all__ = [
+    "ago",
+    "compact_json",
+    "context_header",
+    "context_line",
+    "fit",
+    "iso_time",
+    "key_text",
+    "omitted_line",
+    "recent_entries",
+]
+
+
+def iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def key_text(key: Hashable) -> str:
+    return key if isinstance(key, str) else json.dumps(key, default=str)
+
+
+def compact_json(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    elif hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        value = asdict(value)
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def ago(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms ago"
+    if seconds < 120:
+        return f"{seconds:.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def recent_entries(snap: Snapshot) -> list[Entry]:
+    """A snapshot's entries, most recently changed first; entries changed in the
+    same version in key order, so prompts repeat."""
+    entries = sorted(snap._entries.values(), key=lambda e: key_text(e.key))
+    entries.sort(key=lambda e: e.version, reverse=True)
+    return entries
+
+
+def context_header(name: str, snap: Snapshot, now: float) -> str:
+    """The first line of a store's prompt text: name, version, size, freshness."""
+    head = f"state {name!r} v{snap.version}, {len(snap)} keys"
+    if snap.version:
+        head += f", updated {ago(max(0.0, now - snap.wall_time))}"
+    return head + ":"
+
+
+def context_line(entry: Entry, now: float) -> str:
+    """One entry of a store's prompt text: ``key: compact JSON (age)``."""
+    age = ago(max(0.0, now - entry.wall_time))
+    return f"{key_text(entry.key)}: {compact_json(entry.value)} ({age})"
+
+
+def omitted_line(count: int) -> str:
+    """The last line of a prompt text that left ``count`` keys out."""
+    return f"... {count} more keys omitted"
+
+
+def fit(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` (ending in "…") when even the header did not fit."""
+    if len(text) <= max_chars:
+        return text
+    return text[: max(0, max_chars - 1)] + "…" if max_chars > 0 else ""

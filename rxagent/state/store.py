@@ -1,0 +1,391 @@
+"""The state store: keyed state folded from events, readable by the LLM and by code.
+
+Writes happen on the event loop, one batch at a time; each applied batch makes
+a new immutable :class:`Snapshot` (a persistent hash map from the ``immutables``
+package, so a new version shares almost everything with the old one) and swaps
+it in with one reference assignment. A reader, on the loop or on another thread,
+takes ``store.snapshot`` and never sees half an update.
+
+Updates are idempotent: each entry remembers the source position of the last
+event applied to it, and an event from the same source and partition whose
+position is not newer is ignored. Replaying a recording, or a Kafka partition
+after a crash, therefore leaves the same state.
+
+This is the query side of CQRS: :meth:`StateStore.context` renders a compact
+text for a prompt, :meth:`StateStore.changes_since` tells a reader what changed
+since it last looked, and ``changes`` / ``updates`` stream every new version.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import immutables
+from reactivex import Observable
+from reactivex.subject import BehaviorSubject, Subject
+
+from ..events import Event, Position
+from ..exceptions import ConfigurationError, StateError
+
+if TYPE_CHECKING:
+    from ..sinks.state import StateSink
+
+from .render import (
+    context_header,
+    context_line,
+    fit,
+    iso_time,
+    key_text,
+    omitted_line,
+    recent_entries,
+)
+
+__all__ = [
+    "DELETE",
+    "ChangeSet",
+    "Entry",
+    "Snapshot",
+    "StateChange",
+    "StateStore",
+]
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+#: Return this from a reducer to delete the key.
+DELETE: Final = _Delete()
+
+Reducer = Callable[[Any, Event], Any]
+_Update = tuple[Hashable, Callable[[Any], Any], float | None, Position | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key's value with its bookkeeping."""
+
+    key: Hashable
+    value: Any
+    version: int
+    updates: int
+    event_time: float | None
+    wall_time: float
+    position: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One key changed (``deleted`` when removed)."""
+
+    key: Hashable
+    old: Any
+    new: Any
+    version: int
+    event_time: float | None
+    wall_time: float
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """What changed after version ``since``, up to ``version``."""
+
+    store: str
+    since: int
+    version: int
+    changed: dict[Hashable, Entry] = field(default_factory=dict)
+    deleted: list[Hashable] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.deleted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "since": self.since,
+            "version": self.version,
+            "changed": {key_text(k): e.value for k, e in self.changed.items()},
+            "deleted": [key_text(k) for k in self.deleted],
+        }
+
+
+class Snapshot(Mapping[Hashable, Any]):
+    """An immutable version of a store: a read-only mapping of key to value."""
+
+    __slots__ = ("_entries", "_tombstones", "store", "version", "wall_time")
+
+    def __init__(
+        self,
+        store: str,
+        version: int,
+        entries: immutables.Map[Hashable, Entry],
+        tombstones: immutables.Map[Hashable, int],
+        wall_time: float,
+    ) -> None:
+        self.store = store
+        self.version = version
+        self._entries = entries
+        self._tombstones = tombstones
+        self.wall_time = wall_time
+
+    def __getitem__(self, key: Hashable) -> Any:
+        try:
+            return self._entries[key].value
+        except KeyError:
+            raise StateError(f"state {self.store!r} has no key {key!r}") from None
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def entry(self, key: Hashable) -> Entry | None:
+        return self._entries.get(key)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def to_dict(self) -> dict[Hashable, Any]:
+        return {k: e.value for k, e in self._entries.items()}
+
+    def staleness(self, key: Hashable | None = None, *, now: float | None = None) -> float | None:
+        """Seconds since ``key`` (or, without a key, the store) last changed."""
+        now = time.time() if now is None else now
+        if key is None:
+            return now - self.wall_time if self.version else None
+        entry = self._entries.get(key)
+        return None if entry is None else now - entry.wall_time
+
+    def as_of(self, key: Hashable | None = None) -> dict[str, Any]:
+        """Event time and wall time of the last change, as ISO strings."""
+        if key is None:
+            return {"version": self.version, "wall_time": iso_time(self.wall_time)}
+        entry = self._entries.get(key)
+        if entry is None:
+            raise StateError(f"state {self.store!r} has no key {key!r}")
+        return {
+            "version": entry.version,
+            "event_time": None if entry.event_time is None else iso_time(entry.event_time),
+            "wall_time": iso_time(entry.wall_time),
+        }
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.store!r}, version={self.version}, keys={len(self)})"
+
+
+class StateStore:
+    """Named keyed state. Write with :meth:`sink` in a pipeline (or :meth:`set`
+    from code); read with :attr:`snapshot`, :meth:`get`, :meth:`context`,
+    :meth:`changes_since`, or by subscribing to :attr:`changes`."""
+
+    def __init__(self, name: str, *, clock: Callable[[], float] = time.time) -> None:
+        if not name:
+            raise ConfigurationError("a state store needs a name")
+        self.name = name
+        self._clock = clock
+        self._lock = threading.Lock()  # writers only; readers take the snapshot reference
+        self._snapshot = Snapshot(name, 0, immutables.Map(), immutables.Map(), 0.0)
+        self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
+        self._updates: Subject[list[StateChange]] = Subject()
+        self.ignored = 0  # idempotent replays skipped
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current immutable version."""
+        return self._snapshot
+
+    @property
+    def version(self) -> int:
+        return self._snapshot.version
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        entry = self._snapshot.entry(key)
+        return default if entry is None else entry.value
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._snapshot[key]
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._snapshot
+
+    @property
+    def changes(self) -> Observable[Snapshot]:
+        """Every new snapshot; a new subscriber gets the current one first."""
+        return self._changes
+
+    @property
+    def updates(self) -> Observable[list[StateChange]]:
+        """The changes of each applied batch."""
+        return self._updates
+
+    def changes_since(self, version: int) -> ChangeSet:
+        """What changed after ``version`` (0: everything). Pass the returned
+        ``version`` next time to get only what is new."""
+        snap = self._snapshot
+        changed = {k: e for k, e in snap._entries.items() if e.version > version}
+        deleted = [k for k, v in snap._tombstones.items() if v > version]
+        return ChangeSet(self.name, version, snap.version, changed, deleted)
+
+    def context(
+        self,
+        max_chars: int = 2000,
+        *,
+        keys: Iterable[Hashable] | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A compact text of the state for an LLM prompt, at most ``max_chars`` long.
+
+        Most recently updated keys come first; what does not fit is named in a
+        last line (``... 12 more keys omitted``), which always fits too.
+        """
+        snap = self._snapshot
+        now = self._clock() if now is None else now
+        if keys is None:
+            entries = recent_entries(snap)
+        else:
+            entries = [e for e in (snap.entry(k) for k in keys) if e is not None]
+        lines = [context_header(self.name, snap, now)]
+        used = len(lines[0])
+        omitted: list[Hashable] = []
+        for i, entry in enumerate(entries):
+            line = context_line(entry, now)
+            remaining = len(entries) - i - 1
+            # keep room for the omission line should anything after this be left out
+            reserve = len(omitted_line(len(entries))) + 1 if remaining else 0
+            if used + 1 + len(line) + reserve > max_chars or omitted:
+                omitted.append(entry.key)
+                continue
+            lines.append(line)
+            used += 1 + len(line)
+        if omitted:
+            lines.append(omitted_line(len(omitted)))
+        return fit("\n".join(lines), max_chars)
+
+    # -- writing -----------------------------------------------------------------
+
+    def set(
+        self,
+        key: Hashable,
+        value: Any,
+        *,
+        event_time: float | None = None,
+        position: Position | None = None,
+    ) -> bool:
+        """Set one key from code; returns False if ignored as a replay."""
+        return bool(self.apply([(key, value, event_time, position)]))
+
+    def delete(self, key: Hashable) -> bool:
+        return bool(self.apply([(key, DELETE, None, None)]))
+
+    def apply(
+        self, updates: Iterable[tuple[Hashable, Any, float | None, Position | None]]
+    ) -> list[StateChange]:
+        """Apply ``(key, new value or DELETE, event time, position)`` updates as one
+        version. Returns the changes applied (replays are skipped)."""
+        return self._apply((k, _constant(v), t, p) for k, v, t, p in updates)
+
+    def _apply(
+        self,
+        updates: Iterable[tuple[Hashable, Callable[[Any], Any], float | None, Position | None]],
+    ) -> list[StateChange]:
+        with self._lock:
+            snap = self._snapshot
+            version = snap.version + 1
+            wall = self._clock()
+            entries = snap._entries.mutate()
+            tombstones = snap._tombstones
+            changes: list[StateChange] = []
+            for key, compute, event_time, position in updates:
+                old = entries.get(key)
+                if position is not None and old is not None and _not_newer(position, old.position):
+                    self.ignored += 1
+                    continue
+                new_value = compute(None if old is None else old.value)
+                if new_value is DELETE:
+                    if old is not None:
+                        del entries[key]
+                        tombstones = tombstones.set(key, version)
+                        changes.append(
+                            StateChange(key, old.value, None, version, event_time, wall, True)
+                        )
+                    continue
+                entries[key] = Entry(
+                    key,
+                    new_value,
+                    version,
+                    1 if old is None else old.updates + 1,
+                    event_time,
+                    wall,
+                    position,
+                )
+                if key in tombstones:
+                    tombstones = tombstones.delete(key)
+                changes.append(
+                    StateChange(
+                        key,
+                        None if old is None else old.value,
+                        new_value,
+                        version,
+                        event_time,
+                        wall,
+                    )
+                )
+            if not changes:
+                return changes
+            self._snapshot = new = Snapshot(self.name, version, entries.finish(), tombstones, wall)
+        self._changes.on_next(new)
+        self._updates.on_next(changes)
+        return changes
+
+    def sink(
+        self,
+        *,
+        key: str | int | Callable[[Any], Hashable] | None = None,
+        reducer: Reducer | None = None,
+        value: str | int | Callable[[Any], Any] | None = None,
+        name: str | None = None,
+    ) -> StateSink:
+        """A sink that folds events into this store.
+
+        ``key``: field name or function of the value (default: the event's key).
+        ``reducer(old, event) -> new`` (``old`` is None for a new key; return
+        ``DELETE`` to remove it); without one the value (or ``value(...)`` of it)
+        replaces the old one, and of several rows of one key in a batch only the
+        newest is applied (and only its ``value(...)`` computed).
+        """
+        # the sink is a consumer of the store and lives with the other sinks
+        from ..sinks.state import StateSink
+
+        return StateSink(self, key=key, reducer=reducer, value=value, name=name)
+
+    def __repr__(self) -> str:
+        return f"<StateStore {self.name!r} v{self.version} keys={len(self)}>"
+
+
+def _constant(value: Any) -> Callable[[Any], Any]:
+    return lambda _old: value
+
+
+def _not_newer(position: Position, last: Position | None) -> bool:
+    if last is None or position.offset is None or last.offset is None:
+        return False
+    return (
+        position.source == last.source
+        and position.partition == last.partition
+        and position.offset <= last.offset
+    )
