@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from reactivex.abc import SchedulerBase
@@ -258,6 +258,9 @@ class PipelineContext:
         )
         self.fail_fast = fail_fast
         self._on_failure = on_failure
+        #: Makes every sink's work so far durable; sources await it before they
+        #: commit offsets (set by the pipeline; a no-op outside one).
+        self.checkpoint: Callable[[], Awaitable[None]] = _nothing_to_checkpoint
         self.metrics: dict[str, StageMetrics] = {}
         #: Why stages held events back, per key (see :class:`Suppressions`).
         self.suppressions = suppressions if suppressions is not None else Suppressions()
@@ -312,6 +315,10 @@ class PipelineContext:
             self._on_failure(error, stage)
         else:
             log.error("pipeline %r failed in stage %r: %r", self.pipeline, stage, error)
+
+
+async def _nothing_to_checkpoint() -> None:
+    return None
 
 
 def _is_wall_clock(scheduler: SchedulerBase) -> bool:

@@ -103,6 +103,11 @@ class Pipeline:
     ``fail_fast=True`` turns the first error of a user function into a pipeline
     failure (for tests); by default the event goes to ``dead_letters`` and the
     stream goes on.
+
+    ``checkpoint_interval``: every that many seconds (and on stop) the sinks make
+    their work durable (a durable store writes its changed keys); a Kafka source
+    also checkpoints right before each commit, so committed offsets never run
+    ahead of durable state (docs/state.md).
     """
 
     def __init__(
@@ -112,7 +117,12 @@ class Pipeline:
         *,
         dead_letters: DeadLetterSink | None = None,
         fail_fast: bool = False,
+        checkpoint_interval: float = 1.0,
     ) -> None:
+        if checkpoint_interval <= 0:
+            raise ConfigurationError(
+                f"pipeline {name!r}: checkpoint_interval must be > 0, got {checkpoint_interval}"
+            )
         if not isinstance(source, Source):
             raise ConfigurationError(
                 f"pipeline {name!r} needs a Source (rxagent.sources), got {source!r}"
@@ -121,6 +131,8 @@ class Pipeline:
         self.source = source
         self.fail_fast = fail_fast
         self.dead_letters = dead_letters
+        self.checkpoint_interval = checkpoint_interval
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._operators: list[RxOperator] = []
         self._stage_names: set[str] = set()
         self._sinks: list[Sink] = []
@@ -213,8 +225,16 @@ class Pipeline:
             on_failure=self._fail,
         )
         self.dead_letters = ctx.dead_letters
+        ctx.checkpoint = self._checkpoint
         for sink in self._sinks:
             sink.bind(ctx)
+        try:
+            # restore before the first event is read (a durable store's entries)
+            for sink in self._sinks:
+                await sink.recover()
+        except Exception as error:
+            self._fail(error, sink.name)
+            raise
         subject: Subject[Batch] = Subject()
         stream: Observable[Batch] = subject.pipe(*self._operators) if self._operators else subject
         self._subscription = stream.subscribe(
@@ -227,8 +247,27 @@ class Pipeline:
         self._source_task = asyncio.create_task(
             self._run_source(emitter, subject), name=f"rxagent-source-{self.name}"
         )
+        self._checkpoint_task = asyncio.create_task(
+            self._checkpoint_every(self.checkpoint_interval), name=f"rxagent-checkpoint-{self.name}"
+        )
         self.state = PipelineState.RUNNING
         log.info("pipeline %r started (source %s)", self.name, self.source.describe())
+
+    async def _checkpoint(self) -> None:
+        """Every sink makes its work so far durable (what a source awaits before it
+        commits); an error fails the pipeline and reaches the caller."""
+        for sink in self._sinks:
+            try:
+                await sink.checkpoint()
+            except Exception as error:
+                self._fail(error, sink.name)
+                raise
+
+    async def _checkpoint_every(self, interval: float) -> None:
+        with contextlib.suppress(Exception):  # a failed checkpoint failed the pipeline
+            while True:
+                await asyncio.sleep(interval)
+                await self._checkpoint()
 
     async def _run_source(self, emitter: Emitter, subject: Subject[Batch]) -> None:
         try:
@@ -309,6 +348,11 @@ class Pipeline:
         if self._sinks_closed:
             return
         self._sinks_closed = True
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+        # the last checkpoint: whatever ended before the stop stays done after a restart
+        with contextlib.suppress(Exception):  # logged and recorded by _checkpoint
+            await self._checkpoint()
         for sink in self._sinks:
             try:
                 await sink.aclose()

@@ -597,6 +597,19 @@ class _Consumer:
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
         return offsets or None
 
+    async def checkpointed_commits_(self, out: Emitter) -> list[Any] | None:
+        """On the loop: the offsets due (:meth:`due_commits`), returned only once every
+        sink made durable what it did with the events before them (a durable store
+        wrote its changes): committed offsets never run ahead of durable state."""
+        commits = self.due_commits(out)
+        if commits:
+            try:
+                await out.ctx.checkpoint()
+            except BaseException:
+                self.uncommit_([(KafkaPartition(c.topic, c.partition), c.offset) for c in commits])
+                raise
+        return commits
+
     def uncommit_(self, failed: list[tuple[KafkaPartition, int]]) -> None:
         """On the loop: commits that failed are due again (unless a later one was made)."""
         for p, offset in failed:
@@ -631,9 +644,23 @@ class _Consumer:
             self.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), left)
+        marks = {p: flow.watermark(p) for p in gone}
+        if not lost and any(mark is not None for mark in marks.values()):
+            # the state of what ended must be durable before its offsets are committed
+            try:
+                await self.out.ctx.checkpoint()
+            except Exception as error:
+                log.error(
+                    "kafka source %r: checkpoint before committing revoked %s failed, "
+                    "committing nothing (the events are read again): %s",
+                    self.owner.name,
+                    sorted(map(str, gone)),
+                    error,
+                )
+                marks = {}
         offsets = []
         for p in gone:
-            mark = flow.watermark(p)
+            mark = marks.get(p)
             if not lost and mark is not None and mark > self.committed.get(p, -1):
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
             flow.forget(p)
@@ -657,7 +684,7 @@ class _Consumer:
                 await asyncio.wait({idle}, timeout=min(left, self.owner.keepalive))
                 if not idle.done():
                     # paused, and polled: a slow last event must not get us evicted meanwhile
-                    await self.call(self.keepalive, self.due_commits(out))
+                    await self.call(self.keepalive, await self.checkpointed_commits_(out))
             if out.flow.pending:
                 log.warning(
                     "kafka source %r: closing with %d events still in flight after %.1fs; "
@@ -666,7 +693,7 @@ class _Consumer:
                     out.flow.pending,
                     time.monotonic() - start,
                 )
-            commits = self.due_commits(out) if self.consumer is not None else None
+            commits = await self.checkpointed_commits_(out) if self.consumer is not None else None
             await self.call(self.close, commits)
         except Exception:
             log.exception("kafka source %r: close failed", self.owner.name)

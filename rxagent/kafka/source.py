@@ -236,7 +236,8 @@ class KafkaSource(Source):
                         done, _ = await asyncio.wait({waiting}, timeout=self.keepalive)
                         if done:
                             break
-                        await consumer.call(consumer.keepalive, consumer.due_commits(out))
+                        commits = await consumer.checkpointed_commits_(out)
+                        await consumer.call(consumer.keepalive, commits)
                         next_commit = loop.time() + self.commit_interval
                     granted, waiting = waiting.result(), None
                 current, current_credit = ahead, ahead_credit
@@ -244,7 +245,7 @@ class KafkaSource(Source):
                 if granted:
                     commits = None
                     if loop.time() >= next_commit:
-                        commits = consumer.due_commits(out)
+                        commits = await consumer.checkpointed_commits_(out)
                         next_commit = loop.time() + self.commit_interval
                     ahead = asyncio.ensure_future(
                         consumer.call(consumer.fetch, granted, self.poll_timeout, commits)

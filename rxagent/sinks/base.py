@@ -57,6 +57,14 @@ class Sink(abc.ABC):
     def on_completed(self) -> None:  # noqa: B027 - optional hook
         """The stream ended: no batch follows."""
 
+    async def recover(self) -> None:  # noqa: B027 - optional hook
+        """Called once when the pipeline starts, before its source is read: restore
+        what a restart must find (a durable store's entries)."""
+
+    async def checkpoint(self) -> None:  # noqa: B027 - optional hook
+        """Make durable what this sink did with the events that ended so far. The
+        source commits its offsets only after every sink's checkpoint returned."""
+
     async def drain(self) -> None:  # noqa: B027 - optional hook
         """Wait until the work this sink started has ended."""
 

@@ -148,8 +148,18 @@ class StateSink(Sink):
 
         return compute
 
+    async def recover(self) -> None:
+        await self.store.open()
+
+    async def checkpoint(self) -> None:
+        await self.store.checkpoint()
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "store": self.store.name}
+        info: dict[str, Any] = {"kind": self.kind, "name": self.name, "store": self.store.name}
+        durability = self.store.durability()
+        if durability:
+            info["durable"] = durability
+        return info
 
 
 class _RowError(Exception):

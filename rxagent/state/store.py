@@ -18,11 +18,16 @@ since it last looked, and ``changes`` / ``updates`` stream every new version.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import immutables
 from reactivex import Observable
@@ -30,10 +35,7 @@ from reactivex.subject import BehaviorSubject, Subject
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, StateError
-
-if TYPE_CHECKING:
-    from ..sinks.state import StateSink
-
+from .durable import Codec, CodecName, SQLiteBackend, codec_for, store_path
 from .render import (
     context_header,
     context_line,
@@ -43,6 +45,9 @@ from .render import (
     omitted_line,
     recent_entries,
 )
+
+if TYPE_CHECKING:
+    from ..sinks.state import StateSink
 
 __all__ = [
     "DELETE",
@@ -61,6 +66,9 @@ class _Delete:
 
 #: Return this from a reducer to delete the key.
 DELETE: Final = _Delete()
+
+log = logging.getLogger("rxagent")
+_T = TypeVar("_T")
 
 Reducer = Callable[[Any, Event], Any]
 _Update = tuple[Hashable, Callable[[Any], Any], float | None, Position | None]
@@ -188,7 +196,14 @@ class StateStore:
     from code); read with :attr:`snapshot`, :meth:`get`, :meth:`context`,
     :meth:`changes_since`, or by subscribing to :attr:`changes`."""
 
-    def __init__(self, name: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        state_dir: str | os.PathLike[str] | None = None,
+        codec: CodecName | Codec = "pickle",
+    ) -> None:
         if not name:
             raise ConfigurationError("a state store needs a name")
         self.name = name
@@ -198,6 +213,11 @@ class StateStore:
         self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
         self._updates: Subject[list[StateChange]] = Subject()
         self.ignored = 0  # idempotent replays skipped
+        self._durable: _Durable | None = (
+            None if state_dir is None else _Durable(self, Path(state_dir), codec_for(codec))
+        )
+        # keys changed since the last checkpoint (durable stores only)
+        self._dirty: set[Hashable] | None = None if state_dir is None else set()
 
     # -- reading ---------------------------------------------------------------
 
@@ -348,9 +368,62 @@ class StateStore:
             if not changes:
                 return changes
             self._snapshot = new = Snapshot(self.name, version, entries.finish(), tombstones, wall)
+            if self._dirty is not None:
+                self._dirty.update([c.key for c in changes])
         self._changes.on_next(new)
         self._updates.on_next(changes)
         return changes
+
+    # -- durability ----------------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """True when the store keeps its entries in a state directory."""
+        return self._durable is not None
+
+    @property
+    def path(self) -> Path | None:
+        """The store's file in its state directory (None for a memory-only store)."""
+        return None if self._durable is None else self._durable.backend.path
+
+    async def open(self) -> None:
+        """Restore the entries of a durable store from its state directory (in a
+        thread; once: later calls return at once). Pipelines writing the store
+        call this before they read their source; call it yourself to read a
+        durable store no pipeline has started yet. A memory-only store does nothing."""
+        if self._durable is not None:
+            await self._durable.open()
+
+    async def checkpoint(self, meta: Mapping[str, Any] | None = None) -> bool:
+        """Make every change applied so far durable (one transaction, in a thread).
+        Returns False when nothing changed since the last checkpoint. Sources commit
+        their offsets only after this returns (docs/state.md)."""
+        if self._durable is None:
+            return False
+        return await self._durable.checkpoint(meta)
+
+    async def aclose(self) -> None:
+        """Checkpoint what is left and close the state file (durable stores)."""
+        if self._durable is not None:
+            await self._durable.close()
+
+    def durability(self) -> dict[str, Any]:
+        """Checkpoint counters for status: ``{}`` for a memory-only store."""
+        return {} if self._durable is None else self._durable.describe()
+
+    def _restore(self, entries: immutables.Map[Hashable, Entry], version: int) -> None:
+        """Replace the contents with restored ``entries`` (on the loop, before any write)."""
+        with self._lock:
+            wall = self._clock()
+            self._snapshot = new = Snapshot(self.name, version, entries, immutables.Map(), wall)
+        self._changes.on_next(new)
+        if entries and self._updates.observers:
+            self._updates.on_next(
+                [
+                    StateChange(e.key, None, e.value, e.version, e.event_time, e.wall_time)
+                    for e in entries.values()
+                ]
+            )
 
     def sink(
         self,
@@ -389,3 +462,152 @@ def _not_newer(position: Position, last: Position | None) -> bool:
         and position.partition == last.partition
         and position.offset <= last.offset
     )
+
+
+class _Durable:
+    """A store's state file: restore at open, one transaction per checkpoint, both in
+    a thread of the store's own (the loop only swaps the set of changed keys)."""
+
+    def __init__(self, store: StateStore, state_dir: Path, codec: Codec) -> None:
+        self.store = store
+        self.backend = SQLiteBackend(
+            store_path(state_dir, store.name), store=store.name, codec=codec
+        )
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.opening: asyncio.Future[None] | None = None
+        self.lock: asyncio.Lock | None = None
+        self.checkpoints = 0
+        self.checkpoint_keys = 0
+        self.checkpoint_bytes = 0
+        self.last_checkpoint: float | None = None
+        self.last_duration: float | None = None
+        self.restored = 0
+        self.restore_seconds: float | None = None
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self.executor is None:
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"rxagent-state-{self.store.name}"
+            )
+        result: _T = await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return result
+
+    async def open(self) -> None:
+        if self.opening is None:
+            self.opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self.opening)
+
+    async def _open(self) -> None:
+        started = time.monotonic()
+        entries, version = await self.run(self._load)
+        self.store._restore(entries, version)
+        self.restored = len(entries)
+        self.restore_seconds = time.monotonic() - started
+        log.info(
+            "state %r: restored %d keys (version %d) from %s in %.2fs",
+            self.store.name,
+            len(entries),
+            version,
+            self.backend.path,
+            self.restore_seconds,
+        )
+
+    def _load(self) -> tuple[immutables.Map[Hashable, Entry], int]:
+        meta = self.backend.open()
+        entries: immutables.Map[Hashable, Entry] = immutables.Map()
+        with entries.mutate() as building:
+            for key, _part, record in self.backend.rows():
+                value, version, updates, event_time, wall, source, partition, offset = record
+                position = (
+                    None if source is None else Position(source, _hashable(partition), offset)
+                )
+                building[key] = Entry(key, value, version, updates, event_time, wall, position)
+            entries = building.finish()
+        return entries, int(meta.get("version", 0))
+
+    async def checkpoint(self, meta: Mapping[str, Any] | None) -> bool:
+        await self.open()
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        # one checkpoint at a time; one that waited covers every change up to its start
+        async with self.lock:
+            store = self.store
+            dirty = store._dirty
+            if not dirty and meta is None:
+                return False
+            store._dirty = set()
+            snap = store._snapshot
+            started = time.monotonic()
+            try:
+                written = await self.run(self._write, snap, dirty or set(), dict(meta or {}))
+            except BaseException:
+                # not durable: those keys are still to be written
+                assert store._dirty is not None
+                store._dirty |= dirty or set()
+                raise
+            self.checkpoints += 1
+            self.checkpoint_keys += len(dirty or ())
+            self.checkpoint_bytes += written
+            self.last_checkpoint = time.time()
+            self.last_duration = time.monotonic() - started
+            return True
+
+    def _write(self, snap: Snapshot, dirty: set[Hashable], meta: dict[str, Any]) -> int:
+        entries = snap._entries
+        puts: list[tuple[Hashable, str | None, tuple[Any, ...]]] = []
+        deletes: list[Hashable] = []
+        for key in dirty:
+            entry = entries.get(key)
+            if entry is None:
+                deletes.append(key)
+                continue
+            pos = entry.position
+            puts.append(
+                (
+                    key,
+                    None if pos is None or pos.partition is None else str(pos.partition),
+                    (
+                        entry.value,
+                        entry.version,
+                        entry.updates,
+                        entry.event_time,
+                        entry.wall_time,
+                        None if pos is None else pos.source,
+                        None if pos is None else pos.partition,
+                        None if pos is None else pos.offset,
+                    ),
+                )
+            )
+        return self.backend.write(puts, deletes, {**meta, "version": snap.version})
+
+    async def close(self) -> None:
+        if self.opening is None:
+            return
+        try:
+            await self.checkpoint(None)
+        finally:
+            if self.executor is not None:
+                await self.run(self.backend.close)
+                self.executor.shutdown(wait=False)
+                self.executor = None
+            self.opening = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.backend.path),
+            "codec": self.backend.codec.name,
+            "checkpoints": self.checkpoints,
+            "checkpoint_keys": self.checkpoint_keys,
+            "last_checkpoint": self.last_checkpoint,
+            "last_checkpoint_seconds": self.last_duration,
+            "dirty": len(self.store._dirty or ()),
+            "restored": self.restored,
+            "restore_seconds": self.restore_seconds,
+        }
+
+
+def _hashable(value: Any) -> Hashable:
+    """A partition read back from JSON (a list) as the tuple it was."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value  # type: ignore[no-any-return]
