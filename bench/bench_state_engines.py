@@ -1,7 +1,7 @@
 """Embedded durable key-value engines for state-store checkpoints: SQLite, RocksDB, LMDB.
 
 Workload (a state store's checkpoints): keys ``user-NNNNNN`` (arriving in random
-order) -> ~90-byte blobs, ``pickle.dumps((value, version, updates, event_time,
+order) -> ~85-byte blobs, ``pickle.dumps((value, version, updates, event_time,
 wall_time, (source, partition, offset)), protocol=5)`` with ``value`` a small dict.
 125 checkpoints, each committing ``keys / 100`` dirty keys (10,000 at the default
 1M: 80% new keys, 20% overwrites of keys already stored, uniformly picked) plus a
@@ -9,8 +9,11 @@ wall_time, (source, partition, offset)), protocol=5)`` with ``value`` a small di
 ``keys`` distinct keys. A checkpoint's time covers pickling its dirty entries,
 the batch and the durable commit. Then restore: open the store fresh and read
 every entry back into a ``dict`` of key -> tuple (unpickled), checked against
-the expected state. Restore reads a warm OS page cache unless ``--cold`` (Linux:
-``posix_fadvise(DONTNEED)`` on the store's files first, best effort).
+the expected state; the best of 2 restores is reported. Restore reads a warm OS
+page cache unless ``--cold`` (Linux: ``posix_fadvise(DONTNEED)`` on the store's
+files first, best effort). Timed parts run with the cyclic garbage collector off
+(``--gc`` leaves it on): with it on, building 1M restored tuples costs about 2x
+in collections, the same for every engine, which would hide their differences.
 
 Engines: stdlib ``sqlite3`` (WAL; ``synchronous=NORMAL`` and ``FULL``), RocksDB
 via ``rocksdict`` (one ``WriteBatch`` per checkpoint; ``sync=True`` and
@@ -22,7 +25,7 @@ Baseline (same run): the final state as one pickled dict written to a file
 are keys/s against it (higher is better): for checkpoints, the engine's
 incremental keys/s against the baseline's keys/s for one full dump.
 
-``python -m bench.bench_state_engines [--keys N] [--cold] [--dir DIR]``
+``python -m bench.bench_state_engines [--keys N] [--cold] [--gc] [--dir DIR]``
 (default 1,000,000 keys), or ``python bench/bench_state_engines.py``.
 """
 
@@ -35,6 +38,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -44,6 +48,7 @@ from typing import Any
 
 KEYS = 1_000_000
 CHECKPOINTS = 125
+RESTORES = 2  # best of
 OVERWRITE = 0.2  # share of a checkpoint's dirty keys that are already stored
 PARTITIONS = 8
 SOURCE = "orders"
@@ -209,7 +214,7 @@ class RocksDB(Engine):
     def restore(self, path: str) -> dict[str, Any]:
         from rocksdict import Options, Rdict
 
-        db = Rdict(os.path.join(path, "rocks"), Options(raw_mode=True))
+        db: Any = Rdict(os.path.join(path, "rocks"), Options(raw_mode=True))  # raw: bytes keys
         loads = pickle.loads
         try:
             state: dict[str, Any] = {k.decode(): loads(v) for k, v in db.items() if k != META_B}
@@ -286,13 +291,13 @@ def run_baseline(
     os.replace(target + ".tmp", target)
     write = time.perf_counter() - start
     size = disk_bytes(path)
-    if cold:
-        evict(path)
-    gc.collect()
-    start = time.perf_counter()
-    with open(target, "rb") as f:
-        restored = pickle.load(f)
-    read = time.perf_counter() - start
+
+    def load() -> dict[str, Entry]:
+        with open(target, "rb") as f:
+            return pickle.load(f)  # type: ignore[no-any-return]
+
+    read, restored = best_restore(load, path, cold)
+    shutil.rmtree(path)
     return write, read, size, restored
 
 
@@ -310,13 +315,24 @@ def run_engine(
         times.append(time.perf_counter() - start)
     engine.close()
     size = disk_bytes(path)
-    if cold:
-        evict(path)
-    gc.collect()
-    start = time.perf_counter()
-    restored = engine.restore(path)
-    read = time.perf_counter() - start
+    read, restored = best_restore(lambda: engine.restore(path), path, cold)
+    shutil.rmtree(path)  # keep the temp directory's peak to one store
     return times, read, size, restored
+
+
+def best_restore(restore: Callable[[], dict[str, Any]], path: str, cold: bool) -> tuple[float, Any]:
+    """The best of ``RESTORES`` restores' seconds (this machine is shared and noisy), the state."""
+    best = float("inf")
+    restored: Any = None
+    for _ in range(RESTORES):
+        restored = None
+        if cold:
+            evict(path)
+        gc.collect()
+        start = time.perf_counter()
+        restored = restore()
+        best = min(best, time.perf_counter() - start)
+    return best, restored
 
 
 def check(label: str, restored: dict[str, Any], state: dict[str, Entry], meta: bytes) -> None:
@@ -327,7 +343,20 @@ def check(label: str, restored: dict[str, Any], state: dict[str, Entry], meta: b
         raise SystemExit(f"{label}: restored state differs from the written: benchmark invalid")
 
 
-def main(keys: int = KEYS, cold: bool = False, base_dir: str | None = None) -> None:
+def main(
+    keys: int = KEYS, cold: bool = False, base_dir: str | None = None, keep_gc: bool = False
+) -> None:
+    was_enabled = gc.isenabled()
+    if not keep_gc:
+        gc.disable()  # explicit gc.collect() between the timed parts still runs
+    try:
+        run(keys, cold, base_dir, keep_gc)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def run(keys: int, cold: bool, base_dir: str | None, keep_gc: bool) -> None:
     t0 = time.perf_counter()
     checkpoints, state = make_workload(keys)
     gc.freeze()  # the workload's tuples are not garbage; keep the collector off them
@@ -337,6 +366,7 @@ def main(keys: int = KEYS, cold: bool = False, base_dir: str | None = None) -> N
         f"keys: {keys:,}  checkpoints: {CHECKPOINTS} x ~{writes // CHECKPOINTS:,} dirty keys "
         f"({OVERWRITE:.0%} overwrites; {writes:,} writes)  blob ~{blob:.0f} B  "
         f"restore: {'cold (fadvise)' if cold else 'warm page cache'}  "
+        f"gc {'on' if keep_gc else 'off'} while timed  "
         f"(workload built in {time.perf_counter() - t0:.1f}s)"
     )
     last_meta = checkpoints[-1][1]
@@ -378,6 +408,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--cold", action="store_true", help="evict the store from the page cache before restore"
     )
+    parser.add_argument("--gc", action="store_true", help="leave the garbage collector on")
     parser.add_argument("--dir", help="where to put the stores (default: the temp directory)")
     args = parser.parse_args()
-    main(args.keys, args.cold, args.dir)
+    main(args.keys, args.cold, args.dir, args.gc)

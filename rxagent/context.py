@@ -261,6 +261,12 @@ class PipelineContext:
         #: Makes every sink's work so far durable; sources await it before they
         #: commit offsets (set by the pipeline; a no-op outside one).
         self.checkpoint: Callable[[], Awaitable[None]] = _nothing_to_checkpoint
+        #: Partitions of the source assigned to / revoked from this worker: sinks
+        #: restore / release their state (set by the pipeline).
+        self.partitions_assigned: Callable[[list[Hashable]], Awaitable[None]] = _no_partitions
+        self.partitions_revoked: Callable[[list[Hashable]], Awaitable[None]] = _no_partitions
+        #: The changelog a durable store written here keeps (``Source.changelog_for``).
+        self.changelog_for: Callable[[str], Any] = lambda _store: None
         self.metrics: dict[str, StageMetrics] = {}
         #: Why stages held events back, per key (see :class:`Suppressions`).
         self.suppressions = suppressions if suppressions is not None else Suppressions()
@@ -318,6 +324,10 @@ class PipelineContext:
 
 
 async def _nothing_to_checkpoint() -> None:
+    return None
+
+
+async def _no_partitions(_partitions: list[Hashable]) -> None:
     return None
 
 

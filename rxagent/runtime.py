@@ -24,7 +24,7 @@ import enum
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +226,9 @@ class Pipeline:
         )
         self.dead_letters = ctx.dead_letters
         ctx.checkpoint = self._checkpoint
+        ctx.partitions_assigned = self._partitions_assigned
+        ctx.partitions_revoked = self._partitions_revoked
+        ctx.changelog_for = self.source.changelog_for
         for sink in self._sinks:
             sink.bind(ctx)
         try:
@@ -259,6 +262,22 @@ class Pipeline:
         for sink in self._sinks:
             try:
                 await sink.checkpoint()
+            except Exception as error:
+                self._fail(error, sink.name)
+                raise
+
+    async def _partitions_assigned(self, partitions: list[Hashable]) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.partitions_assigned(partitions)
+            except Exception as error:
+                self._fail(error, sink.name)
+                raise
+
+    async def _partitions_revoked(self, partitions: list[Hashable]) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.partitions_revoked(partitions)
             except Exception as error:
                 self._fail(error, sink.name)
                 raise

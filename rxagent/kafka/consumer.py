@@ -143,6 +143,7 @@ class _Consumer:
                     parts.append(TopicPartition(topic, p))
             consumer.assign(parts)
             self.assigned = {KafkaPartition(tp.topic, tp.partition) for tp in parts}
+            self._restore(sorted(self.assigned))
         else:
             consumer.subscribe(
                 owner.topics,
@@ -439,6 +440,37 @@ class _Consumer:
             # an assign undoes a pause: apply it again to everything we hold
             self._pause_all()
         log.info("kafka source %r: assigned %s", self.owner.name, sorted(map(str, new)))
+        # their state is restored before their first message is fetched: this thread
+        # polls, and it waits here meanwhile (heartbeats go on in librdkafka's thread)
+        self._restore(sorted(new))
+
+    def _restore(self, partitions: list[KafkaPartition]) -> None:
+        """On the consumer thread: have the loop restore the partitions' state, wait."""
+        if not partitions:
+            return
+        started = time.monotonic()
+        self.owner.restoring = len(partitions)
+
+        async def restore() -> None:
+            await self.out.ctx.partitions_assigned(list(partitions))
+
+        future = asyncio.run_coroutine_threadsafe(restore(), self.loop)
+        try:
+            future.result()
+        except Exception as error:
+            # the pipeline failed (the error is recorded and logged there): read nothing
+            log.debug("kafka source %r: restoring %s: %r", self.owner.name, partitions, error)
+            raise
+        finally:
+            self.owner.restoring = 0
+        seconds = time.monotonic() - started
+        if seconds > 0.5:
+            log.info(
+                "kafka source %r: state of %s restored in %.1fs",
+                self.owner.name,
+                sorted(map(str, partitions)),
+                seconds,
+            )
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._release(consumer, partitions, lost=False)
@@ -658,6 +690,13 @@ class _Consumer:
                     error,
                 )
                 marks = {}
+        # their state leaves with them (checkpointed above unless lost)
+        try:
+            await self.out.ctx.partitions_revoked(list(gone))
+        except Exception as error:
+            log.error(
+                "kafka source %r: releasing the state of %s: %s", self.owner.name, gone, error
+            )
         offsets = []
         for p in gone:
             mark = marks.get(p)

@@ -39,6 +39,8 @@ values of keys that look secret.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -57,6 +59,8 @@ from .common import (
 from .consumer import _Consumer, _Rows
 
 __all__ = ["KafkaPartition", "KafkaSource", "kafka"]
+
+log = logging.getLogger("rxagent")
 
 
 class KafkaSource(Source):
@@ -100,6 +104,8 @@ class KafkaSource(Source):
         assign: bool = False,
         until_eof: bool = False,
         dead_letter_topic: str | None = None,
+        changelog: bool = True,
+        instance_id: str | None = None,
         name: str | None = None,
         credit: int = 4096,
         batch_size: int = 1024,
@@ -132,7 +138,13 @@ class KafkaSource(Source):
             "enable.auto.offset.store": False,
             "enable.partition.eof": until_eof,
         }
+        if instance_id is not None:
+            if not instance_id.strip():
+                raise ConfigurationError(f"kafka source {self.name!r}: instance_id is empty")
+            self.config["group.instance.id"] = instance_id
         self.group_id = group_id
+        self.changelog = changelog
+        self.instance_id = self.config.get("group.instance.id")
         self.decode_value = _value_decoder(decode, model)
         self.read_keys = key_decode is not None
         self.decode_key = _key_decoder(key_decode or "bytes")
@@ -157,12 +169,39 @@ class KafkaSource(Source):
         self.assignments = 0
         self.revocations = 0
         self.outages = 0
+        #: partitions whose state is being restored now (0: none)
+        self.restoring = 0
+        #: since when the source holds no partition (a wall-clock time), or None
+        self.waiting_since: float | None = None
         #: per partition, messages behind its high watermark when last read
         self.lag: dict[KafkaPartition, int] = {}
         #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
         self.down_since: float | None = None
         self._consumer: _Consumer | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._logged_wait = 0.0
+
+    def changelog_for(self, store: str) -> Any:
+        """A durable store written from this source keeps a compacted changelog topic
+        (one partition per input partition) so its state follows the partitions
+        across workers and restarts; ``changelog=False`` keeps it local only."""
+        if not self.changelog:
+            return None
+        if len(self.topics) != 1 or self.topics[0].startswith("^"):
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: a durable store ({store!r}) written from it "
+                f"keeps a changelog per input partition, which needs exactly one topic "
+                f"(got {self.topics}); give the store no state_dir, or pass changelog=False "
+                "to keep its state on this machine only"
+            )
+        from .changelog import KafkaChangelog, changelog_topic
+
+        return KafkaChangelog(
+            topic=changelog_topic(self.group_id, store),
+            input_topic=self.topics[0],
+            config=self.config,
+            owner=f"state {store!r} (kafka source {self.name!r})",
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -171,6 +210,7 @@ class KafkaSource(Source):
             "credit": self.credit,
             "topics": self.topics,
             "group_id": self.group_id,
+            "instance_id": self.instance_id,
             "config": redact(self.config),
             "emitted": self.emitted,
             "dead_lettered": self.dead_lettered,
@@ -182,10 +222,55 @@ class KafkaSource(Source):
             # messages behind the high watermarks, summed over partitions (None: unknown yet)
             "lag": self._lag(),
             "outages": self.outages,
+            "restoring": self.restoring,
+            # what it waits for, when it cannot read (the live view shows it)
+            "waiting": self._waiting(),
             "assignment": []
             if self._consumer is None
             else sorted(map(str, self._consumer.assigned)),
         }
+
+    def _waiting(self) -> str | None:
+        if self.restoring:
+            return f"restoring the state of {self.restoring} partitions"
+        if self.waiting_since is not None and self._consumer is not None:
+            return (
+                f"partition assignment from group {self.group_id!r} for "
+                f"{time.time() - self.waiting_since:.0f}s"
+            )
+        return None
+
+    def _note_assignment(self, consumer: _Consumer) -> None:
+        """Log, every 10 s, that the source holds no partition and why that may be."""
+        now = time.time()
+        if consumer.assigned or self.assign:
+            if self.waiting_since is not None and now - self.waiting_since > 5:
+                log.info(
+                    "kafka source %r: got partitions after waiting %.1fs",
+                    self.name,
+                    now - self.waiting_since,
+                )
+            self.waiting_since = None
+            return
+        if self.waiting_since is None:
+            self.waiting_since = self._logged_wait = now
+            return
+        if now - self._logged_wait >= 10:
+            self._logged_wait = now
+            why = (
+                "a restarted static member (group.instance.id "
+                f"{self.instance_id!r}) is taken back at once"
+                if self.instance_id
+                else "the member this process replaces keeps its partitions until its session "
+                "times out (session.timeout.ms); a stable instance_id avoids that wait"
+            )
+            log.warning(
+                "kafka source %r: no partitions assigned by group %r after %.0fs (%s)",
+                self.name,
+                self.group_id,
+                now - self.waiting_since,
+                why,
+            )
 
     def _lag(self) -> int | None:
         """Messages behind the high watermarks over the partitions assigned now."""
@@ -258,6 +343,7 @@ class KafkaSource(Source):
                 except BaseException:
                     out.give_back(current_credit)
                     raise
+                self._note_assignment(consumer)
                 used = consumer.emit(out, groups)
                 out.give_back(current_credit - used)
                 if self.until_eof and at_end:

@@ -19,7 +19,7 @@ from a task of its own must catch it and call ``ctx.fail(error, self.name)``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..context import PipelineContext
@@ -64,6 +64,14 @@ class Sink(abc.ABC):
     async def checkpoint(self) -> None:  # noqa: B027 - optional hook
         """Make durable what this sink did with the events that ended so far. The
         source commits its offsets only after every sink's checkpoint returned."""
+
+    async def partitions_assigned(self, partitions: list[Hashable]) -> None:  # noqa: B027
+        """Source partitions were assigned to this worker: restore their state before
+        their first event arrives (optional hook)."""
+
+    async def partitions_revoked(self, partitions: list[Hashable]) -> None:  # noqa: B027
+        """Source partitions moved to another worker (after the last checkpoint of
+        their events): let go of their state (optional hook)."""
 
     async def drain(self) -> None:  # noqa: B027 - optional hook
         """Wait until the work this sink started has ended."""

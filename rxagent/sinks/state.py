@@ -49,6 +49,12 @@ class StateSink(Sink):
         ctx = batch.ctx
         metrics = ctx.stage(self.name)
         metrics.events_in += len(batch.values)
+        if not self.store.owns(batch.partition):
+            # the partition moved to another worker, which replays these events
+            # (their offsets were not committed): they are not ours to apply
+            metrics.dropped += len(batch.values)
+            batch.end_all()
+            return
         if self.reducer is None and self._replace_newest(batch, metrics):
             return
         rows: list[int] = []
@@ -149,7 +155,18 @@ class StateSink(Sink):
         return compute
 
     async def recover(self) -> None:
+        ctx = self.ctx
+        if self.store.durable and ctx is not None:
+            changelog = ctx.changelog_for(self.store.name)
+            if changelog is not None:
+                self.store.attach_changelog(changelog)
         await self.store.open()
+
+    async def partitions_assigned(self, partitions: list[Hashable]) -> None:
+        await self.store.assign_partitions(partitions)
+
+    async def partitions_revoked(self, partitions: list[Hashable]) -> None:
+        await self.store.revoke_partitions(partitions)
 
     async def checkpoint(self) -> None:
         await self.store.checkpoint()

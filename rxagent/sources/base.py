@@ -145,6 +145,12 @@ class Source(abc.ABC):
         out) and the sinks closed.
         """
 
+    def changelog_for(self, store: str) -> Any:
+        """The changelog a durable store written from this source keeps (``None``: the
+        store is not partitioned by this source). Kafka sources return one, so a
+        store's state follows the source's partitions across workers."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What status and logs show of this source (never secrets)."""
         return {"kind": self.kind, "name": self.name, "credit": self.credit}

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import immutables
 from reactivex import Observable
@@ -411,6 +411,80 @@ class StateStore:
         """Checkpoint counters for status: ``{}`` for a memory-only store."""
         return {} if self._durable is None else self._durable.describe()
 
+    def attach_changelog(self, changelog: Changelog) -> None:
+        """Partition this durable store by the changelog's input topic: entries follow
+        their Kafka partition (restored on assignment, released on revoke) and each
+        checkpoint writes the changes to the changelog first. Called by the pipeline
+        of a Kafka source before the store is opened."""
+        durable = self._durable
+        if durable is None:
+            raise StateError(
+                f"state {self.name!r}: only a durable store (state_dir=) has a changelog"
+            )
+        if durable.changelog is not None:
+            if durable.changelog.topic != changelog.topic:
+                raise StateError(
+                    f"state {self.name!r} is written from changelog {durable.changelog.topic!r} "
+                    f"already; a second Kafka pipeline ({changelog.topic!r}) cannot write it"
+                )
+            return
+        if durable.opening is not None:
+            raise StateError(f"state {self.name!r}: a changelog must be attached before open()")
+        durable.changelog = changelog
+
+    async def assign_partitions(self, partitions: Iterable[Hashable]) -> None:
+        """Restore the state of source ``partitions`` (a store with a changelog)."""
+        if self._durable is not None:
+            await self._durable.assign(list(partitions))
+
+    async def revoke_partitions(self, partitions: Iterable[Hashable]) -> None:
+        """Release the state of source ``partitions`` (a store with a changelog)."""
+        if self._durable is not None:
+            await self._durable.revoke(list(partitions))
+
+    def owns(self, partition: Hashable) -> bool:
+        """False for a partition of a changelog-backed store's input topic that is not
+        assigned here: its events belong to another worker."""
+        durable = self._durable
+        return durable is None or durable.changelog is None or durable.owns(partition)
+
+    def _merge(self, restored: Mapping[Hashable, Entry]) -> None:
+        """Add restored entries (a partition assigned here) as one version."""
+        if not restored:
+            return
+        with self._lock:
+            snap = self._snapshot
+            version = max(snap.version + 1, max(e.version for e in restored.values()))
+            wall = self._clock()
+            entries = snap._entries.update(restored)
+            self._snapshot = new = Snapshot(self.name, version, entries, snap._tombstones, wall)
+        self._changes.on_next(new)
+        if self._updates.observers:
+            self._updates.on_next(
+                [
+                    StateChange(e.key, None, e.value, version, e.event_time, e.wall_time)
+                    for e in restored.values()
+                ]
+            )
+
+    def _release(self, keys: list[Hashable]) -> None:
+        """Drop the entries of partitions that moved to another worker (not deletions:
+        no tombstones, no changes; readers see them gone from the snapshot)."""
+        if not keys:
+            return
+        with self._lock:
+            snap = self._snapshot
+            with snap._entries.mutate() as entries:
+                for key in keys:
+                    entries.pop(key, None)
+                kept = entries.finish()
+            self._snapshot = new = Snapshot(
+                self.name, snap.version + 1, kept, snap._tombstones, self._clock()
+            )
+            if self._dirty is not None:
+                self._dirty.difference_update(keys)
+        self._changes.on_next(new)
+
     def _restore(self, entries: immutables.Map[Hashable, Entry], version: int) -> None:
         """Replace the contents with restored ``entries`` (on the loop, before any write)."""
         with self._lock:
@@ -464,9 +538,54 @@ def _not_newer(position: Position, last: Position | None) -> bool:
     )
 
 
+class Changelog(Protocol):
+    """What a durable store needs of a changelog (:class:`rxagent.kafka.KafkaChangelog`)."""
+
+    topic: str
+    input_topic: str
+
+    def ensure_topic(self) -> int: ...
+
+    def produce(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]: ...
+
+    def read(
+        self, partition: int, start: int | None
+    ) -> Iterable[list[tuple[bytes, bytes | None, int]]]: ...
+
+    def close(self) -> None: ...
+
+
+def part_text(partition: Hashable) -> str:
+    """How a source partition is named in the state file (``topic/3`` for Kafka)."""
+    if isinstance(partition, tuple) and len(partition) == 2:
+        return f"{partition[0]}/{partition[1]}"
+    return str(partition)
+
+
+def _record(entry: Entry) -> tuple[Any, ...]:
+    pos = entry.position
+    return (
+        entry.value,
+        entry.version,
+        entry.updates,
+        entry.event_time,
+        entry.wall_time,
+        None if pos is None else pos.source,
+        None if pos is None else pos.partition,
+        None if pos is None else pos.offset,
+    )
+
+
+def _entry(key: Hashable, record: tuple[Any, ...]) -> Entry:
+    value, version, updates, event_time, wall, source, partition, offset = record
+    position = None if source is None else Position(source, _hashable(partition), offset)
+    return Entry(key, value, version, updates, event_time, wall, position)
+
+
 class _Durable:
-    """A store's state file: restore at open, one transaction per checkpoint, both in
-    a thread of the store's own (the loop only swaps the set of changed keys)."""
+    """A store's state file (and changelog, when a Kafka source writes the store):
+    restore at open or on partition assignment, one transaction per checkpoint, all
+    in a thread of the store's own (the loop only swaps the set of changed keys)."""
 
     def __init__(self, store: StateStore, state_dir: Path, codec: Codec) -> None:
         self.store = store
@@ -483,6 +602,16 @@ class _Durable:
         self.last_duration: float | None = None
         self.restored = 0
         self.restore_seconds: float | None = None
+        # partitioned state (a changelog attached): the input partitions held here,
+        # and per partition the changelog offset the local rows reflect
+        self.changelog: Changelog | None = None
+        self.owned: set[Hashable] = set()
+        self.offsets: dict[str, int] = {}
+        self.restoring: str | None = None
+        self.restored_changes = 0
+        self.released = 0
+        # the entries as of the last checkpoint: where a deleted key's tombstone goes
+        self.last_entries: immutables.Map[Hashable, Entry] = immutables.Map()
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self.executor is None:
@@ -491,6 +620,24 @@ class _Durable:
             )
         result: _T = await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         return result
+
+    def input_partition(self, partition: Hashable) -> int | None:
+        """The changelog partition of an entry from ``partition`` (None: not from the
+        changelog's input topic, so kept locally only)."""
+        changelog = self.changelog
+        if (
+            changelog is not None
+            and isinstance(partition, tuple)
+            and len(partition) == 2
+            and partition[0] == changelog.input_topic
+        ):
+            return int(partition[1])
+        return None
+
+    def owns(self, partition: Hashable) -> bool:
+        return partition in self.owned or self.input_partition(partition) is None
+
+    # -- opening and restoring -----------------------------------------------------------
 
     async def open(self) -> None:
         if self.opening is None:
@@ -503,27 +650,133 @@ class _Durable:
         self.store._restore(entries, version)
         self.restored = len(entries)
         self.restore_seconds = time.monotonic() - started
-        log.info(
-            "state %r: restored %d keys (version %d) from %s in %.2fs",
-            self.store.name,
-            len(entries),
-            version,
-            self.backend.path,
-            self.restore_seconds,
-        )
+        if self.changelog is None:
+            log.info(
+                "state %r: restored %d keys (version %d) from %s in %.2fs",
+                self.store.name,
+                len(entries),
+                version,
+                self.backend.path,
+                self.restore_seconds,
+            )
 
     def _load(self) -> tuple[immutables.Map[Hashable, Entry], int]:
         meta = self.backend.open()
+        version = int(meta.get("version", 0))
+        if self.changelog is not None:
+            # partitioned: entries are restored per partition as they are assigned
+            self.changelog.ensure_topic()
+            if meta.get("changelog_topic") not in (None, self.changelog.topic):
+                raise StateError(
+                    f"state {self.store.name!r}: {self.backend.path} holds the state of "
+                    f"changelog {meta.get('changelog_topic')!r}, not {self.changelog.topic!r} "
+                    "(another consumer group or store): use another state directory"
+                )
+            self.offsets = {k: int(v) for k, v in (meta.get("changelog") or {}).items()}
+            return immutables.Map(), version
         entries: immutables.Map[Hashable, Entry] = immutables.Map()
         with entries.mutate() as building:
             for key, _part, record in self.backend.rows():
-                value, version, updates, event_time, wall, source, partition, offset = record
-                position = (
-                    None if source is None else Position(source, _hashable(partition), offset)
-                )
-                building[key] = Entry(key, value, version, updates, event_time, wall, position)
+                building[key] = _entry(key, record)
             entries = building.finish()
-        return entries, int(meta.get("version", 0))
+        self.last_entries = entries
+        return entries, version
+
+    async def assign(self, partitions: list[Hashable]) -> None:
+        """Restore the state of ``partitions`` before their events are processed:
+        the local rows, brought up to date from the changelog."""
+        await self.open()
+        mine = [p for p in partitions if self.input_partition(p) is not None]
+        if not mine or self.changelog is None:
+            return
+        started = time.monotonic()
+        restored, changes = await self.run(self._restore_parts, mine)
+        self.owned.update(mine)
+        self.store._merge(restored)
+        self.last_entries = self.last_entries.update(restored)
+        seconds = time.monotonic() - started
+        self.restored += len(restored)
+        self.restored_changes += changes
+        self.restore_seconds = seconds
+        log.info(
+            "state %r: restored %s: %d keys (%d changelog records read) in %.2fs",
+            self.store.name,
+            ", ".join(sorted(map(part_text, mine))),
+            len(restored),
+            changes,
+            seconds,
+        )
+
+    def _restore_parts(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Entry], int]:
+        changelog = self.changelog
+        assert changelog is not None
+        backend = self.backend
+        restored: dict[Hashable, Entry] = {}
+        changes = 0
+        for partition in partitions:
+            text = part_text(partition)
+            number = self.input_partition(partition)
+            assert number is not None
+            self.restoring = text
+            start = self.offsets.get(text)
+            for chunk in changelog.read(number, start):
+                if start is not None and chunk[0][2] < start:
+                    # the changelog is not what the local rows were built from (recreated):
+                    # rebuild this partition from the changelog alone
+                    log.warning(
+                        "state %r: changelog %s partition %d restarts below offset %d; "
+                        "rebuilding %s from the changelog",
+                        self.store.name,
+                        changelog.topic,
+                        number,
+                        start,
+                        text,
+                    )
+                    self.offsets.pop(text, None)
+                    backend.delete_part(text, self._meta())
+                    return self._restore_parts(partitions)
+                puts: list[tuple[bytes, str | None, bytes]] = [
+                    (k, text, v) for k, v, _ in chunk if v is not None
+                ]
+                deletes = [k for k, v, _ in chunk if v is None]
+                self.offsets[text] = chunk[-1][2] + 1
+                backend.write_encoded(puts, deletes, self._meta())
+                changes += len(chunk)
+            for key, _part, record in backend.rows(text):
+                restored[key] = _entry(key, record)
+        self.restoring = None
+        return restored, changes
+
+    async def revoke(self, partitions: list[Hashable]) -> None:
+        """Let go of ``partitions``: their entries leave this worker (the new owner
+        restores them); changes not yet checkpointed are dropped (their offsets were
+        not committed either, so the new owner replays those events)."""
+        mine = [p for p in partitions if p in self.owned]
+        if not mine:
+            return
+        self.owned.difference_update(mine)
+        texts = {part_text(p) for p in mine}
+        snap = self.store._snapshot
+        keys = await self.run(_keys_of, snap, texts)
+        self.store._release(keys)
+        with self.last_entries.mutate() as trimmed:
+            for key in keys:
+                trimmed.pop(key, None)
+            self.last_entries = trimmed.finish()
+        self.released += len(keys)
+        log.info(
+            "state %r: released %s (%d keys)",
+            self.store.name,
+            ", ".join(sorted(texts)),
+            len(keys),
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any]:
+        if self.changelog is None:
+            return {}
+        return {"changelog_topic": self.changelog.topic, "changelog": dict(self.offsets)}
 
     async def checkpoint(self, meta: Mapping[str, Any] | None) -> bool:
         await self.open()
@@ -545,6 +798,7 @@ class _Durable:
                 assert store._dirty is not None
                 store._dirty |= dirty or set()
                 raise
+            self.last_entries = snap._entries
             self.checkpoints += 1
             self.checkpoint_keys += len(dirty or ())
             self.checkpoint_bytes += written
@@ -554,31 +808,40 @@ class _Durable:
 
     def _write(self, snap: Snapshot, dirty: set[Hashable], meta: dict[str, Any]) -> int:
         entries = snap._entries
-        puts: list[tuple[Hashable, str | None, tuple[Any, ...]]] = []
-        deletes: list[Hashable] = []
+        previous = self.last_entries
+        backend = self.backend
+        encoded: list[tuple[bytes, str | None, bytes]] = []
+        deletes: list[bytes] = []
+        records: list[tuple[int, bytes, bytes | None]] = []
         for key in dirty:
             entry = entries.get(key)
             if entry is None:
-                deletes.append(key)
+                key_bytes = backend.codec.dumps(key)
+                deletes.append(key_bytes)
+                old = previous.get(key)
+                if old is not None and old.position is not None:
+                    number = self.input_partition(old.position.partition)
+                    if number is not None:
+                        records.append((number, key_bytes, None))
                 continue
             pos = entry.position
-            puts.append(
-                (
-                    key,
-                    None if pos is None or pos.partition is None else str(pos.partition),
-                    (
-                        entry.value,
-                        entry.version,
-                        entry.updates,
-                        entry.event_time,
-                        entry.wall_time,
-                        None if pos is None else pos.source,
-                        None if pos is None else pos.partition,
-                        None if pos is None else pos.offset,
-                    ),
-                )
+            key_bytes, entry_bytes = backend.encode(key, _record(entry))
+            encoded.append(
+                (key_bytes, None if pos is None else part_text(pos.partition), entry_bytes)
             )
-        return self.backend.write(puts, deletes, {**meta, "version": snap.version})
+            if pos is not None:
+                number = self.input_partition(pos.partition)
+                if number is not None:
+                    records.append((number, key_bytes, entry_bytes))
+        if self.changelog is not None and records:
+            # the changelog first, every delivery confirmed; then the local rows that
+            # say which changelog offset they reflect
+            topic = self.changelog.input_topic
+            for number, end in self.changelog.produce(records).items():
+                self.offsets[part_text((topic, number))] = end
+        return backend.write_encoded(
+            encoded, deletes, {**meta, **self._meta(), "version": snap.version}
+        )
 
     async def close(self) -> None:
         if self.opening is None:
@@ -588,12 +851,14 @@ class _Durable:
         finally:
             if self.executor is not None:
                 await self.run(self.backend.close)
+                if self.changelog is not None:
+                    await self.run(self.changelog.close)
                 self.executor.shutdown(wait=False)
                 self.executor = None
             self.opening = None
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "path": str(self.backend.path),
             "codec": self.backend.codec.name,
             "checkpoints": self.checkpoints,
@@ -604,6 +869,24 @@ class _Durable:
             "restored": self.restored,
             "restore_seconds": self.restore_seconds,
         }
+        if self.changelog is not None:
+            info.update(
+                changelog=self.changelog.topic,
+                partitions=sorted(map(part_text, self.owned)),
+                restoring=self.restoring,
+                restored_changes=self.restored_changes,
+                released=self.released,
+            )
+        return info
+
+
+def _keys_of(snap: Snapshot, parts: set[str]) -> list[Hashable]:
+    """The keys of ``snap`` whose last event came from one of ``parts``."""
+    return [
+        k
+        for k, e in snap._entries.items()
+        if e.position is not None and part_text(e.position.partition) in parts
+    ]
 
 
 def _hashable(value: Any) -> Hashable:

@@ -4,15 +4,17 @@ and sum -> a durable state store, slowly enough to be killed mid-stream.
 Usage: python state_worker.py BOOTSTRAP TOPIC GROUP STATE_DIR OUT_JSON [--until-eof]
        [--assign] [--instance ID]
 
-Every 20 ms it prints the number of events folded into the store so far (restored
-ones included), so the test can kill it at a chosen point; with ``--until-eof`` it
-writes the final state to OUT_JSON and exits.
+Every 20 ms it prints a JSON line: events folded into the store so far (restored
+ones included), keys held, partitions assigned, and the source's consumed count.
+With ``--until-eof`` it stops at the end of the topic, otherwise on SIGTERM; then
+it writes the final state to OUT_JSON and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,39 +40,66 @@ def total(old: Any, event: Event) -> dict[str, int]:
     return {"count": old["count"] + 1, "sum": old["sum"] + event.value["n"]}
 
 
-async def report(store: StateStore) -> None:
+async def report(store: StateStore, source: KafkaSource) -> None:
     while True:
-        folded = sum(v["count"] for v in store.snapshot.values())
-        print(folded, flush=True)
+        snap = store.snapshot
+        line = {
+            "folded": sum(v["count"] for v in snap.values()),
+            "keys": len(snap),
+            "partitions": source.describe()["assignment"],
+            "emitted": source.emitted,
+        }
+        print(json.dumps(line), flush=True)
         await asyncio.sleep(0.02)
 
 
 async def main(argv: list[str]) -> None:
     bootstrap, topic, group, state_dir, out = argv[:5]
     config: dict[str, Any] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-    if "--instance" in argv:
-        config["group.instance.id"] = argv[argv.index("--instance") + 1]
+    instance = argv[argv.index("--instance") + 1] if "--instance" in argv else None
     source = KafkaSource(
         topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         config=config,
+        instance_id=instance,
         assign="--assign" in argv,
         until_eof="--until-eof" in argv,
         credit=256,
         batch_size=64,
         commit_interval=0.1,
+        revoke_timeout=2.0,
     )
     store = StateStore("totals", state_dir=state_dir)
     pipeline = Pipeline("totals", source, checkpoint_interval=0.1)
     pipeline.to(store.sink(reducer=total), SlowEnd())
-    reporter = asyncio.ensure_future(report(store))
+    stopping = False
+    held: dict[str, Any] = {}
+    release = store.revoke_partitions
+
+    async def keep_then_release(partitions: Any) -> None:
+        # leaving the group releases the state: what it held at stop is written out
+        if stopping:
+            held.update(store.snapshot.to_dict())
+        await release(partitions)
+
+    store.revoke_partitions = keep_then_release  # type: ignore[method-assign]
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        asyncio.ensure_future(pipeline.drain())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+    reporter = asyncio.ensure_future(report(store, source))
     try:
         await pipeline.run()
+        stopping = True
         await source.wait_closed()
     finally:
         reporter.cancel()
-    Path(out).write_text(json.dumps(store.snapshot.to_dict()))
+    held.update(store.snapshot.to_dict())
+    Path(out).write_text(json.dumps(held))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,20 @@ skipped by the source position each entry remembers.
 from __future__ import annotations
 
 import json
+import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 Produce = Callable[..., None]
 WORKER = [sys.executable, str(Path(__file__).with_name("state_worker.py"))]
@@ -38,29 +44,74 @@ def produce_events(produce: Produce, topic: str, n: int, keys: int) -> None:
     )
 
 
+class Worker:
+    """A state_worker.py process and the progress lines it prints."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen([*WORKER, *args], stdout=subprocess.PIPE, text=True)
+        self.last: dict[str, Any] = {"folded": 0, "keys": 0, "partitions": [], "emitted": 0}
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def until(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 60) -> float:
+        """Wait until a progress line meets ``condition``; returns the seconds it took."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while not condition(self.last):
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out; the worker's last progress: {self.last}"
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"the worker exited (code {self.process.wait()})")
+            self.last = line
+        return time.monotonic() - started
+
+    def poll(self) -> dict[str, Any]:
+        """The latest progress line printed so far (without waiting)."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.last
+            if line is not None:
+                self.last = line
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(60) == 0
+
+
 def run_until_folded(args: list[str], at_least: int, timeout: float = 60) -> int:
     """Start a worker, SIGKILL it once it has folded ``at_least`` events; returns
     the count it had reached."""
-    process = subprocess.Popen([*WORKER, *args], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    folded = 0
-    deadline = time.monotonic() + timeout
+    worker = Worker(args)
     try:
-        for line in process.stdout:
-            folded = int(line)
-            if folded >= at_least:
-                break
-            assert time.monotonic() < deadline, f"the worker folded only {folded} events"
-        else:
-            raise AssertionError(f"the worker exited early (code {process.wait()})")
+        worker.until(lambda p: p["folded"] >= at_least, timeout)
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    return folded
+        worker.kill()
+    return int(worker.last["folded"])
 
 
+@pytest.mark.parametrize("lose_disk", [False, True], ids=["local", "disk-lost"])
 def test_state_killed_three_times_equals_a_fault_free_run(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    kafka_produce: Produce,
+    tmp_path: Path,
+    lose_disk: bool,
 ) -> None:
     n, keys = 100_000, 40
     topic = kafka_topic(4)
@@ -72,6 +123,9 @@ def test_state_killed_three_times_equals_a_fault_free_run(
     out = tmp_path / "state.json"
     args = [kafka_bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}", str(tmp_path / "state"), str(out)]
     killed_at = [run_until_folded([*args, "--assign"], n * p // 100) for p in points]
+    if lose_disk:
+        # the machine's disk is gone: the state comes back from the changelog topic
+        shutil.rmtree(tmp_path / "state")
     subprocess.run(
         [*WORKER, *args, "--assign", "--until-eof"],
         check=True,
@@ -79,8 +133,85 @@ def test_state_killed_three_times_equals_a_fault_free_run(
         stdout=subprocess.DEVNULL,
     )
     final = json.loads(out.read_text())
-    print(f"durable state: seed {seed}, SIGKILL at {killed_at} folded events of {n}")
+    print(
+        f"durable state ({'disk lost' if lose_disk else 'local'}): seed {seed}, SIGKILL at {killed_at} folded events of {n}"
+    )
     expected = truth(n, keys)
     wrong = {k: (final.get(k), v) for k, v in expected.items() if final.get(k) != v}
     assert not wrong, f"seed {seed}, killed at {killed_at}: {len(wrong)} keys differ: {wrong}"
     assert final == expected
+
+
+def test_a_killed_worker_s_partitions_move_with_their_state_and_move_again(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
+) -> None:
+    n, keys = 30_000, 40
+    topic = kafka_topic(4)
+    produce_events(kafka_produce, topic, n, keys)
+    gid = f"g-{uuid.uuid4().hex[:8]}"
+
+    def args(name: str) -> list[str]:
+        return [kafka_bootstrap, topic, gid, str(tmp_path / name), str(tmp_path / f"{name}.json")]
+
+    a, b = Worker(args("a")), Worker(args("b"))
+    try:
+        for w in (a, b):
+            w.until(lambda p: len(p["partitions"]) == 2, 60)
+        b.until(lambda p: p["folded"] >= 1_000)
+        b.kill()  # mid-run, with state not yet checkpointed and events in flight
+        # a takes b's partitions over, restores their state, and reads on to the end
+        a.until(lambda p: len(p["partitions"]) == 4 and p["folded"] == n, 90)
+        c = Worker(args("c"))
+        try:
+            # a third worker: partitions move to it with their state (restored, not re-read)
+            c.until(lambda p: len(p["partitions"]) >= 1 and p["folded"] > 0, 90)
+            deadline = time.monotonic() + 30
+            # each partition's state is held by exactly one of them
+            while not (
+                len(a.poll()["partitions"]) + len(c.poll()["partitions"]) == 4
+                and a.last["folded"] + c.last["folded"] == n
+            ):
+                assert time.monotonic() < deadline, f"a: {a.last}, c: {c.last}"
+                time.sleep(0.02)
+            assert c.last["emitted"] < n // 4, "the new owner re-read its partitions"
+            c.stop()
+        finally:
+            c.kill()
+        a.stop()
+    finally:
+        a.kill()
+        b.kill()
+    held_a = json.loads((tmp_path / "a.json").read_text())
+    held_c = json.loads((tmp_path / "c.json").read_text())
+    assert held_a, "a held no state"
+    assert held_c, "c held no state"
+    assert not set(held_a) & set(held_c), "a key was held by two workers"
+    assert {**held_a, **held_c} == truth(n, keys)
+
+
+def test_a_restarted_static_member_resumes_within_10_seconds(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
+) -> None:
+    n, keys = 20_000, 20
+    topic = kafka_topic(4)
+    produce_events(kafka_produce, topic, n, keys)
+    gid = f"g-{uuid.uuid4().hex[:8]}"
+    args = [kafka_bootstrap, topic, gid, str(tmp_path / "s"), str(tmp_path / "s.json")]
+    args += ["--instance", "worker-0"]
+    first = Worker(args)
+    try:
+        first.until(lambda p: p["folded"] >= n // 3, 60)
+    finally:
+        first.kill()
+    killed = time.monotonic()
+    second = Worker(args)
+    try:
+        second.until(lambda p: p["folded"] > first.last["folded"] and p["emitted"] > 0, 60)
+        resumed = time.monotonic() - killed
+        print(f"restart after SIGKILL: consuming again {resumed:.1f}s after the kill")
+        assert resumed < 10, f"resumed only after {resumed:.1f}s"
+        second.until(lambda p: p["folded"] == n, 60)
+        second.stop()
+    finally:
+        second.kill()
+    assert json.loads((tmp_path / "s.json").read_text()) == truth(n, keys)

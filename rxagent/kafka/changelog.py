@@ -1,0 +1,260 @@
+"""A state store's changelog topic: what follows a Kafka partition's state to the
+worker that owns the partition next, and what a reader rebuilds the whole state from.
+
+Layout (as Kafka Streams and Quix Streams do it): one compacted topic per store
+and consumer group, named ``rxagent-changelog.<group>.<store>``, with as many
+partitions as the input topic. The change of a key whose last event came from
+input partition *p* goes to changelog partition *p*, keyed by the store key; a
+deleted key is a tombstone (``None`` value). So the changelog partition *p* holds,
+after compaction, exactly the state of input partition *p*.
+
+Every method here blocks: they run in the store's writer thread, never on the
+event loop. A checkpoint produces its changes and waits for every delivery before
+it returns, so the offsets committed after it never cover a change the broker
+could still lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..exceptions import StateError
+from .common import resolve_config
+
+__all__ = ["KafkaChangelog", "changelog_topic"]
+
+log = logging.getLogger("rxagent")
+
+# settings a changelog client must not inherit from the source's consumer
+_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "auto.", "enable.", "group.", "session.")
+_CONSUMER_ONLY = {
+    "on_commit",
+    "error_cb",
+    "max.poll.interval.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "check.crcs",
+}
+
+
+def changelog_topic(group_id: str, store: str) -> str:
+    """The changelog topic of ``store`` written by consumer group ``group_id``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{group_id}.{store}")
+    return f"rxagent-changelog.{safe}"[:249]
+
+
+def client_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Connection and security settings of a consumer, fit for other clients."""
+    return {
+        k: v
+        for k, v in config.items()
+        if not k.startswith(_CONSUMER_ONLY_PREFIXES) and k not in _CONSUMER_ONLY
+    }
+
+
+class KafkaChangelog:
+    """The changelog of one store (see the module docstring). ``config`` holds the
+    connection settings (``bootstrap.servers``, security); ``input_topic`` is the
+    topic whose partitions the store's entries follow."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        input_topic: str,
+        config: Mapping[str, Any],
+        owner: str,
+        replication_factor: int = 1,
+        delivery_timeout: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.input_topic = input_topic
+        self.config = dict(config)
+        self.owner = owner
+        self.replication_factor = replication_factor
+        self.delivery_timeout = delivery_timeout
+        self.partitions = 0
+        self._producer: Any = None
+        self._resolved: dict[str, Any] | None = None
+
+    def _settings(self) -> dict[str, Any]:
+        if self._resolved is None:
+            self._resolved = resolve_config(client_config(self.config), owner=self.owner)
+        return dict(self._resolved)
+
+    # -- the topic ----------------------------------------------------------------------
+
+    def ensure_topic(self) -> int:
+        """Create the compacted topic if missing (as many partitions as the input
+        topic); returns its partition count. A clear :class:`StateError` otherwise."""
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        admin = AdminClient(self._settings())
+        try:
+            metadata = admin.list_topics(timeout=10)
+        except Exception as error:
+            raise StateError(
+                f"{self.owner}: cannot reach the brokers to set up changelog {self.topic!r}: "
+                f"{error}"
+            ) from error
+        source = metadata.topics.get(self.input_topic)
+        if source is None or source.error is not None:
+            raise StateError(
+                f"{self.owner}: input topic {self.input_topic!r} does not exist, so its "
+                f"changelog {self.topic!r} cannot be sized"
+            )
+        wanted = len(source.partitions)
+        existing = metadata.topics.get(self.topic)
+        if existing is None or existing.error is not None:
+            new = NewTopic(
+                self.topic,
+                wanted,
+                self.replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+            try:
+                admin.create_topics([new], operation_timeout=10)[self.topic].result(15)
+            except Exception as error:
+                if "TOPIC_ALREADY_EXISTS" not in str(error):
+                    raise StateError(
+                        f"{self.owner}: cannot create changelog topic {self.topic!r} "
+                        f"({wanted} partitions, cleanup.policy=compact): {error}; create it "
+                        "yourself or give the client the right to"
+                    ) from error
+            self._wait_for_partitions(admin, wanted)
+            self.partitions = wanted
+            log.info(
+                "%s: created changelog topic %s (%d partitions)", self.owner, self.topic, wanted
+            )
+        else:
+            self.partitions = len(existing.partitions)
+            if self.partitions < wanted:
+                raise StateError(
+                    f"{self.owner}: changelog topic {self.topic!r} has {self.partitions} "
+                    f"partitions but input topic {self.input_topic!r} has {wanted}: add "
+                    "partitions to the changelog (or reset the store)"
+                )
+        return self.partitions
+
+    def _wait_for_partitions(self, admin: Any, wanted: int) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            topic = admin.list_topics(self.topic, timeout=5).topics.get(self.topic)
+            if topic is not None and topic.error is None and len(topic.partitions) >= wanted:
+                return
+            if time.monotonic() > deadline:
+                raise StateError(f"{self.owner}: changelog topic {self.topic!r} did not appear")
+            time.sleep(0.05)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def produce(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]:
+        """Produce ``(partition, key, value or None)`` records and wait until each is
+        delivered; returns, per partition written, the offset after its last record."""
+        if not records:
+            return {}
+        from confluent_kafka import Producer
+
+        if self._producer is None:
+            settings = self._settings()
+            settings.setdefault("acks", "all")
+            settings.setdefault("enable.idempotence", True)
+            settings.setdefault("linger.ms", 5)
+            self._producer = Producer(settings)
+        producer = self._producer
+        failures: list[Any] = []
+        ends: dict[int, int] = {}
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                failures.append(error)
+            else:
+                p = message.partition()
+                ends[p] = max(ends.get(p, 0), message.offset() + 1)
+
+        for partition, key, value in records:
+            while True:
+                try:
+                    producer.produce(
+                        self.topic, value, key, partition=partition, on_delivery=delivered
+                    )
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    producer.poll(0.05)
+        left = producer.flush(self.delivery_timeout)
+        if left or failures:
+            raise StateError(
+                f"{self.owner}: changelog {self.topic!r}: "
+                + (f"{left} changes not delivered in {self.delivery_timeout:.0f}s" if left else "")
+                + (f"delivery failed: {failures[0]}" if failures else "")
+                + "; the offsets are not committed (the events are read again)"
+            )
+        return ends
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(
+        self, partition: int, start: int | None, *, chunk: int = 2048
+    ) -> Iterator[list[tuple[bytes, bytes | None, int]]]:
+        """``(key, value or None, offset)`` records of one partition from ``start``
+        (the beginning for ``None``) to its end, in chunks (memory stays bounded)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        settings = self._settings()
+        settings.update(
+            {
+                "group.id": f"{self.topic}.restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                # the end of the partition answers at once instead of after 500 ms
+                "fetch.wait.max.ms": 10,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer = Consumer(settings)
+        try:
+            offset = OFFSET_BEGINNING if start is None else start
+            consumer.assign([TopicPartition(self.topic, partition, offset)])
+            idle_deadline = time.monotonic() + 30
+            while True:
+                messages = consumer.consume(chunk, 0.5)
+                if not messages:
+                    if time.monotonic() > idle_deadline:
+                        raise StateError(
+                            f"{self.owner}: restoring partition {partition} of changelog "
+                            f"{self.topic!r}: no answer from the brokers for 30s"
+                        )
+                    continue
+                idle_deadline = time.monotonic() + 30
+                records: list[tuple[bytes, bytes | None, int]] = []
+                at_end = False
+                for message in messages:
+                    error = message.error()
+                    if error is None:
+                        records.append(
+                            (message.key() or b"", message.value(), message.offset() or 0)
+                        )
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        at_end = True
+                    elif error.fatal():
+                        raise StateError(
+                            f"{self.owner}: restoring changelog {self.topic!r}: {error}"
+                        )
+                    else:
+                        log.warning("%s: restoring changelog %s: %s", self.owner, self.topic, error)
+                if records:
+                    yield records
+                if at_end:
+                    return
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.delivery_timeout)
+            self._producer = None
