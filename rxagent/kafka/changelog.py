@@ -199,58 +199,64 @@ class KafkaChangelog:
     # -- reading ------------------------------------------------------------------------
 
     def read(
-        self, partition: int, start: int | None, *, chunk: int = 2048
-    ) -> Iterator[list[tuple[bytes, bytes | None, int]]]:
-        """``(key, value or None, offset)`` records of one partition from ``start``
-        (the beginning for ``None``) to its end, in chunks (memory stays bounded)."""
+        self, starts: Mapping[int, int | None], *, chunk: int = 2048
+    ) -> Iterator[tuple[int, list[tuple[bytes, bytes | None, int]]]]:
+        """``(partition, records)`` of the partitions in ``starts``, each read from its
+        start offset (the beginning for ``None``) to its end, in chunks of
+        ``(key, value or None, offset)`` records (memory stays bounded). One consumer
+        reads them all, so restoring several partitions costs one connection."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+        if not starts:
+            return
         settings = self._settings()
         settings.update(
             {
                 "group.id": f"{self.topic}.restore",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-                # the end of the partition answers at once instead of after 500 ms
+                # the end of a partition answers at once instead of after 500 ms
                 "fetch.wait.max.ms": 10,
                 "auto.offset.reset": "earliest",
             }
         )
         consumer = Consumer(settings)
         try:
-            offset = OFFSET_BEGINNING if start is None else start
-            consumer.assign([TopicPartition(self.topic, partition, offset)])
+            consumer.assign(
+                [
+                    TopicPartition(self.topic, p, OFFSET_BEGINNING if start is None else start)
+                    for p, start in starts.items()
+                ]
+            )
+            left = set(starts)
             idle_deadline = time.monotonic() + 30
-            while True:
+            while left:
                 messages = consumer.consume(chunk, 0.5)
                 if not messages:
                     if time.monotonic() > idle_deadline:
                         raise StateError(
-                            f"{self.owner}: restoring partition {partition} of changelog "
+                            f"{self.owner}: restoring partitions {sorted(left)} of changelog "
                             f"{self.topic!r}: no answer from the brokers for 30s"
                         )
                     continue
                 idle_deadline = time.monotonic() + 30
-                records: list[tuple[bytes, bytes | None, int]] = []
-                at_end = False
+                records: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
                 for message in messages:
                     error = message.error()
+                    partition = message.partition() or 0
                     if error is None:
-                        records.append(
+                        records.setdefault(partition, []).append(
                             (message.key() or b"", message.value(), message.offset() or 0)
                         )
                     elif error.code() == KafkaError._PARTITION_EOF:
-                        at_end = True
+                        left.discard(partition)
                     elif error.fatal():
                         raise StateError(
                             f"{self.owner}: restoring changelog {self.topic!r}: {error}"
                         )
                     else:
                         log.warning("%s: restoring changelog %s: %s", self.owner, self.topic, error)
-                if records:
-                    yield records
-                if at_end:
-                    return
+                yield from records.items()
         finally:
             consumer.close()
 

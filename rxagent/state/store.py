@@ -549,8 +549,8 @@ class Changelog(Protocol):
     def produce(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]: ...
 
     def read(
-        self, partition: int, start: int | None
-    ) -> Iterable[list[tuple[bytes, bytes | None, int]]]: ...
+        self, starts: Mapping[int, int | None]
+    ) -> Iterable[tuple[int, list[tuple[bytes, bytes | None, int]]]]: ...
 
     def close(self) -> None: ...
 
@@ -711,38 +711,51 @@ class _Durable:
         changelog = self.changelog
         assert changelog is not None
         backend = self.backend
-        restored: dict[Hashable, Entry] = {}
+        topic = changelog.input_topic
+        numbers = {p: n for p in partitions if (n := self.input_partition(p)) is not None}
+        starts = {n: self.offsets.get(part_text(p)) for p, n in numbers.items()}
+        self.restoring = ", ".join(sorted(map(part_text, numbers)))
         changes = 0
-        for partition in partitions:
-            text = part_text(partition)
-            number = self.input_partition(partition)
-            assert number is not None
-            self.restoring = text
-            start = self.offsets.get(text)
-            for chunk in changelog.read(number, start):
-                if start is not None and chunk[0][2] < start:
-                    # the changelog is not what the local rows were built from (recreated):
-                    # rebuild this partition from the changelog alone
-                    log.warning(
-                        "state %r: changelog %s partition %d restarts below offset %d; "
-                        "rebuilding %s from the changelog",
-                        self.store.name,
-                        changelog.topic,
-                        number,
-                        start,
-                        text,
-                    )
-                    self.offsets.pop(text, None)
-                    backend.delete_part(text, self._meta())
-                    return self._restore_parts(partitions)
-                puts: list[tuple[bytes, str | None, bytes]] = [
-                    (k, text, v) for k, v, _ in chunk if v is not None
-                ]
+        rebuild: list[int] = []
+        for number, chunk in changelog.read(starts):
+            text = part_text((topic, number))
+            start = starts[number]
+            if number in rebuild:
+                continue
+            if start is not None and chunk[0][2] < start:
+                # the changelog is not what the local rows were built from (recreated):
+                # this partition is rebuilt from the changelog alone
+                log.warning(
+                    "state %r: changelog %s partition %d restarts below offset %d; "
+                    "rebuilding %s from the changelog",
+                    self.store.name,
+                    changelog.topic,
+                    number,
+                    start,
+                    text,
+                )
+                rebuild.append(number)
+                continue
+            puts: list[tuple[bytes, str | None, bytes]] = [
+                (k, text, v) for k, v, _ in chunk if v is not None
+            ]
+            deletes = [k for k, v, _ in chunk if v is None]
+            self.offsets[text] = chunk[-1][2] + 1
+            backend.write_encoded(puts, deletes, self._meta())
+            changes += len(chunk)
+        for number in rebuild:
+            text = part_text((topic, number))
+            self.offsets.pop(text, None)
+            backend.delete_part(text, self._meta())
+            for _, chunk in changelog.read({number: None}):
+                puts = [(k, text, v) for k, v, _ in chunk if v is not None]
                 deletes = [k for k, v, _ in chunk if v is None]
                 self.offsets[text] = chunk[-1][2] + 1
                 backend.write_encoded(puts, deletes, self._meta())
                 changes += len(chunk)
-            for key, _part, record in backend.rows(text):
+        restored: dict[Hashable, Entry] = {}
+        for partition in numbers:
+            for key, _part, record in backend.rows(part_text(partition)):
                 restored[key] = _entry(key, record)
         self.restoring = None
         return restored, changes

@@ -174,10 +174,13 @@ def test_a_killed_worker_s_partitions_move_with_their_state_and_move_again(
                 assert time.monotonic() < deadline, f"a: {a.last}, c: {c.last}"
                 time.sleep(0.02)
             assert c.last["emitted"] < n // 4, "the new owner re-read its partitions"
-            c.stop()
+            # both leave at once: each writes out what it holds (no rebalance in between)
+            for w in (a, c):
+                w.process.send_signal(signal.SIGTERM)
+            assert a.process.wait(60) == 0
+            assert c.process.wait(60) == 0
         finally:
             c.kill()
-        a.stop()
     finally:
         a.kill()
         b.kill()
