@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["pipeline", "operators", "expressions", "backpressure", "websocket", "kafka"]
+BENCHMARKS = [
+    "pipeline",
+    "operators",
+    "expressions",
+    "backpressure",
+    "websocket",
+    "kafka",
+    "state_engines",
+]
 
 
 def main() -> None:

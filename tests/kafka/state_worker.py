@@ -85,10 +85,12 @@ async def main(argv: list[str]) -> None:
 
     store.revoke_partitions = keep_then_release  # type: ignore[method-assign]
 
+    draining: list[asyncio.Future[Any]] = []
+
     def stop() -> None:
         nonlocal stopping
         stopping = True
-        asyncio.ensure_future(pipeline.drain())
+        draining.append(asyncio.ensure_future(pipeline.drain()))
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     reporter = asyncio.ensure_future(report(store, source))
@@ -99,7 +101,7 @@ async def main(argv: list[str]) -> None:
     finally:
         reporter.cancel()
     held.update(store.snapshot.to_dict())
-    Path(out).write_text(json.dumps(held))
+    Path(out).write_text(json.dumps(held))  # noqa: ASYNC240 - the process's last act
 
 
 if __name__ == "__main__":

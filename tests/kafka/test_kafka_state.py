@@ -134,7 +134,8 @@ def test_state_killed_three_times_equals_a_fault_free_run(
     )
     final = json.loads(out.read_text())
     print(
-        f"durable state ({'disk lost' if lose_disk else 'local'}): seed {seed}, SIGKILL at {killed_at} folded events of {n}"
+        f"durable state ({'disk lost' if lose_disk else 'local'}): seed {seed}, "
+        f"SIGKILL at {killed_at} folded events of {n}"
     )
     expected = truth(n, keys)
     wrong = {k: (final.get(k), v) for k, v in expected.items() if final.get(k) != v}
