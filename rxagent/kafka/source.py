@@ -311,6 +311,7 @@ class KafkaSource(Source):
         # one hop ahead: the thread reads the next batch while the loop emits this one
         ahead: asyncio.Future[tuple[list[_Rows], bool]] | None = None
         ahead_credit = 0
+        checkpointing: asyncio.Future[list[Any] | None] | None = None
         try:
             while True:
                 granted = out.flow.try_acquire(self.batch_size)
@@ -321,7 +322,11 @@ class KafkaSource(Source):
                         done, _ = await asyncio.wait({waiting}, timeout=self.keepalive)
                         if done:
                             break
-                        commits = await consumer.checkpointed_commits_(out)
+                        earlier = None
+                        if checkpointing is not None:
+                            # its offsets go first: commits never move backwards
+                            earlier, checkpointing = await checkpointing, None
+                        commits = _newest(earlier, await consumer.checkpointed_commits_(out))
                         await consumer.call(consumer.keepalive, commits)
                         next_commit = loop.time() + self.commit_interval
                     granted, waiting = waiting.result(), None
@@ -329,9 +334,14 @@ class KafkaSource(Source):
                 ahead, ahead_credit = None, 0
                 if granted:
                     commits = None
-                    if loop.time() >= next_commit:
-                        commits = await consumer.checkpointed_commits_(out)
+                    if loop.time() >= next_commit and checkpointing is None:
+                        # the checkpoint runs beside the reads; its offsets are handed to
+                        # the consumer (committed) only once it is done
+                        checkpointing = asyncio.ensure_future(consumer.checkpointed_commits_(out))
                         next_commit = loop.time() + self.commit_interval
+                    if checkpointing is not None and checkpointing.done():
+                        commits = checkpointing.result()
+                        checkpointing = None
                     ahead = asyncio.ensure_future(
                         consumer.call(consumer.fetch, granted, self.poll_timeout, commits)
                     )
@@ -352,6 +362,9 @@ class KafkaSource(Source):
                     # let timers, tool calls and other pipelines run between batches
                     await asyncio.sleep(0)
         finally:
+            if checkpointing is not None and not checkpointing.done():
+                # the close (close_after) checkpoints and commits what ended
+                checkpointing.cancel()
             if waiting is not None:
                 if waiting.done() and not waiting.cancelled():
                     out.give_back(waiting.result())
@@ -361,6 +374,17 @@ class KafkaSource(Source):
             if ahead is not None:
                 ahead.cancel()
                 out.give_back(ahead_credit)
+
+
+def _newest(*batches: list[Any] | None) -> list[Any] | None:
+    """Offsets to commit from several checkpoints: the highest per partition."""
+    best: dict[tuple[str, int], Any] = {}
+    for batch in batches:
+        for tp in batch or ():
+            key = (tp.topic, tp.partition)
+            if key not in best or tp.offset > best[key].offset:
+                best[key] = tp
+    return list(best.values()) or None
 
 
 def kafka(
