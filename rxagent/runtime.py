@@ -24,7 +24,7 @@ import enum
 import logging
 import signal
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,13 +231,8 @@ class Pipeline:
         ctx.changelog_for = self.source.changelog_for
         for sink in self._sinks:
             sink.bind(ctx)
-        try:
-            # restore before the first event is read (a durable store's entries)
-            for sink in self._sinks:
-                await sink.recover()
-        except Exception as error:
-            self._fail(error, sink.name)
-            raise
+        # restore before the first event is read (a durable store's entries)
+        await self._each_sink(lambda sink: sink.recover())
         subject: Subject[Batch] = Subject()
         stream: Observable[Batch] = subject.pipe(*self._operators) if self._operators else subject
         self._subscription = stream.subscribe(
@@ -256,31 +251,25 @@ class Pipeline:
         self.state = PipelineState.RUNNING
         log.info("pipeline %r started (source %s)", self.name, self.source.describe())
 
-    async def _checkpoint(self) -> None:
-        """Every sink makes its work so far durable (what a source awaits before it
-        commits); an error fails the pipeline and reaches the caller."""
+    async def _each_sink(self, hook: Callable[[Sink], Awaitable[None]]) -> None:
+        """Await ``hook(sink)`` for every sink in turn; an error fails the pipeline
+        (naming the sink) and reaches the caller."""
         for sink in self._sinks:
             try:
-                await sink.checkpoint()
+                await hook(sink)
             except Exception as error:
                 self._fail(error, sink.name)
                 raise
+
+    async def _checkpoint(self) -> None:
+        """Every sink makes its work so far durable (what a source awaits before it commits)."""
+        await self._each_sink(lambda sink: sink.checkpoint())
 
     async def _partitions_assigned(self, partitions: list[Hashable]) -> None:
-        for sink in self._sinks:
-            try:
-                await sink.partitions_assigned(partitions)
-            except Exception as error:
-                self._fail(error, sink.name)
-                raise
+        await self._each_sink(lambda sink: sink.partitions_assigned(partitions))
 
     async def _partitions_revoked(self, partitions: list[Hashable]) -> None:
-        for sink in self._sinks:
-            try:
-                await sink.partitions_revoked(partitions)
-            except Exception as error:
-                self._fail(error, sink.name)
-                raise
+        await self._each_sink(lambda sink: sink.partitions_revoked(partitions))
 
     async def _checkpoint_every(self, interval: float) -> None:
         with contextlib.suppress(Exception):  # a failed checkpoint failed the pipeline

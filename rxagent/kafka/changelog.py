@@ -23,38 +23,17 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..exceptions import StateError
-from .common import resolve_config
+from .common import client_config, resolve_config
 
 __all__ = ["KafkaChangelog", "changelog_topic"]
 
 log = logging.getLogger("rxagent")
-
-# settings a changelog client must not inherit from the source's consumer
-_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "auto.", "enable.", "group.", "session.")
-_CONSUMER_ONLY = {
-    "on_commit",
-    "error_cb",
-    "max.poll.interval.ms",
-    "heartbeat.interval.ms",
-    "partition.assignment.strategy",
-    "isolation.level",
-    "check.crcs",
-}
 
 
 def changelog_topic(group_id: str, store: str) -> str:
     """The changelog topic of ``store`` written by consumer group ``group_id``."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{group_id}.{store}")
     return f"rxagent-changelog.{safe}"[:249]
-
-
-def client_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Connection and security settings of a consumer, fit for other clients."""
-    return {
-        k: v
-        for k, v in config.items()
-        if not k.startswith(_CONSUMER_ONLY_PREFIXES) and k not in _CONSUMER_ONLY
-    }
 
 
 class KafkaChangelog:

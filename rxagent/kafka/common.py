@@ -67,6 +67,31 @@ def resolve_config(config: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
     return resolved
 
 
+# settings another client (a producer, a restore consumer) must not inherit from a source's
+_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "auto.", "enable.", "group.", "session.")
+_CONSUMER_ONLY = frozenset(
+    {
+        "on_commit",
+        "max.poll.interval.ms",
+        "heartbeat.interval.ms",
+        "partition.assignment.strategy",
+        "isolation.level",
+        "check.crcs",
+        "group.instance.id",
+    }
+)
+
+
+def client_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A source consumer's settings without those only its consumer may have: the
+    connection and security settings other clients of the same cluster need."""
+    return {
+        k: v
+        for k, v in config.items()
+        if not k.startswith(_CONSUMER_ONLY_PREFIXES) and k not in _CONSUMER_ONLY
+    }
+
+
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` fit for logs and status: values of secret-looking keys hidden."""
     return {k: ("***" if _SECRET.search(k) else v) for k, v in config.items()}

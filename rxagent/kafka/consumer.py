@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
 from ..sources.base import Emitter
-from .common import KafkaPartition, _decode_column, resolve_config
+from .common import KafkaPartition, _decode_column, client_config, resolve_config
 
 if TYPE_CHECKING:
     from .source import KafkaSource
@@ -30,18 +30,6 @@ __all__ = ["_Consumer", "_Rows"]
 
 log = logging.getLogger("rxagent")
 _T = TypeVar("_T")
-
-# settings a producer for the dead-letter topic must not inherit from the consumer
-_CONSUMER_ONLY_PREFIXES = ("fetch.", "queued.", "auto.", "enable.", "group.", "session.")
-_CONSUMER_ONLY = (
-    "on_commit",
-    "max.poll.interval.ms",
-    "heartbeat.interval.ms",
-    "partition.assignment.strategy",
-    "isolation.level",
-    "check.crcs",
-    "group.instance.id",
-)
 
 
 def _column(column: list[_T]) -> list[_T] | None:
@@ -123,11 +111,7 @@ class _Consumer:
         if owner.dead_letter_topic is not None:
             from confluent_kafka import Producer
 
-            producer_config = {
-                k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)
-            }
-            for k in _CONSUMER_ONLY:
-                producer_config.pop(k, None)
+            producer_config = client_config(config)
             self.producer = Producer(producer_config)
         # metadata first: the first assign then starts fetching at once (0.55 s -> 0.1 s here)
         metadata = consumer.list_topics(timeout=10)

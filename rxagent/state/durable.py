@@ -29,7 +29,7 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -43,6 +43,7 @@ __all__ = [
     "PickleCodec",
     "SQLiteBackend",
     "codec_for",
+    "hashable",
     "store_path",
 ]
 
@@ -77,10 +78,10 @@ class PickleCodec:
         return pickle.loads(data)
 
 
-def _tuples(value: Any) -> Any:
-    """JSON arrays back to tuples (keys and positions are hashable)."""
+def hashable(value: Any) -> Any:
+    """JSON arrays back to tuples (keys and partitions are hashable)."""
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(hashable(v) for v in value)
     return value
 
 
@@ -157,7 +158,7 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as error:
             raise StateError(
                 f"state {self.store!r}: {self.path} is not a usable state file ({error}); "
-                f"move it away or delete it (`rxagent state FILE --reset`) to start empty"
+                "move it away or delete it to start empty"
             ) from error
         self._db = db
         if not meta:
@@ -201,16 +202,12 @@ class SQLiteBackend:
         try:
             while chunk := cursor.fetchmany(4096):
                 for key, p, entry in chunk:
-                    yield _tuples(loads(key)), p, tuple(loads(entry))
+                    yield hashable(loads(key)), p, tuple(loads(entry))
         except (sqlite3.DatabaseError, pickle.UnpicklingError, ValueError, EOFError) as error:
             raise StateError(
                 f"state {self.store!r}: {self.path} is corrupt ({type(error).__name__}: {error}); "
                 "reset it to rebuild the store"
             ) from error
-
-    def count(self) -> int:
-        (n,) = self._require().execute("SELECT count(*) FROM entries").fetchone()
-        return int(n)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -226,25 +223,12 @@ class SQLiteBackend:
 
     def write(
         self,
-        puts: Iterable[tuple[Hashable, str | None, tuple[Any, ...]]],
-        deletes: Iterable[Hashable],
-        meta: dict[str, Any],
-    ) -> int:
-        """One checkpoint: entries put, keys deleted and metadata, in one transaction.
-        Returns the bytes written (keys and entries)."""
-        encoded: list[tuple[bytes, str | None, bytes]] = []
-        for key, part, record in puts:
-            k, e = self.encode(key, record)
-            encoded.append((k, part, e))
-        return self.write_encoded(encoded, [self.codec.dumps(key) for key in deletes], meta)
-
-    def write_encoded(
-        self,
         encoded: list[tuple[bytes, str | None, bytes]],
         deletes: list[bytes],
         meta: dict[str, Any],
     ) -> int:
-        """:meth:`write` of rows already encoded (key, partition, entry)."""
+        """One checkpoint in one transaction: rows put (encoded key, partition, encoded
+        entry: :meth:`encode`), encoded keys deleted, and metadata. Returns the bytes put."""
         db = self._require()
         written = sum(len(k) + len(e) for k, _, e in encoded)
         gone = [(key,) for key in deletes]
@@ -274,20 +258,6 @@ class SQLiteBackend:
         db.execute("DELETE FROM entries WHERE part = ?", (part,))
         self._write_meta(meta)
         db.execute("COMMIT")
-
-    def decode_key(self, data: bytes) -> Hashable:
-        return _tuples(self.codec.loads(data))  # type: ignore[no-any-return]
-
-    def reset(self) -> None:
-        """Delete every entry and the checkpoint metadata."""
-        db = self._require()
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM entries")
-        db.execute("DELETE FROM meta")
-        db.execute("COMMIT")
-        self._write_meta(
-            {"format": FORMAT, "store": self.store, "codec": self.codec.name, "version": 0}
-        )
 
     def close(self) -> None:
         if self._db is not None:

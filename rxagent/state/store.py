@@ -35,7 +35,7 @@ from reactivex.subject import BehaviorSubject, Subject
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, StateError
-from .durable import Codec, CodecName, SQLiteBackend, codec_for, store_path
+from .durable import Codec, CodecName, SQLiteBackend, codec_for, hashable, store_path
 from .render import (
     context_header,
     context_line,
@@ -578,7 +578,7 @@ def _record(entry: Entry) -> tuple[Any, ...]:
 
 def _entry(key: Hashable, record: tuple[Any, ...]) -> Entry:
     value, version, updates, event_time, wall, source, partition, offset = record
-    position = None if source is None else Position(source, _hashable(partition), offset)
+    position = None if source is None else Position(source, hashable(partition), offset)
     return Entry(key, value, version, updates, event_time, wall, position)
 
 
@@ -736,29 +736,30 @@ class _Durable:
                 )
                 rebuild.append(number)
                 continue
-            puts: list[tuple[bytes, str | None, bytes]] = [
-                (k, text, v) for k, v, _ in chunk if v is not None
-            ]
-            deletes = [k for k, v, _ in chunk if v is None]
-            self.offsets[text] = chunk[-1][2] + 1
-            backend.write_encoded(puts, deletes, self._meta())
-            changes += len(chunk)
+            changes += self._apply_changelog(text, chunk)
         for number in rebuild:
             text = part_text((topic, number))
             self.offsets.pop(text, None)
             backend.delete_part(text, self._meta())
             for _, chunk in changelog.read({number: None}):
-                puts = [(k, text, v) for k, v, _ in chunk if v is not None]
-                deletes = [k for k, v, _ in chunk if v is None]
-                self.offsets[text] = chunk[-1][2] + 1
-                backend.write_encoded(puts, deletes, self._meta())
-                changes += len(chunk)
+                changes += self._apply_changelog(text, chunk)
         restored: dict[Hashable, Entry] = {}
         for partition in numbers:
             for key, _part, record in backend.rows(part_text(partition)):
                 restored[key] = _entry(key, record)
         self.restoring = None
         return restored, changes
+
+    def _apply_changelog(self, part: str, chunk: list[tuple[bytes, bytes | None, int]]) -> int:
+        """Write a chunk of one partition's changelog records to the local rows, with
+        the changelog offset they now reflect (one transaction); returns its length."""
+        puts: list[tuple[bytes, str | None, bytes]] = [
+            (k, part, v) for k, v, _ in chunk if v is not None
+        ]
+        deletes = [k for k, v, _ in chunk if v is None]
+        self.offsets[part] = chunk[-1][2] + 1
+        self.backend.write(puts, deletes, self._meta())
+        return len(chunk)
 
     async def revoke(self, partitions: list[Hashable]) -> None:
         """Let go of ``partitions``: their entries leave this worker (the new owner
@@ -852,9 +853,7 @@ class _Durable:
             topic = self.changelog.input_topic
             for number, end in self.changelog.produce(records).items():
                 self.offsets[part_text((topic, number))] = end
-        return backend.write_encoded(
-            encoded, deletes, {**meta, **self._meta(), "version": snap.version}
-        )
+        return backend.write(encoded, deletes, {**meta, **self._meta(), "version": snap.version})
 
     async def close(self) -> None:
         if self.opening is None:
@@ -900,10 +899,3 @@ def _keys_of(snap: Snapshot, parts: set[str]) -> list[Hashable]:
         for k, e in snap._entries.items()
         if e.position is not None and part_text(e.position.partition) in parts
     ]
-
-
-def _hashable(value: Any) -> Hashable:
-    """A partition read back from JSON (a list) as the tuple it was."""
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    return value  # type: ignore[no-any-return]
