@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .flow import Ticket
+from .flow import Flow, Ticket
 
 if TYPE_CHECKING:
     from .context import PipelineContext
@@ -37,7 +37,9 @@ __all__ = [
     "Event",
     "Hold",
     "Position",
+    "RevokeWatch",
     "end_hold",
+    "partition_runs",
     "fold_holds",
     "retain_hold",
 ]
@@ -369,3 +371,66 @@ class Batch:
             return
         for hold in self.holds:
             retain_hold(hold, extra)
+
+
+class RevokeWatch:
+    """Subscribes a holding stage (a window) to the revokes of every flow whose
+    events it holds, so partitions moving away release their events at once.
+
+    ``release(flow, partitions)`` is the stage's own: it calls
+    :func:`~rxagent.flow.release_tickets` on each aggregate it keeps open.
+    """
+
+    __slots__ = ("flows", "release", "removers")
+
+    def __init__(self, release: Callable[[Flow, frozenset[Hashable]], None]) -> None:
+        self.release = release
+        self.flows: set[int] = set()
+        self.removers: list[Callable[[], None]] = []
+
+    def see(self, batch: Batch) -> None:
+        """Note the flow of ``batch`` (once per batch: one identity check)."""
+        ticket = batch.ticket
+        if ticket is None and batch.holds:
+            hold = batch.holds[0]
+            if isinstance(hold, tuple) and hold:
+                ticket = hold[0][0]
+            elif isinstance(hold, Ticket):
+                ticket = hold
+        # (a buffer's lease stands for its rows' tickets and has no flow of its own:
+        # what a window holds of it is waited for on revoke, not released)
+        flow: Flow | None = getattr(ticket, "flow", None)
+        if flow is not None and id(flow) not in self.flows:
+            self.flows.add(id(flow))
+            self.removers.append(flow.on_revoke(self.release))
+
+    def close(self) -> None:
+        for remove in self.removers:
+            remove()
+        self.removers.clear()
+        self.flows.clear()
+
+
+def _hold_partition(hold: Hold, default: Hashable) -> Hashable:
+    if isinstance(hold, tuple):
+        hold = hold[0][0] if hold else None
+    return getattr(hold, "partition", default) if hold is not None else default
+
+
+def partition_runs(holds: Sequence[Hold], default: Hashable) -> list[tuple[Hashable, int, int]]:
+    """The source partition of an aggregate's rows, from the events they hold, as
+    runs ``(partition, start, stop)`` of consecutive rows: a window closed by a
+    timer or at the end belongs to the partition of its events, not to the batch
+    that happened to come last (``default``: rows holding nothing)."""
+    runs: list[tuple[Hashable, int, int]] = []
+    start = 0
+    current: Hashable = None
+    for i, hold in enumerate(holds):
+        part = _hold_partition(hold, default)
+        if i == 0:
+            current = part
+        elif part != current:
+            runs.append((current, start, i))
+            current, start = part, i
+    runs.append((current, start, len(holds)))
+    return runs

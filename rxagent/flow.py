@@ -17,6 +17,11 @@ memory, so their credit returns at once (:meth:`Ticket.fold`), but they stay
 pending until the aggregate built from them ends, so the watermark waits.
 Without folding, a count window larger than the credit would deadlock.
 
+When a source's partition moves to another worker, what aggregates hold of it is
+*released* (:meth:`Flow.revoke`): the holders give the events up
+(:meth:`Ticket.release`), which ends them without counting them as done, so the
+watermark stops before the first of them and the new owner reads them again.
+
 This module is pure bookkeeping plus one awaitable; it never blocks and never
 sleeps, and it is driven from the event loop's thread only.
 """
@@ -25,14 +30,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 from .exceptions import ConfigurationError, FlowError
 
-__all__ = ["Flow", "FlowStats", "Ticket"]
+__all__ = ["Flow", "FlowStats", "Ticket", "release_tickets"]
 
 Partition = Hashable
 WatermarkListener = Callable[[Partition, int], None]
+RevokeListener = Callable[["Flow", frozenset[Partition]], None]
 
 
 class Ticket:
@@ -42,7 +48,7 @@ class Ticket:
     for sources without positions.
     """
 
-    __slots__ = ("_credit", "done", "first", "flow", "last", "partition", "pending")
+    __slots__ = ("_credit", "done", "first", "flow", "last", "partition", "pending", "released")
 
     def __init__(
         self, flow: Flow, partition: Partition, first: int | None, last: int | None, n: int
@@ -54,6 +60,9 @@ class Ticket:
         self.pending = n
         self._credit = n
         self.done = False
+        #: Some events were given up (their partition was revoked): the ticket never
+        #: counts as done, so the watermark of its partition stays before it.
+        self.released = False
 
     def end(self, n: int = 1) -> None:
         """``n`` events of this ticket finished processing."""
@@ -77,6 +86,13 @@ class Ticket:
             self._credit -= credit
             self.flow._release(credit)
 
+    def release(self, n: int) -> None:
+        """``n`` events were given up, not processed (an aggregate dropped them when
+        their partition was revoked): they end, but the ticket stops the watermark
+        at its first position, so the offsets of those events are never committed."""
+        self.released = True
+        self.end(n)
+
     def retain(self, n: int) -> None:
         """``n`` more ends are expected (an event was fanned out to more sinks)."""
         if self.done:
@@ -85,10 +101,13 @@ class Ticket:
         self.flow.pending += n
 
     def _complete(self) -> None:
-        self.done = True
         if self._credit:
             self.flow._release(self._credit)
             self._credit = 0
+        if self.released:
+            self.flow._check_idle()
+            return
+        self.done = True
         self.flow._ticket_done(self)
 
     def __repr__(self) -> str:
@@ -138,6 +157,7 @@ class Flow:
         self._open: dict[Partition, deque[Ticket]] = {}
         self._watermarks: dict[Partition, int] = {}
         self._listeners: list[WatermarkListener] = []
+        self._revoke_listeners: list[RevokeListener] = []
 
     # -- credit -------------------------------------------------------------
 
@@ -216,6 +236,9 @@ class Flow:
             self._watermarks[ticket.partition] = advanced
             for listener in self._listeners:
                 listener(ticket.partition, advanced)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
         if self.pending == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
@@ -228,6 +251,24 @@ class Flow:
 
     def watermarks(self) -> dict[Partition, int]:
         return dict(self._watermarks)
+
+    def busy(self, partition: Partition) -> bool:
+        """True while an event of ``partition`` is still being processed (events
+        held by an aggregate count; released ones do not)."""
+        return any(ticket.pending > 0 for ticket in self._open.get(partition, ()))
+
+    def on_revoke(self, listener: RevokeListener) -> Callable[[], None]:
+        """Call ``listener(flow, partitions)`` when partitions are revoked: stages
+        that hold events (windows) release those of the partitions at once."""
+        self._revoke_listeners.append(listener)
+        return lambda: self._revoke_listeners.remove(listener)
+
+    def revoke(self, partitions: Iterable[Partition]) -> None:
+        """The partitions moved to another worker: every stage holding their events
+        releases them (:meth:`Ticket.release`), so nothing waits for windows to close."""
+        gone = frozenset(partitions)
+        for listener in list(self._revoke_listeners):
+            listener(self, gone)
 
     def forget(self, partition: Partition) -> None:
         """Drop the bookkeeping of a partition (revoked or lost)."""
@@ -255,3 +296,23 @@ class Flow:
             f"Flow({self.source!r}, in_flight={self.in_flight}/{self.capacity}, "
             f"pending={self.pending})"
         )
+
+
+def release_tickets(
+    tickets: dict[Ticket, int], flow: Flow, partitions: frozenset[Partition], times: int = 1
+) -> bool:
+    """Release what an aggregate holds of ``partitions`` (tickets of ``flow``) and
+    drop it from ``tickets``; ``times``: how often each event is still to end (a
+    sliding pane, once per open window holding it). True when the aggregate held
+    something of them and nothing else is left: its values came from revoked
+    partitions only, and the caller drops them (the new owner reads them again)."""
+    if not tickets:
+        return False
+    gone = [
+        t
+        for t in tickets
+        if getattr(t, "flow", None) is flow and getattr(t, "partition", None) in partitions
+    ]
+    for ticket in gone:
+        ticket.release(tickets.pop(ticket) * times)
+    return bool(gone) and not tickets

@@ -464,6 +464,7 @@ class _Consumer:
 
     def _release(self, consumer: Any, partitions: list[Any], *, lost: bool) -> None:
         self.owner.revocations += 1
+        started = time.monotonic()
         gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
         # stop handing these to the loop at once (messages of this hop included)
         self.assigned = self.assigned - set(gone)
@@ -484,11 +485,13 @@ class _Consumer:
         for p in gone:
             self.delivered.pop(p, None)
             self.eof.discard(p)
+        self.owner.last_revoke_seconds = seconds = time.monotonic() - started
         log.info(
-            "kafka source %r: %s %s",
+            "kafka source %r: %s %s in %.2fs",
             self.owner.name,
             "lost" if lost else "revoked",
             sorted(map(str, gone)),
+            seconds,
         )
 
     def close(self, offsets: list[Any]) -> None:
@@ -633,18 +636,18 @@ class _Consumer:
                 del self.committed[p]
 
     async def release_(self, gone: list[KafkaPartition], timeout: float, lost: bool) -> list[Any]:
-        """On the loop: wait (bounded) for the partitions' events, then offsets to commit."""
+        """On the loop: release what windows hold of the partitions, wait (bounded) for
+        their events still being processed (a tool call), then offsets to commit."""
         from confluent_kafka import TopicPartition
 
         flow = self.out.flow
         deadline = self.loop.time() + timeout
+        # what open windows hold of these partitions is given up at once, uncommitted
+        # (the new owner reads it again): a revoke never waits for a window to close
+        flow.revoke(gone)
 
         def busy() -> bool:
-            return any(
-                (flow.watermark(p) or -1) < self.emitted_next[p]
-                for p in gone
-                if p in self.emitted_next
-            )
+            return any(flow.busy(p) for p in gone)
 
         while not lost and busy():
             left = deadline - self.loop.time()

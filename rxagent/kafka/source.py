@@ -168,6 +168,8 @@ class KafkaSource(Source):
         self.pauses = 0
         self.assignments = 0
         self.revocations = 0
+        #: Seconds the last revoke took (release, checkpoint, commit), or None.
+        self.last_revoke_seconds: float | None = None
         self.outages = 0
         #: partitions whose state is being restored now (0: none)
         self.restoring = 0
@@ -218,6 +220,7 @@ class KafkaSource(Source):
             "pauses": self.pauses,
             "assignments": self.assignments,
             "revocations": self.revocations,
+            "last_revoke_seconds": self.last_revoke_seconds,
             "brokers_down": self.down_since is not None,
             # messages behind the high watermarks, summed over partitions (None: unknown yet)
             "lag": self._lag(),

@@ -31,9 +31,18 @@ from reactivex import abc
 from reactivex.subject import Subject
 
 from ..clock import scheduler_clock
-from ..events import Batch, Event, Hold, end_hold, fold_holds, retain_hold
+from ..events import (
+    Batch,
+    Event,
+    Hold,
+    RevokeWatch,
+    end_hold,
+    fold_holds,
+    partition_runs,
+    retain_hold,
+)
 from ..exceptions import ConfigurationError
-from ..flow import Ticket
+from ..flow import Flow, Ticket
 from .aggregate import Aggregation
 from .base import BatchHandler, Emit
 from .transform import _apply
@@ -161,6 +170,7 @@ class WindowHandler(BatchHandler):
         self.stopped = False
         self.close_timer: _Timer | None = None
         self.idle_timer: _Timer | None = None
+        self.watch = RevokeWatch(self.release)
 
     # -- what subclasses provide -----------------------------------------------------
 
@@ -200,9 +210,16 @@ class WindowHandler(BatchHandler):
     def late_reason(self, t: float, behind: float) -> str:
         """Why an event at ``t``, ``behind`` the watermark, is late (for dead letters)."""
 
+    @abstractmethod
+    def release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
+        """Partitions were revoked: release what the open windows hold of them
+        (:func:`~rxagent.flow.release_tickets`); a window left with nothing is
+        emptied, and :meth:`finish` drops it when it closes."""
+
     # -- batches -----------------------------------------------------------------------
 
     def on_batch(self, batch: Batch, emit: Emit) -> None:
+        self.watch.see(batch)
         spec = self.spec
         metrics = batch.ctx.stage(self.stage)
         metrics.events_in += len(batch.values)
@@ -378,6 +395,8 @@ class WindowHandler(BatchHandler):
     ) -> None:
         """A window closed: aggregate it into ``out`` (if that fails, dead-letter it)."""
         self.open -= 1
+        if not values and not tickets:  # emptied: its partition was revoked
+            return
         hold: Hold = tuple(tickets.items()) if tickets else None
         assert self.like is not None
         ctx = self.like.ctx
@@ -403,22 +422,26 @@ class WindowHandler(BatchHandler):
             return
         if len(out) > 1:
             out.sort(key=itemgetter(0, 1))
-        positions = [row[5] for row in out]
-        windows = [row[2] for row in out]
         metrics.events_out += len(out)
-        emit(
-            Batch(
-                windows,
-                ctx=like.ctx,
-                source=like.source,
-                time=like.ctx.now(),
-                holds=[row[3] for row in out],
-                keys=[w.key for w in windows],
-                times=[row[4] for row in out],
-                positions=None if all(p is None for p in positions) else positions,
-                partition=like.partition,
+        holds = [row[3] for row in out]
+        # a window's partition is that of its events (one batch per run of rows)
+        for partition, a, b in partition_runs(holds, like.partition):
+            rows = out[a:b]
+            positions = [row[5] for row in rows]
+            windows = [row[2] for row in rows]
+            emit(
+                Batch(
+                    windows,
+                    ctx=like.ctx,
+                    source=like.source,
+                    time=like.ctx.now(),
+                    holds=holds[a:b],
+                    keys=[w.key for w in windows],
+                    times=[row[4] for row in rows],
+                    positions=None if all(p is None for p in positions) else positions,
+                    partition=partition,
+                )
             )
-        )
 
     # -- timers --------------------------------------------------------------------------
 
@@ -492,6 +515,7 @@ class WindowHandler(BatchHandler):
         """Stop the timers. Open windows are dropped *without* ending their events:
         they were never processed, so the commit watermark stays before them."""
         self.stopped = True
+        self.watch.close()
         for timer in (self.close_timer, self.idle_timer):
             if timer is not None:
                 timer.cancel()

@@ -18,7 +18,7 @@ from typing import Any, cast
 from reactivex import abc
 
 from ..events import Batch, fold_holds
-from ..flow import Ticket
+from ..flow import Flow, Ticket, release_tickets
 from ._timewindow_core import Late, Out, WindowHandler, WindowSpec, pick
 from .windows import group_rows
 
@@ -326,6 +326,21 @@ class PaneHandler(WindowHandler):
             return len(rows)
         return self.fold(batch, rows, pane.tickets, extra)
 
+    def release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
+        geo = self.geo
+        for state in self.keys.values():
+            for p, pane in state.panes.items():
+                if not pane.tickets:
+                    continue
+                # a sliding pane's events end once per open window holding it
+                times = (
+                    1
+                    if self.tumbling
+                    else sum(1 for j in state.pending if j * geo.S <= p < j * geo.S + geo.W)
+                )
+                if release_tickets(pane.tickets, flow, partitions, times):
+                    pane.values = []  # its windows close empty: finish() drops them
+
     def pop(self, entry: tuple[Any, int, Hashable, Any], limit: float, out: list[Out]) -> None:
         order, seq, k, j = entry
         geo = self.geo
@@ -411,6 +426,12 @@ class SessionHandler(WindowHandler):
         self.open += 1
         heappush(self.heap, (session.close, self.seq, k, session))
         return session
+
+    def release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
+        for sessions in self.keys.values():
+            for session in sessions:
+                if release_tickets(session.tickets, flow, partitions):
+                    session.values = []  # it closes empty: finish() drops it
 
     def pop(self, entry: tuple[Any, int, Hashable, Any], limit: float, out: list[Out]) -> None:
         _, _, k, session = entry

@@ -21,9 +21,9 @@ from typing import Any
 
 from reactivex import Observable
 
-from ..events import Batch, Hold, end_hold, fold_holds
+from ..events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
 from ..exceptions import ConfigurationError
-from ..flow import Ticket
+from ..flow import Flow, Ticket, release_tickets
 from .aggregate import Aggregation, collect, resolve_aggregation
 from .base import BatchHandler, Emit, Operator, batch_stage
 from .transform import _apply, to_key_function
@@ -111,8 +111,19 @@ def count_window(
             def __init__(self) -> None:
                 self.windows: dict[Hashable, _KeyWindow] = {}
                 self.last_batch: Batch | None = None
+                self.watch = RevokeWatch(self._release)
+
+            def _release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
+                # windows of revoked partitions are dropped, their events released:
+                # the partition's new owner reads them again
+                windows = self.windows
+                for k in [
+                    k for k, w in windows.items() if release_tickets(w.tickets, flow, partitions)
+                ]:
+                    del windows[k]
 
             def on_batch(self, batch: Batch, emit: Emit) -> None:
+                self.watch.see(batch)
                 metrics = batch.ctx.stage(stage)
                 metrics.events_in += len(batch.values)
                 groups: Mapping[Hashable, Sequence[int]] | None = None
@@ -186,7 +197,12 @@ def count_window(
                 w.start = None
                 return row
 
-            def _batch(self, like: Batch, rows: list[tuple[Window, Hold, int | None]]) -> Batch:
+            def _batch(
+                self,
+                like: Batch,
+                rows: list[tuple[Window, Hold, int | None]],
+                partition: Hashable = None,
+            ) -> Batch:
                 return Batch(
                     [r[0] for r in rows],
                     ctx=like.ctx,
@@ -196,10 +212,14 @@ def count_window(
                     keys=[r[0].key for r in rows],
                     times=[r[0].end for r in rows],
                     positions=None if like.positions is None else [r[2] for r in rows],
-                    partition=like.partition,
+                    partition=like.partition if partition is None else partition,
                 )
 
+            def dispose(self) -> None:
+                self.watch.close()
+
             def on_completed(self, emit: Emit) -> None:
+                self.watch.close()
                 like = self.last_batch
                 if like is None:
                     return
@@ -209,7 +229,10 @@ def count_window(
                     return
                 if emit_partial:
                     like.ctx.stage(stage).events_out += len(rows)
-                    emit(self._batch(like, rows))
+                    # one batch per source partition the windows' events came from
+                    holds = [row[1] for row in rows]
+                    for partition, a, b in partition_runs(holds, like.partition):
+                        emit(self._batch(like, rows[a:b], partition))
                 else:
                     for _, hold, _ in rows:
                         end_hold(hold)

@@ -2,7 +2,11 @@
 and sum -> a durable state store, slowly enough to be killed mid-stream.
 
 Usage: python state_worker.py BOOTSTRAP TOPIC GROUP STATE_DIR OUT_JSON [--until-eof]
-       [--assign] [--instance ID]
+       [--assign] [--instance ID] [--window N]
+
+With ``--window N`` events go through a count window of N per key first; the
+store folds each window's events it has not folded yet (by id: a window's
+boundaries move when a partition is replayed from its committed offset).
 
 Every 20 ms it prints a JSON line: events folded into the store so far (restored
 ones included), keys held, partitions assigned, and the source's consumed count.
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rxagent import Pipeline, StateStore
+from rxagent import operators as ops
 from rxagent.events import Batch, Event
 from rxagent.kafka import KafkaSource
 from rxagent.sinks import Sink
@@ -40,6 +45,18 @@ def total(old: Any, event: Event) -> dict[str, int]:
     return {"count": old["count"] + 1, "sum": old["sum"] + event.value["n"]}
 
 
+def window_total(old: Any, event: Event) -> dict[str, int]:
+    old = old or {"count": 0, "sum": 0, "last": -1}
+    new = [v for v in event.value.value if v["id"] > old["last"]]
+    if not new:
+        return old
+    return {
+        "count": old["count"] + len(new),
+        "sum": old["sum"] + sum(v["n"] for v in new),
+        "last": new[-1]["id"],
+    }
+
+
 async def report(store: StateStore, source: KafkaSource) -> None:
     while True:
         snap = store.snapshot
@@ -48,6 +65,8 @@ async def report(store: StateStore, source: KafkaSource) -> None:
             "keys": len(snap),
             "partitions": source.describe()["assignment"],
             "emitted": source.emitted,
+            "revocations": source.revocations,
+            "last_revoke": source.last_revoke_seconds,
         }
         print(json.dumps(line), flush=True)
         await asyncio.sleep(0.02)
@@ -72,7 +91,11 @@ async def main(argv: list[str]) -> None:
     )
     store = StateStore("totals", state_dir=state_dir)
     pipeline = Pipeline("totals", source, checkpoint_interval=0.1)
-    pipeline.to(store.sink(reducer=total), SlowEnd())
+    if "--window" in argv:
+        pipeline.pipe(ops.count_window(int(argv[argv.index("--window") + 1])))
+        pipeline.to(store.sink(reducer=window_total), SlowEnd())
+    else:
+        pipeline.to(store.sink(reducer=total), SlowEnd())
     stopping = False
     held: dict[str, Any] = {}
     release = store.revoke_partitions

@@ -219,3 +219,57 @@ def test_a_restarted_static_member_resumes_within_10_seconds(
     finally:
         second.kill()
     assert json.loads((tmp_path / "s.json").read_text()) == truth(n, keys)
+
+
+def test_a_worker_joining_mid_run_does_not_wait_for_open_windows(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
+) -> None:
+    """Count windows hold events; a revoke releases them (uncommitted, replayed by
+    the new owner) instead of waiting for the windows to close."""
+    n, keys, size = 100_000, 40, 50
+    first = 50_685  # every key's window is open (17 or 18 of 50) when b joins
+    topic = kafka_topic(4)
+    produce_events(kafka_produce, topic, first, keys)
+    gid = f"g-{uuid.uuid4().hex[:8]}"
+
+    def args(name: str) -> list[str]:
+        out = [kafka_bootstrap, topic, gid, str(tmp_path / name), str(tmp_path / f"{name}.json")]
+        return [*out, "--window", str(size)]
+
+    a = Worker(args("a"))
+    b: Worker | None = None
+    try:
+        a.until(lambda p: len(p["partitions"]) == 4 and p["folded"] >= first - keys * size, 60)
+        b = Worker(args("b"))
+        # a gives two partitions up while their windows are open
+        a.until(lambda p: p["revocations"] >= 1 and p["last_revoke"] is not None, 60)
+        revoke = a.last["last_revoke"]
+        print(f"revoke with open count windows took {revoke:.3f}s")
+        assert revoke < 1.0, f"the revoke took {revoke:.2f}s"
+        b.until(lambda p: len(p["partitions"]) == 2, 60)
+        rest = range(first, n)
+        kafka_produce(
+            topic, [(f"k{i % keys}", json.dumps({"id": i, "n": i % 97}).encode()) for i in rest]
+        )
+        # every event folded, except what the last open window of each key holds
+        deadline = time.monotonic() + 90
+        while a.poll()["folded"] + b.poll()["folded"] < n - keys * (size - 1):
+            assert time.monotonic() < deadline, f"a: {a.last}, b: {b.last}"
+            time.sleep(0.05)
+        # both leave at once; stopping flushes the open windows into state
+        for w in (a, b):
+            w.process.send_signal(signal.SIGTERM)
+        assert a.process.wait(60) == 0
+        assert b.process.wait(60) == 0
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()
+    held = json.loads((tmp_path / "a.json").read_text())
+    held_b = json.loads((tmp_path / "b.json").read_text())
+    assert held, "a held no state"
+    assert held_b, "b held no state"
+    assert not set(held) & set(held_b), "a key was held by two workers"
+    held.update(held_b)
+    got = {k: {"count": v["count"], "sum": v["sum"]} for k, v in held.items()}
+    assert got == truth(n, keys)
