@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from reactivex.abc import SchedulerBase
@@ -267,6 +267,11 @@ class PipelineContext:
         self.partitions_revoked: Callable[[list[Hashable]], Awaitable[None]] = _no_partitions
         #: The changelog a durable store written here keeps (``Source.changelog_for``).
         self.changelog_for: Callable[[str], Any] = lambda _store: None
+        #: What the pipeline's durable sinks stored of the source's
+        #: ``checkpoint_meta()`` at their last checkpoint: one entry per durable sink,
+        #: ``None`` for one that holds none (a new or emptied store). Empty when no
+        #: sink is durable. Valid once the sinks recovered, before the source runs.
+        self.resume_meta: Callable[[], list[Mapping[str, Any] | None]] = list
         self.metrics: dict[str, StageMetrics] = {}
         #: Why stages held events back, per key (see :class:`Suppressions`).
         self.suppressions = suppressions if suppressions is not None else Suppressions()

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,7 @@ class Pipeline:
         self._done: asyncio.Event | None = None
         self._stream_ended = False
         self._sinks_closed = False
+        self._meta_sinks: set[int] = set()  # ids of sinks whose checkpoint() takes meta
         self._started_at: float | None = None
         self._stopped_at: float | None = None
 
@@ -229,9 +231,12 @@ class Pipeline:
         ctx.partitions_assigned = self._partitions_assigned
         ctx.partitions_revoked = self._partitions_revoked
         ctx.changelog_for = self.source.changelog_for
+        ctx.resume_meta = self._resume_meta
+        self._meta_sinks = {id(sink) for sink in self._sinks if _takes_meta(sink)}
         for sink in self._sinks:
             sink.bind(ctx)
-        # restore before the first event is read (a durable store's entries)
+        # restore before the first event is read (a durable store's entries; what
+        # the source stored with them, for ctx.resume_meta())
         await self._each_sink(lambda sink: sink.recover())
         subject: Subject[Batch] = Subject()
         stream: Observable[Batch] = subject.pipe(*self._operators) if self._operators else subject
@@ -262,8 +267,45 @@ class Pipeline:
                 raise
 
     async def _checkpoint(self) -> None:
-        """Every sink makes its work so far durable (what a source awaits before it commits)."""
-        await self._each_sink(lambda sink: sink.checkpoint())
+        """Every sink makes its work so far durable (what a source awaits before it commits).
+
+        The source's :meth:`~rxagent.sources.base.Source.checkpoint_meta` is read
+        first, before any sink writes, and goes to every sink that takes ``meta``
+        (a durable store writes it in the transaction of its state): what it says
+        ended is in the state each sink then writes, so a stored resume position
+        never runs ahead of the stored state."""
+        meta = self._source_meta()
+        if meta is None:
+            await self._each_sink(lambda sink: sink.checkpoint())
+            return
+        takes = self._meta_sinks
+        await self._each_sink(
+            lambda sink: sink.checkpoint(meta=meta) if id(sink) in takes else sink.checkpoint()
+        )
+
+    def _source_meta(self) -> dict[str, Any] | None:
+        """``{"source:<name>": source.checkpoint_meta()}``, or None when it has none."""
+        try:
+            meta = self.source.checkpoint_meta()
+        except Exception as error:
+            self._fail(error, self.source.name)
+            raise
+        return None if meta is None else {self._meta_key: dict(meta)}
+
+    @property
+    def _meta_key(self) -> str:
+        return f"source:{self.source.name}"
+
+    def _resume_meta(self) -> list[Mapping[str, Any] | None]:
+        """What each durable sink stored of the source's checkpoint meta (``None`` for
+        one that stored none); what ``ctx.resume_meta()`` returns."""
+        found: list[Mapping[str, Any] | None] = []
+        for sink in self._sinks:
+            stored = sink.stored_meta()
+            if stored is not None:
+                mine = stored.get(self._meta_key)
+                found.append(mine if isinstance(mine, Mapping) else None)
+        return found
 
     async def _partitions_assigned(self, partitions: list[Hashable]) -> None:
         await self._each_sink(lambda sink: sink.partitions_assigned(partitions))
@@ -482,6 +524,20 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name!r} {self.state}>"
+
+
+def _takes_meta(sink: Sink) -> bool:
+    """Whether ``sink.checkpoint`` takes ``meta`` (an override written before it
+    existed may not: it is called without)."""
+    try:
+        parameters = inspect.signature(sink.checkpoint).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == "meta" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 class App:

@@ -19,7 +19,7 @@ from a task of its own must catch it and call ``ctx.fail(error, self.name)``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from ..context import PipelineContext
@@ -61,9 +61,23 @@ class Sink(abc.ABC):
         """Called once when the pipeline starts, before its source is read: restore
         what a restart must find (a durable store's entries)."""
 
-    async def checkpoint(self) -> None:  # noqa: B027 - optional hook
+    async def checkpoint(self, meta: Mapping[str, Any] | None = None) -> None:  # noqa: B027
         """Make durable what this sink did with the events that ended so far. The
-        source commits its offsets only after every sink's checkpoint returned."""
+        source commits its offsets only after every sink's checkpoint returned.
+
+        ``meta``: what the source adds to this checkpoint (``Source.checkpoint_meta``,
+        read when the checkpoint began, as ``{"source:<name>": {...}}``); a durable
+        sink stores it in the same transaction as its state and returns it from
+        :meth:`stored_meta`. Optional hook; an override written as
+        ``checkpoint(self)`` still works: the pipeline passes ``meta`` only to sinks
+        whose ``checkpoint`` takes it."""
+
+    def stored_meta(self) -> Mapping[str, Any] | None:
+        """The checkpoint metadata this sink's durable state holds (after
+        :meth:`recover`, as of its last checkpoint); ``None``: the sink keeps no
+        durable state. The pipeline hands the source's part of it to the source on
+        start (``ctx.resume_meta()``)."""
+        return None
 
     async def partitions_assigned(self, partitions: list[Hashable]) -> None:  # noqa: B027
         """Source partitions were assigned to this worker: restore their state before

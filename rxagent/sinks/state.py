@@ -9,7 +9,7 @@ rest once the store applied them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from ..events import Batch, Position
@@ -168,8 +168,18 @@ class StateSink(Sink):
     async def partitions_revoked(self, partitions: list[Hashable]) -> None:
         await self.store.revoke_partitions(partitions)
 
-    async def checkpoint(self) -> None:
-        await self.store.checkpoint()
+    async def checkpoint(self, meta: Mapping[str, Any] | None = None) -> None:
+        stored = self.store.stored_meta()
+        if (
+            meta is not None
+            and stored is not None
+            and all(stored.get(name) == value for name, value in meta.items())
+        ):
+            meta = None  # stored already: no write when nothing else changed either
+        await self.store.checkpoint(meta)
+
+    def stored_meta(self) -> Mapping[str, Any] | None:
+        return self.store.stored_meta()
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": self.kind, "name": self.name, "store": self.store.name}

@@ -82,7 +82,8 @@ class Emitter:
         """Emit ``values`` (with optional columns of the same length) as one batch.
 
         The caller must hold credit for ``len(values)`` events. ``positions`` must be
-        increasing within a partition across batches: they drive the watermark.
+        increasing within a partition across batches: they drive the watermark. A
+        row may have none (``None``): the batch's span is that of the rows that do.
         """
         n = len(values)
         if n == 0:
@@ -90,6 +91,8 @@ class Emitter:
         first = last = None
         if positions is not None:
             first, last = positions[0], positions[-1]
+            if first is None or last is None:  # rows without one (a WebSocket resend)
+                first, last = _span(positions)
         ticket = self.flow.ticket(n, partition, first, last)
         batch = Batch(
             values,
@@ -145,6 +148,15 @@ class Source(abc.ABC):
         out) and the sinks closed.
         """
 
+    def checkpoint_meta(self) -> Mapping[str, Any] | None:
+        """What this source adds to each checkpoint of its pipeline's durable sinks
+        (a JSON object; ``None``: nothing), stored in the same transaction as their
+        state. The pipeline reads it when a checkpoint *starts*, before any sink
+        writes, so it must describe events that already ended (a resume position
+        from the completion watermark, never merely what was received). On start,
+        ``out.ctx.resume_meta()`` returns what each durable sink stored of it."""
+        return None
+
     def changelog_for(self, store: str) -> Any:
         """The changelog a durable store written from this source keeps (``None``: the
         store is not partitioned by this source). Kafka sources return one, so a
@@ -157,3 +169,9 @@ class Source(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _span(positions: Sequence[int | None]) -> tuple[int | None, int | None]:
+    """The first and last positions of a batch whose rows may lack one."""
+    found = [p for p in positions if p is not None]
+    return (found[0], found[-1]) if found else (None, None)

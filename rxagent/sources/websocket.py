@@ -24,6 +24,26 @@ which resets on every successful handshake). An optional
 it is open. ``subscribe`` may be a callable of the last sequence seen (see
 ``sequence``), so a server can resume where the previous connection stopped.
 
+**Positions and durable state.** With ``sequence``, each message's position is
+its sequence number (an int), so it means the same message in every process: a
+durable :class:`~rxagent.state.StateStore` recognises a message it already
+folded when a restarted process receives it again. A message whose number is not
+an int above every earlier one of the run (a resend, one out of order, a
+numbering that restarted) is emitted without a position (counted in
+``out_of_sequence``). Without ``sequence`` no message has a position (arrival
+order in one process says nothing after a restart); dead letters are numbered by
+arrival either way. The
+**resume position**, the sequence number up to which every message *ended*
+(the completion watermark, not merely what was received), is stored with each
+checkpoint of the pipeline's durable stores, in the same transaction as their
+state (:meth:`WebSocketSource.checkpoint_meta`); a restarted process starts with
+``last_seq`` set to it (the lowest, when several stores hold one; ``None`` when
+any durable store holds none), so its first ``subscribe(last_seq)`` asks the
+server to resume there. Messages between that position and the stored state are
+sent again and skipped by the stores. This needs increasing integer sequence
+numbers and a server that resumes after the one asked for (docs/state.md,
+"Non-replayable sources").
+
 **Lifecycle.** ``source.lifecycle`` is a reactivex ``Subject`` of
 :class:`WebSocketLifecycle` events: ``connecting``, ``opened``,
 ``closed`` (code, reason), ``error`` and ``reconnect_scheduled`` (attempt,
@@ -73,6 +93,7 @@ import inspect
 import itertools
 import json
 import logging
+import operator
 import random
 import ssl as ssl_module
 import time
@@ -93,6 +114,7 @@ from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError, RxAgentError
+from ..flow import Flow
 from ..operators.circuit import CircuitBreaker
 from ..operators.decode import _describe_error, _loader
 from .base import Emitter, Source
@@ -115,6 +137,11 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 
 #: A queued frame's FIN bit: it ends a message.
 _FIN = attrgetter("fin")
+
+#: The types of a batch of plain int sequence numbers.
+_INT = frozenset({int})
+#: What stands for a sequence number that ``sequence()`` failed to give.
+_NO_SEQ: Any = object()
 
 #: Reconnect forever by default, growing to 30 s; "equal" jitter never retries at once.
 DEFAULT_BACKOFF = Backoff(
@@ -233,7 +260,10 @@ class WebSocketSource(Source):
     - ``subscribe``: messages sent on every (re)connect, or a callable of the
       last sequence seen returning them; a dict or list is sent as JSON.
     - ``sequence``: a function of a decoded value giving its sequence number
-      (what ``subscribe`` receives as ``last_seq``; ``None`` before any).
+      (what ``subscribe`` receives as ``last_seq``; ``None`` before any). Ints
+      that increase along the stream are the messages' positions and make the
+      resume position durable: a restart resumes after the last message whose
+      processing ended, as stored with the state (see the module docstring).
     - ``headers`` and ``token_provider`` (called on every connect, may be async;
       sent as ``token_header: token_prefix + token``).
     - ``ssl``: an :class:`ssl.SSLContext` for ``wss://`` (default: the system's,
@@ -340,6 +370,14 @@ class WebSocketSource(Source):
         #: Lifecycle events (see :class:`WebSocketLifecycle`).
         self.lifecycle: Subject[WebSocketLifecycle] = Subject()
         self.last_seq: Any = None
+        #: The stored resume position this run started from (``None``: none).
+        self.resumed_from: int | None = None
+        #: Messages emitted without a position: their sequence number was not an
+        #: int above every earlier one (resent, out of order, or not a number).
+        self.out_of_sequence = 0
+        self._highest: int | None = None  # the highest position emitted in this run
+        self._resume_seq: int | None = None  # the last resume position computed
+        self._flow: Flow | None = None
         self.received = 0
         self.emitted = 0
         self.bad_messages = 0
@@ -370,6 +408,9 @@ class WebSocketSource(Source):
             "bad_messages": self.bad_messages,
             "dropped": None if self.overflow is None else self.overflow.dropped,
             "last_seq": self.last_seq,
+            "resume_seq": self._resume_seq,
+            "resumed_from": self.resumed_from,
+            "out_of_sequence": self.out_of_sequence,
             "last_event": None if last is None else last.kind,
             "last_close": self.last_close,
             "last_error": self.last_error,
@@ -429,7 +470,55 @@ class WebSocketSource(Source):
             logger=wire_log,
         )
 
+    # -- resume position ------------------------------------------------------------------
+
+    def checkpoint_meta(self) -> Mapping[str, Any] | None:
+        """``{"last_seq": n}``: the resume position, stored with the state of every
+        durable store of the pipeline in the transaction of their checkpoint.
+
+        ``n`` is the sequence number up to which every message ended (read off the
+        completion watermark: positions are sequence numbers, so it is the
+        watermark minus one; nothing is kept per message), or the position this run
+        resumed from while none of its own ended yet. ``None`` without
+        ``sequence`` or before any position is known."""
+        if self.sequence is None:
+            return None
+        flow = self._flow
+        watermark = None if flow is None else flow.watermark(None)
+        if watermark is not None:
+            self._resume_seq = watermark - 1
+        elif self._resume_seq is None:
+            self._resume_seq = self.resumed_from
+        return None if self._resume_seq is None else {"last_seq": self._resume_seq}
+
+    def _resume(self, stored: list[Mapping[str, Any] | None]) -> None:
+        """Start from the resume position the durable sinks stored (the lowest; none
+        when any of them holds none: it must see the stream from the start)."""
+        if self.sequence is None or not stored:
+            return
+        seqs = [None if meta is None else meta.get("last_seq") for meta in stored]
+        ints = [seq for seq in seqs if isinstance(seq, int) and not isinstance(seq, bool)]
+        if len(ints) < len(seqs):
+            log.info(
+                "websocket source %r: a durable store holds no resume position; "
+                "subscribing with last_seq=%r",
+                self.name,
+                self.last_seq,
+            )
+            return
+        low = min(ints)
+        self.last_seq = self.resumed_from = self._resume_seq = low
+        log.info(
+            "websocket source %r: resuming after sequence %d (stored with the state)",
+            self.name,
+            low,
+        )
+
     async def run(self, out: Emitter) -> None:
+        # positions increase within a flow (a run): a server that sends again what a
+        # store holds (from before the resume position) gets them, and is skipped
+        self._flow, self._highest = out.flow, None
+        self._resume(out.ctx.resume_meta())
         try:
             await self._run(out)
         finally:
@@ -564,33 +653,67 @@ class WebSocketSource(Source):
     def _emit(self, out: Emitter, raws: list[Message], overflow: Overflow | None = None) -> int:
         """Decode ``raws``, emit the good ones, dead-letter the rest; returns the count emitted."""
         self.received += len(raws)
-        start = self._position
+        start = self._position  # arrival numbers: dead letters are named by them
         self._position += len(raws)
         try:
             values = self.decoder.all(raws)
         except Exception:
-            values, positions = [], []
+            values = []
             for i, raw in enumerate(raws):
                 try:
                     values.append(self.decoder.one(raw))
-                    positions.append(start + i)
                 except Exception as error:
                     self._dead_letter(out, raw, start + i, error)
-        else:
-            positions = list(range(start, start + len(values)))
         if not values:
             return 0
-        if self.sequence is not None:
-            try:
-                self.last_seq = self.sequence(values[-1])
-            except Exception as error:
-                log.warning("websocket source %r: sequence() raised %r", self.name, error)
+        # rows without a position are None (Emitter.emit and Overflow.offer take them)
+        positions = None if self.sequence is None else self._positions(values)
         self.emitted += len(values)
         if overflow is None:
-            out.emit(values, positions=positions)
+            out.emit(values, positions=positions)  # type: ignore[arg-type]
         else:
-            overflow.offer(out, values, positions=positions)
+            overflow.offer(out, values, positions=positions)  # type: ignore[arg-type]
         return len(values)
+
+    def _positions(self, values: list[Any]) -> list[int | None] | None:
+        """The values' sequence numbers as their positions (``None`` for one that is
+        not an int above every earlier one); sets ``last_seq``. One ``map`` and a
+        few checks in C per batch when the numbers simply increase."""
+        sequence = self.sequence
+        assert sequence is not None
+        try:
+            seqs: list[Any] = list(map(sequence, values))
+        except Exception:
+            seqs = []
+            error: Exception | None = None
+            for value in values:
+                try:
+                    seqs.append(sequence(value))
+                except Exception as failure:
+                    seqs.append(_NO_SEQ)
+                    error = error or failure
+            log.warning("websocket source %r: sequence() raised %r", self.name, error)
+        if seqs[-1] is not _NO_SEQ:
+            self.last_seq = seqs[-1]
+        high = self._highest
+        if (
+            set(map(type, seqs)) == _INT  # ints all (not bools)
+            and (high is None or seqs[0] > high)
+            and all(map(operator.lt, seqs, itertools.islice(seqs, 1, None)))
+        ):
+            self._highest = seqs[-1]
+            return seqs
+        positions: list[int | None] = []
+        for seq in seqs:
+            if type(seq) is int and (high is None or seq > high):
+                high = seq
+                positions.append(seq)
+            else:
+                positions.append(None)
+        self._highest = high
+        missing = positions.count(None)
+        self.out_of_sequence += missing
+        return None if missing == len(positions) else positions
 
     def _dead_letter(self, out: Emitter, raw: Message, position: int, error: Exception) -> None:
         self.bad_messages += 1

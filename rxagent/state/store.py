@@ -402,6 +402,14 @@ class StateStore:
             return False
         return await self._durable.checkpoint(meta)
 
+    def stored_meta(self) -> dict[str, Any] | None:
+        """The metadata in the state file as of its last checkpoint (or of
+        :meth:`open`): what ``checkpoint(meta)`` stored, next to the store's own
+        (``version``, ``format``, ...). ``None`` for a memory-only store or one not
+        opened yet."""
+        durable = self._durable
+        return None if durable is None or durable.stored is None else dict(durable.stored)
+
     async def aclose(self) -> None:
         """Checkpoint what is left and close the state file (durable stores)."""
         if self._durable is not None:
@@ -612,6 +620,8 @@ class _Durable:
         self.released = 0
         # the entries as of the last checkpoint: where a deleted key's tombstone goes
         self.last_entries: immutables.Map[Hashable, Entry] = immutables.Map()
+        # the file's metadata as of open() and the last checkpoint (stored_meta())
+        self.stored: dict[str, Any] | None = None
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self.executor is None:
@@ -662,6 +672,7 @@ class _Durable:
 
     def _load(self) -> tuple[immutables.Map[Hashable, Entry], int]:
         meta = self.backend.open()
+        self.stored = dict(meta)
         version = int(meta.get("version", 0))
         if self.changelog is not None:
             # partitioned: entries are restored per partition as they are assigned
@@ -813,6 +824,8 @@ class _Durable:
                 store._dirty |= dirty or set()
                 raise
             self.last_entries = snap._entries
+            if meta and self.stored is not None:
+                self.stored.update(meta)
             self.checkpoints += 1
             self.checkpoint_keys += len(dirty or ())
             self.checkpoint_bytes += written
