@@ -421,6 +421,14 @@ class KafkaParams(SourceParams):
     close_timeout: Duration = Field(
         10.0, description="on stop, wait this long for events in flight before the last commit"
     )
+    instance_id: str | None = Field(
+        None,
+        description="static group membership (group.instance.id): a restarted worker gets its "
+        "partitions back at once; unique per worker (e.g. orders-${RXAGENT_WORKER:-0})",
+    )
+    changelog: bool = Field(
+        True, description="durable stores written from this source keep a changelog topic"
+    )
 
 
 def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
@@ -445,6 +453,8 @@ def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
         commit_interval=p.commit_interval,
         revoke_timeout=p.revoke_timeout,
         close_timeout=p.close_timeout,
+        instance_id=p.instance_id,
+        changelog=p.changelog,
     )
 
 

@@ -151,6 +151,57 @@ class Config:
                     )
         return problems
 
+    def state_dir(self) -> Path | None:
+        """``settings.state_dir``, relative to the file (None: not set)."""
+        setting = self.model.settings.state_dir
+        if setting is None:
+            return None
+        path = Path(setting).expanduser()
+        return path if path.is_absolute() else self.document.base_dir / path
+
+    def durable_stores(self) -> dict[str, bool]:
+        """Per store, whether it keeps its entries across restarts: ``durable:`` as
+        declared, else True when every pipeline writing it reads Kafka. A replay
+        is idempotent only with positions that stay the same across processes
+        (Kafka offsets); a WebSocket feed's sequence restarts with its server, so
+        such stores are durable only when the file says so."""
+        sources: dict[str, set[str]] = {name: set() for name in self.model.state}
+        for spec in self.pipelines.values():
+            for sink in spec.sinks:
+                attr = sink.kind.writes_store
+                store = getattr(sink.params, attr) if attr else None
+                if store in sources:
+                    sources[store].add(spec.source.kind.name)
+        durable: dict[str, bool] = {}
+        for name, decl in self.model.state.items():
+            declared = None if decl is None else decl.durable
+            written = sources[name]
+            durable[name] = declared if declared is not None else written == {"kafka"}
+        return durable
+
+    def make_stores(self, state_dir: str | Path | None = None) -> dict[str, StateStore]:
+        """The file's state stores; durable ones in ``state_dir`` if given, else in
+        ``settings.state_dir``."""
+        from ..state import StateStore
+
+        where = Path(state_dir) if state_dir is not None else self.state_dir()
+        stores: dict[str, StateStore] = {}
+        for name, durable in self.durable_stores().items():
+            decl = self.model.state[name]
+            if durable and where is None and decl is not None and decl.durable:
+                raise ConfigFileError(
+                    [
+                        self.document.locations.problem(
+                            ("state", name, "durable"),
+                            f"state store {name!r} is durable but no state directory is set: "
+                            "add settings.state_dir (rxagent run uses .rxagent/state/<file>)",
+                        )
+                    ]
+                )
+            codec = "pickle" if decl is None else decl.codec
+            stores[name] = StateStore(name, state_dir=where if durable else None, codec=codec)
+        return stores
+
     def build(
         self,
         *,
@@ -158,9 +209,12 @@ class Config:
         scheduler: abc.SchedulerBase | None = None,
         dead_letters: DeadLetterSink | None = None,
         sources: Mapping[str, Source] | None = None,
+        state_dir: str | Path | None = None,
     ) -> BuiltApp:
         """Make the stores, tools and pipelines (all, or those named).
 
+        ``state_dir`` is where durable stores keep their files (default: the file's
+        ``settings.state_dir``; see :meth:`durable_stores`).
         ``scheduler`` is given to every time-based operator (virtual time in
         tests); ``dead_letters`` overrides the file's setting; ``sources`` maps
         pipeline names to sources used instead of the file's (``rxagent replay``
@@ -168,7 +222,6 @@ class Config:
         """
         from ..deadletters import JsonlDeadLetters, MemoryDeadLetters
         from ..runtime import App, Pipeline
-        from ..state import StateStore
         from ..tools.registry import ToolRegistry
         from ..tools.tool import Tool
 
@@ -189,7 +242,7 @@ class Config:
                 dead_letters = JsonlDeadLetters(
                     path if path.is_absolute() else self.document.base_dir / path
                 )
-        stores = {name: StateStore(name) for name in self.model.state}
+        stores = self.make_stores(state_dir)
         registry = ToolRegistry()
         tools: dict[str, Tool] = {}
         for name, decl in self.model.tools.items():
@@ -213,7 +266,11 @@ class Config:
 
             source = sources.get(name) or _build(spec.source, context(spec.source), self)
             pipeline = Pipeline(
-                name, source, dead_letters=dead_letters, fail_fast=settings.fail_fast
+                name,
+                source,
+                dead_letters=dead_letters,
+                fail_fast=settings.fail_fast,
+                checkpoint_interval=settings.checkpoint_interval,
             )
             pipeline.pipe(*(_build(step, context(step), self) for step in spec.steps))
             sinks = [_build(sink, context(sink), self) for sink in spec.sinks]

@@ -49,6 +49,14 @@ class SettingsModel(Params):
     )
     fail_fast: bool = Field(False, description="a failing user function fails the pipeline")
     drain_timeout: Duration = Field(10.0, description="how long stop waits for events in flight")
+    state_dir: str | None = Field(
+        None,
+        description="where durable stores keep their files (relative: to this file); "
+        "`rxagent run` defaults to .rxagent/state/<file name>",
+    )
+    checkpoint_interval: Duration = Field(
+        1.0, description="how often durable stores write their changes (and offsets follow)"
+    )
 
 
 class StateModel(Params):
@@ -56,6 +64,14 @@ class StateModel(Params):
     ``state`` source (and agents read over MCP)."""
 
     description: str | None = None
+    durable: bool | None = Field(
+        None,
+        description="keep entries in the state directory across restarts; default: when "
+        "every pipeline writing the store reads Kafka (replayable, with stable offsets)",
+    )
+    codec: Literal["pickle", "json"] = Field(
+        "pickle", description="how a durable store encodes keys and values"
+    )
 
 
 class ToolModel(Params):
