@@ -29,19 +29,42 @@ waiting for a slot or for their key are plain queue entries, not tasks, so a
 backlog costs no tasks. :meth:`ToolSink.drain` waits for all of them;
 :meth:`ToolSink.aclose` cancels them, awaits the cancelled tasks and ends every
 event it still holds, leaving no task behind.
+
+Idempotency keys: every activation has one, derived from its *trigger* and the
+same after a restart (:func:`idempotency_key`, :func:`trigger_of`): the event's
+source position (source, partition, offset), or for a window the window's key,
+start and end; with the pipeline, sink and tool names. The tool reads it from
+:func:`rxagent.tools.current_activation` (the same on every retry); results and
+dry-run records carry it too.
+
+Activations across restarts: with ``state_dir`` the sink keeps the keys of the
+activations that ended (:class:`_ActivationRecord`), writes those new since the
+last checkpoint at each :meth:`ToolSink.checkpoint` in one SQLite transaction
+(in a thread of its own, never per event) and loads them at
+:meth:`ToolSink.recover`. An event whose key is recorded is not activated again:
+it ends at once (status ``skipped``, reason ``"already_done"``, counted as
+``skipped_done``). So an activation that ended before the last checkpoint does not
+fire again after a crash; one running at the crash, or ended after the last
+checkpoint, fires again with the same key (docs/state.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
+import hashlib
+import json
 import logging
+import os
 import random
+import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from reactivex import Observable
@@ -49,15 +72,32 @@ from reactivex.subject import Subject
 
 from ..backoff import Backoff
 from ..context import PipelineContext, json_key
-from ..events import Batch, Event
-from ..exceptions import ConfigurationError, StageError, ToolError, ToolTimeoutError
+from ..events import Batch, Event, Position
+from ..exceptions import (
+    ConfigurationError,
+    StageError,
+    StateError,
+    ToolError,
+    ToolTimeoutError,
+)
 from ..operators.circuit import CircuitBreaker
 from ..operators.transform import to_key_function
+from ..operators.windows import Window
+from ..state.durable import JsonCodec, SQLiteBackend, store_path
+from ..tools.activation import ActivationContext, enter_activation, exit_activation
 from ..tools.policy import POLICIES, ActivationPolicy, Decision, decide
 from ..tools.tool import Tool
 from .base import Sink
 
-__all__ = ["RecordedActivation", "ToolResult", "ToolSink", "ToolStatus", "activate"]
+__all__ = [
+    "RecordedActivation",
+    "ToolResult",
+    "ToolSink",
+    "ToolStatus",
+    "activate",
+    "idempotency_key",
+    "trigger_of",
+]
 
 log = logging.getLogger("rxagent")
 
@@ -67,6 +107,17 @@ _CLOSE_TIMEOUT = 5.0
 _SWEEP_EVERY = 1024
 #: Default bound of :attr:`ToolSink.recorded` in dry-run mode.
 _MAX_RECORDED = 10_000
+#: Default bound of the activation record (``ToolSink(max_done=)``), in keys.
+_MAX_DONE = 100_000
+#: Part of every idempotency key: a change of the derivation changes this, so keys
+#: recorded by an older derivation are never mistaken for new ones.
+_KEY_VERSION = 1
+#: What the activation record's file says it holds (``meta.kind``).
+_RECORD_KIND = "tool-activations"
+_T = TypeVar("_T")
+#: An activation's trigger (what identifies it) and its idempotency key; None: no
+#: stable identity.
+_Trigger = tuple[Any, str] | None
 
 
 class ToolStatus(enum.StrEnum):
@@ -77,6 +128,7 @@ class ToolStatus(enum.StrEnum):
     TIMEOUT = "timeout"  # the last attempt ran past the timeout
     CANCELLED = "cancelled"  # replaced by a newer event ("latest") or the sink closed
     DROPPED = "dropped"  # never called: key busy ("drop_while_busy") or in cooldown
+    SKIPPED = "skipped"  # never called: its trigger's activation already ended (state_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +139,11 @@ class ToolResult:
     seconds from the first call's start to the end; ``reason`` says why an
     activation was dropped or cancelled (``"busy"``, ``"cooldown"``,
     ``"circuit_open"``, ``"replaced"``, ``"closed"``), that its arguments were
-    ``"invalid"``, or (status ok) that it was only recorded (``"dry_run"``).
-    ``event`` is the activating event (already ended: its hold is released).
+    ``"invalid"``, that its trigger's activation had already ended before
+    (``"already_done"``, status skipped), or (status ok) that it was only recorded
+    (``"dry_run"``). ``event`` is the activating event (already ended: its hold is
+    released). ``idempotency_key`` is the activation's key (:func:`idempotency_key`;
+    ``None`` when the trigger has no stable identity).
     """
 
     tool: str
@@ -100,6 +155,7 @@ class ToolResult:
     duration: float = 0.0
     event: Event | None = None
     reason: str | None = None
+    idempotency_key: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,7 +168,8 @@ class RecordedActivation:
     called with ``arguments`` at ``at``, the pipeline clock's seconds) or not,
     with the ``reason`` (``"cooldown"``, ``"busy"``, ``"replaced"``,
     ``"circuit_open"``) and when the key was eligible again (``eligible_at``,
-    ``None`` when that is not a time). ``sink`` and ``pipeline`` name where."""
+    ``None`` when that is not a time). ``sink`` and ``pipeline`` name where;
+    ``idempotency_key`` is the activation's key (see :func:`idempotency_key`)."""
 
     tool: str
     sink: str
@@ -124,6 +181,7 @@ class RecordedActivation:
     reason: str | None = None
     eligible_at: float | None = None
     event_time: float | None = None
+    idempotency_key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -138,6 +196,7 @@ class RecordedActivation:
             "reason": self.reason,
             "eligible_at": self.eligible_at,
             "event_time": self.event_time,
+            "idempotency_key": self.idempotency_key,
         }
 
 
@@ -153,9 +212,11 @@ class _Activation:
         "ended",
         "event",
         "guarded",
+        "idem",
         "key",
         "started",
         "task",
+        "trigger",
     )
 
     def __init__(
@@ -165,10 +226,13 @@ class _Activation:
         args: BaseModel,
         ctx: PipelineContext,
         accepted_at: float,
+        trigger: _Trigger,
     ):
         self.event = event
         self.accepted_at = accepted_at  # the pipeline clock when the policy took it
         self.key = key
+        self.trigger = trigger
+        self.idem = None if trigger is None else trigger[1]
         self.args = args
         self.ctx = ctx
         self.task: asyncio.Task[_Outcome] | None = None
@@ -222,6 +286,22 @@ class ToolSink(Sink):
       reported to it. Its clock is its own if it has one, else the pipeline's.
     - ``dry_run``: record activations (:attr:`recorded`, at most
       ``max_recorded``) instead of calling the tool.
+    - ``state_dir``: keep a durable record of the activations that ended, in
+      ``<state_dir>/tools.<pipeline>.<sink>.sqlite3`` (names made safe for file
+      names), written at each checkpoint and loaded when the pipeline starts; an
+      event whose activation is recorded is not activated again (status
+      ``skipped``, reason ``"already_done"``). The record keeps the newest
+      ``max_done`` keys (see :class:`_ActivationRecord` for why a count).
+      A dry run reads the record but never writes it.
+    - ``trigger_id(event)``: what identifies an event's trigger, when the default
+      (:func:`trigger_of`: its source position, or a window's key and bounds) does
+      not fit, e.g. an order id in the value; it must give the same JSON-able
+      value for the same trigger after a restart. The idempotency key is derived
+      from it with the pipeline, sink and tool names (:func:`idempotency_key`).
+
+    Every activation's idempotency key reaches the tool through
+    :func:`rxagent.tools.current_activation` (also on its :class:`ToolResult` and
+    dry-run record).
 
     Example::
 
@@ -250,6 +330,9 @@ class ToolSink(Sink):
         max_recorded: int = _MAX_RECORDED,
         name: str | None = None,
         rng: random.Random | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        max_done: int = _MAX_DONE,
+        trigger_id: Callable[[Event], Any] | None = None,
     ) -> None:
         self.tool = tool if isinstance(tool, Tool) else Tool(tool)
         super().__init__(name or f"tool:{self.tool.name}")
@@ -281,6 +364,19 @@ class ToolSink(Sink):
             raise ConfigurationError(
                 f"{where}: max_recorded must be an int >= 0, got {max_recorded!r}"
             )
+        if isinstance(max_done, bool) or not isinstance(max_done, int) or max_done < 1:
+            raise ConfigurationError(f"{where}: max_done must be an int >= 1, got {max_done!r}")
+        if trigger_id is not None and not callable(trigger_id):
+            raise ConfigurationError(f"{where}: trigger_id must be callable, got {trigger_id!r}")
+        if state_dir is not None and not isinstance(state_dir, str | os.PathLike):
+            raise ConfigurationError(f"{where}: state_dir must be a path, got {state_dir!r}")
+        #: Where the activation record lives (None: no record, activations are not
+        #: remembered across restarts).
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.max_done = max_done
+        self.trigger_id = trigger_id
+        self._record_of: _ActivationRecord | None = None
+        self._key_names: tuple[str, str] | None = None  # (pipeline, sink) the keys use
         self.args_fn = args
         self.event_args_fn = event_args
         self.key_fn = None if key is None else to_key_function(key)
@@ -343,6 +439,44 @@ class ToolSink(Sink):
             for e in self.ctx.suppressions.entries(self.name)
         ]
 
+    @property
+    def record_path(self) -> Path | None:
+        """The file of the activation record (``None`` without ``state_dir``, or
+        before the sink's pipeline started: the name includes the pipeline's)."""
+        record = self._record_of
+        return None if record is None else record.backend.path
+
+    def bind(self, ctx: PipelineContext) -> None:
+        super().bind(ctx)
+        self._key_names = (ctx.pipeline, self.name)
+        if self.state_dir is not None and self._record_of is None:
+            self._record_of = _ActivationRecord(
+                store_path(self.state_dir, f"tools.{ctx.pipeline}.{self.name}"),
+                pipeline=ctx.pipeline,
+                sink=self.name,
+                tool=self.tool.name,
+                max_done=self.max_done,
+            )
+
+    async def recover(self) -> None:
+        """Load the activation record (``state_dir``): before the first event, so a
+        replayed event whose activation already ended is not activated again."""
+        if self._record_of is not None:
+            try:
+                await self._record_of.open()
+            except StateError as error:
+                raise StateError(
+                    f"tool sink {self.name!r}: cannot load its activation record: {error}"
+                ) from error
+
+    async def checkpoint(self, meta: Mapping[str, Any] | None = None) -> None:
+        """Write the keys of the activations that ended since the last checkpoint
+        (one transaction, in the record's thread). Not in a dry run. The source's
+        ``meta`` is not kept: the record is no resume position (a source resumes
+        from what its state stores hold; the record skips what it replays)."""
+        if self._record_of is not None and not self.dry_run:
+            await self._record_of.checkpoint()
+
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
             "kind": self.kind,
@@ -362,6 +496,8 @@ class ToolSink(Sink):
             described["dry_run"] = True
         if self.ctx is not None:
             described["suppressed"] = self.ctx.suppressions.totals(self.name)
+        if self._record_of is not None:
+            described["activation_record"] = self._record_of.describe()
         return described
 
     # -- receiving events ------------------------------------------------------------
@@ -390,13 +526,20 @@ class ToolSink(Sink):
                 ctx.dead_letter(event, self.name, error)
             return
         now = ctx.now()
+        record = self._record_of
+        done = None if record is None else record.done
         for i in range(n):
             event = batch.event(i, take=True)
             key: Hashable = event.key
+            trigger: _Trigger = None
             try:
                 if self.key_fn is not None:
                     key = self.key_fn(event.value)
                     hash(key)  # an unhashable key is this event's error, not the pipeline's
+                trigger = self._trigger(batch.source, event)
+                if done is not None and trigger is not None and trigger[1] in done:
+                    self._skip(ctx, event, key, trigger[1], now)
+                    continue
                 model = self.tool.validate(self._args_of(event))
             except Exception as error:
                 self._emit(
@@ -407,12 +550,52 @@ class ToolSink(Sink):
                         error=error,
                         event=event,
                         reason="invalid",
+                        idempotency_key=None if trigger is None else trigger[1],
                     )
                 )
                 ctx.dead_letter(event, self.name, error)
                 continue
-            self._accept(ctx, event, key, model, now)
+            self._accept(ctx, event, key, model, now, trigger)
         self._gauges(ctx)
+
+    def _trigger(self, source: str, event: Event) -> _Trigger:
+        """The event's trigger and its idempotency key (None: no stable identity)."""
+        names = self._key_names
+        if names is None:  # not bound (a sink driven by hand): the names it has
+            names = ("" if self.ctx is None else self.ctx.pipeline, self.name)
+        ident = trigger_of(event, source) if self.trigger_id is None else self.trigger_id(event)
+        if ident is None:
+            return None
+        return ident, idempotency_key(ident, pipeline=names[0], sink=names[1], tool=self.tool.name)
+
+    def _skip(
+        self, ctx: PipelineContext, event: Event, key: Hashable, idem: str, now: float
+    ) -> None:
+        """The trigger's activation already ended (before a restart): end the event."""
+        metrics = ctx.stage(self.name)
+        metrics.dropped += 1
+        _bump(metrics.extra, "skipped_done")
+        ctx.suppressions.record(self.name, key, "already_done", at=now)
+        self._emit(
+            ToolResult(
+                self.tool.name,
+                key,
+                ToolStatus.SKIPPED,
+                event=event,
+                reason="already_done",
+                idempotency_key=idem,
+            )
+        )
+        event.end()
+
+    def _mark_done(self, activation_trigger: _Trigger, outcome: str) -> None:
+        """Remember that the trigger's activation ended (before its event ends, so
+        every offset committed after a checkpoint is covered by the record)."""
+        record = self._record_of
+        if record is None or activation_trigger is None or self.dry_run:
+            return
+        ident, idem = activation_trigger
+        record.add(idem, outcome, _trigger_text(ident))
 
     def on_completed(self) -> None:
         self._stream_done = True
@@ -425,7 +608,13 @@ class ToolSink(Sink):
         return event.value
 
     def _accept(
-        self, ctx: PipelineContext, event: Event, key: Hashable, model: BaseModel, now: float
+        self,
+        ctx: PipelineContext,
+        event: Event,
+        key: Hashable,
+        model: BaseModel,
+        now: float,
+        trigger: _Trigger = None,
     ) -> None:
         state = self._keys.get(key)
         if state is None:
@@ -439,21 +628,23 @@ class ToolSink(Sink):
         )
         if decision is Decision.DROP_BUSY or decision is Decision.DROP_COOLDOWN:
             if decision is Decision.DROP_BUSY:
-                self._drop(ctx, event, key, model, state, now, "busy", None)
+                self._drop(ctx, event, key, model, state, now, "busy", None, trigger)
             else:
                 assert state.last_activation is not None
                 assert self.cooldown is not None
                 until = state.last_activation + self.cooldown
-                self._drop(ctx, event, key, model, state, now, "cooldown", until)
+                self._drop(ctx, event, key, model, state, now, "cooldown", until, trigger)
             return
         breaker = self.breaker
         if breaker is not None:
             at = now if breaker.clock is None else None
             if not breaker.allow(at):
-                self._drop(ctx, event, key, model, state, now, "circuit_open", breaker.open_until)
+                self._drop(
+                    ctx, event, key, model, state, now, "circuit_open", breaker.open_until, trigger
+                )
                 return
         state.last_activation = now
-        activation = _Activation(event, key, model, ctx, now)
+        activation = _Activation(event, key, model, ctx, now, trigger)
         activation.guarded = breaker is not None
         if decision is Decision.QUEUE:
             state.backlog.append(activation)
@@ -475,15 +666,31 @@ class ToolSink(Sink):
         now: float,
         reason: str,
         until: float | None,
+        trigger: _Trigger = None,
     ) -> None:
         """Do not activate: count, record why (and, in a dry run, what), end the event."""
         metrics = ctx.stage(self.name)
         metrics.dropped += 1
         _bump(metrics.extra, f"dropped_{reason}")
         ctx.suppressions.record(self.name, key, reason, at=now, until=until)
+        idem = None if trigger is None else trigger[1]
         if self.dry_run:
-            self._record(ctx, event, key, model, now, fired=False, reason=reason, until=until)
-        self._emit(ToolResult(self.tool.name, key, ToolStatus.DROPPED, event=event, reason=reason))
+            self._record(
+                ctx, event, key, model, now, fired=False, reason=reason, until=until, idem=idem
+            )
+        self._emit(
+            ToolResult(
+                self.tool.name,
+                key,
+                ToolStatus.DROPPED,
+                event=event,
+                reason=reason,
+                idempotency_key=idem,
+            )
+        )
+        # decided: a replay after a restart is not decided again (without the policy's
+        # state, a dropped event could fire then)
+        self._mark_done(trigger, f"dropped:{reason}")
         event.end()
         self._forget_if_idle(key, state)
 
@@ -498,6 +705,7 @@ class ToolSink(Sink):
         fired: bool,
         reason: str | None = None,
         until: float | None = None,
+        idem: str | None = None,
     ) -> None:
         """Keep a dry-run record, within ``max_recorded``."""
         if len(self.recorded) >= self.max_recorded:
@@ -515,6 +723,7 @@ class ToolSink(Sink):
                 reason,
                 until,
                 event.time,
+                idem,
             )
         )
 
@@ -553,37 +762,53 @@ class ToolSink(Sink):
                 activation.args,
                 activation.accepted_at,
                 fired=True,
+                idem=activation.idem,
             )
             return _Outcome()
         first = loop.time()
+        pipeline = activation.ctx.pipeline
+        position = activation.event.position
+        trigger = None if activation.trigger is None else _trigger_text(activation.trigger[0])
         while True:
             activation.attempts += 1
+            token = enter_activation(
+                ActivationContext(
+                    activation.idem,
+                    tool.name,
+                    self.name,
+                    pipeline,
+                    activation.key,
+                    activation.attempts,
+                    position,
+                    trigger,
+                )
+            )
             try:
                 async with asyncio.timeout(self.timeout) as scope:
                     value = await tool.call(activation.args)
             except Exception as raised:
                 error: BaseException = raised
-                if scope.expired():
-                    error = ToolTimeoutError(
-                        f"tool {tool.name!r} timed out after {self.timeout:g}s "
-                        f"(attempt {activation.attempts})",
-                        tool=tool.name,
-                    )
-                    _bump(activation.ctx.stage(self.name).extra, "timeouts")
-                retry = self.retry
-                wait = (
-                    None
-                    if retry is None
-                    else retry.next_delay(
-                        activation.attempts, loop.time() - first, error, self._rng
-                    )
-                )
-                if wait is None:
-                    return _Outcome(error=error)
-                _bump(activation.ctx.stage(self.name).extra, "retries")
-                await asyncio.sleep(wait)
             else:
                 return _Outcome(value=value)
+            finally:
+                exit_activation(token)
+            if scope.expired():
+                error = ToolTimeoutError(
+                    f"tool {tool.name!r} timed out after {self.timeout:g}s "
+                    f"(attempt {activation.attempts})",
+                    tool=tool.name,
+                )
+                _bump(activation.ctx.stage(self.name).extra, "timeouts")
+            retry = self.retry
+            wait = (
+                None
+                if retry is None
+                else retry.next_delay(activation.attempts, loop.time() - first, error, self._rng)
+            )
+            if wait is None:
+                return _Outcome(error=error)
+            _bump(activation.ctx.stage(self.name).extra, "retries")
+            await asyncio.sleep(wait)
 
     def _on_done(self, activation: _Activation, task: asyncio.Task[_Outcome]) -> None:
         """A call's task finished: report it, end its event, start what waits."""
@@ -625,6 +850,7 @@ class ToolSink(Sink):
                 breaker.record_failure(at, error)
         if error is None:
             ctx.stage(self.name).events_out += 1
+            self._mark_done(activation.trigger, ToolStatus.OK.value)
             self._emit(
                 ToolResult(
                     self.tool.name,
@@ -635,11 +861,15 @@ class ToolSink(Sink):
                     duration=duration,
                     event=activation.event,
                     reason="dry_run" if self.dry_run else None,
+                    idempotency_key=activation.idem,
                 )
             )
             activation.event.end()
             return
         status = ToolStatus.TIMEOUT if isinstance(error, ToolTimeoutError) else ToolStatus.ERROR
+        # failed after its retries: a dead letter, the offset committed past it like
+        # any other ended event, so a restart does not retry it either
+        self._mark_done(activation.trigger, status.value)
         self._emit(
             ToolResult(
                 self.tool.name,
@@ -649,6 +879,7 @@ class ToolSink(Sink):
                 attempts=activation.attempts,
                 duration=duration,
                 event=activation.event,
+                idempotency_key=activation.idem,
             )
         )
         ctx.dead_letter(activation.event, self.name, self._failure(activation, error))
@@ -684,10 +915,12 @@ class ToolSink(Sink):
                 duration=self._duration(activation),
                 event=activation.event,
                 reason=reason,
+                idempotency_key=activation.idem,
             )
         )
         if reason == "replaced":
             metrics.dropped += 1
+            self._mark_done(activation.trigger, "cancelled:replaced")
             activation.event.end()
         else:
             ctx.dead_letter(activation.event, self.name, error)
@@ -709,6 +942,7 @@ class ToolSink(Sink):
                     now,
                     fired=False,
                     reason=reason,
+                    idem=activation.idem,
                 )
         if activation.task is not None:
             activation.task.cancel()  # _on_done finishes it
@@ -761,7 +995,17 @@ class ToolSink(Sink):
 
     async def aclose(self) -> None:
         """Cancel every call and every waiting activation; their events end as
-        dead letters. Waits for the cancelled tasks, so none outlives the sink."""
+        dead letters. Waits for the cancelled tasks, so none outlives the sink.
+        Then writes what ended since the last checkpoint to the activation record
+        (cancelled calls are not recorded: they fire again) and closes it."""
+        try:
+            await self._cancel_all()
+        finally:
+            record = self._record_of
+            if record is not None:
+                await record.close(write=not self.dry_run)
+
+    async def _cancel_all(self) -> None:
         self._closed = True
         waiting = [a for a in self._ready if not a.ended and a.cancel_reason is None]
         for key_state in self._keys.values():
@@ -889,3 +1133,268 @@ def activate(tool: Tool | Callable[..., Any], **options: Any) -> ToolSink:
     ``Pipeline(...).to(activate(notify, key="sym", policy="latest"))``
     """
     return ToolSink(tool, **options)
+
+
+# -- idempotency keys ----------------------------------------------------------------------
+
+
+def trigger_of(event: Event, source: str | None = None) -> tuple[Any, ...] | None:
+    """What identifies the trigger of an activation, the same after a restart.
+
+    - An event whose value is a :class:`~rxagent.operators.Window` (a window's
+      output): ``("window", source, key, start, end)``. A window has no offset of
+      its own (its row carries its last event's, which overlapping windows share)
+      and no stable partition (its events may come from several batches). Its
+      bounds are stable when they are event times; a window over processing time
+      gets other bounds after a restart, and so another key.
+    - An event with a source position: ``("event", source, partition, offset)``.
+    - Otherwise ``None``: no stable identity (a push source's events, a value
+      mapped from a window): such an activation has no idempotency key and is
+      not recorded, so it fires again when replayed; give the sink
+      ``trigger_id=`` to identify such events.
+
+    ``source`` is the name of the source of the event's batch, used for a
+    window without a position (a position names its own source).
+    """
+    position = event.position
+    value = event.value
+    if isinstance(value, Window):
+        named = position.source if position is not None else source
+        return ("window", named, value.key, value.start, value.end)
+    if position is not None and position.offset is not None:
+        return ("event", position.source, position.partition, position.offset)
+    return None
+
+
+def idempotency_key(trigger: Any, *, pipeline: str, sink: str, tool: str) -> str:
+    """The idempotency key of an activation: 32 hex characters (a 128-bit BLAKE2b
+    digest) of its trigger (:func:`trigger_of`, or a sink's ``trigger_id``) with
+    the pipeline, sink and tool names, so two sinks (or two pipelines) activated
+    by one event get different keys. The same inputs give the same key in every
+    process: the trigger is hashed as canonical JSON (tuples as lists, mapping
+    keys sorted; a value JSON cannot hold by its ``repr``, which must then be
+    stable too), never with Python's randomised ``hash``. Renaming the
+    pipeline or the sink changes every key."""
+    text = json.dumps(
+        [_KEY_VERSION, pipeline, sink, tool, trigger],
+        default=repr,
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _trigger_text(ident: Any, limit: int = 200) -> str:
+    """A trigger as people read it: ``"ticks[0]@41"``, ``"window 'a' [0.0, 60.0] of ticks"``."""
+    if isinstance(ident, tuple) and len(ident) == 4 and ident[0] == "event":
+        text = str(Position(ident[1], ident[2], ident[3]))
+    elif isinstance(ident, tuple) and len(ident) == 5 and ident[0] == "window":
+        _, source, key, start, end = ident
+        text = f"window {key!r} [{start}, {end}] of {source}"
+    else:
+        text = repr(ident)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- the durable record of activations done ------------------------------------------------
+
+
+class _ActivationRecord:
+    """The idempotency keys of the activations that ended, durable at checkpoints.
+
+    On the loop: ``done`` (key -> outcome, oldest first) answers "already done?"
+    per event with one dict lookup; ``add`` puts a key there and in ``pending``.
+    A checkpoint swaps ``pending`` (and the keys pruned since) out and writes them
+    in one transaction of a SQLite file (:class:`~rxagent.state.durable.SQLiteBackend`:
+    WAL, ``synchronous=FULL``, JSON codec), in a thread of its own; ``open`` loads
+    the file in that thread. Each row is ``key -> [seq, outcome, trigger text]``.
+
+    **Why the bound is a count.** The record needs a key as long as its trigger
+    can be replayed. What is replayed after a restart is the source's business: a
+    Kafka source replays from its last commit (which follows the checkpoints of
+    *every* sink of the pipeline, not this one's), a memory or replay source
+    replays from the start, and the sink sees no commit. Pruning by offset ("keep
+    offsets at or above the lowest uncommitted one") would therefore need commit
+    positions the sink is not told, and would be wrong for sources that start
+    over. So the record keeps the newest ``max_done`` keys (default 100,000,
+    about 100 bytes each on disk and in memory) and forgets the oldest first:
+    safe whenever a restart replays fewer than ``max_done`` activations. For Kafka
+    that is the events between the last commit and the crash (about a checkpoint
+    interval's worth plus the source's credit); for a source that replays from
+    the start, its whole input must fit, else the oldest activations fire again.
+    The file never holds more rows than ``max_done`` after a checkpoint.
+    """
+
+    def __init__(self, path: Path, *, pipeline: str, sink: str, tool: str, max_done: int) -> None:
+        self.backend = SQLiteBackend(path, store=sink, codec=JsonCodec())
+        self.pipeline = pipeline
+        self.sink = sink
+        self.tool = tool
+        self.max_done = max_done
+        self.done: dict[str, str] = {}
+        self.pending: dict[str, tuple[int, str, str]] = {}
+        self.pruned_since: list[str] = []  # written keys pushed out by the bound
+        self.seq = 0
+        self.loaded = False
+        self.checkpoints = 0
+        self.written = 0
+        self.restored = 0
+        self.pruned = 0
+        self.last_checkpoint: float | None = None
+        self.last_duration: float | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"rxagent-tools-{self.sink}"
+            )
+        result: _T = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return result
+
+    # -- loading -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the record (in its thread; once: later calls return at once)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
+
+    async def _open(self) -> None:
+        rows = await self._run(self._load)
+        keep = rows[-self.max_done :]
+        self.pruned_since.extend(key for _, key, _ in rows[: len(rows) - len(keep)])
+        for _, key, outcome in keep:
+            self.done[key] = outcome
+        # keys added before the load (a sink driven by hand) stay the newest
+        for key in list(self.pending):
+            self.done[key] = self.done.pop(key, self.pending[key][1])
+        self._prune()
+        if rows:
+            self.seq = max(self.seq, rows[-1][0] + 1)
+        self.restored = len(keep)
+        self.loaded = True
+        log.info(
+            "tool sink %r: %d activations done loaded from %s",
+            self.sink,
+            len(keep),
+            self.backend.path,
+        )
+
+    def _load(self) -> list[tuple[int, str, str]]:
+        """Every recorded key as ``(seq, key, outcome)``, oldest first (in the thread)."""
+        path = self.backend.path
+        meta = self.backend.open()
+        kind = meta.get("kind")
+        if (kind is not None and kind != _RECORD_KIND) or meta.get("store") != self.sink:
+            raise StateError(
+                f"{path} is not the activation record of tool sink {self.sink!r} "
+                f"(it holds {kind or 'state'} of {meta.get('store')!r}); use another state_dir"
+            )
+        rows: list[tuple[int, str, str]] = []
+        try:
+            for key, _part, record in self.backend.rows():
+                if not isinstance(key, str):
+                    raise ValueError(f"key {key!r} is not an idempotency key")
+                rows.append((int(record[0]), key, str(record[1])))
+        except (IndexError, TypeError, ValueError) as error:
+            raise StateError(
+                f"{path} is corrupt ({type(error).__name__}: {error}); move it away to "
+                "start with an empty record"
+            ) from error
+        rows.sort()
+        return rows
+
+    # -- recording -----------------------------------------------------------------------
+
+    def add(self, key: str, outcome: str, trigger: str) -> None:
+        """The activation of ``key`` ended (on the loop; durable at the next checkpoint)."""
+        if key in self.done:
+            return
+        self.done[key] = outcome
+        self.pending[key] = (self.seq, outcome, trigger)
+        self.seq += 1
+        self._prune()
+
+    def _prune(self) -> None:
+        done = self.done
+        while len(done) > self.max_done:
+            oldest = next(iter(done))
+            del done[oldest]
+            self.pruned += 1
+            if self.pending.pop(oldest, None) is None:
+                self.pruned_since.append(oldest)  # on disk: delete it there too
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    async def checkpoint(self) -> bool:
+        """Write the keys added (and delete those pruned) since the last checkpoint,
+        in one transaction; False when there was nothing to write."""
+        await self.open()
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        # one checkpoint at a time; one that waited covers every key up to its start
+        async with self._lock:
+            if not self.pending and not self.pruned_since:
+                return False
+            puts, self.pending = self.pending, {}
+            gone, self.pruned_since = self.pruned_since, []
+            started = time.monotonic()
+            try:
+                await self._run(self._write, puts, gone)
+            except BaseException:
+                # not durable: still to be written (unless pruned meanwhile)
+                kept = {k: v for k, v in puts.items() if k in self.done}
+                self.pending = {**kept, **self.pending}
+                self.pruned_since = gone + self.pruned_since
+                raise
+            self.checkpoints += 1
+            self.written += len(puts)
+            self.last_checkpoint = time.time()
+            self.last_duration = time.monotonic() - started
+            return True
+
+    def _write(self, puts: dict[str, tuple[int, str, str]], gone: list[str]) -> int:
+        backend = self.backend
+        encoded: list[tuple[bytes, str | None, bytes]] = []
+        for key, record in puts.items():
+            key_bytes, record_bytes = backend.encode(key, record)
+            encoded.append((key_bytes, None, record_bytes))
+        deletes = [backend.codec.dumps(key) for key in gone]
+        meta = {
+            "kind": _RECORD_KIND,
+            "pipeline": self.pipeline,
+            "tool": self.tool,
+            "max_done": self.max_done,
+        }
+        return backend.write(encoded, deletes, meta)
+
+    async def close(self, *, write: bool = True) -> None:
+        """Write what is left (when loaded and ``write``) and close the file."""
+        if self._opening is None:
+            return
+        try:
+            if write and self.loaded:
+                await self.checkpoint()
+        finally:
+            if self._executor is not None:
+                await self._run(self.backend.close)
+                self._executor.shutdown(wait=False)
+                self._executor = None
+            self._opening = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.backend.path),
+            "done": len(self.done),
+            "max_done": self.max_done,
+            "pending": len(self.pending),
+            "restored": self.restored,
+            "pruned": self.pruned,
+            "checkpoints": self.checkpoints,
+            "written": self.written,
+            "last_checkpoint": self.last_checkpoint,
+            "last_checkpoint_seconds": self.last_duration,
+        }

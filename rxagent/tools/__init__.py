@@ -6,11 +6,14 @@
 - :func:`state_query_tool`: on-demand reads of state stores for the LLM;
 - :func:`build_context`: one prompt section from several state stores in one budget;
 - :func:`run_tool_calls`: an LLM's tool calls in OpenAI's formats, validated and
-  run concurrently, answered in the same format.
+  run concurrently, answered in the same format;
+- :func:`current_activation`: inside a call made by a tool sink, the activation's
+  :class:`ActivationContext` (its idempotency key, stable across restarts).
 
 Activating tools from events is the job of :class:`rxagent.sinks.ToolSink`.
 """
 
+from .activation import ActivationContext, current_activation
 from .context import build_context
 from .openai import run_tool_calls
 from .registry import ToolRegistry
@@ -18,10 +21,12 @@ from .state import state_query_tool
 from .tool import Tool, ToolStats, tool
 
 __all__ = [
+    "ActivationContext",
     "Tool",
     "ToolRegistry",
     "ToolStats",
     "build_context",
+    "current_activation",
     "run_tool_calls",
     "state_query_tool",
     "tool",
