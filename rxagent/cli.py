@@ -701,6 +701,12 @@ def dry_run_command(
     show_default=True,
     help="Least seconds between two change notifications of one resource.",
 )
+@click.option(
+    "--from-changelog",
+    is_flag=True,
+    help="Run no pipeline: serve each state store from the changelog topic that its "
+    "kafka-sourced pipeline's workers write (the whole state of every partition, followed live).",
+)
 def mcp_command(
     file: str,
     http: bool,
@@ -709,10 +715,16 @@ def mcp_command(
     token_env: str,
     pipelines: tuple[str, ...],
     min_interval: float,
+    from_changelog: bool,
 ) -> None:
     """Run FILE's pipelines and serve their state stores, tools and status over
     the Model Context Protocol: stdio by default, or streamable HTTP on
-    127.0.0.1 with a bearer token from --token-env (docs/mcp.md)."""
+    127.0.0.1 with a bearer token from --token-env (docs/mcp.md).
+
+    With --from-changelog no pipeline runs: each store is read from the
+    changelog topic rxagent-changelog.<group>.<store> (group and brokers from
+    the kafka source of the pipeline writing it), first to its end, then
+    followed live; any number of workers may be writing it (docs/state.md)."""
     import os
 
     from .mcp.app import DEFAULT_PORT, run_mcp
@@ -731,6 +743,7 @@ def mcp_command(
             token=token,
             pipelines=names,
             min_interval=min_interval,
+            from_changelog=from_changelog,
         )
 
 

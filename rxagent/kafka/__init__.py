@@ -2,7 +2,9 @@
 topics and state changelogs (one package per external system).
 
 ``KafkaSource`` reads topics at least once with backpressure (:mod:`.source`),
-``KafkaSink`` produces events and ends them on delivery (:mod:`.sink`).
+``KafkaSink`` produces events and ends them on delivery (:mod:`.sink`),
+``state_view`` reads the whole state of a partitioned durable store from its
+changelog topic, whatever the number of workers (:mod:`.view`).
 """
 
 from .common import (
@@ -15,6 +17,7 @@ from .common import (
 )
 from .sink import PRODUCER_DEFAULTS, KafkaDeadLetters, KafkaSink, KafkaSinkError
 from .source import KafkaSource, kafka
+from .view import StateView, state_view
 
 __all__ = [
     "CONSUMER_DEFAULTS",
@@ -26,7 +29,9 @@ __all__ = [
     "KafkaSource",
     "KeyDecoder",
     "PRODUCER_DEFAULTS",
+    "StateView",
     "kafka",
     "redact",
     "resolve_config",
+    "state_view",
 ]

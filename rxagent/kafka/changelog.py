@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Generator, Iterator, Mapping
+from typing import Any, NamedTuple
 
 from ..exceptions import StateError
 from .common import client_config, resolve_config
 
-__all__ = ["KafkaChangelog", "changelog_topic"]
+__all__ = ["KafkaChangelog", "TailBatch", "changelog_topic"]
 
 log = logging.getLogger("rxagent")
 
@@ -34,6 +35,25 @@ def changelog_topic(group_id: str, store: str) -> str:
     """The changelog topic of ``store`` written by consumer group ``group_id``."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{group_id}.{store}")
     return f"rxagent-changelog.{safe}"[:249]
+
+
+class TailBatch(NamedTuple):
+    """What one poll of :meth:`KafkaChangelog.tail` read.
+
+    ``records``: ``(partition, key, value or None, offset, timestamp or None)`` in the
+    order read (per partition in offset order; ``timestamp`` in epoch seconds, when the
+    writer produced the record). ``ends``: partitions read to their end in this poll,
+    with their end offset. ``highs``: the high watermarks librdkafka cached for the
+    partitions with records (a broker may under-report them: only ``ends`` says
+    "caught up"). ``partitions``: every partition read (grows when partitions are
+    added). ``errors``: what the client reported meanwhile (it keeps reconnecting).
+    """
+
+    records: list[tuple[int, bytes, bytes | None, int, float | None]]
+    ends: dict[int, int]
+    highs: dict[int, int]
+    partitions: list[int]
+    errors: list[str]
 
 
 class KafkaChangelog:
@@ -238,6 +258,130 @@ class KafkaChangelog:
                 yield from records.items()
         finally:
             consumer.close()
+
+    def tail(
+        self,
+        stop: threading.Event,
+        *,
+        chunk: int = 2048,
+        poll: float = 0.25,
+        metadata_interval: float = 30.0,
+    ) -> Generator[TailBatch, None, None]:
+        """Read every partition of the topic from its beginning, then keep reading what
+        is appended until ``stop`` is set: one :class:`TailBatch` per poll that read
+        records, reached the end of a partition or saw a client error, of at most
+        ``chunk`` records (memory stays bounded while catching up). Partitions added
+        to the topic are read too (metadata checked every ``metadata_interval``
+        seconds). Blocks: run it on a thread of its own; it returns within ``poll``
+        seconds of ``stop`` being set (and of the consumer of the batch handing
+        control back).
+
+        Raises :class:`StateError` when the brokers cannot be reached at the start,
+        the topic does not exist, or the client reports a fatal error."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        errors: list[str] = []
+        settings = self._settings()
+        settings.update(
+            {
+                # partitions assigned, no subscription: this group never joins or commits
+                "group.id": f"{self.topic}.view",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                # a fetch with nothing new returns after 100 ms: a new record is read
+                # within about that, and the end of a partition is seen at once
+                "fetch.wait.max.ms": 100,
+                "fetch.queue.backoff.ms": 10,
+                # bounded prefetch: what is fetched ahead of the reader stays small
+                "queued.max.messages.kbytes": 16384,
+                "error_cb": lambda error: errors.append(str(error)),
+            }
+        )
+        consumer = Consumer(settings)
+        try:
+            partitions = self._partitions_of(consumer)
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            next_metadata = time.monotonic() + metadata_interval
+            while not stop.is_set():
+                messages = consumer.consume(chunk, 0)
+                if not messages:
+                    # wait for the first message, then take what else is there at once
+                    first = consumer.poll(poll)
+                    if first is not None:
+                        messages = [first, *consumer.consume(chunk - 1, 0)]
+                records: list[tuple[int, bytes, bytes | None, int, float | None]] = []
+                ends: dict[int, int] = {}
+                for message in messages:
+                    error = message.error()
+                    partition = message.partition() or 0
+                    if error is None:
+                        kind, ms = message.timestamp()
+                        records.append(
+                            (
+                                partition,
+                                message.key() or b"",
+                                message.value(),
+                                message.offset() or 0,
+                                None if kind == 0 or ms is None or ms < 0 else ms / 1000,
+                            )
+                        )
+                        ends.pop(partition, None)
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        ends[partition] = message.offset() or 0
+                    elif error.fatal():
+                        raise StateError(f"{self.owner}: reading changelog {self.topic!r}: {error}")
+                    else:
+                        errors.append(str(error))
+                highs: dict[int, int] = {}
+                for partition in {r[0] for r in records}:
+                    try:
+                        _low, high = consumer.get_watermark_offsets(
+                            TopicPartition(self.topic, partition), cached=True
+                        )
+                    except Exception:  # not known yet
+                        continue
+                    if high is not None and high >= 0:
+                        highs[partition] = high
+                if time.monotonic() > next_metadata:
+                    next_metadata = time.monotonic() + metadata_interval
+                    try:
+                        added = [p for p in self._partitions_of(consumer) if p not in partitions]
+                    except StateError as error:
+                        errors.append(str(error))
+                        added = []
+                    if added:
+                        log.info(
+                            "%s: changelog %s gained partitions %s", self.owner, self.topic, added
+                        )
+                        consumer.incremental_assign(
+                            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in added]
+                        )
+                        partitions = [*partitions, *added]
+                if records or ends or errors:
+                    reported = errors[:]
+                    del errors[:]
+                    yield TailBatch(records, ends, highs, list(partitions), reported)
+        finally:
+            consumer.close()
+
+    def _partitions_of(self, consumer: Any) -> list[int]:
+        """The partition numbers of the topic; a clear :class:`StateError` if it is missing."""
+        try:
+            metadata = consumer.list_topics(timeout=10)
+        except Exception as error:
+            raise StateError(
+                f"{self.owner}: cannot reach the brokers to read changelog {self.topic!r}: {error}"
+            ) from error
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise StateError(
+                f"{self.owner}: changelog topic {self.topic!r} does not exist: no worker of "
+                "that group has checkpointed a durable store of that name (check the store "
+                "name and the group id)"
+            )
+        return sorted(topic.partitions)
 
     def close(self) -> None:
         if self._producer is not None:

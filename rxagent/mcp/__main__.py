@@ -1,4 +1,5 @@
-"""``python -m rxagent.mcp FILE [--http --port N --token-env VAR]``: serve a file over MCP."""
+"""``python -m rxagent.mcp FILE [--http --port N --token-env VAR] [--from-changelog]``:
+serve a file over MCP."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this pipeline (repeatable; default: all)",
     )
     parser.add_argument(
+        "--from-changelog",
+        action="store_true",
+        help="run no pipeline: serve each state store from the changelog topic its "
+        "kafka-sourced pipeline's workers write (the whole state, followed live)",
+    )
+    parser.add_argument(
         "--min-interval",
         type=float,
         default=0.5,
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipelines=args.pipelines,
                 min_interval=args.min_interval,
                 ready=ready,
+                from_changelog=args.from_changelog,
             )
         )
     except RxAgentError as error:

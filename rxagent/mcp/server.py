@@ -585,7 +585,11 @@ class RxAgentMCP:
         snap = store.snapshot
         now = time.time()
         if kind == "store":
-            return _dumps(_store_json(snap, now, self.max_entries))
+            data = _store_json(snap, now, self.max_entries)
+            view = _changelog_status(store, partitions=False)
+            if view is not None:
+                data["changelog"] = view
+            return _dumps(data)
         key = find_key(snap, wanted)
         entry = None if key is MISSING_KEY else snap.entry(key)
         if entry is None:
@@ -650,6 +654,9 @@ class RxAgentMCP:
                 stores[name]["staleness_s"] = (
                     _staleness(snap.wall_time, now) if snap.version else None
                 )
+            view = _changelog_status(store, partitions=True)
+            if view is not None:
+                stores[name]["changelog"] = view
         result: dict[str, Any] = {
             "app": self.app.name if self.app is not None else self.name,
             "pipelines": pipelines,
@@ -864,6 +871,39 @@ def _store_json(snap: Snapshot, now: float, max_entries: int | None = None) -> d
         )
     data["entries"] = {key_text(e.key): plain(e.value) for e in entries}
     return data
+
+
+def _changelog_status(store: StateStore, *, partitions: bool) -> dict[str, Any] | None:
+    """How fresh a store served from its changelog is (``rxagent mcp --from-changelog``):
+    what :meth:`~rxagent.kafka.StateView.describe` says, times as ISO strings; ``None``
+    for any other store."""
+    from ..kafka.view import StateView
+
+    if not isinstance(store, StateView):
+        return None
+    info = store.describe()
+    keep = (
+        "changelog",
+        "state",
+        "caught_up",
+        "lag",
+        "newest_record_at",
+        "last_applied_at",
+        "records",
+        "error",
+    )
+    out: dict[str, Any] = {k: info[k] for k in keep}
+    for k in ("newest_record_at", "last_applied_at"):
+        out[k] = _iso(out[k])
+    if partitions:
+        out["group_id"] = info["group_id"]
+        out["client_errors"] = info["client_errors"]
+        out["last_client_error"] = info["last_client_error"]
+        out["partitions"] = {
+            p: {**part, "newest_record_at": _iso(part["newest_record_at"])}
+            for p, part in info["partitions"].items()
+        }
+    return out
 
 
 def _parse_uri(uri: str) -> tuple[Literal["status", "store", "key"], str, str] | None:
