@@ -1,6 +1,6 @@
 """The ``rxagent`` command line.
 
-Verbs: ``demo`` (the market-feed demo), ``validate``, ``graph``, ``schema``,
+Verbs: ``demo`` (the market-feed demo), ``validate``, ``graph``, ``schema``, ``state``,
 ``run``, ``replay``, ``test``, ``dry-run`` and ``mcp`` for pipeline files
 (docs/cli.md, docs/mcp.md).
 
@@ -353,6 +353,9 @@ class _Monitor:
             lag = status.source.get("lag")
             if lag is not None:
                 fields.append(("lag", lag))
+            waiting = status.source.get("waiting")
+            if waiting:
+                fields.append(("waiting", json.dumps(waiting)))
             error = _last_error(status)
             if error:
                 fields.append(("last_error", json.dumps(error)))
@@ -375,6 +378,11 @@ class _Monitor:
                     f"events {flow.get('emitted', 0)} ({rates.get('', 0.0):.1f}/s) | in flight "
                     f"{flow.get('in_flight', 0)}/{flow.get('capacity', 0)}"
                     + (f" | lag {lag}" if lag is not None else "")
+                    + (
+                        f" | waiting: {waiting}"
+                        if (waiting := status.source.get("waiting"))
+                        else ""
+                    )
                     + (f" | error: {status.last_error}" if status.last_error else "")
                 ),
                 title_justify="left",
@@ -419,7 +427,8 @@ class _Monitor:
             parts.append(table)
         for store_name, store in self.built.stores.items():
             table = Table(
-                title=f"state {store_name} v{store.version} - {_plural(len(store), 'key')}",
+                title=f"state {store_name} v{store.version} - {_plural(len(store), 'key')}"
+                + _durability(store.durability()),
                 title_justify="left",
                 min_width=40,
             )
@@ -432,6 +441,18 @@ class _Monitor:
                 table.add_row("...", f"{len(entries) - 10} more")
             parts.append(table)
         return Group(*parts)
+
+
+def _durability(info: dict[str, Any]) -> str:
+    """A durable store's restore progress or checkpoint age, for the live view."""
+    if not info:
+        return ""
+    if info.get("restoring"):
+        return f" - restoring {info['restoring']}: {info.get('restore_read', 0)} changes read"
+    last = info.get("last_checkpoint")
+    if last is None:
+        return f" - durable, restored {info.get('restored', 0)} keys"
+    return f" - checkpoint {max(0.0, time.time() - last):.1f}s ago"
 
 
 def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: int = 50) -> int:
@@ -537,14 +558,250 @@ def _execute(built: BuiltApp, *, duration: float | None, live: bool) -> None:
 @click.option(
     "--live/--no-live", default=None, help="Live table (default: when stdout is a terminal)."
 )
-def run(file: str, pipelines: tuple[str, ...], duration: float | None, live: bool | None) -> None:
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Where durable stores keep their files (default: settings.state_dir, else "
+    ".rxagent/state/<file name>).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run N processes in one Kafka consumer group; each holds the state of its partitions.",
+)
+def run(
+    file: str,
+    pipelines: tuple[str, ...],
+    duration: float | None,
+    live: bool | None,
+    state_dir: str | None,
+    workers: int,
+) -> None:
     """Run FILE's pipelines until their sources end, --duration passes, or Ctrl-C /
-    SIGTERM (which drain the pipelines first), then print the final state."""
+    SIGTERM (which drain the pipelines first), then print the final state.
+
+    Durable stores (docs/state.md) keep their files in the state directory and are
+    restored on start; with --workers N, worker i uses <state dir>/worker-<i> and
+    sees RXAGENT_WORKER=i (for a source's instance_id: orders-${RXAGENT_WORKER})."""
     with _guard(_verbosity()):
         config = _read(file)
         names = _pick(config, pipelines)
-        built = config.build(pipelines=names)
+        where = _state_dir(config, file, state_dir)
+        if workers > 1:
+            _check_workers(config, names, workers)
+            raise _Exit(_run_workers(file, pipelines, duration, where, workers))
+        built = config.build(pipelines=names, state_dir=where)
         _execute(built, duration=duration, live=sys.stdout.isatty() if live is None else live)
+
+
+def _state_dir(config: Config, file: str, option: str | None) -> Path:
+    """``--state-dir``, else ``settings.state_dir``, else ``.rxagent/state/<file name>``."""
+    if option is not None:
+        return Path(option)
+    return config.state_dir() or Path(".rxagent") / "state" / Path(file).stem
+
+
+def _check_workers(config: Config, names: Sequence[str], workers: int) -> None:
+    """Workers share input through Kafka's consumer groups, and only through them."""
+    for name in names:
+        source = config.pipelines[name].source
+        if source.kind.name != "kafka":
+            _fail(
+                USAGE,
+                f"--workers {workers}: pipeline {name!r} reads a {source.kind.name} source; "
+                "only Kafka sources share their input between workers (each worker would "
+                "read all of it)",
+            )
+        if getattr(source.params, "assign", False):
+            _fail(
+                USAGE,
+                f"--workers {workers}: pipeline {name!r} reads Kafka with assign: true (every "
+                "partition in every worker); remove it so the group shares the partitions",
+            )
+
+
+def _run_workers(
+    file: str, pipelines: tuple[str, ...], duration: float | None, where: Path, workers: int
+) -> int:
+    """Start ``workers`` ``rxagent run`` processes, prefix their output with the worker,
+    pass SIGINT/SIGTERM on, and return the first non-zero exit code."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    verbose = ["-" + "v" * _verbosity()] if _verbosity() else []
+    args = [sys.executable, "-c", "from rxagent.cli import main; main()", *verbose, "run", file]
+    for name in pipelines:
+        args += ["--pipeline", name]
+    if duration is not None:
+        args += ["--duration", str(duration)]
+    children: list[subprocess.Popen[str]] = []
+    for i in range(workers):
+        env = {**os.environ, "RXAGENT_WORKER": str(i)}
+        child_args = [*args, "--no-live", "--state-dir", str(where / f"worker-{i}")]
+        children.append(
+            subprocess.Popen(
+                child_args,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+
+    def relay(i: int, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            click.echo(f"[worker {i}] {line}", nl=False)
+
+    threads = [
+        threading.Thread(target=relay, args=(i, child), daemon=True)
+        for i, child in enumerate(children)
+    ]
+    for thread in threads:
+        thread.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for thread in threads:
+            thread.join(5)
+    return next((code for code in codes if code), 0)
+
+
+@main.command("state")
+@click.argument("file")
+@click.argument("store", required=False)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="The state directory (default: as `rxagent run` picks it).",
+)
+@click.option("--worker", type=click.IntRange(min=0), help="Worker i's state (--workers runs).")
+@click.option(
+    "--export",
+    "export",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write every entry as a JSON line to this file ('-': stdout).",
+)
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Delete the local state file(s): emptied, or rebuilt from the changelog on the "
+    "next start when the store has one.",
+)
+@click.option("--yes", is_flag=True, help="Reset without asking.")
+@click.option("--max-entries", type=click.IntRange(min=0), default=20, show_default=True)
+def state_command(
+    file: str,
+    store: str | None,
+    state_dir: str | None,
+    worker: int | None,
+    export: str | None,
+    reset: bool,
+    yes: bool,
+    max_entries: int,
+) -> None:
+    """Inspect, export or reset the durable state stores of FILE (or STORE alone):
+    the file, its version, keys, checkpoint metadata (changelog offsets) and entries."""
+    with _guard(_verbosity()):
+        config = _read(file)
+        durable = config.durable_stores()
+        if store is not None and store not in durable:
+            known = ", ".join(sorted(durable)) or "none"
+            _fail(USAGE, f"{file}: no state store named {store!r} (stores: {known})")
+        names = [store] if store is not None else [n for n, d in durable.items() if d]
+        if not names:
+            _fail(USAGE, f"{file}: no durable state store (docs/state.md: durable: true)")
+        where = _state_dir(config, file, state_dir)
+        if worker is not None:
+            where = where / f"worker-{worker}"
+        from .state.durable import store_path
+
+        paths = {name: store_path(where, name) for name in names}
+        if reset:
+            existing = {n: p for n, p in paths.items() if p.exists()}
+            if not existing:
+                click.echo(f"nothing to reset: no state file in {where}")
+                return
+            listing = ", ".join(str(p) for p in existing.values())
+            if not yes and not click.confirm(f"delete {listing}?"):
+                raise _Exit(INVALID, "reset cancelled")
+            for path in existing.values():
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                click.echo(f"reset: deleted {path}")
+            return
+        out = None
+        try:
+            if export is not None:
+                out = sys.stdout if export == "-" else open(export, "w")  # noqa: SIM115
+            for name in names:
+                decl = config.model.state[name]
+                codec = "pickle" if decl is None else decl.codec
+                _show_store(name, paths[name], codec, out, max_entries)
+        finally:
+            if out is not None and out is not sys.stdout:
+                out.close()
+
+
+def _show_store(name: str, path: Path, codec: str, out: Any, max_entries: int) -> None:
+    """Print one store file's summary (and write its entries as JSON lines to ``out``)."""
+    from .state.durable import SQLiteBackend, codec_for
+    from .state.store import _entry
+
+    if not path.exists():
+        click.echo(
+            f"state {name}: no file at {path} (nothing checkpointed yet)", err=out is sys.stdout
+        )
+        return
+    backend = SQLiteBackend(path, store=name, codec=codec_for(codec))  # type: ignore[arg-type]
+    try:
+        meta = backend.open()
+        rows = [(_entry(key, record), part) for key, part, record in backend.rows()]
+    finally:
+        backend.close()
+    info = f"state {name}: {path}, version {meta.get('version', 0)}, {_plural(len(rows), 'key')}"
+    lines = [info]
+    if meta.get("changelog_topic"):
+        offsets = ", ".join(f"{p}: {o}" for p, o in sorted((meta.get("changelog") or {}).items()))
+        lines.append(f"  changelog {meta['changelog_topic']} (offsets read: {offsets or 'none'})")
+    if out is None:
+        for entry, _part in rows[:max_entries]:
+            pos = f", at {entry.position}" if entry.position is not None else ""
+            lines.append(
+                f"  {entry.key}: {_compact(entry.value, 160)} "
+                f"(version {entry.version}, {entry.updates} updates{pos})"
+            )
+        if len(rows) > max_entries:
+            lines.append(f"  ... {len(rows) - max_entries} more")
+    for line in lines:
+        click.echo(line, err=out is sys.stdout)
+    if out is not None:
+        for entry, part in rows:
+            record = {
+                "store": name,
+                "key": entry.key,
+                "value": entry.value,
+                "version": entry.version,
+                "updates": entry.updates,
+                "event_time": entry.event_time,
+                "wall_time": entry.wall_time,
+                "position": None if entry.position is None else str(entry.position),
+                "partition": part,
+            }
+            out.write(json.dumps(record, default=str) + "\n")
 
 
 def _split_target(target: str) -> tuple[str, str | None]:

@@ -1041,6 +1041,7 @@ def _tool_sink(p: ToolSinkParams, ctx: BuildContext) -> Any:
         timeout=p.timeout,
         retry=None if p.retry is None else p.retry.build(),
         name=p.name,
+        state_dir=ctx.state_dir,
     )
 
 

@@ -243,6 +243,7 @@ class Config:
                     path if path.is_absolute() else self.document.base_dir / path
                 )
         stores = self.make_stores(state_dir)
+        where = Path(state_dir) if state_dir is not None else self.state_dir()
         registry = ToolRegistry()
         tools: dict[str, Tool] = {}
         for name, decl in self.model.tools.items():
@@ -252,7 +253,13 @@ class Config:
         for name in names:
             spec = self.pipelines[name]
 
-            def context(stage: StageSpec, pipeline: str = name) -> BuildContext:
+            # a Kafka source replays after a restart: its tool sinks keep a record
+            replayable = spec.source.kind.name == "kafka" and name not in sources
+            record_dir = where if replayable else None
+
+            def context(
+                stage: StageSpec, pipeline: str = name, record_dir: Path | None = record_dir
+            ) -> BuildContext:
                 return BuildContext(
                     stores=stores,
                     tools=tools,
@@ -262,6 +269,7 @@ class Config:
                     dead_letters=dead_letters,
                     pipeline=pipeline,
                     name=stage.name,
+                    state_dir=record_dir,
                 )
 
             source = sources.get(name) or _build(spec.source, context(spec.source), self)

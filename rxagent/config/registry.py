@@ -61,6 +61,9 @@ class BuildContext:
     dead_letters: DeadLetterSink | None = None
     pipeline: str = ""
     name: str | None = None  # the stage's name, if the file gave one
+    #: Where a tool sink keeps its record of activations done (a pipeline reading
+    #: Kafka, with a state directory): replays after a restart do not fire them again.
+    state_dir: Path | None = None
 
     def path(self, value: str) -> Path:
         """``value`` resolved against the file's directory."""

@@ -617,6 +617,7 @@ class _Durable:
         self.offsets: dict[str, int] = {}
         self.restoring: str | None = None
         self.restored_changes = 0
+        self.restore_read = 0  # changelog records read by the restore running now (progress)
         self.released = 0
         # the entries as of the last checkpoint: where a deleted key's tombstone goes
         self.last_entries: immutables.Map[Hashable, Entry] = immutables.Map()
@@ -726,7 +727,7 @@ class _Durable:
         numbers = {p: n for p in partitions if (n := self.input_partition(p)) is not None}
         starts = {n: self.offsets.get(part_text(p)) for p, n in numbers.items()}
         self.restoring = ", ".join(sorted(map(part_text, numbers)))
-        changes = 0
+        self.restore_read = changes = 0
         rebuild: list[int] = []
         for number, chunk in changelog.read(starts):
             text = part_text((topic, number))
@@ -748,12 +749,14 @@ class _Durable:
                 rebuild.append(number)
                 continue
             changes += self._apply_changelog(text, chunk)
+            self.restore_read = changes
         for number in rebuild:
             text = part_text((topic, number))
             self.offsets.pop(text, None)
             backend.delete_part(text, self._meta())
             for _, chunk in changelog.read({number: None}):
                 changes += self._apply_changelog(text, chunk)
+                self.restore_read = changes
         restored: dict[Hashable, Entry] = {}
         for partition in numbers:
             for key, _part, record in backend.rows(part_text(partition)):
@@ -899,6 +902,7 @@ class _Durable:
                 changelog=self.changelog.topic,
                 partitions=sorted(map(part_text, self.owned)),
                 restoring=self.restoring,
+                restore_read=self.restore_read,
                 restored_changes=self.restored_changes,
                 released=self.released,
             )
