@@ -158,7 +158,8 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as error:
             raise StateError(
                 f"state {self.store!r}: {self.path} is not a usable state file ({error}); "
-                "move it away or delete it to start empty"
+                "move it away or delete it (`rxagent state FILE STORE --reset`): the store "
+                "starts empty, or is rebuilt from its changelog when it has one"
             ) from error
         self._db = db
         if not meta:
@@ -168,7 +169,8 @@ class SQLiteBackend:
         if meta.get("format") != FORMAT:
             raise StateError(
                 f"state {self.store!r}: {self.path} has format {meta.get('format')!r}, this "
-                f"rxagent reads format {FORMAT}; reset it to rebuild the store"
+                f"rxagent reads format {FORMAT}; reset it (`rxagent state FILE STORE --reset`) "
+                "to rebuild the store"
             )
         if meta.get("codec") != self.codec.name:
             raise StateError(
@@ -206,7 +208,7 @@ class SQLiteBackend:
         except (sqlite3.DatabaseError, pickle.UnpicklingError, ValueError, EOFError) as error:
             raise StateError(
                 f"state {self.store!r}: {self.path} is corrupt ({type(error).__name__}: {error}); "
-                "reset it to rebuild the store"
+                "reset it (`rxagent state FILE STORE --reset`) to rebuild the store"
             ) from error
 
     # -- writing -----------------------------------------------------------------------
