@@ -535,6 +535,14 @@ async def _run_app(
         everything.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await everything
+        # durable stores: the last checkpoint, then their files and changelog producers close
+        for store in built.stores.values():
+            try:
+                await store.aclose()
+            except Exception as error:
+                click.echo(
+                    built.config.redact(f"rxagent: closing state {store.name!r}: {error}"), err=True
+                )
     return _final(built, statuses)
 
 
