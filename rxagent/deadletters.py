@@ -4,19 +4,28 @@ A dead letter records the event, the stage that gave up on it, the error's type
 and message, and the time. Putting an event in dead letters *ends* it (its
 processing is over, and the record is what remains), so the source's credit
 returns and the commit watermark moves past it: nothing is lost, nothing stalls.
+
+In memory, dead letters are bounded in bytes as well as in count: a raw payload
+(``str`` or ``bytes``, such as an undecodable frame) is kept as a prefix of
+``max_payload`` bytes with its original size noted (``DeadLetter.size``), and the
+store drops its oldest letters past ``max_bytes``. A source flooded with large
+garbage frames costs a bounded amount of memory, not the frames themselves.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .events import Event
+from .exceptions import ConfigurationError
 
 __all__ = [
     "DeadLetter",
@@ -37,6 +46,21 @@ class DeadLetter:
     message: str
     pipeline: str | None = None
     time: float = field(default_factory=time.time)
+    #: The original size of the event's value (bytes or characters) when the value
+    #: kept is a prefix of it (:meth:`truncated`); ``None`` when kept whole.
+    size: int | None = None
+
+    def truncated(self, limit: int) -> DeadLetter:
+        """This letter with a ``str``/``bytes`` value longer than ``limit`` cut to its
+        first ``limit`` items (``size`` notes the original length); itself otherwise."""
+        value = self.event.value
+        if type(value) not in _RAW or len(value) <= limit:
+            return self
+        ev = self.event
+        event = Event(
+            value[:limit], key=ev.key, time=ev.time, position=ev.position, headers=ev.headers
+        )
+        return replace(self, event=event, size=len(value))
 
     @classmethod
     def from_error(
@@ -75,24 +99,64 @@ class DeadLetterSink(Protocol):
 
 
 class MemoryDeadLetters:
-    """Dead letters kept in a list (bounded: the oldest go first past ``maxlen``).
+    """Dead letters kept in memory, bounded in count and in bytes: the oldest go
+    first past ``maxlen`` letters or past ``max_bytes`` (the approximate size of
+    what the letters keep: values, keys, headers and messages).
 
-    ``subscribe(callback)`` calls back on every new letter, from the loop.
+    A ``str``/``bytes`` value longer than ``max_payload`` (an undecodable frame) is
+    kept as its first ``max_payload`` bytes or characters, with its original size in
+    ``DeadLetter.size``; ``None`` keeps values whole. ``bytes`` is the current
+    total, ``dropped`` counts letters evicted by either bound.
+
+    ``subscribe(callback)`` calls back on every new letter (as kept), from the loop.
     """
 
-    def __init__(self, maxlen: int | None = 10_000) -> None:
+    def __init__(
+        self,
+        maxlen: int | None = 10_000,
+        *,
+        max_bytes: int | None = 16 << 20,
+        max_payload: int | None = 1024,
+    ) -> None:
+        for name, bound in (
+            ("maxlen", maxlen),
+            ("max_bytes", max_bytes),
+            ("max_payload", max_payload),
+        ):
+            if bound is not None and bound < 1:
+                raise ConfigurationError(
+                    f"MemoryDeadLetters({name}=...) must be >= 1 or None, got {bound}"
+                )
         self.maxlen = maxlen
-        self._letters: list[DeadLetter] = []
+        self.max_bytes = max_bytes
+        self.max_payload = max_payload
+        self._letters: deque[DeadLetter] = deque()
+        self._sizes: deque[int] = deque()
+        self.bytes = 0
         self.total = 0
+        self.dropped = 0
         self._callbacks: list[Callable[[DeadLetter], None]] = []
         self._lock = threading.Lock()
 
     def put(self, letter: DeadLetter) -> None:
+        if self.max_payload is not None:
+            letter = letter.truncated(self.max_payload)
+        size = letter_size(letter)
+        maxlen = self.maxlen
+        max_bytes = self.max_bytes
         with self._lock:
             self._letters.append(letter)
+            self._sizes.append(size)
+            self.bytes += size
             self.total += 1
-            if self.maxlen is not None and len(self._letters) > self.maxlen:
-                del self._letters[0 : len(self._letters) - self.maxlen]
+            letters = self._letters
+            while len(letters) > 1 and (
+                (maxlen is not None and len(letters) > maxlen)
+                or (max_bytes is not None and self.bytes > max_bytes)
+            ):
+                letters.popleft()
+                self.bytes -= self._sizes.popleft()
+                self.dropped += 1
         for callback in list(self._callbacks):
             callback(letter)
 
@@ -114,6 +178,40 @@ class MemoryDeadLetters:
     def clear(self) -> None:
         with self._lock:
             self._letters.clear()
+            self._sizes.clear()
+            self.bytes = 0
+
+
+_RAW = frozenset({str, bytes, bytearray, memoryview})
+_LETTER_OVERHEAD = 256  # the letter, its event and their fields, roughly
+
+
+def letter_size(letter: DeadLetter, *, budget: int = 64) -> int:
+    """The approximate bytes a dead letter keeps: its message, and its event's
+    value, key and headers (``str``/``bytes`` by length, containers walked up to
+    ``budget`` items, anything else by ``sys.getsizeof``)."""
+    ev = letter.event
+    todo: list[Any] = [ev.value, ev.key, ev.headers]
+    size = _LETTER_OVERHEAD + len(letter.message)
+    seen = 0
+    while todo and seen < budget:
+        item = todo.pop()
+        seen += 1
+        kind = type(item)
+        if kind in _RAW:
+            size += len(item) if kind is not memoryview else item.nbytes
+        elif item is None:
+            continue
+        elif kind is dict or isinstance(item, Mapping):
+            size += sys.getsizeof(item)
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif kind is list or kind is tuple or isinstance(item, (list, tuple, set, frozenset)):
+            size += sys.getsizeof(item)
+            todo.extend(item)
+        else:
+            size += sys.getsizeof(item)
+    return size
 
 
 class JsonlDeadLetters:
