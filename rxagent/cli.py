@@ -356,11 +356,31 @@ class _Monitor:
             waiting = status.source.get("waiting")
             if waiting:
                 fields.append(("waiting", json.dumps(waiting)))
-            error = _last_error(status)
+            health, attempt, reconnects, source_error = self._health(status)
+            if health:
+                fields.append(("source", health))
+            if attempt:
+                fields.append(("attempt", attempt))
+            if reconnects:
+                fields.append(("reconnects", reconnects))
+            error = _last_error(status) or source_error
             if error:
                 fields.append(("last_error", json.dumps(error)))
             lines.append(redact(f"{stamp} " + " ".join(f"{k}={v}" for k, v in fields)))
         return lines
+
+    @staticmethod
+    def _health(status: PipelineStatus) -> tuple[str | None, int, int, str | None]:
+        """The source's health (``describe()["health"]``): its state, the attempt count
+        while not connected, reconnects so far, and the last error while not connected."""
+        source = status.source
+        health = source.get("health") or {}
+        state = health.get("state")
+        down = state not in (None, "connected", "stopped")
+        attempt = int(health.get("attempt") or 0) if down else 0
+        reconnects = int(source.get("reconnects") or 0)
+        error = health.get("last_error") if down or state == "stopped" else None
+        return state, attempt, reconnects, error
 
     def view(self) -> Any:
         from rich.console import Group
@@ -372,6 +392,7 @@ class _Monitor:
             flow = status.flow
             rates = self.last[name]
             lag = status.source.get("lag")
+            health, attempt, reconnects, source_error = self._health(status)
             table = Table(
                 title=f"pipeline {name} - {status.state}",
                 caption=redact(
@@ -379,11 +400,23 @@ class _Monitor:
                     f"{flow.get('in_flight', 0)}/{flow.get('capacity', 0)}"
                     + (f" | lag {lag}" if lag is not None else "")
                     + (
+                        f" | source {health}"
+                        + (f" (attempt {attempt})" if attempt else "")
+                        + (f", {reconnects} reconnects" if reconnects else "")
+                        if health
+                        else ""
+                    )
+                    + (
                         f" | waiting: {waiting}"
                         if (waiting := status.source.get("waiting"))
                         else ""
                     )
                     + (f" | error: {status.last_error}" if status.last_error else "")
+                    + (
+                        f" | source error: {source_error}"
+                        if source_error and not status.last_error
+                        else ""
+                    )
                 ),
                 title_justify="left",
                 min_width=60,
@@ -401,7 +434,7 @@ class _Monitor:
                 "",
                 str(source.get("dead_lettered", "")),
                 str(flow.get("in_flight", 0)),
-                "",
+                redact(source_error or ""),
             )
             for stage_name, stage in status.stages.items():
                 sink = status.sinks.get(stage_name, {})

@@ -303,6 +303,12 @@ class WebSocketParams(SourceParams):
         None, description="reconnect delays (default: 0.5 s doubling to 30 s, never giving up)"
     )
     stable_after: Duration = Field(5.0, description="connected this long resets the attempt count")
+    auth_retries: int | None = Field(
+        3,
+        ge=0,
+        description="handshakes refused with HTTP 401/403 retried before the source fails "
+        "(null: retry forever)",
+    )
     overflow: OverflowParams | None = Field(
         None, description="make the source lossy: never wait for credit, drop by the policy"
     )
@@ -373,6 +379,7 @@ def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
         open_timeout=p.open_timeout,
         close_timeout=p.close_timeout,
         stable_after=p.stable_after,
+        auth_retries=p.auth_retries,
         name=p.name,
         credit=p.credit,
         batch_size=p.batch_size,

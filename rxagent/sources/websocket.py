@@ -21,8 +21,15 @@ schedule. The attempt count is reset only once a connection stayed up
 growing delays, not a tight loop (the trap of ``async for ws in connect()``,
 which resets on every successful handshake). An optional
 :class:`~rxagent.operators.circuit.CircuitBreaker` holds reconnects back while
-it is open. ``subscribe`` may be a callable of the last sequence seen (see
-``sequence``), so a server can resume where the previous connection stopped.
+it is open. The first failure of an outage is logged as a warning, each
+further attempt at debug level; ``describe()["health"]`` (status, the live
+view) shows the attempt count and the last error. A handshake the server
+refuses with HTTP 401 or 403 is logged at ERROR the first time, and after
+``auth_retries`` more refusals in a row (default 3; ``None``: retry forever)
+the source fails with a :class:`WebSocketError` saying so: a wrong token
+does not get better by retrying. ``subscribe`` may be a callable of the last
+sequence seen (see ``sequence``), so a server can resume where the previous
+connection stopped.
 
 **Positions and durable state.** With ``sequence``, each message's position is
 its sequence number (an int), so it means the same message in every process: a
@@ -106,7 +113,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import TypeAdapter
 from reactivex.subject import Subject
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.protocol import State
 
@@ -118,6 +125,7 @@ from ..flow import Flow
 from ..operators.circuit import CircuitBreaker
 from ..operators.decode import _describe_error, _loader
 from .base import Emitter, Source
+from .health import SourceHealth
 from .overflow import Overflow
 
 __all__ = [
@@ -165,7 +173,8 @@ _SHOWN_HEADERS = frozenset(
 
 
 class WebSocketError(RxAgentError):
-    """The source gave up reconnecting (its backoff said so). Carries ``source`` and ``url``."""
+    """The source gave up reconnecting (its backoff said so, or the server refused the
+    credentials more than ``auth_retries`` times). Carries ``source`` and ``url``."""
 
     def __init__(self, message: str, *, source: str, url: str) -> None:
         super().__init__(message)
@@ -280,6 +289,8 @@ class WebSocketSource(Source):
       ``"deflate"``), ``max_size`` (bytes per message), ``max_queue`` (frames
       buffered before the client stops reading), ``open_timeout``, ``close_timeout``.
     - ``backoff``, ``stable_after`` (seconds up before the attempt count resets),
+      ``auth_retries`` (handshakes refused with HTTP 401/403 retried before the
+      source fails, default 3; ``None`` retries forever),
       ``circuit`` (a :class:`CircuitBreaker`), ``rng`` (jitter, for tests).
     - ``overflow``: an :class:`~rxagent.sources.overflow.Overflow` makes the source
       lossy: it reads as fast as the server sends and never waits for credit; what
@@ -314,6 +325,7 @@ class WebSocketSource(Source):
         close_timeout: float | None = 5.0,
         backoff: Backoff = DEFAULT_BACKOFF,
         stable_after: float = 5.0,
+        auth_retries: int | None = 3,
         circuit: CircuitBreaker | None = None,
         rng: random.Random | None = None,
         name: str | None = None,
@@ -336,6 +348,10 @@ class WebSocketSource(Source):
             raise ConfigurationError(f"{where}: max_queue must be >= 1, got {max_queue}")
         if stable_after < 0:
             raise ConfigurationError(f"{where}: stable_after must be >= 0, got {stable_after}")
+        if auth_retries is not None and (isinstance(auth_retries, bool) or auth_retries < 0):
+            raise ConfigurationError(
+                f"{where}: auth_retries must be >= 0 or None (retry forever), got {auth_retries!r}"
+            )
         if isinstance(decode, str) and decode not in ("json", "text", "bytes", "raw"):
             raise ConfigurationError(
                 f"{where}: decode must be json, text, bytes, raw or a model, got {decode!r}"
@@ -364,6 +380,7 @@ class WebSocketSource(Source):
         self.close_timeout = close_timeout
         self.backoff = backoff
         self.stable_after = stable_after
+        self.auth_retries = auth_retries
         self.circuit = circuit
         self.rng = rng
         self.overflow = overflow
@@ -387,6 +404,11 @@ class WebSocketSource(Source):
         self.last_event: WebSocketLifecycle | None = None
         self.last_close: tuple[int | None, str | None] | None = None
         self.last_error: str | None = None
+        #: Connected, reconnecting (attempt, last error), auth refused, stopped.
+        self.health = SourceHealth()
+        #: Handshakes the server refused with HTTP 401 or 403 (in all).
+        self.auth_refusals = 0
+        self._refused_in_a_row = 0
         self._position = 0
         self._held = 0  # credit taken and not used yet
         self._close_reported: ClientConnection | None = None
@@ -414,6 +436,8 @@ class WebSocketSource(Source):
             "last_event": None if last is None else last.kind,
             "last_close": self.last_close,
             "last_error": self.last_error,
+            "health": self.health.as_dict(),
+            "auth_refusals": self.auth_refusals,
             "backoff": self.backoff.describe(),
             "circuit": None if self.circuit is None else str(self.circuit.state),
         }
@@ -521,7 +545,12 @@ class WebSocketSource(Source):
         self._resume(out.ctx.resume_meta())
         try:
             await self._run(out)
+        except Exception as error:
+            self.health.set("stopped", error=_error_text(error))
+            raise
         finally:
+            if self.health.state != "stopped":
+                self.health.set("stopped")
             if self.overflow is not None:
                 await self.overflow.close()
 
@@ -544,6 +573,15 @@ class WebSocketSource(Source):
                     opened_at = loop.time()
                     self.connected = True
                     self.connects += 1
+                    self._refused_in_a_row = 0
+                    if attempt:
+                        log.info(
+                            "websocket source %r: connected again to %s after %d failed attempts",
+                            self.name,
+                            redact_url(self.url),
+                            attempt,
+                        )
+                    self.health.set("connected")
                     self._report("opened")
                     # report a close when it happens, even while no credit lets us read
                     watcher = loop.create_task(ws.wait_closed(), name=f"rxagent-ws-{self.name}")
@@ -587,6 +625,7 @@ class WebSocketSource(Source):
             if failing_since is None:
                 failing_since = now if opened_at is None else opened_at
             attempt += 1
+            refused = self._note_refusal(error)
             delay = self.backoff.next_delay(attempt, now - failing_since, error, self.rng)
             if delay is None:
                 raise WebSocketError(
@@ -596,8 +635,65 @@ class WebSocketSource(Source):
                     url=redact_url(self.url),
                 ) from error
             self.reconnects += 1
+            self.health.set(
+                "auth_refused" if refused else "reconnecting",
+                attempt=attempt,
+                error=_error_text(error) or "connection closed",
+            )
+            if attempt == 1 and not refused:
+                # one warning per outage; each further attempt is in the debug log,
+                # the live view and status (health: attempt and last error)
+                log.warning(
+                    "websocket source %r: connection to %s %s; reconnecting (attempt %d in %.1fs)",
+                    self.name,
+                    redact_url(self.url),
+                    "failed" if opened_at is None else "closed",
+                    attempt,
+                    delay,
+                )
+            else:
+                log.debug(
+                    "websocket source %r: reconnect attempt %d in %.1fs (%s)",
+                    self.name,
+                    attempt,
+                    delay,
+                    _error_text(error),
+                )
             self._report("reconnect_scheduled", attempt=attempt, delay=delay)
             await asyncio.sleep(delay)
+
+    def _note_refusal(self, error: BaseException | None) -> bool:
+        """Whether ``error`` is the server refusing the credentials (HTTP 401 or 403 on
+        the handshake): reported at ERROR the first time in a row; past
+        ``auth_retries`` refusals in a row the source fails (retrying cannot help)."""
+        status = error.response.status_code if isinstance(error, InvalidStatus) else None
+        if status not in (401, 403):
+            self._refused_in_a_row = 0
+            return False
+        self.auth_refusals += 1
+        self._refused_in_a_row += 1
+        refused = f"HTTP {status} {'Unauthorized' if status == 401 else 'Forbidden'}"
+        retries = self.auth_retries
+        if self._refused_in_a_row == 1:
+            log.error(
+                "websocket source %r: %s refused the credentials (%s): check the token and "
+                "headers; %s",
+                self.name,
+                redact_url(self.url),
+                refused,
+                "retrying forever (auth_retries=None)"
+                if retries is None
+                else f"the source fails after {retries} more refusals (auth_retries={retries})",
+            )
+        if retries is not None and self._refused_in_a_row > retries:
+            raise WebSocketError(
+                f"websocket source {self.name!r}: {redact_url(self.url)} refused the "
+                f"credentials {self._refused_in_a_row} times in a row ({refused}); check the "
+                f"token and headers (auth_retries={retries}; auth_retries=None retries forever)",
+                source=self.name,
+                url=redact_url(self.url),
+            ) from error
+        return True
 
     def _closed_callback(self, ws: ClientConnection, _task: asyncio.Task[None]) -> None:
         self._report_close(ws)
