@@ -12,6 +12,13 @@ position after the last event of the longest run of complete tickets, in the
 order they were emitted. Nothing at or after the first incomplete ticket is ever
 reported as done, so a consumer that commits the watermark is at-least-once.
 
+Credit is counted in events and, for sources that know their messages' sizes
+(WebSocket frames, Kafka messages), in bytes too: a ticket carries its batch's
+bytes, returned with its credit, and :meth:`Flow.acquire` waits while the bytes in
+flight reach ``capacity_bytes`` (and takes fewer events when the recent ones are
+large), so a stalled sink holds at most about ``capacity_bytes`` plus one event
+of payload, whatever the event credit.
+
 Operators that aggregate (windows) *fold* events: the events stop costing
 memory, so their credit returns at once (:meth:`Ticket.fold`), but they stay
 pending until the aggregate built from them ends, so the watermark waits.
@@ -34,7 +41,7 @@ from collections.abc import Callable, Hashable, Iterable
 
 from .exceptions import ConfigurationError, FlowError
 
-__all__ = ["Flow", "FlowStats", "Ticket", "release_tickets"]
+__all__ = ["DEFAULT_CREDIT_BYTES", "Flow", "FlowStats", "Ticket", "release_tickets"]
 
 Partition = Hashable
 WatermarkListener = Callable[[Partition, int], None]
@@ -48,10 +55,26 @@ class Ticket:
     for sources without positions.
     """
 
-    __slots__ = ("_credit", "done", "first", "flow", "last", "partition", "pending", "released")
+    __slots__ = (
+        "_bytes",
+        "_credit",
+        "done",
+        "first",
+        "flow",
+        "last",
+        "partition",
+        "pending",
+        "released",
+    )
 
     def __init__(
-        self, flow: Flow, partition: Partition, first: int | None, last: int | None, n: int
+        self,
+        flow: Flow,
+        partition: Partition,
+        first: int | None,
+        last: int | None,
+        n: int,
+        nbytes: int = 0,
     ) -> None:
         self.flow = flow
         self.partition = partition
@@ -59,6 +82,7 @@ class Ticket:
         self.last = last
         self.pending = n
         self._credit = n
+        self._bytes = nbytes  # payload bytes charged to the flow, returned with the credit
         self.done = False
         #: Some events were given up (their partition was revoked): the ticket never
         #: counts as done, so the watermark of its partition stays before it.
@@ -83,6 +107,10 @@ class Ticket:
         their completion waits for the aggregate."""
         credit = min(n, self._credit)
         if credit:
+            if self._bytes:  # the folded events' share of the bytes
+                share = self._bytes * credit // self._credit
+                self._bytes -= share
+                self.flow._release_bytes(share)
             self._credit -= credit
             self.flow._release(credit)
 
@@ -101,6 +129,9 @@ class Ticket:
         self.flow.pending += n
 
     def _complete(self) -> None:
+        if self._bytes:
+            self.flow._release_bytes(self._bytes)
+            self._bytes = 0
         if self._credit:
             self.flow._release(self._credit)
             self._credit = 0
@@ -120,12 +151,25 @@ class Ticket:
 class FlowStats:
     """A snapshot of a flow's counters (plain attributes, cheap to copy)."""
 
-    __slots__ = ("capacity", "emitted", "in_flight", "peak_in_flight", "pending", "waits")
+    __slots__ = (
+        "bytes_in_flight",
+        "capacity",
+        "capacity_bytes",
+        "emitted",
+        "in_flight",
+        "peak_bytes_in_flight",
+        "peak_in_flight",
+        "pending",
+        "waits",
+    )
 
     def __init__(self, flow: Flow) -> None:
         self.capacity = flow.capacity
         self.in_flight = flow.capacity - flow.free
         self.peak_in_flight = flow.peak_in_flight
+        self.capacity_bytes = flow.capacity_bytes or 0  # 0: no byte limit
+        self.bytes_in_flight = flow.bytes_in_flight
+        self.peak_bytes_in_flight = flow.peak_bytes_in_flight
         self.pending = flow.pending
         self.emitted = flow.emitted
         self.waits = flow.waits
@@ -134,19 +178,47 @@ class FlowStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+#: The default byte limit of in-flight credit (``Source(credit_bytes=...)``).
+DEFAULT_CREDIT_BYTES = 64 << 20
+
+
 class Flow:
-    """Credit (at most ``capacity`` events in flight) and completion watermarks
-    for one source.
+    """Credit (at most ``capacity`` events in flight, and about ``capacity_bytes``
+    of payload for sources that charge bytes) and completion watermarks for one
+    source.
 
     ``in flight`` counts events emitted whose credit has not returned; it never
     exceeds ``capacity``, whatever the operators and sinks downstream do.
+    ``bytes_in_flight`` counts the payload bytes of those events as charged by the
+    source (:meth:`ticket` ``nbytes``); :meth:`acquire` waits while it has reached
+    ``capacity_bytes`` (``None``: no byte limit), so it stays below
+    ``capacity_bytes`` plus the last batch's overshoot, which acquire keeps to
+    about one event by taking fewer events when recent ones were large (before
+    any batch, it expects ``event_bytes`` per event, the source's largest message).
+    A source that reads one batch ahead (Kafka) may hold a second batch beyond.
     """
 
-    def __init__(self, source: str, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        source: str,
+        capacity: int = 1024,
+        capacity_bytes: int | None = DEFAULT_CREDIT_BYTES,
+        event_bytes: int = 0,
+    ) -> None:
         if capacity < 1:
             raise ConfigurationError(f"credit for source {source!r} must be >= 1, got {capacity}")
+        if capacity_bytes is not None and capacity_bytes < 1:
+            raise ConfigurationError(
+                f"credit_bytes for source {source!r} must be >= 1 or None, got {capacity_bytes}"
+            )
         self.source = source
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.bytes_in_flight = 0
+        self.peak_bytes_in_flight = 0
+        #: bytes per event of the last batch that charged bytes (what acquire expects);
+        #: before the first, the source's guess (``event_bytes``: its largest message)
+        self._event_bytes = max(event_bytes, 0)
         self.free = capacity
         self.pending = 0
         self.emitted = 0
@@ -165,7 +237,9 @@ class Flow:
         """Wait for credit and take up to ``want`` of it; returns how much was taken (>= 1)."""
         if want < 1:
             raise ConfigurationError(f"acquire() wants at least 1 credit, got {want}")
-        while self.free <= 0:
+        while self.free <= 0 or (
+            self.capacity_bytes is not None and self.bytes_in_flight >= self.capacity_bytes
+        ):
             self.waits += 1
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
@@ -173,7 +247,7 @@ class Flow:
                 await waiter
             finally:
                 self._waiter = None
-        took = min(want, self.free)
+        took = min(want, self.free, self._byte_room())
         self.free -= took
         in_flight = self.capacity - self.free
         if in_flight > self.peak_in_flight:
@@ -182,13 +256,30 @@ class Flow:
 
     def try_acquire(self, want: int) -> int:
         """Take up to ``want`` credit without waiting; returns how much was taken (maybe 0)."""
-        took = min(want, self.free)
+        took = min(want, self.free, self._byte_room())
         if took > 0:
             self.free -= took
             in_flight = self.capacity - self.free
             if in_flight > self.peak_in_flight:
                 self.peak_in_flight = in_flight
         return max(took, 0)
+
+    def _byte_room(self) -> int:
+        """How many events of the recent size fit in the bytes left (at least 1 while
+        any are left; 0 once they are used up)."""
+        limit = self.capacity_bytes
+        if limit is None or not self._event_bytes:
+            return self.capacity if limit is None or self.bytes_in_flight < limit else 0
+        left = limit - self.bytes_in_flight
+        return 0 if left <= 0 else max(1, left // self._event_bytes)
+
+    def _release_bytes(self, n: int) -> None:
+        self.bytes_in_flight -= n
+        limit = self.capacity_bytes
+        if limit is not None and self.bytes_in_flight < limit:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def give_back(self, n: int) -> None:
         """Return credit that was acquired but not used for events."""
@@ -211,10 +302,26 @@ class Flow:
     # -- tickets and completion ----------------------------------------------
 
     def ticket(
-        self, n: int, partition: Partition = None, first: int | None = None, last: int | None = None
+        self,
+        n: int,
+        partition: Partition = None,
+        first: int | None = None,
+        last: int | None = None,
+        nbytes: int = 0,
     ) -> Ticket:
-        """Open a ticket for ``n`` freshly emitted events (credit already acquired)."""
-        ticket = Ticket(self, partition, first, last, n)
+        """Open a ticket for ``n`` freshly emitted events (credit already acquired);
+        ``nbytes``: their payload's size, held against ``capacity_bytes`` until the
+        credit returns (0: the source does not know it)."""
+        if nbytes > 0:
+            in_flight = self.bytes_in_flight + nbytes
+            self.bytes_in_flight = in_flight
+            if in_flight > self.peak_bytes_in_flight:
+                self.peak_bytes_in_flight = in_flight
+            if n:
+                self._event_bytes = nbytes // n or 1
+        else:
+            nbytes = 0
+        ticket = Ticket(self, partition, first, last, n, nbytes)
         self.pending += n
         self.emitted += n
         queue = self._open.get(partition)
@@ -294,6 +401,7 @@ class Flow:
     def __repr__(self) -> str:
         return (
             f"Flow({self.source!r}, in_flight={self.in_flight}/{self.capacity}, "
+            f"bytes_in_flight={self.bytes_in_flight}, "
             f"pending={self.pending})"
         )
 

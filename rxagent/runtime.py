@@ -218,7 +218,8 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         sched = scheduler if scheduler is not None else AsyncIOScheduler(loop)
         self._done = asyncio.Event()
-        self.flow = Flow(self.source.name, self.source.credit)
+        source = self.source
+        self.flow = Flow(source.name, source.credit, source.credit_bytes, source.event_bytes_hint)
         self.ctx = ctx = PipelineContext(
             self.name,
             scheduler=sched,

@@ -8,12 +8,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from rxagent import Pipeline
+from rxagent import ConfigurationError, Pipeline
 from rxagent.deadletters import DeadLetter, MemoryDeadLetters, letter_size
-from rxagent.events import Event
-from rxagent.sinks import ListSink
+from rxagent.events import Batch, Event
+from rxagent.flow import DEFAULT_CREDIT_BYTES, Flow
+from rxagent.sinks import ListSink, Sink
 from rxagent.sources.websocket import WebSocketSource
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -96,3 +98,86 @@ def test_str_payloads_are_cut_to_a_prefix_with_their_size_noted() -> None:
     assert (second.event.value, second.size) == ("short", None)
     assert third.event.value == {"whole": "z" * 50}
     assert third.size is None
+
+
+# -- byte credit ----------------------------------------------------------------------------
+
+
+class Stall(Sink):
+    """Holds every event (and its credit) until ``release()``."""
+
+    kind = "stall"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.released = False
+        self.count = 0
+
+    def on_batch(self, batch: Batch) -> None:
+        self.count += len(batch)
+        if self.released:
+            batch.end_all()
+        else:
+            self.held.extend(batch.events(take=True))
+
+    def release(self) -> None:
+        self.released = True
+        for event in self.held:
+            event.end()
+        self.held.clear()
+
+
+async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_websocket_messages() -> None:
+    total, pad, limit = 400, 200_000, 2 << 20  # 80 MB sent, 2 MiB allowed in flight
+
+    async def handler(ws: ServerConnection) -> None:
+        body = "x" * pad
+        for i in range(total):
+            await ws.send(f'{{"seq": {i}, "pad": "{body}"}}')
+        await ws.wait_closed()
+
+    async with serving(handler) as url:
+        source = WebSocketSource(url, credit=4096)
+        assert source.credit_bytes == DEFAULT_CREDIT_BYTES
+        source.credit_bytes = limit
+        sink = Stall()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await until(lambda: sink.count > 0)
+        await asyncio.sleep(0.5)  # the source stalls on bytes, far below 4,096 events
+        stalled = sink.count
+        flow = pipeline.status().flow
+        assert stalled < 20, stalled
+        assert flow["bytes_in_flight"] <= limit + pad + 100
+        assert flow["capacity_bytes"] == limit
+        sink.release()
+        await until(lambda: sink.count == total)
+        status = await pipeline.stop()
+    assert status.flow["peak_bytes_in_flight"] <= limit + pad + 100
+    assert status.flow["bytes_in_flight"] == 0
+    assert status.flow["in_flight"] == 0
+
+
+async def test_byte_credit_returns_with_ends_and_folds_and_wakes_the_source() -> None:
+    flow = Flow("s", capacity=100, capacity_bytes=1000)
+    assert await flow.acquire(10) == 10
+    first = flow.ticket(10, nbytes=1000)  # 100 bytes per event
+    assert flow.bytes_in_flight == 1000
+    assert flow.try_acquire(5) == 0  # events free, bytes not
+    waiting = asyncio.ensure_future(flow.acquire(50))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    first.fold(4)  # the folded events' share of the bytes returns with their credit
+    assert flow.bytes_in_flight == 600
+    # 400 bytes left: about 4 events of the recent size, not the 50 wanted
+    assert await asyncio.wait_for(waiting, 1) == 4
+    flow.give_back(4)
+    first.end(10)
+    assert flow.bytes_in_flight == 0
+    assert flow.in_flight == 0
+    assert flow.peak_bytes_in_flight == 1000
+    # without sizes (memory sources) only events count; None turns the byte limit off
+    assert Flow("s", capacity=10, capacity_bytes=None).try_acquire(10) == 10
+    with pytest.raises(ConfigurationError, match="credit_bytes for source 's'"):
+        Flow("s", capacity_bytes=0)

@@ -45,7 +45,7 @@ def _slice(column: Sequence[_T] | None, start: int, end: int) -> list[_T] | None
 class _Rows:
     """One partition's messages of one hop, decoded, in columns."""
 
-    __slots__ = ("bad", "headers", "keys", "partition", "positions", "times", "values")
+    __slots__ = ("bad", "headers", "keys", "nbytes", "partition", "positions", "times", "values")
 
     def __init__(self, partition: KafkaPartition) -> None:
         self.partition = partition
@@ -57,6 +57,7 @@ class _Rows:
         self.headers: list[Mapping[str, Any] | None] | None = None
         # (row index it precedes, offset, raw message, error)
         self.bad: list[tuple[int, Any, BaseException]] = []
+        self.nbytes = 0  # the values' raw size, charged against the flow's byte credit
 
 
 class _Consumer:
@@ -309,6 +310,9 @@ class _Consumer:
             keys = _column(keys)
         rows.values = values
         rows.keys = keys
+        if owner.credit_bytes is not None:  # on the consumer thread; None (tombstones) skipped
+            nbytes = sum(map(len, filter(None, raws)))
+            rows.nbytes = nbytes * len(values) // len(raws) if len(values) < len(raws) else nbytes
         first, last = batch[0].offset(), batch[-1].offset()
         # offsets of a run are increasing: consecutive ones (no compaction or transaction
         # markers in between) are a range, with no int object per message
@@ -537,6 +541,7 @@ class _Consumer:
                 positions=rows.positions,
                 headers=rows.headers,
                 partition=rows.partition,
+                nbytes=rows.nbytes,
             )
             return
         out.emit(
@@ -546,6 +551,7 @@ class _Consumer:
             positions=rows.positions[start:end],
             headers=_slice(rows.headers, start, end),
             partition=rows.partition,
+            nbytes=rows.nbytes * (end - start) // len(rows.values),
         )
 
     def _emit_with_bad(self, out: Emitter, rows: _Rows) -> int:

@@ -88,6 +88,7 @@ class KafkaSource(Source):
     """
 
     kind = "kafka"
+    event_bytes_hint = 1 << 20  # byte credit expects messages of up to 1 MiB at first
 
     def __init__(
         self,

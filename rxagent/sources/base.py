@@ -19,7 +19,7 @@ from ..clock import advance, next_due
 from ..context import PipelineContext
 from ..events import Batch
 from ..exceptions import ConfigurationError
-from ..flow import Flow
+from ..flow import DEFAULT_CREDIT_BYTES, Flow
 
 __all__ = ["Emitter", "Source"]
 
@@ -78,10 +78,14 @@ class Emitter:
         positions: Sequence[int] | None = None,
         headers: list[Mapping[str, Any] | None] | None = None,
         partition: Hashable = None,
+        nbytes: int = 0,
     ) -> None:
         """Emit ``values`` (with optional columns of the same length) as one batch.
 
-        The caller must hold credit for ``len(values)`` events. ``positions`` must be
+        The caller must hold credit for ``len(values)`` events. ``nbytes``: the size
+        of their payload as received, when the source knows it (one ``sum(map(len,
+        raws))`` per batch): it is held against the flow's byte credit until the
+        events' credit returns. ``positions`` must be
         increasing within a partition across batches: they drive the watermark. A
         row may have none (``None``): the batch's span is that of the rows that do.
         """
@@ -93,7 +97,7 @@ class Emitter:
             first, last = positions[0], positions[-1]
             if first is None or last is None:  # rows without one (a WebSocket resend)
                 first, last = _span(positions)
-        ticket = self.flow.ticket(n, partition, first, last)
+        ticket = self.flow.ticket(n, partition, first, last, nbytes)
         batch = Batch(
             values,
             ctx=self.ctx,
@@ -112,8 +116,9 @@ class Emitter:
 class Source(abc.ABC):
     """Base of all sources. Subclasses implement :meth:`run`.
 
-    ``credit`` bounds the events in flight from this source; ``batch_size`` bounds
-    one emission. Example::
+    ``credit`` bounds the events in flight from this source; ``credit_bytes`` bounds
+    their payload bytes, for sources that charge them (WebSocket, Kafka; ``None``:
+    no byte limit); ``batch_size`` bounds one emission. Example::
 
         class Countdown(Source):
             kind = "countdown"
@@ -128,13 +133,30 @@ class Source(abc.ABC):
 
     kind = "source"
 
-    def __init__(self, name: str | None = None, *, credit: int = 4096, batch_size: int = 512):
+    #: the byte limit of in-flight credit; a class default, so subclasses that do not
+    #: pass it on keep it (set the attribute, or pass ``credit_bytes=``, to change it)
+    credit_bytes: int | None = DEFAULT_CREDIT_BYTES
+    #: what byte credit expects per event before the first batch is measured (the
+    #: largest message, for sources that charge bytes; 0: no guess)
+    event_bytes_hint = 0
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        credit: int = 4096,
+        batch_size: int = 512,
+        credit_bytes: int | None = DEFAULT_CREDIT_BYTES,
+    ):
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         if credit < 1:
             raise ConfigurationError(f"credit must be >= 1, got {credit}")
         self.name = name or self.kind
+        if credit_bytes is not None and credit_bytes < 1:
+            raise ConfigurationError(f"credit_bytes must be >= 1 or None, got {credit_bytes}")
         self.credit = credit
+        self.credit_bytes = credit_bytes
         self.batch_size = min(batch_size, credit)
 
     @abc.abstractmethod

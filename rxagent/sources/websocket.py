@@ -299,6 +299,7 @@ class WebSocketSource(Source):
     """
 
     kind = "websocket"
+    event_bytes_hint = 1 << 20  # max_size by default: byte credit expects the largest
 
     def __init__(
         self,
@@ -766,7 +767,11 @@ class WebSocketSource(Source):
         positions = None if self.sequence is None else self._positions(values)
         self.emitted += len(values)
         if overflow is None:
-            out.emit(values, positions=positions)  # type: ignore[arg-type]
+            # charged against the byte credit (frames' lengths, in C; bad ones excluded)
+            nbytes = sum(map(len, raws)) if out.flow.capacity_bytes is not None else 0
+            if len(values) < len(raws):
+                nbytes = nbytes * len(values) // len(raws)
+            out.emit(values, positions=positions, nbytes=nbytes)  # type: ignore[arg-type]
         else:
             overflow.offer(out, values, positions=positions)  # type: ignore[arg-type]
         return len(values)
