@@ -983,6 +983,20 @@ def dry_run_command(
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address.")
 @click.option("--port", type=int, default=None, help="HTTP port (0: any free port).")
 @click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="HOST[:PORT|:*]",
+    help="A Host header value to accept (repeat); required when --host is not a loopback address.",
+)
+@click.option(
+    "--allow-origin",
+    "allowed_origins",
+    multiple=True,
+    metavar="URL",
+    help="An Origin header value to accept (repeat; browser clients).",
+)
+@click.option(
     "--token-env",
     default="RXAGENT_MCP_TOKEN",
     show_default=True,
@@ -1010,6 +1024,8 @@ def mcp_command(
     http: bool,
     host: str,
     port: int | None,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
     token_env: str,
     pipelines: tuple[str, ...],
     min_interval: float,
@@ -1022,7 +1038,10 @@ def mcp_command(
     With --from-changelog no pipeline runs: each store is read from the
     changelog topic rxagent-changelog.<group>.<store> (group and brokers from
     the kafka source of the pipeline writing it), first to its end, then
-    followed live; any number of workers may be writing it (docs/state.md)."""
+    followed live; any number of workers may be writing it (docs/state.md).
+
+    Bound to an address other than a loopback one, --allow-host must name the
+    Host header values clients send. The URL served is printed on stderr."""
     import os
 
     from .mcp.app import DEFAULT_PORT, run_mcp
@@ -1042,6 +1061,9 @@ def mcp_command(
             pipelines=names,
             min_interval=min_interval,
             from_changelog=from_changelog,
+            allowed_hosts=list(allowed_hosts),
+            allowed_origins=list(allowed_origins),
+            ready=lambda url: click.echo(f"rxagent MCP server listening on {url}", err=True),
         )
 
 

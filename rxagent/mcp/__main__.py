@@ -25,6 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP, not stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
     parser.add_argument(
+        "--allow-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="HOST[:PORT|:*]",
+        help="a Host header value to accept (repeatable); needed when --host is not a "
+        "loopback address",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="URL",
+        help="an Origin header value to accept (repeatable; browser clients)",
+    )
+    parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; 0: any)"
     )
     parser.add_argument(
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 min_interval=args.min_interval,
                 ready=ready,
                 from_changelog=args.from_changelog,
+                allowed_hosts=args.allowed_hosts,
+                allowed_origins=args.allowed_origins,
             )
         )
     except RxAgentError as error:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..exceptions import ConfigurationError
-from .server import RxAgentMCP
+from .server import RxAgentMCP, transport_security
 
 if TYPE_CHECKING:
     from ..config import BuiltApp, Config
@@ -40,6 +40,9 @@ def run_mcp(
     min_interval: float = 0.5,
     path: str = "/mcp",
     from_changelog: bool = False,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
+    ready: Callable[[str], None] | None = None,
 ) -> None:
     """Load pipeline file ``file``, run its pipelines and serve them over MCP until stopped.
 
@@ -53,6 +56,12 @@ def run_mcp(
     changelog topic its Kafka-sourced pipeline's workers write (the whole state,
     every partition: :func:`changelog_views`); ``pipelines`` then names the
     pipelines whose stores are served.
+
+    ``host`` other than a loopback address needs ``allowed_hosts`` (the ``Host``
+    header values clients send; ``allowed_origins`` for browser clients), or
+    :class:`~rxagent.exceptions.ConfigurationError` before anything starts
+    (:func:`~rxagent.mcp.server.transport_security`). ``ready(url)`` is called
+    once HTTP listens, with the port bound.
 
     Raises :class:`~rxagent.exceptions.ConfigurationError` (and
     :class:`~rxagent.config.ConfigFileError`) before serving when the file or
@@ -69,6 +78,9 @@ def run_mcp(
             min_interval=min_interval,
             path=path,
             from_changelog=from_changelog,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
+            ready=ready,
         )
     )
 
@@ -85,11 +97,13 @@ async def serve_file(
     path: str = "/mcp",
     ready: Callable[[str], None] | None = None,
     from_changelog: bool = False,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
 ) -> None:
     """:func:`run_mcp` on the running loop; ``ready(url)`` is called once HTTP listens."""
     from ..config import load
 
-    _check_transport(transport, token)
+    _check_transport(transport, token, host, allowed_hosts, allowed_origins)
     config = load(file)
     if from_changelog:
         from ..config.loader import _make_tool
@@ -111,6 +125,8 @@ async def serve_file(
             min_interval=min_interval,
             path=path,
             ready=ready,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
         )
         return
     built = config.build(pipelines=pipelines)
@@ -123,10 +139,18 @@ async def serve_file(
         min_interval=min_interval,
         path=path,
         ready=ready,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
     )
 
 
-def _check_transport(transport: str, token: str | None) -> None:
+def _check_transport(
+    transport: str,
+    token: str | None,
+    host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
+) -> None:
     if transport not in ("stdio", "http"):
         raise ConfigurationError(f"MCP transport must be 'stdio' or 'http', got {transport!r}")
     if transport == "http" and not token:
@@ -134,6 +158,8 @@ def _check_transport(transport: str, token: str | None) -> None:
             "serving MCP over HTTP needs a bearer token: set one in an environment variable "
             "(--token-env, default RXAGENT_MCP_TOKEN); clients send 'Authorization: Bearer <token>'"
         )
+    if transport == "http":
+        transport_security(host, allowed_hosts, allowed_origins)  # refuse before anything starts
 
 
 async def serve_built(
@@ -146,6 +172,8 @@ async def serve_built(
     min_interval: float = 0.5,
     path: str = "/mcp",
     ready: Callable[[str], None] | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
 ) -> None:
     """Run ``built``'s pipelines and serve its stores, tools and status over MCP.
 
@@ -154,7 +182,7 @@ async def serve_built(
     Pipelines that finish (a file replayed to its end) leave their state
     served until then.
     """
-    _check_transport(transport, token)
+    _check_transport(transport, token, host, allowed_hosts, allowed_origins)
     model = built.config.model
     descriptions = {name: decl.description if decl else None for name, decl in model.state.items()}
     mcp = RxAgentMCP(
@@ -175,7 +203,15 @@ async def serve_built(
             if transport == "stdio":
                 await _until_signalled(mcp.serve_stdio())
             else:
-                await mcp.serve_http(token=token, host=host, port=port, path=path, ready=ready)
+                await mcp.serve_http(
+                    token=token,
+                    host=host,
+                    port=port,
+                    path=path,
+                    ready=ready,
+                    allowed_hosts=allowed_hosts,
+                    allowed_origins=allowed_origins,
+                )
         finally:
             built.app.request_stop()
             try:
@@ -271,10 +307,12 @@ async def serve_views(
     min_interval: float = 0.5,
     path: str = "/mcp",
     ready: Callable[[str], None] | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
 ) -> None:
     """Read every view to the end of its changelog, then serve them over MCP (each
     following its changelog live) until the server ends; the views are closed then."""
-    _check_transport(transport, token)
+    _check_transport(transport, token, host, allowed_hosts, allowed_origins)
     try:
         await asyncio.gather(*(view.start() for view in views.values()))
         for view in views.values():
@@ -297,7 +335,15 @@ async def serve_views(
             if transport == "stdio":
                 await _until_signalled(mcp.serve_stdio())
             else:
-                await mcp.serve_http(token=token, host=host, port=port, path=path, ready=ready)
+                await mcp.serve_http(
+                    token=token,
+                    host=host,
+                    port=port,
+                    path=path,
+                    ready=ready,
+                    allowed_hosts=allowed_hosts,
+                    allowed_origins=allowed_origins,
+                )
     finally:
         await asyncio.gather(*(view.aclose() for view in views.values()), return_exceptions=True)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from mcp.server.caching import CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ListenHandler, ResourceUpdated, ServerEvent
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, create_model
 from reactivex.abc import DisposableBase
@@ -76,8 +78,10 @@ __all__ = [
     "STATUS_URI",
     "KEY_URI_TEMPLATE",
     "RxAgentMCP",
+    "is_loopback",
     "key_uri",
     "store_uri",
+    "transport_security",
 ]
 
 log = logging.getLogger("rxagent.mcp")
@@ -92,7 +96,11 @@ KEY_URI_TEMPLATE = STATE_URI_PREFIX + "{store}/{key}"
 _JSON = "application/json"
 #: Dead letters shown in the status resource.
 _RECENT_DEAD_LETTERS = 5
-#: Keys named in a "no such key" error.
+#: Followed resources named in the status resource (all are counted).
+_STATUS_SUBSCRIBED = 100
+#: What a loopback-bound server accepts as Host and Origin (the SDK's DNS rebinding defaults).
+_LOCAL_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+_LOCAL_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 
 
 def store_uri(store: str) -> str:
@@ -103,6 +111,65 @@ def store_uri(store: str) -> str:
 def key_uri(store: str, key: Hashable) -> str:
     """The URI of one key's resource; the key is percent-encoded (``/`` too)."""
     return f"{store_uri(store)}/{quote(key_text(key), safe='')}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(
+    host: str,
+    allowed_hosts: list[str] | tuple[str, ...] | None = None,
+    allowed_origins: list[str] | tuple[str, ...] | None = None,
+) -> TransportSecuritySettings:
+    """The ``Host``/``Origin`` checks (DNS rebinding protection) of an HTTP server bound to
+    ``host``; always on. Bound to a loopback address, local hosts and origins are accepted
+    plus ``allowed_hosts``/``allowed_origins``; bound to any other address (``0.0.0.0``, a
+    LAN address), only ``allowed_hosts`` (at least one, or :class:`ConfigurationError`) and
+    ``allowed_origins`` (none: requests carrying an ``Origin`` header are refused). An entry
+    ending in ``:*`` accepts any port (``mcp.example.com:*``)."""
+    hosts = [str(h) for h in allowed_hosts or ()]
+    origins = [str(o) for o in allowed_origins or ()]
+    for kind, values in (("allowed host", hosts), ("allowed origin", origins)):
+        for value in values:
+            if not value.strip() or value.strip() in ("*", ":*"):
+                raise ConfigurationError(
+                    f"MCP {kind} {value!r} is not a value clients send: name one, such as "
+                    + (
+                        "'mcp.example.com:8765' or 'mcp.example.com:*'"
+                        if kind == "allowed host"
+                        else "'https://app.example.com' or 'http://app.example.com:*'"
+                    )
+                )
+    if is_loopback(host):
+        own_host = f"{_bracketed(host)}:*"
+        own = [] if own_host in _LOCAL_HOSTS else [own_host]
+        own_origin = [f"http://{h}" for h in own]
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[*_LOCAL_HOSTS, *own, *hosts],
+            allowed_origins=[*_LOCAL_ORIGINS, *own_origin, *origins],
+        )
+    if not hosts:
+        raise ConfigurationError(
+            f"serving MCP over HTTP on {host!r}, not a loopback address, lets other machines "
+            "connect, so the Host header check needs the names clients use: pass "
+            "--allow-host NAME:PORT (or NAME:* for any port; repeatable), and --allow-origin "
+            "URL for browser clients; or bind 127.0.0.1 (the default) behind a TLS proxy"
+        )
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _dumps(value: Any) -> str:
@@ -243,6 +310,7 @@ class RxAgentMCP:
         changes_tool: bool = True,
         dead_letters: Any = None,
         max_entries: int = 500,
+        max_subscriptions: int = 100,
     ) -> None:
         if not min_interval >= 0:
             raise ConfigurationError(f"min_interval must be >= 0 seconds, got {min_interval!r}")
@@ -260,6 +328,16 @@ class RxAgentMCP:
             raise ConfigurationError(f"max_entries must be an int >= 1, got {max_entries!r}")
         #: most entries a whole-store read returns (the most recently updated first)
         self.max_entries = max_entries
+        if (
+            isinstance(max_subscriptions, bool)
+            or not isinstance(max_subscriptions, int)
+            or max_subscriptions < 1
+        ):
+            raise ConfigurationError(
+                f"max_subscriptions must be an int >= 1, got {max_subscriptions!r}"
+            )
+        #: most resources one client session (or one listen stream) follows
+        self.max_subscriptions = max_subscriptions
         self._descriptions = dict(descriptions or {})
         self.tools = ToolRegistry()
         for item in tools or ():
@@ -373,18 +451,32 @@ class RxAgentMCP:
                 lines.close()
 
     def http_app(
-        self, *, token: str | None, host: str = "127.0.0.1", path: str = "/mcp"
+        self,
+        *,
+        token: str | None,
+        host: str = "127.0.0.1",
+        path: str = "/mcp",
+        allowed_hosts: list[str] | tuple[str, ...] | None = None,
+        allowed_origins: list[str] | tuple[str, ...] | None = None,
     ) -> Starlette:
         """The streamable-HTTP ASGI app; with ``token``, requests without
-        ``Authorization: Bearer <token>`` get 401."""
+        ``Authorization: Bearer <token>`` get 401. ``Host`` and ``Origin`` are
+        checked as :func:`transport_security` says (a non-loopback ``host`` needs
+        ``allowed_hosts``)."""
+        security = transport_security(host, allowed_hosts, allowed_origins)
         if token is None:
-            return self.server.streamable_http_app(streamable_http_path=path, host=host)
+            return self.server.streamable_http_app(
+                streamable_http_path=path, host=host, transport_security=security
+            )
         if not token:
             raise ConfigurationError("the MCP bearer token is empty")
         return self.server.streamable_http_app(
             streamable_http_path=path,
             host=host,
-            auth=AuthSettings(issuer_url=AnyHttpUrl(f"http://{host}"), resource_server_url=None),
+            transport_security=security,
+            auth=AuthSettings(
+                issuer_url=AnyHttpUrl(f"http://{_bracketed(host)}"), resource_server_url=None
+            ),
             token_verifier=_StaticToken(token),
         )
 
@@ -396,20 +488,28 @@ class RxAgentMCP:
         port: int = 8765,
         path: str = "/mcp",
         ready: Callable[[str], None] | None = None,
+        allowed_hosts: list[str] | tuple[str, ...] | None = None,
+        allowed_origins: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         """Serve streamable HTTP at ``http://host:port/path`` until cancelled or
-        interrupted; ``ready(url)`` is called once the socket listens (``port=0``
-        picks a free port)."""
+        interrupted; ``ready(url)`` is called once the socket listens, with the
+        port actually bound (``port=0`` picks a free port)."""
         import socket
 
         import uvicorn
 
-        app = self.http_app(token=token, host=host, path=path)
+        app = self.http_app(
+            token=token,
+            host=host,
+            path=path,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
+        )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            sock.bind((host.strip("[]"), port))
             sock.listen(128)  # clients connecting before uvicorn is up wait in the backlog
         except OSError as error:
             sock.close()
@@ -419,8 +519,15 @@ class RxAgentMCP:
         bound = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
+        if not is_loopback(host):
+            log.warning(
+                "MCP over HTTP bound to %s (not a loopback address): reachable from other "
+                "machines; accepted Host headers: %s",
+                host,
+                ", ".join(allowed_hosts or ()),
+            )
         if ready is not None:
-            ready(f"http://{host}:{bound}{path}")
+            ready(f"http://{_bracketed(host)}:{bound}{path}")
         try:
             await server.serve(sockets=[sock])
         finally:
@@ -679,9 +786,11 @@ class RxAgentMCP:
                 for letter in letters[-_RECENT_DEAD_LETTERS:]
             ]
         conflater = self._conflater
+        followed = sorted(self._interest)
         result["notifications"] = {
             "min_interval_s": self.min_interval,
-            "subscribed": sorted(self._interest),
+            "subscribed": followed[:_STATUS_SUBSCRIBED],
+            "subscribed_count": len(followed),
             "changes": conflater.touched if conflater else 0,
             "sent": conflater.emitted if conflater else 0,
         }
@@ -692,11 +801,30 @@ class RxAgentMCP:
     # -- subscriptions -----------------------------------------------------------------
 
     def _check_subscribable(self, uri: str) -> None:
+        """Refuse a URI that names no resource: not rxagent's, or an unknown store. A key
+        the store does not hold yet may be followed (it may appear), within the cap."""
         parsed = _parse_uri(uri)
         if parsed is None:
-            raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}", data={"uri": uri})
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"cannot subscribe to unknown resource {uri!r}: use {STATUS_URI}, "
+                f"{STATE_URI_PREFIX}<store> or {KEY_URI_TEMPLATE}",
+                data={"uri": uri},
+            )
         if parsed[0] != "status":
             self._store(parsed[1], uri)
+
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.max_subscriptions:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"{what} would follow {count} resources, more than the "
+                f"{self.max_subscriptions} allowed per session "
+                "(RxAgentMCP(max_subscriptions=...)): "
+                "unsubscribe from some first, or subscribe to a whole store "
+                f"({STATE_URI_PREFIX}<store>) instead of many of its keys",
+                data={"limit": self.max_subscriptions},
+            )
 
     async def _on_subscribe(
         self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
@@ -705,6 +833,8 @@ class RxAgentMCP:
         self._check_subscribable(uri)
         connection = _connection_of(ctx.session)
         client = self._legacy.get(id(connection))
+        if client is not None and uri not in client.uris:
+            self._check_count(len(client.uris) + 1, f"subscribing to {uri!r}")
         if client is None:
             client = self._legacy[id(connection)] = _LegacyClient(ctx.session, self._client_gone)
             # the SDK unwinds a connection's exit stack when it closes: release its subscriptions
@@ -738,7 +868,10 @@ class RxAgentMCP:
     async def _on_listen(
         self, ctx: ServerRequestContext[Any], params: types.SubscriptionsListenRequestParams
     ) -> types.SubscriptionsListenResult:
-        uris = list(params.notifications.resource_subscriptions or ())
+        uris = list(dict.fromkeys(map(str, params.notifications.resource_subscriptions or ())))
+        self._check_count(len(uris), "this subscriptions/listen request")
+        for uri in uris:
+            self._check_subscribable(uri)
         for uri in uris:
             self._add_interest(uri)
         try:

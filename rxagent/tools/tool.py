@@ -20,9 +20,11 @@ import asyncio
 import copy
 import inspect
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -94,6 +96,12 @@ class Tool:
     that model receives the validated model instance; any other function receives
     the model's fields as keyword arguments. Without ``args_model`` the model is
     built from the function's signature.
+
+    NaN and infinity are refused wherever they appear in the arguments (a float
+    field, a list or dict of numbers, a nested model), since JSON from a model
+    or from data can carry them (``1e999`` parses as infinity) and most tools
+    would act on them; a tool that wants them passes ``allow_inf_nan=True``, or
+    its ``args_model`` sets ``model_config = ConfigDict(allow_inf_nan=True)``.
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class Tool:
         args_model: type[BaseModel] | None = None,
         max_concurrency: int | None = None,
         timeout: float | None = None,
+        allow_inf_nan: bool | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"a tool needs a callable, got {fn!r}")
@@ -119,9 +128,13 @@ class Tool:
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
         self.description: str = description if description is not None else summary
         self._signature = _signature(fn, tool_name)
+        if allow_inf_nan is None and args_model is not None:
+            allow_inf_nan = args_model.model_config.get("allow_inf_nan") is True
+        #: Whether NaN and infinity are accepted in the arguments (refused by default).
+        self.allow_inf_nan: bool = bool(allow_inf_nan)
         if args_model is None:
             self.args_model: type[BaseModel] = _model_from_signature(
-                fn, tool_name, self._signature, arg_docs
+                fn, tool_name, self._signature, arg_docs, allow_inf_nan=self.allow_inf_nan
             )
             self._pass_model = False
         else:
@@ -188,19 +201,27 @@ class Tool:
         model = self.args_model
         try:
             if args is None:
-                return model.model_validate({})
-            if isinstance(args, str | bytes | bytearray):
-                return model.model_validate_json(args)
-            if isinstance(args, model):
+                validated = model.model_validate({})
+            elif isinstance(args, str | bytes | bytearray):
+                validated = model.model_validate_json(args)
+            elif isinstance(args, model):
                 # re-validated when the model asks for it (``revalidate_instances``)
-                return model.model_validate(args)
-            if isinstance(args, BaseModel):
+                validated = model.model_validate(args)
+            elif isinstance(args, BaseModel):
                 # another model with the same fields (an LLM client's own class, say)
-                return model.model_validate(args.model_dump())
-            return model.model_validate(args)
+                validated = model.model_validate(args.model_dump())
+            else:
+                validated = model.model_validate(args)
         except ValidationError as error:
             self.stats.invalid += 1
             raise _arguments_error(self.name, error) from None
+        if not self.allow_inf_nan:
+            found: list[tuple[tuple[Any, ...], Any]] = []
+            _non_finite(validated, (), found, 0)
+            if found:
+                self.stats.invalid += 1
+                raise _non_finite_error(self.name, found)
+        return validated
 
     async def call(self, args: BaseModel) -> Any:
         """Run the function with arguments already validated by :meth:`validate`.
@@ -314,6 +335,7 @@ def tool(
     args_model: type[BaseModel] | None = None,
     max_concurrency: int | None = None,
     timeout: float | None = None,
+    allow_inf_nan: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -326,6 +348,7 @@ def tool(
     args_model: type[BaseModel] | None = None,
     max_concurrency: int | None = None,
     timeout: float | None = None,
+    allow_inf_nan: bool | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function a :class:`Tool`: ``@tool`` or ``@tool(name=..., args_model=...)``.
 
@@ -351,6 +374,7 @@ def tool(
             args_model=args_model,
             max_concurrency=max_concurrency,
             timeout=timeout,
+            allow_inf_nan=allow_inf_nan,
         )
 
     return build if fn is None else build(fn)
@@ -390,6 +414,8 @@ def _model_from_signature(
     tool_name: str,
     signature: inspect.Signature,
     arg_docs: dict[str, str],
+    *,
+    allow_inf_nan: bool = False,
 ) -> type[BaseModel]:
     hints = _hints(fn, tool_name)
     fields: dict[str, Any] = {}
@@ -428,7 +454,8 @@ def _model_from_signature(
     try:
         return create_model(
             model_name,
-            __config__=ConfigDict(extra="forbid"),  # an LLM's invented argument is an error
+            # an LLM's invented argument is an error; so is NaN / infinity unless opted in
+            __config__=ConfigDict(extra="forbid", allow_inf_nan=allow_inf_nan),
             **fields,
         )
     except Exception as error:
@@ -540,6 +567,59 @@ def _arguments_error(tool_name: str, error: ValidationError) -> ToolArgumentsErr
         parts.append(f"... and {len(details) - _MAX_ERRORS_SHOWN} more")
     message = f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
     return ToolArgumentsError(message, tool=tool_name, errors=list(details))
+
+
+#: How deep :func:`_non_finite` looks into nested arguments (pydantic bounds nesting too).
+_MAX_DEPTH = 64
+
+
+def _non_finite(
+    value: Any, loc: tuple[Any, ...], found: list[tuple[tuple[Any, ...], Any]], depth: int
+) -> None:
+    """Collect (location, value) of every NaN or infinity in validated arguments."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            found.append((loc, value))
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            found.append((loc, value))
+    elif isinstance(value, complex):
+        if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+            found.append((loc, value))
+    elif depth >= _MAX_DEPTH or isinstance(value, str | bytes | bytearray | int):
+        return
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _non_finite(getattr(value, name, None), (*loc, name), found, depth + 1)
+        for name, item in (value.__pydantic_extra__ or {}).items():
+            _non_finite(item, (*loc, name), found, depth + 1)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _non_finite(item, (*loc, key), found, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            _non_finite(item, (*loc, index), found, depth + 1)
+
+
+def _non_finite_error(
+    tool_name: str, found: list[tuple[tuple[Any, ...], Any]]
+) -> ToolArgumentsError:
+    parts = [
+        f"{'.'.join(map(str, loc)) or '(arguments)'}: a finite number is required, got {value!r}"
+        for loc, value in found[:_MAX_ERRORS_SHOWN]
+    ]
+    if len(found) > _MAX_ERRORS_SHOWN:
+        parts.append(f"... and {len(found) - _MAX_ERRORS_SHOWN} more")
+    message = (
+        f"invalid arguments for tool {tool_name!r}: "
+        + "; ".join(parts)
+        + " (NaN and infinity are refused unless the tool is made with allow_inf_nan=True)"
+    )
+    errors: list[Any] = [
+        {"type": "finite_number", "loc": loc, "msg": "Input should be a finite number", "input": v}
+        for loc, v in found
+    ]
+    return ToolArgumentsError(message, tool=tool_name, errors=errors)
 
 
 def _short(value: Any, limit: int = 60) -> str:
