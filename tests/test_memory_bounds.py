@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -12,11 +13,19 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from rxagent import ConfigurationError, Pipeline
+from rxagent.config.expressions import (
+    MAX_STRING,
+    ExpressionError,
+    ExpressionEvaluationError,
+    compile_expression,
+    expression_map,
+)
 from rxagent.deadletters import DeadLetter, MemoryDeadLetters, letter_size
 from rxagent.events import Batch, Event
 from rxagent.flow import DEFAULT_CREDIT_BYTES, Flow
 from rxagent.sinks import ListSink, Sink
 from rxagent.sources.websocket import WebSocketSource
+from rxagent.testing import run
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -181,3 +190,53 @@ async def test_byte_credit_returns_with_ends_and_folds_and_wakes_the_source() ->
     assert Flow("s", capacity=10, capacity_bytes=None).try_acquire(10) == 10
     with pytest.raises(ConfigurationError, match="credit_bytes for source 's'"):
         Flow("s", capacity_bytes=0)
+
+
+# -- string building in expressions ---------------------------------------------------------
+
+
+async def test_a_data_supplied_percent_template_is_refused_before_it_is_built() -> None:
+    events = [
+        {"tpl": "%0100000000d", "n": 1},  # 100 MB from a 50-byte event, before the fix
+        {"tpl": "%.100000000f", "n": 1},
+        {"tpl": "%*d", "n": 1},
+        {"tpl": "n=%05d %%", "n": 7},
+    ]
+    tracemalloc.start()
+    try:
+        result = await run(events, expression_map("value.tpl % value.n", name="fmt"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, f"peak {peak >> 20} MiB"
+    assert result.values == ["n=00007 %"]
+    letters = result.dead_letters
+    assert [d.stage for d in letters] == ["fmt"] * 3
+    assert {d.error_type for d in letters} == {"ExpressionEvaluationError"}
+    assert "value.tpl % value.n" in letters[0].message
+    assert f"more than {MAX_STRING} characters" in letters[0].message
+    assert "'*' width" in letters[2].message
+
+
+def test_percent_stays_modulo_for_numbers_and_constant_templates_are_checked_when_compiled() -> (
+    None
+):
+    assert compile_expression("value.n % 3")({"n": 10}) == 1
+    assert compile_expression("'%(s)s-%(n)03d' % value")({"s": "a", "n": 5}) == "a-005"
+    with pytest.raises(ExpressionError, match="column 0: '%' formatting would build more"):
+        compile_expression("'%0100000000d' % value.n")
+    with pytest.raises(ExpressionError, match="'\\*' width"):
+        compile_expression("'%*d' % value.n")
+
+
+def test_a_long_plus_chain_cannot_repeat_a_large_input_past_the_bound() -> None:
+    big = {"s": "x" * 300_000, "l": ["y"] * 300_000}
+    assert len(compile_expression("value.s + value.s + value.s")(big)) == 900_000
+    chain = compile_expression(" + ".join(["value.s"] * 40))  # 12 MB before the fix
+    start = time.perf_counter()
+    with pytest.raises(ExpressionEvaluationError, match="'\\+' result too large"):
+        chain(big)
+    assert time.perf_counter() - start < 0.5
+    with pytest.raises(ExpressionEvaluationError, match="too large"):
+        compile_expression(" + ".join(["value.l"] * 8))(big)
+    assert compile_expression(" + ".join(["value.n"] * 40))({"n": 2}) == 80

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Collection, Hashable, Iterator
+import re
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
@@ -53,6 +54,7 @@ from ..operators.transform import _EventFunctions, _filter, _per_row
 __all__ = [
     "FUNCTIONS",
     "MAX_LENGTH",
+    "MAX_STRING",
     "VARIABLES",
     "Expression",
     "ExpressionError",
@@ -74,6 +76,18 @@ _MAX_DEPTH = 64
 
 #: ``2 ** n`` style results above this many bits are refused at run time.
 _MAX_POW_BITS = 4096
+
+#: The longest string (or list) that ``%`` formatting and ``+`` chains may build, in
+#: characters (items). A data-supplied template such as ``'%0100000000d'`` is refused
+#: before it is formatted.
+MAX_STRING = 1 << 20
+
+#: A ``+`` chain with more non-constant terms than this checks its results' size
+#: (fewer cannot build more than that many times the inputs, which are bounded).
+_ADD_TERMS_UNCHECKED = 4
+
+#: The widths and precisions of ``%`` conversion specifiers, and ``*`` ones.
+_FORMAT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d*)(?:\.(\*|\d*))?[hlL]?.")
 
 #: The order variables are listed in (errors, docs).
 _VARIABLE_ORDER = ("value", "key", "time")
@@ -126,6 +140,53 @@ def _mul(a: Any, b: Any) -> Any:
     if not (_is_number(a) and _is_number(b)):
         raise TypeError(f"'*' multiplies numbers, got {type(a).__name__} and {type(b).__name__}")
     return a * b
+
+
+def _format_budget(template: str) -> int:
+    """The characters the widths and precisions of ``template`` may add; raises for
+    ``*`` (a width taken from the data)."""
+    if "%" not in template:
+        return 0
+    total = 0
+    for width, precision in _FORMAT_SPEC.findall(template):
+        if width == "*" or precision == "*":
+            raise ValueError("'%' formatting with a '*' width or precision is not allowed")
+        if width:
+            total += int(width)
+        if precision:
+            total += int(precision)
+    return total
+
+
+def _mod(a: Any, b: Any) -> Any:
+    """``%``: modulo for numbers; for a template string from the data, formatting
+    whose result is bounded (checked before it is built)."""
+    if not isinstance(a, str):
+        return a % b
+    if _format_budget(a) + len(a) > MAX_STRING:
+        raise ValueError(
+            f"'%' formatting would build more than {MAX_STRING} characters "
+            f"(widths and precisions of the template {a[:40]!r}...)"
+        )
+    return _bounded(a % b, "%")
+
+
+def _mod_col(lefts: list[Any], rights: Iterable[Any]) -> list[Any]:
+    """``%`` over a column: C's modulo unless a template string is among ``lefts``
+    (one ``set(map(type, ...))`` per batch)."""
+    if any(issubclass(t, str) for t in set(map(type, lefts))):
+        return list(map(_mod, lefts, rights))
+    return list(map(operator.mod, lefts, rights))
+
+
+def _bounded(result: Any, op: str) -> Any:
+    if type(result) in (str, list, tuple, bytes) and len(result) > MAX_STRING:
+        raise ValueError(f"'{op}' result too large (more than {MAX_STRING} characters or items)")
+    return result
+
+
+def _add_checked(a: Any, b: Any) -> Any:
+    return _bounded(a + b, "+")
 
 
 def _pow(a: Any, b: Any) -> Any:
@@ -207,7 +268,7 @@ _BINARY: dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]] = {
     ast.Mult: ("*", _mul),
     ast.Div: ("/", operator.truediv),
     ast.FloorDiv: ("//", operator.floordiv),
-    ast.Mod: ("%", operator.mod),
+    ast.Mod: ("%", _mod),
     ast.Pow: ("**", _pow),
 }
 
@@ -461,7 +522,40 @@ class _Compiler:
         fn = entry[1]
         left = self.compile(node.left, depth)
         right = self.compile(node.right, depth)
+        if fn is _mod:
+            fn = self._mod_for(node, left)
+            if fn is _mod:  # the template comes from the data: checked, in C when numbers
+                lrow, lcol, rrow, rcol = left.row, left.col, right.row, right.col
+                if right.is_const:
+                    c = right.const
+                    return _Node(
+                        lambda v: _mod(lrow(v), c),
+                        lambda vs: _mod_col(lcol(vs), repeat(c, len(vs))),
+                    )
+                return _Node(
+                    lambda v: _mod(lrow(v), rrow(v)), lambda vs: _mod_col(lcol(vs), rcol(vs))
+                )
+        elif fn is operator.add and _add_terms(node) > _ADD_TERMS_UNCHECKED:
+            fn = _add_checked  # a long chain could repeat a large input many times
         return self._binary(fn, left, right)
+
+    def _mod_for(self, node: ast.BinOp, left: _Node) -> Callable[[Any, Any], Any]:
+        """``%`` as C's modulo where the template is a constant whose widths were
+        checked here; the checking ``_mod`` where it comes from the data."""
+        if not left.is_const:
+            return _mod
+        if isinstance(left.const, str):
+            try:
+                budget = _format_budget(left.const)
+            except ValueError as error:
+                raise self.error(node, str(error)) from None
+            if budget + len(left.const) > MAX_STRING:
+                raise self.error(
+                    node, f"'%' formatting would build more than {MAX_STRING} characters"
+                )
+            # what the arguments add is bounded by the (bounded) inputs
+            return operator.mod
+        return operator.mod
 
     @staticmethod
     def _binary(
@@ -838,6 +932,20 @@ def _forms(kind: Literal["predicate", "value"], node: _Node) -> tuple[_Row, _Col
         row = lambda v: bool(raw_row(v))  # noqa: E731
         col = lambda vs: list(map(bool, raw_col(vs)))  # noqa: E731
     return row, col
+
+
+def _add_terms(node: ast.BinOp) -> int:
+    """The non-constant terms of the ``+`` chain ``node`` heads."""
+    count = 0
+    todo: list[ast.expr] = [node]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, ast.BinOp) and isinstance(item.op, ast.Add):
+            todo.append(item.left)
+            todo.append(item.right)
+        elif not isinstance(item, ast.Constant):
+            count += 1
+    return count
 
 
 def _runtime_error(text: str, error: Exception) -> ExpressionEvaluationError:
