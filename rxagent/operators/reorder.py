@@ -17,6 +17,15 @@ no credit. By default the main stream carries only the events.
 An event whose sequence number was already emitted or skipped, or that repeats
 one being held, is dropped: ended and counted in the stage's ``dropped``.
 
+Keys that come and go: a key with nothing held is forgotten once it has been idle
+for ``key_idle`` seconds (between one and two times that, swept once per
+``key_idle``), and past ``max_keys`` keys the ones idle longest (untouched since the
+last sweep, then the oldest) go first; keys holding events are never forgotten.
+Each eviction is counted in the stage's ``keys_evicted`` (``keys`` is the count
+held). A forgotten key that comes back starts its sequence afresh, as a new key
+does. Cost: one set insertion per key and batch, and one pass over the keys per
+sweep.
+
 Cost: a batch whose keys are all in order (the common case) is checked with
 list comparisons in C and passed on as it is. A batch with disorder takes the
 general path: its rows become tuples (in C), and a per-row loop handles them;
@@ -160,6 +169,8 @@ def reorder(
     key: str | int | Callable[[Any], Hashable] | None = None,
     start: int | None = None,
     emit_gaps: bool = False,
+    key_idle: float | None = 600.0,
+    max_keys: int | None = 100_000,
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> ReorderOperator:
@@ -174,6 +185,9 @@ def reorder(
       first event starts it (an earlier number arriving later is dropped).
     - ``emit_gaps``: also put each :class:`Gap` in the main stream (see the module
       docstring); gaps are always on the returned operator's ``gaps`` stream.
+    - ``key_idle``: seconds after which a key with nothing held is forgotten
+      (``None``: never); ``max_keys``: most keys remembered (``None``: no bound).
+      Evictions are counted in ``keys_evicted`` (see the module docstring).
 
     On completion, held events are emitted in order (with their gaps). On
     disposal they are ended. A ``seq`` function that raises or returns a
@@ -202,6 +216,17 @@ def reorder(
         raise ConfigurationError(
             f"reorder: max_delay must be a number of seconds >= 0, got {max_delay!r}"
         )
+    if key_idle is not None and (
+        isinstance(key_idle, bool)
+        or not (isinstance(key_idle, int | float) and math.isfinite(key_idle) and key_idle > 0)
+    ):
+        raise ConfigurationError(
+            f"reorder: key_idle must be a number of seconds > 0 or None, got {key_idle!r}"
+        )
+    if max_keys is not None and (
+        isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1
+    ):
+        raise ConfigurationError(f"reorder: max_keys must be an int >= 1 or None, got {max_keys!r}")
     if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
         raise ConfigurationError(f"reorder: start must be an int or None, got {start!r}")
     gaps: Subject[Gap] = Subject()
@@ -221,6 +246,9 @@ def reorder(
                 self.timer_at: float | None = None
                 self.like: Batch | None = None  # for ctx, source and time of timer batches
                 self.held = 0
+                # keys touched since the last sweep; the others with nothing held go
+                self.recent: set[Hashable] = set()
+                self.sweep_at: float | None = None
 
             # -- batches ----------------------------------------------------------
 
@@ -246,6 +274,8 @@ def reorder(
                 self.like = batch
                 if not seqs:
                     return
+                if key_idle is not None or (max_keys is not None and len(self.keys) > max_keys):
+                    self._maybe_sweep(metrics)
                 if self._in_order(seqs, keys):
                     metrics.events_out += len(seqs)
                     emit(batch)
@@ -270,6 +300,7 @@ def reorder(
                     {None: range(len(seqs))} if keys is None else group_rows(keys)
                 )
                 found = self.keys
+                self.recent.update(groups)
                 checked: list[tuple[_KeyOrder | None, Hashable, int]] = []
                 for k, rows in groups.items():
                     state = found.get(k)
@@ -331,6 +362,7 @@ def reorder(
                     state = found.get(k)
                     if state is None:
                         state = found[k] = _KeyOrder(start)
+                        self.recent.add(k)
                     expected = state.expected
                     if expected is None:
                         expected = state.expected = s
@@ -363,6 +395,42 @@ def reorder(
                             state.expected = e + (j - i)
                             i = j
                 metrics.extra["held"] = self.held
+
+            def _maybe_sweep(self, metrics: StageMetrics) -> None:
+                """Forget keys idle for a whole sweep period (nothing held), and past
+                ``max_keys`` the longest idle, down to 90 % of it (so a full table is
+                not swept on every batch)."""
+                keys = self.keys
+                over = max_keys is not None and len(keys) > max_keys
+                now = self.now() if key_idle is not None else 0.0
+                if key_idle is not None:
+                    if self.sweep_at is None:
+                        self.sweep_at = now + key_idle
+                    elif now + _SLACK >= self.sweep_at:
+                        recent = self.recent
+                        gone = [k for k, st in keys.items() if not st.held and k not in recent]
+                        for k in gone:
+                            del keys[k]
+                        self._evicted(len(gone), metrics)
+                        recent.clear()
+                        self.sweep_at = now + key_idle
+                if over and max_keys is not None and len(keys) > max_keys:
+                    excess = len(keys) - max_keys * 9 // 10
+                    recent = self.recent
+                    idle = [k for k, st in keys.items() if not st.held and k not in recent]
+                    if len(idle) < excess:  # then the oldest of the active ones
+                        idle += [k for k, st in keys.items() if not st.held and k in recent]
+                    for k in idle[:excess]:
+                        del keys[k]
+                        recent.discard(k)
+                    self._evicted(min(excess, len(idle)), metrics)
+                metrics.extra["keys"] = len(keys)
+
+            @staticmethod
+            def _evicted(n: int, metrics: StageMetrics) -> None:
+                if n:
+                    extra = metrics.extra
+                    extra["keys_evicted"] = extra.get("keys_evicted", 0) + n
 
             def _release_run(self, state: _KeyOrder, out: list[_Row]) -> None:
                 """Emit the held events that now continue the sequence."""
