@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from .clock import snap
 from .exceptions import ConfigurationError
 
 __all__ = ["Backoff", "Jitter"]
@@ -169,7 +170,8 @@ class Backoff:
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return None
         wait = self.delay(attempt, rng)
-        if self.max_elapsed is not None and elapsed + wait > self.max_elapsed:
+        # to the microsecond: a wait ending exactly at max_elapsed is not past it
+        if self.max_elapsed is not None and snap(elapsed + wait) > snap(self.max_elapsed):
             return None
         return wait
 

@@ -14,7 +14,18 @@ from typing import Any
 from reactivex.abc import SchedulerBase
 from reactivex.scheduler import VirtualTimeScheduler
 
-__all__ = ["advance", "is_virtual", "next_due", "scheduler_clock", "scheduler_seconds"]
+__all__ = ["advance", "is_virtual", "next_due", "scheduler_clock", "scheduler_seconds", "snap"]
+
+
+def snap(t: float) -> float:
+    """``t`` seconds to the microsecond, the resolution of reactivex's clocks.
+
+    Every comparison of a time with a bound made by adding or subtracting
+    durations goes through this, on both sides: ``0.001 + 0.008`` is
+    ``0.009000000000000001`` and ``0.010 - 0.009`` is ``0.0010000000000000009``
+    in floats, and a time exactly on such a bound must count as on it.
+    """
+    return round(t, 6)
 
 
 def is_virtual(scheduler: SchedulerBase) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, TypeAlias, cast
 from reactivex import abc
 from reactivex.subject import Subject
 
-from ..clock import scheduler_clock
+from ..clock import scheduler_clock, snap
 from ..events import (
     Batch,
     Event,
@@ -320,7 +320,7 @@ class WindowHandler(BatchHandler):
 
     def watermark(self, max_time: float) -> float:
         """The watermark once ``max_time`` is the largest event time seen."""
-        wm = max_time - self.spec.lateness
+        wm = snap(max_time - self.spec.lateness)  # an event exactly on it is not late
         floor = self.wm_floor
         return wm if floor is None or wm > floor else floor
 

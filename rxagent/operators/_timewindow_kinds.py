@@ -10,9 +10,9 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from fractions import Fraction
-from heapq import heappush
+from heapq import heappush, merge
 from itertools import accumulate, chain, compress, count, islice, repeat
-from operator import add, ge, sub, truediv
+from operator import add, ge, itemgetter, sub, truediv
 from typing import Any, cast
 
 from reactivex import abc
@@ -371,10 +371,13 @@ class PaneHandler(WindowHandler):
 
 
 class _Session:
-    __slots__ = ("close", "first", "last", "open", "position", "seq", "tickets", "values")
+    __slots__ = ("close", "first", "last", "open", "position", "seq", "spans", "tickets", "values")
 
     def __init__(self, t: float, gap: float, seq: int) -> None:
         self.values: list[Any] = []
+        #: when each value arrived: ``base + r`` for each ``(base, rows)``, r in rows, in the
+        #: order of ``values`` (ascending); read only when two sessions merge
+        self.spans: list[tuple[int, Sequence[int]]] = []
         self.tickets: dict[Ticket, int] = {}
         self.first = t
         self.last = t
@@ -403,6 +406,7 @@ class SessionHandler(WindowHandler):
         # ms in floats, and an event 3 ms after the last one must start a new session.
         self.gap = gap * (1 - _SNAP)
         self.keys: dict[Hashable, list[_Session]] = {}
+        self.arrived = 0  # rows seen before the current batch: arrival numbers
 
     def limit(self, t: float) -> float:
         return t
@@ -432,6 +436,7 @@ class SessionHandler(WindowHandler):
             for session in sessions:
                 if release_tickets(session.tickets, flow, partitions):
                     session.values = []  # it closes empty: finish() drops it
+                    session.spans = []
 
     def pop(self, entry: tuple[Any, int, Hashable, Any], limit: float, out: list[Out]) -> None:
         _, _, k, session = entry
@@ -462,11 +467,13 @@ class SessionHandler(WindowHandler):
                 session = self._new(k, now)
                 self.keys[k] = [session]
             folded += self._extend(batch, session, rows, now)
+        self.arrived += len(batch.values)
         if folded:
             cast(Ticket, batch.ticket).fold(folded)
 
     def _extend(self, batch: Batch, session: _Session, rows: Sequence[int], last: float) -> int:
         session.values += pick(batch.values, rows)
+        session.spans.append((self.arrived, rows))
         session.last = last
         session.close = last + self.gap
         if batch.positions is not None:
@@ -508,6 +515,7 @@ class SessionHandler(WindowHandler):
                 folded += self._add_rows(batch, k, sessions, rows, times, maxes, out, late)
             if not sessions:
                 del self.keys[k]
+        self.arrived += n
         if folded:
             cast(Ticket, batch.ticket).fold(folded)
 
@@ -554,6 +562,7 @@ class SessionHandler(WindowHandler):
         positions = batch.positions
         holds = batch.holds
         ticket = batch.ticket if holds is None else None
+        base = self.arrived
         folded = 0
         for i in rows:
             t = times[i]
@@ -575,6 +584,7 @@ class SessionHandler(WindowHandler):
                 session = self._new(k, t)
                 sessions.insert(at, session)
             session.values.append(values[i])
+            session.spans.append((base, (i,)))
             if t < session.first:
                 session.first = t
             elif t > session.last:
@@ -593,10 +603,27 @@ class SessionHandler(WindowHandler):
         """``other``, the next session, joins ``into``: an event closed the gap."""
         other.open = False
         self.open -= 1
-        into.values += other.values
+        # values stay in arrival order (each session's are): interleave the two
+        a, b = _arrivals(into), _arrivals(other)
+        if not a or not b or a[-1] < b[0]:
+            into.values += other.values
+            into.spans += other.spans
+        elif b[-1] < a[0]:
+            into.values = other.values + into.values
+            into.spans = other.spans + into.spans
+        else:
+            pairs = zip(a, into.values, strict=True), zip(b, other.values, strict=True)
+            both = list(merge(*pairs, key=itemgetter(0)))
+            into.values = list(map(itemgetter(1), both))
+            into.spans = [(0, list(map(itemgetter(0), both)))]
         for ticket, n in other.tickets.items():
             into.tickets[ticket] = into.tickets.get(ticket, 0) + n
         into.last = other.last
         into.close = other.close
         if other.position is not None:
             into.position = other.position
+
+
+def _arrivals(session: _Session) -> list[int]:
+    """The arrival numbers of a session's values, in order."""
+    return [base + r for base, rows in session.spans for r in rows]

@@ -33,7 +33,8 @@ lease counts a row busy until it could have been ended by all of them.
   full pushes the oldest waiting row out.
 - ``latest``: at most one waiting row per key (a newer row replaces it, and
   keeps its key's place in line) and at most ``capacity`` keys waiting (beyond
-  that the oldest waiting row is dropped).
+  that the oldest waiting row is dropped). Decided row by row, so the rows
+  kept do not depend on how the source cut its batches.
 
 With the lossy policies the source is not slowed by downstream: rows that wait
 or are dropped are *folded* as they come in (as a window folds what it takes
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from reactivex import Observable
@@ -334,9 +335,15 @@ class _Buffer(_HoldingHandler):
         self.note_waiting()
 
     def coalesce(self, batch: Batch) -> None:
-        """Policy ``latest``: each key keeps its newest row, in its place in line."""
+        """Policy ``latest``: each key keeps its newest row, in its place in line;
+        decided row by row, so how the source cut its batches does not matter."""
         batch, groups = _key_groups(batch, self.key_fn, self.stage)
         latest = self.latest
+        new_keys = sum(1 for key in groups if key not in latest)
+        if self.waiting + new_keys > self.capacity:
+            self.coalesce_rows(batch, groups)
+            return
+        # no key is pushed out: per key, its last row replaces what waits
         replaced = 0
         older: list[int] = []
         for key, rows in groups.items():
@@ -351,12 +358,47 @@ class _Buffer(_HoldingHandler):
                 replaced += 1
         _end_rows(batch, older)
         self.count_drops("dropped_replaced", replaced + len(older))
-        over = self.waiting - self.capacity
-        if over > 0:
-            for key in list(itertools.islice(latest, over)):
-                latest.pop(key).end()
-            self.waiting -= over
-            self.count_drops("dropped_oldest", over)
+
+    def coalesce_rows(self, batch: Batch, groups: Mapping[Hashable, Sequence[int]]) -> None:
+        """:meth:`coalesce` when waiting keys overflow ``capacity``: row by row, the
+        oldest in line pushed out as each new key arrives."""
+        keys: list[Hashable] = [None] * len(batch.values)
+        for key, rows in groups.items():
+            for i in rows:
+                keys[i] = key
+        line: dict[Hashable, Event | None] = dict(self.latest)  # None: a row of this batch
+        rows_of: dict[Hashable, int] = {}
+        gone: list[int] = []
+        replaced = oldest = 0
+        for i, key in enumerate(keys):
+            if key in line:
+                old = line[key]
+                if old is None:
+                    gone.append(rows_of[key])
+                else:
+                    old.end()
+                line[key] = None
+                replaced += 1
+            else:
+                line[key] = None
+                self.waiting += 1
+                if self.waiting > self.capacity:
+                    first = next(iter(line))
+                    pushed = line.pop(first)
+                    if pushed is None:
+                        gone.append(rows_of.pop(first))
+                    else:
+                        pushed.end()
+                    self.waiting -= 1
+                    oldest += 1
+            rows_of[key] = i
+        self.latest = {
+            key: batch.event(rows_of[key], take=True) if event is None else event
+            for key, event in line.items()
+        }
+        _end_rows(batch, gone)
+        self.count_drops("dropped_replaced", replaced)
+        self.count_drops("dropped_oldest", oldest)
 
     def drop_oldest(self, count: int) -> None:
         queue = self.queue

@@ -42,7 +42,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import SerialDisposable
 from reactivex.subject import Subject
 
-from ..clock import scheduler_clock
+from ..clock import scheduler_clock, snap
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from .base import BatchHandler, Emit, Operator, batch_stage
@@ -226,7 +226,7 @@ class CircuitBreaker:
         if self._state is CircuitState.OPEN:
             t = self._now(now)
             until = self._open_until
-            if until is not None and t >= until:
+            if until is not None and snap(t) >= until:
                 self._successes = 0
                 self._trials = 0
                 self._move(CircuitState.HALF_OPEN, t)
@@ -321,7 +321,7 @@ class CircuitBreaker:
     def _open(self, t: float) -> None:
         self._successes = 0
         self._trials = 0
-        self._open_until = t + self.reset_timeout
+        self._open_until = snap(t + self.reset_timeout)  # compared at the microsecond
         self._move(CircuitState.OPEN, t)
 
     # -- watching -------------------------------------------------------------------

@@ -38,7 +38,7 @@ from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.subject import Subject
 
 from ..backoff import Backoff
-from ..clock import scheduler_clock
+from ..clock import scheduler_clock, snap
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import Operator
@@ -192,7 +192,7 @@ def retry(
                 t = now()
                 if run_start is None:
                     run_start = t
-                elapsed = t - run_start
+                elapsed = snap(t - run_start)
                 delay = backoff.next_delay(attempt, elapsed, error, rng)
                 if ctx is not None:
                     ctx.stage(stage).record_error(error)
