@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from . import _secrets
 from .exceptions import ConfigurationError
 
 __all__ = ["KeyPassword", "PathLike", "client_context", "describe_tls"]
@@ -121,7 +122,14 @@ def _readable(owner: str, option: str, value: PathLike) -> str:
 
 
 def _password(owner: str, key_password: KeyPassword | None) -> str | bytes | None:
-    """The password itself: from the environment for ``"${NAME}"``, or from the function."""
+    """The password itself: from the environment for ``"${NAME}"``, or from the
+    function; known as a secret from then on (:mod:`rxagent._secrets`)."""
+    value = _given_password(owner, key_password)
+    _secrets.register(value)
+    return value
+
+
+def _given_password(owner: str, key_password: KeyPassword | None) -> str | bytes | None:
     if key_password is None:
         return None
     if callable(key_password):

@@ -53,23 +53,24 @@ def _fail(code: int, message: str) -> NoReturn:
 @contextlib.contextmanager
 def _guard(verbose: int) -> Iterator[None]:
     """Turn every error into one line on stderr and an exit code (no traceback)."""
+    from ._secrets import redact
     from .exceptions import ConfigurationError
 
     try:
         yield
     except _Exit as done:
         if done.message:
-            click.echo(f"rxagent: {done.message}", err=True)
+            click.echo(redact(f"rxagent: {done.message}"), err=True)
         raise SystemExit(done.code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except ConfigurationError as error:  # a problem the user can fix
-        click.echo(f"rxagent: {error}", err=True)
+        click.echo(redact(f"rxagent: {error}"), err=True)
         raise SystemExit(INVALID) from None
     except Exception as error:
         if verbose >= 2:
             raise
-        first = (str(error).strip() or "").split("\n")[0]
+        first = redact(str(error).strip() or "").split("\n")[0]
         click.echo(
             f"rxagent: unexpected error: {type(error).__name__}: {first} "
             "(run with -vv for the traceback)",
@@ -89,8 +90,12 @@ def _verbosity() -> int:
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """rxagent: reactive pipelines that turn live data into agent state and tool calls."""
+    from ._secrets import FILTER
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # every record printed is redacted
+        handler.addFilter(FILTER)
 
 
 @main.command()
@@ -310,10 +315,13 @@ def _last_error(status: PipelineStatus) -> str | None:
 
 
 def _compact(value: Any, limit: int = 80) -> str:
+    from ._secrets import redact
+
     try:
         text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
         text = repr(value)
+    text = redact(text)  # before truncating: a secret's prefix must not show
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -967,7 +975,10 @@ def dry_run_command(
             )
         )
         if as_json:
-            click.echo(config.redact(json.dumps(report.as_json(), indent=2, sort_keys=True)))
+            from ._secrets import redact_data
+
+            # redacted as data: text replacement could break the JSON
+            click.echo(json.dumps(redact_data(report.as_json()), indent=2, sort_keys=True))
         else:
             from rich.console import Console
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ._secrets import open_private, redact
 from .events import Event
 from .exceptions import ConfigurationError
 
@@ -66,9 +67,11 @@ class DeadLetter:
     def from_error(
         cls, event: Event, stage: str, error: BaseException | str, *, pipeline: str | None = None
     ) -> DeadLetter:
+        # the message (an expression's text, a URL) is shown and written: redacted
         if isinstance(error, BaseException):
-            return cls(event, stage, type(error).__name__, str(error) or repr(error), pipeline)
-        return cls(event, stage, "Rejected", error, pipeline)
+            message = redact(str(error) or repr(error))
+            return cls(event, stage, type(error).__name__, message, pipeline)
+        return cls(event, stage, "Rejected", redact(error), pipeline)
 
     def to_json(self) -> dict[str, Any]:
         ev = self.event
@@ -224,11 +227,12 @@ class JsonlDeadLetters:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_private(self.path, "a", encoding="utf-8")  # payloads: 0600
         self.total = 0
 
     def put(self, letter: DeadLetter) -> None:
         data = letter.to_json()
+        data["message"] = redact(str(data["message"]))
         try:
             line = json.dumps(data, default=repr, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):

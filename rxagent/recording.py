@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ._secrets import redact_data
 from .exceptions import DecodeError, RxAgentError
 
 __all__ = [
@@ -147,7 +148,8 @@ def encode_header(
         if name in fields or name in ("format", "version"):
             raise RecordEncodeError(f"header field {name!r} is reserved by the recording format")
         fields[name] = value
-    return _dump(fields, None, "header")
+    # the header says where the events came from (names, meta, maybe a URL): redacted
+    return _dump(redact_data(fields), None, "header")
 
 
 def encode_event(

@@ -34,6 +34,7 @@ from reactivex.abc import DisposableBase, SchedulerBase
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
+from . import _secrets
 from .context import PipelineContext
 from .events import Batch
 from .exceptions import ConfigurationError, PipelineError
@@ -80,6 +81,13 @@ class PipelineStatus:
     started_at: float | None = None
     stopped_at: float | None = None
     suppressions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # where every status is built: what it shows (Python API, MCP, CLI) is redacted
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if type(value) is str or type(value) is dict:
+                object.__setattr__(self, name, _secrets.redact_data(value))
 
     def as_dict(self) -> dict[str, Any]:
         return {

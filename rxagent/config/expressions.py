@@ -46,6 +46,7 @@ from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
+from .._secrets import redact
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from ..operators.base import Operator
@@ -983,7 +984,8 @@ def compile_expression(
     if kind not in ("predicate", "value"):
         raise ExpressionError(text, f"kind must be 'predicate' or 'value', got {kind!r}")
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(text[:40] + "...", f"longer than {MAX_LENGTH} characters")
+        # redacted before it is cut: a secret's prefix must not show
+        raise ExpressionError(redact(text)[:40] + "...", f"longer than {MAX_LENGTH} characters")
     stripped = text.lstrip()
     offset = len(text) - len(stripped)
     if not stripped.strip():

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from .._secrets import redact
 from ..exceptions import ConfigurationError
 from .kinds import import_ref
 from .model import DocumentModel, PipelineModel, ToolModel
@@ -659,7 +660,7 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    text = repr(value)
+    text = redact(repr(value))  # before truncating: a secret's prefix must not show
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"

@@ -8,8 +8,8 @@ expression) can name the exact place in the file.
 
 ``${VAR}`` and ``${VAR:-default}`` in string scalars are replaced from the
 environment *after* parsing, so a value can never change the document's
-structure. The replaced values are remembered as secrets so that output can be
-redacted (:meth:`Document.redact`).
+structure. The replaced values are remembered as secrets (:mod:`rxagent._secrets`,
+for as long as the document lives) so that every output is redacted.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .. import _secrets
 from ..exceptions import ConfigurationError
 
 __all__ = [
@@ -138,11 +139,9 @@ class SourceDocument:
         return self.locations.file
 
     def redact(self, text: str) -> str:
-        """``text`` with every value that came from the environment replaced by ``***``."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if len(secret) >= 3:  # shorter values would blank unrelated text
-                text = text.replace(secret, "***")
-        return text
+        """``text`` with every value that came from the environment (and every other
+        known secret, :func:`rxagent._secrets.redact`) replaced by ``***``."""
+        return _secrets.redact(text)
 
 
 def parse(
@@ -176,6 +175,7 @@ def parse(
         doc.data = {}
         return doc
     doc.data = _convert(node, (), locations, env, doc.secrets, problems)
+    _secrets.register(*doc.secrets, owner=doc)
     if problems:
         raise ConfigFileError(problems)
     return doc

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from .. import _secrets
 from ..exceptions import ConfigurationError
 
 __all__ = [
@@ -38,7 +39,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # bounded prefetch: the backlog belongs in the broker, not in this process
     "queued.max.messages.kbytes": 16384,
 }
-_SECRET = re.compile(r"password|secret|token|key$|jaas", re.IGNORECASE)
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -63,7 +63,9 @@ def resolve_config(config: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
                     f"{owner}: setting {key!r} reads environment variable {name} which is not set"
                 )
             value = os.environ[name]
+            _secrets.register(value)
         resolved[key] = value
+    _secrets.register_config(resolved)
     return resolved
 
 
@@ -93,8 +95,11 @@ def client_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` fit for logs and status: values of secret-looking keys hidden."""
-    return {k: ("***" if _SECRET.search(k) else v) for k, v in config.items()}
+    """``config`` fit for logs and status: the values of credential settings
+    (``sasl.password``, ``sasl.jaas.config``, ``sasl.oauthbearer.config``,
+    ``ssl.key.pem``, ``ssl.keystore.password``, ...) hidden, and every known secret
+    (:func:`rxagent._secrets.redact`) in the others."""
+    return _secrets.redact_config(config)
 
 
 def _value_decoder(decode: Decoder, model: Any) -> Callable[[bytes], Any]:

@@ -58,6 +58,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, create_model
 from reactivex.abc import DisposableBase
 from starlette.applications import Starlette
 
+from .._secrets import redact, redact_data, register
 from ..exceptions import ConfigurationError
 from ..plain import plain
 from ..runtime import App
@@ -173,7 +174,14 @@ def _bracketed(host: str) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    """JSON of what the server sends: resources, status and tool results, with every
+    known secret redacted in the data (before JSON escapes it)."""
+    return json.dumps(
+        redact_data(value),
+        separators=(",", ":"),
+        default=lambda v: redact(str(v)),
+        ensure_ascii=False,
+    )
 
 
 def _iso(ts: float | None) -> str | None:
@@ -272,6 +280,7 @@ class _StaticToken:
     """A ``TokenVerifier`` accepting one bearer token, compared in constant time."""
 
     def __init__(self, token: str) -> None:
+        register(token, owner=self)
         self._token = token.encode()
 
     async def verify_token(self, token: str) -> AccessToken | None:
@@ -915,6 +924,7 @@ class RxAgentMCP:
             message = str(error) or type(error).__name__
             if not _is_rxagent_error(error):
                 message = f"{type(error).__name__}: {message}"
+            message = redact(message)
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=message)], is_error=True
             )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .._secrets import open_private
 from ..context import PipelineContext
 from ..events import Batch
 from ..exceptions import ConfigurationError, PipelineError
@@ -96,9 +97,9 @@ class RecordSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._truncate:
             self._truncate = False  # only the first session replaces the file
-            file = self.path.open("wb")
+            file = open_private(self.path, "wb")  # payloads: 0600 when created
         else:
-            file = self.path.open("ab")
+            file = open_private(self.path, "ab")
             if file.tell() > 0 and not _ends_with_newline(self.path):
                 # a previous recorder died mid-line: keep its partial line apart
                 # from our header, so a reader reports one bad line, not two

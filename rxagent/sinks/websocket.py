@@ -40,6 +40,7 @@ from reactivex.subject import Subject
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from .. import _secrets
 from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Batch
@@ -110,6 +111,8 @@ class WebSocketSink(Sink):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        _secrets.register_url(url, owner=self)
+        _secrets.register_config(headers or {}, owner=self)
         scheme = url.split("://", 1)[0]
         if scheme not in ("ws", "wss"):
             raise ConfigurationError(
@@ -217,6 +220,7 @@ class WebSocketSink(Sink):
             token = self.token_provider()
             if inspect.isawaitable(token):
                 token = await token
+            _secrets.register(token, owner=self)
             headers[self.token_header] = f"{self.token_prefix}{token}"
         tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}
         return await connect(

@@ -117,6 +117,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.protocol import State
 
+from .. import _secrets
 from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Event, Position
@@ -335,6 +336,8 @@ class WebSocketSource(Source):
         batch_size: int = 512,
     ) -> None:
         super().__init__(name, credit=credit, batch_size=batch_size)
+        _secrets.register_url(url, owner=self)
+        _secrets.register_config(headers or {}, owner=self)
         where = f"websocket source {self.name!r}"
         scheme = urlsplit(url).scheme
         if scheme not in ("ws", "wss"):
@@ -465,6 +468,7 @@ class WebSocketSource(Source):
             token = self.token_provider()
             if inspect.isawaitable(token):
                 token = await token
+            _secrets.register(token, owner=self)
             headers[self.token_header] = f"{self.token_prefix}{token}"
         return headers
 

@@ -33,6 +33,7 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from .._secrets import touch_private
 from ..exceptions import ConfigurationError, StateError
 
 __all__ = [
@@ -144,6 +145,7 @@ class SQLiteBackend:
                 f"state {self.store!r}: cannot create state directory {self.path.parent}: {error}"
             ) from error
         try:
+            touch_private(self.path)  # payloads: 0600 (SQLite gives its -wal/-shm the same)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             # a checkpoint must survive power loss too: the offsets committed after it

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from .._secrets import redact
 from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError
 
 if TYPE_CHECKING:
@@ -627,4 +628,5 @@ def _short(value: Any, limit: int = 60) -> str:
         text = json.dumps(value, default=repr, ensure_ascii=False)
     except (TypeError, ValueError):
         text = repr(value)
+    text = redact(text)  # before truncating: a secret's prefix must not show
     return text if len(text) <= limit else text[: limit - 1] + "…"
