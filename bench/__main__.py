@@ -13,6 +13,7 @@ BENCHMARKS = [
     "websocket",
     "kafka",
     "state_engines",
+    "durable_state",
 ]
 
 

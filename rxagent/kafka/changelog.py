@@ -138,6 +138,7 @@ class KafkaChangelog:
                     f"partitions but input topic {self.input_topic!r} has {wanted}: add "
                     "partitions to the changelog (or reset the store)"
                 )
+        self._make_producer()
         return self.partitions
 
     def _wait_for_partitions(self, admin: Any, wanted: int) -> None:
@@ -152,20 +153,25 @@ class KafkaChangelog:
 
     # -- writing ------------------------------------------------------------------------
 
-    def produce(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]:
-        """Produce ``(partition, key, value or None)`` records and wait until each is
-        delivered; returns, per partition written, the offset after its last record."""
-        if not records:
-            return {}
-        from confluent_kafka import Producer
-
+    def _make_producer(self) -> Any:
+        """The producer (made once). Made when the topic is ensured, so that it connects
+        and gets its idempotent producer id meanwhile, not in the first checkpoint."""
         if self._producer is None:
+            from confluent_kafka import Producer
+
             settings = self._settings()
             settings.setdefault("acks", "all")
             settings.setdefault("enable.idempotence", True)
             settings.setdefault("linger.ms", 5)
             self._producer = Producer(settings)
-        producer = self._producer
+        return self._producer
+
+    def produce(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]:
+        """Produce ``(partition, key, value or None)`` records and wait until each is
+        delivered; returns, per partition written, the offset after its last record."""
+        if not records:
+            return {}
+        producer = self._make_producer()
         failures: list[Any] = []
         ends: dict[int, int] = {}
 
@@ -221,16 +227,30 @@ class KafkaChangelog:
         )
         consumer = Consumer(settings)
         try:
+            # a partition already read to its end offset (the local rows are up to date,
+            # or it is empty) is not fetched: an empty fetch can wait the broker's whole
+            # fetch wait (Kafka Streams' restore also stops at the end offsets)
+            wanted = {
+                p: start for p, start in starts.items() if not self._at_end(consumer, p, start)
+            }
+            if not wanted:
+                return
             consumer.assign(
                 [
                     TopicPartition(self.topic, p, OFFSET_BEGINNING if start is None else start)
-                    for p, start in starts.items()
+                    for p, start in wanted.items()
                 ]
             )
-            left = set(starts)
+            left = set(wanted)
             idle_deadline = time.monotonic() + 30
             while left:
-                messages = consumer.consume(chunk, 0.5)
+                # what has arrived, at once; else wait for the first message (a partition's
+                # end among them) and take what came with it: never wait to fill a chunk
+                messages = consumer.consume(chunk, 0)
+                if not messages:
+                    first = consumer.poll(0.5)
+                    if first is not None:
+                        messages = [first, *consumer.consume(chunk - 1, 0)]
                 if not messages:
                     if time.monotonic() > idle_deadline:
                         raise StateError(
@@ -258,6 +278,23 @@ class KafkaChangelog:
                 yield from records.items()
         finally:
             consumer.close()
+
+    def _at_end(self, consumer: Any, partition: int, start: int | None) -> bool:
+        """True when reading ``partition`` from ``start`` would read nothing: its end
+        offset (asked of the broker, not cached) is ``start`` (or, for ``None``, its
+        beginning). A start beyond the end is read (the changelog was recreated: the
+        reader sees it start below and rebuilds); so is one whose end cannot be had."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=10, cached=False
+            )
+        except Exception:  # not known: read it
+            return False
+        if high is None or high < 0:
+            return False
+        return bool(high == (low if start is None else start))
 
     def tail(
         self,
