@@ -263,6 +263,8 @@ def decode_line(text: str | bytes, *, path: str = "<recording>", line: int = 0) 
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise RecordingError(path, line, f"not valid JSON ({error})", raw=text) from None
+    except RecursionError:
+        raise RecordingError(path, line, "JSON nested too deeply to read", raw=text) from None
     if not isinstance(data, dict):
         raise RecordingError(
             path, line, f"expected a JSON object, got {type(data).__name__}", raw=text

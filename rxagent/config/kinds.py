@@ -32,6 +32,7 @@ from pydantic import (
 
 from .. import operators as ops
 from ..backoff import Backoff
+from ..exceptions import ConfigurationError
 from .registry import BuildContext, Kind, Registry
 
 __all__ = ["register_builtins"]
@@ -142,6 +143,41 @@ PythonRef = Annotated[
         }
     ),
 ]
+
+
+def _check_model(ref: str) -> str:
+    from ..operators.decode import type_adapter
+
+    try:
+        type_adapter(import_ref(ref), "model")
+    except ConfigurationError as error:  # "model: <what is wrong>"
+        raise ValueError(f"{ref}: {str(error).partition(': ')[2]}") from None
+    return ref
+
+
+ModelRef = Annotated[
+    str,
+    AfterValidator(_check_model),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _REF.pattern,
+            "description": "a python reference: package.module:attribute",
+        }
+    ),
+]
+
+
+def _check_ws_url(url: str) -> str:
+    from ..sources.websocket import url_problem
+
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
+WsUrl = Annotated[str, AfterValidator(_check_ws_url)]
 
 
 def compute(text: str) -> Callable[[Any], Any]:
@@ -265,7 +301,7 @@ class OverflowParams(Params):
 class WebSocketParams(SourceParams):
     """Messages of a WebSocket server, reconnecting with backoff."""
 
-    url: str = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
+    url: WsUrl = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
     subscribe: list[Any] | None = Field(
         None,
         description='messages sent on every (re)connect; a string "{last_seq}" in them '
@@ -281,7 +317,7 @@ class WebSocketParams(SourceParams):
     decode: Literal["json", "text", "bytes", "raw"] = Field(
         "json", description="json, text, bytes, or raw (str or bytes as received)"
     )
-    model: PythonRef | None = Field(None, description="a pydantic model validating each value")
+    model: ModelRef | None = Field(None, description="a pydantic model validating each value")
     ping_interval: Duration | None = Field(
         20.0, description="keepalive ping every this long (null: none)"
     )
@@ -401,7 +437,7 @@ class KafkaParams(SourceParams):
     decode: Literal["json", "text", "bytes"] = Field(
         "json", description="how message values are decoded"
     )
-    model: PythonRef | None = Field(None, description="a pydantic model validating each value")
+    model: ModelRef | None = Field(None, description="a pydantic model validating each value")
     key_decode: Literal["json", "text", "bytes"] | None = Field(
         "text",
         description="how message keys are decoded (not UTF-8: bytes); null: events get no key",
@@ -607,7 +643,7 @@ class DecodeParams(StageParams):
     format: Literal["json", "text", "bytes", "python"] = Field(
         "json", description="json, text (UTF-8), bytes, or python (values already decoded)"
     )
-    model: PythonRef | None = Field(
+    model: ModelRef | None = Field(
         None, description="a pydantic model validating each decoded value"
     )
 
@@ -1084,7 +1120,7 @@ def _kafka_sink(p: KafkaSinkParams, ctx: BuildContext) -> Any:
 class WebSocketSinkParams(SinkParams):
     """Publish events to a WebSocket server."""
 
-    url: str = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
+    url: WsUrl = Field(pattern=r"^wss?://", description="ws:// or wss:// url")
     encode: Literal["json", "text", "bytes"] = Field(
         "json", description="how values are sent: json, text or bytes frames"
     )

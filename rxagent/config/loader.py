@@ -19,6 +19,7 @@ expected; all of a file's problems are raised together as one
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -34,7 +35,15 @@ from ..exceptions import ConfigurationError
 from .kinds import import_ref
 from .model import DocumentModel, PipelineModel, ToolModel
 from .registry import BuildContext, Kind, Registry, Role, default_registry
-from .source import ConfigFileError, Locations, Problem, SourceDocument, parse
+from .source import (
+    MAX_FILE_BYTES,
+    ConfigFileError,
+    Locations,
+    Problem,
+    SourceDocument,
+    parse,
+    size_problem,
+)
 
 if TYPE_CHECKING:
     from reactivex import abc
@@ -337,11 +346,17 @@ def load(
     """Read, parse and validate the pipeline file at ``path``."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as file:  # bounded: /dev/zero is not a pipeline file
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise ConfigurationError(
             f"cannot read pipeline file {str(p)!r}: {error.strerror}"
         ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        head = raw[:MAX_FILE_BYTES].decode("utf-8", "ignore")
+        raise ConfigFileError([size_problem(str(path), head)])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigurationError(f"{p}: not UTF-8 text ({error.reason})") from None
     return loads(
@@ -402,6 +417,7 @@ def loads(
         locations,
         problems,
     )
+    _replayed_and_truncated(stages, doc.base_dir, locations, problems)
     if model is None:
         raise ConfigFileError(_redacted(problems, doc))
     if not problems:
@@ -567,6 +583,36 @@ def _cross_check(
                     path,
                     f"pipeline reads state store {store!r} but no pipeline writes it "
                     f"(add a sink - state: {store})",
+                )
+            )
+
+
+def _replayed_and_truncated(
+    stages: list[StageSpec], base_dir: Path, locations: Locations, problems: list[Problem]
+) -> None:
+    """Refuse a ``record`` sink with ``append: false`` on a file that a ``replay``
+    source of the same file reads: the sink empties the file when the pipelines
+    start, before the replay has read it."""
+
+    def resolved(value: str) -> str:
+        path = Path(value).expanduser()
+        return os.path.realpath(path if path.is_absolute() else base_dir / path)
+
+    replayed: dict[str, Path_] = {}
+    for stage in stages:
+        if stage.kind.role == "source" and stage.kind.name == "replay":
+            replayed.setdefault(resolved(stage.params.path), stage.path)
+    for stage in stages:
+        if stage.kind.role != "sink" or stage.kind.name != "record" or stage.params.append:
+            continue
+        replay = replayed.get(resolved(stage.params.path))
+        if replay is not None:
+            problems.append(
+                locations.problem(
+                    (*stage.path, stage.kind.name, "path"),
+                    f"record sink with append: false would empty {stage.params.path!r} "
+                    f"before the replay source at {locations.of(replay)} reads it "
+                    "(record to another file, or set append: true)",
                 )
             )
 

@@ -27,6 +27,9 @@ from .. import _secrets
 from ..exceptions import ConfigurationError
 
 __all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
     "ConfigFileError",
     "Location",
     "Locations",
@@ -144,6 +147,53 @@ class SourceDocument:
         return _secrets.redact(text)
 
 
+#: Limits on what a pipeline file may make the parser do (a file is untrusted input):
+#: its size in bytes, how deeply its collections nest (aliases included), and how
+#: many values its aliases may expand to beyond those written out.
+MAX_FILE_BYTES = 8 << 20
+MAX_DEPTH = 100
+MAX_ALIAS_VALUES = 100_000
+
+# libyaml's parser when PyYAML was built with it (its events keep line and column)
+_Parser: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RESOLVER: Any = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+class _Limit(Exception):
+    """A limit passed while parsing; carries the located problem."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class _AliasNode(yaml.Node):
+    """``*name`` where it is written: the anchored node it stands for, and its place."""
+
+    id = "alias"
+
+    def __init__(self, target: yaml.Node, start_mark: Any, end_mark: Any) -> None:
+        super().__init__(target.tag, target.value, start_mark, end_mark)
+        self.target = target
+
+
+def _at(file: str, mark: Any) -> Location:
+    return Location(file, mark.line + 1, mark.column + 1)
+
+
+def size_problem(file: str, head: str) -> Problem:
+    """The problem of a file longer than :data:`MAX_FILE_BYTES`, located at the end
+    of ``head`` (its text up to the limit)."""
+    line = head.count("\n") + 1
+    column = len(head) - (head.rfind("\n") + 1) + 1
+    return Problem(
+        Location(file, line, column),
+        (),
+        f"the file is larger than {MAX_FILE_BYTES} bytes (MAX_FILE_BYTES): refused",
+    )
+
+
 def parse(
     text: str,
     *,
@@ -154,13 +204,20 @@ def parse(
     """Parse YAML ``text`` into data with locations; substitute ``${VAR}``.
 
     Raises :class:`ConfigFileError` for YAML syntax errors, duplicate keys,
-    non-string keys, anchors/tags we do not accept, and unset variables.
+    non-string keys, anchors/tags we do not accept, unset variables, and a file
+    past the limits (:data:`MAX_FILE_BYTES`, :data:`MAX_DEPTH` levels of
+    nesting, :data:`MAX_ALIAS_VALUES` values made by aliases).
     """
     locations = Locations(file)
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+        head = text.encode("utf-8", "replace")[:MAX_FILE_BYTES].decode("utf-8", "ignore")
+        raise ConfigFileError([size_problem(file, head)])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text, file)
+    except _Limit as limit:
+        raise ConfigFileError([limit.problem]) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -174,69 +231,212 @@ def parse(
     if node is None:
         doc.data = {}
         return doc
-    doc.data = _convert(node, (), locations, env, doc.secrets, problems)
+    converter = _Converter(locations, env, doc.secrets, problems)
+    try:
+        doc.data = converter.convert(node, ())
+    except _Limit as limit:
+        raise ConfigFileError([limit.problem]) from None
     _secrets.register(*doc.secrets, owner=doc)
     if problems:
         raise ConfigFileError(problems)
     return doc
 
 
-def _convert(
-    node: yaml.Node,
-    path: Path_,
-    locations: Locations,
-    env: Mapping[str, str],
-    secrets: set[str],
-    problems: list[Problem],
-    key_mark: Any = None,
-) -> Any:
-    locations.add(path, node.start_mark, key_mark=key_mark)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                problems.append(
-                    locations.problem(path, "YAML merge keys (<<) are not supported", key=False)
+def _compose(text: str, file: str) -> yaml.Node | None:
+    """The document's node tree (None: empty).
+
+    Built from the parser's events without recursion, so nesting is limited by
+    :data:`MAX_DEPTH` (a located error), not by Python's stack. An anchor is
+    defined where its node ends: an alias inside the collection it names is an
+    error, so the tree never refers to itself. An alias is an :class:`_AliasNode`
+    (where it is written) pointing at the anchored node, shared, not copied.
+    """
+    anchors: dict[str, yaml.Node] = {}
+    # open collections: the node, its anchor, and (mappings) the keys and values so far
+    stack: list[tuple[yaml.CollectionNode, str | None, list[yaml.Node]]] = []
+    root: yaml.Node | None = None
+    documents = 0
+
+    def define(anchor: str | None, node: yaml.Node, mark: Any) -> None:
+        if anchor is None:
+            return
+        if anchor in anchors:
+            raise _Limit(
+                Problem(
+                    _at(file, mark),
+                    (),
+                    f"YAML anchor &{anchor} is defined twice (first at line "
+                    f"{anchors[anchor].start_mark.line + 1})",
                 )
-                continue
-            key = _scalar(key_node)
-            at = Location(
-                locations.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
             )
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                problems.append(Problem(at, path, f"keys must be strings, got {key!r}"))
-                continue
-            key = str(key)
-            child = (*path, key)
-            if key in out:
-                problems.append(Problem(at, child, f"duplicate key {key!r}"))
-                continue
-            out[key] = _convert(
-                value_node, child, locations, env, secrets, problems, key_node.start_mark
+        anchors[anchor] = node
+
+    def attach(node: yaml.Node) -> None:
+        nonlocal root
+        if stack:
+            stack[-1][2].append(node)
+        else:
+            root = node
+
+    events: Iterable[Any] = yaml.parse(text, Loader=_Parser)
+    for event in events:
+        if isinstance(event, yaml.ScalarEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+            marks: tuple[Any, Any] = (event.start_mark, event.end_mark)
+            scalar = yaml.ScalarNode(tag, event.value, *marks, style=event.style)
+            define(event.anchor, scalar, event.start_mark)
+            attach(scalar)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise _Limit(
+                    Problem(
+                        _at(file, event.start_mark),
+                        (),
+                        f"nested more than {MAX_DEPTH} levels deep (MAX_DEPTH)",
+                    )
+                )
+            is_seq = isinstance(event, yaml.SequenceStartEvent)
+            tag = event.tag
+            if tag is None or tag == "!":
+                kind = yaml.SequenceNode if is_seq else yaml.MappingNode
+                tag = _RESOLVER.resolve(kind, None, event.implicit)
+            start: Any = event.start_mark
+            collection: yaml.CollectionNode = (yaml.SequenceNode if is_seq else yaml.MappingNode)(
+                tag, [], start, None, flow_style=event.flow_style
             )
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _convert(item, (*path, i), locations, env, secrets, problems)
-            for i, item in enumerate(node.value)
-        ]
-    value = _scalar(node)
-    if isinstance(value, str) and "${" in value:
-        return _substitute(value, path, locations, env, secrets, problems)
-    return value
+            stack.append((collection, event.anchor, []))
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            collection, anchor, items = stack.pop()
+            collection.end_mark = event.end_mark
+            if isinstance(collection, yaml.MappingNode):
+                collection.value = list(zip(items[::2], items[1::2], strict=True))
+            else:
+                collection.value = items
+            define(anchor, collection, collection.start_mark)
+            attach(collection)
+        elif isinstance(event, yaml.AliasEvent):
+            target = anchors.get(event.anchor or "")
+            if target is None:
+                inside = any(anchor == event.anchor for _, anchor, _ in stack)
+                raise _Limit(
+                    Problem(
+                        _at(file, event.start_mark),
+                        (),
+                        f"alias *{event.anchor} refers to the collection it is in "
+                        "(a structure containing itself)"
+                        if inside
+                        else f"alias *{event.anchor} names no anchor defined before it "
+                        f"(define &{event.anchor} first)",
+                    )
+                )
+            attach(_AliasNode(target, event.start_mark, event.end_mark))
+        elif isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise _Limit(
+                    Problem(
+                        _at(file, event.start_mark),
+                        (),
+                        "a pipeline file holds one YAML document; found a second one here",
+                    )
+                )
+    return root
+
+
+class _Converter:
+    """Node tree -> plain data, recording every value's location; aliases are
+    expanded, at most :data:`MAX_ALIAS_VALUES` values and :data:`MAX_DEPTH` deep."""
+
+    def __init__(
+        self,
+        locations: Locations,
+        env: Mapping[str, str],
+        secrets: set[str],
+        problems: list[Problem],
+    ) -> None:
+        self.locations = locations
+        self.env = env
+        self.secrets = secrets
+        self.problems = problems
+        self.expanded = 0  # values made by expanding aliases
+        self.alias: _AliasNode | None = None  # the outermost alias being expanded
+
+    def _limit(self, node: yaml.Node, message: str) -> _Limit:
+        mark = (self.alias or node).start_mark
+        return _Limit(Problem(_at(self.locations.file, mark), (), message))
+
+    def convert(self, node: yaml.Node, path: Path_, key_mark: Any = None, depth: int = 0) -> Any:
+        locations = self.locations
+        if isinstance(node, _AliasNode):
+            outer = self.alias
+            if outer is None:
+                self.alias = node
+            try:
+                return self.convert(node.target, path, key_mark, depth)
+            finally:
+                self.alias = outer
+        if self.alias is not None:
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_VALUES:
+                raise self._limit(
+                    node,
+                    f"aliases expand to more than {MAX_ALIAS_VALUES} values "
+                    "(MAX_ALIAS_VALUES); refused as an alias bomb",
+                )
+        locations.add(path, node.start_mark, key_mark=key_mark)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and depth >= MAX_DEPTH:
+            raise self._limit(
+                node, f"nested more than {MAX_DEPTH} levels deep through aliases (MAX_DEPTH)"
+            )
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key_node = _deref(key_node)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self.problems.append(
+                        locations.problem(path, "YAML merge keys (<<) are not supported", key=False)
+                    )
+                    continue
+                key = _scalar(key_node)
+                at = _at(locations.file, key_node.start_mark)
+                if not isinstance(key, str | int) or isinstance(key, bool):
+                    self.problems.append(Problem(at, path, f"keys must be strings, got {key!r}"))
+                    continue
+                key = str(key)
+                child = (*path, key)
+                if key in out:
+                    self.problems.append(Problem(at, child, f"duplicate key {key!r}"))
+                    continue
+                out[key] = self.convert(value_node, child, key_node.start_mark, depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.convert(item, (*path, i), None, depth + 1) for i, item in enumerate(node.value)
+            ]
+        value = _scalar(node)
+        if isinstance(value, str) and "${" in value:
+            return _substitute(value, path, locations, self.env, self.secrets, self.problems)
+        return value
+
+
+def _deref(node: yaml.Node) -> yaml.Node:
+    return node.target if isinstance(node, _AliasNode) else node
+
+
+_STR = "tag:yaml.org,2002:str"
 
 
 def _scalar(node: yaml.Node) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         return None
+    if node.tag == _STR:
+        return node.value
     constructor = yaml.SafeLoader.yaml_constructors.get(node.tag)
     if constructor is None:
         return node.value
-    loader = yaml.SafeLoader("")
-    try:
-        return constructor(loader, node)
-    finally:
-        loader.dispose()
+    return constructor(_CONSTRUCTOR, node)
 
 
 def _substitute(

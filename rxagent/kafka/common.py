@@ -7,7 +7,6 @@ Shared by the source, the sink, dead letters and the state changelog.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Hashable, Mapping
@@ -102,22 +101,24 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return _secrets.redact_config(config)
 
 
-def _value_decoder(decode: Decoder, model: Any) -> Callable[[bytes], Any]:
-    if model is not None:
-        from pydantic import TypeAdapter
+def _value_decoder(
+    decode: Decoder, model: Any, where: str = "kafka source"
+) -> Callable[[bytes], Any]:
+    from ..operators.decode import json_loads, type_adapter
 
-        adapter = TypeAdapter(model)
+    if model is not None:
+        adapter = type_adapter(model, where)
         if decode == "json":
             return adapter.validate_json
-        inner = _value_decoder(decode, None)
+        inner = _value_decoder(decode, None, where)
         return lambda raw: adapter.validate_python(inner(raw))
     if callable(decode):
         return decode
     if decode == "json":
-        try:
+        try:  # orjson refuses nesting past 1024 levels (a dead letter, not a RecursionError)
             import orjson  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
-            return json.loads
+            return json_loads
         loads: Callable[[bytes], Any] = orjson.loads
         return loads
     if decode == "text":
@@ -142,9 +143,10 @@ def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
 
         return text
     if decode == "json":
+        from ..operators.decode import json_loads
 
         def from_json(raw: bytes) -> Hashable:
-            value = json.loads(raw)
+            value = json_loads(raw)
             return tuple(value) if isinstance(value, list) else value
 
         return from_json

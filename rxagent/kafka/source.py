@@ -146,7 +146,7 @@ class KafkaSource(Source):
         self.group_id = group_id
         self.changelog = changelog
         self.instance_id = self.config.get("group.instance.id")
-        self.decode_value = _value_decoder(decode, model)
+        self.decode_value = _value_decoder(decode, model, f"kafka source {self.name!r}")
         self.read_keys = key_decode is not None
         self.decode_key = _key_decoder(key_decode or "bytes")
         self.decode_keys = _key_columns(key_decode or "bytes")

@@ -15,10 +15,12 @@ row to find the bad rows.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
+from pydantic_core import from_json
 from reactivex import Observable
 
 from ..events import Batch
@@ -30,9 +32,72 @@ __all__ = ["decode"]
 Format = Literal["json", "text", "bytes", "python"]
 
 
+#: How deeply a JSON message may nest (pydantic's own limit when it parses JSON).
+#: Deeper input is undecodable (a dead letter), never a RecursionError downstream.
+MAX_JSON_DEPTH = 200
+
+
+class JSONTooDeepError(ValueError):
+    """JSON input nested deeper than :data:`MAX_JSON_DEPTH`."""
+
+    def __init__(self) -> None:
+        super().__init__(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def json_loads(raw: str | bytes | bytearray) -> Any:
+    """``json.loads`` for input from outside: the same values, but nesting deeper
+    than :data:`MAX_JSON_DEPTH` raises :class:`JSONTooDeepError` (a ValueError).
+
+    pydantic-core's parser (depth-limited, and faster) reads it; what that parser
+    refuses for another reason goes to ``json.loads``, which keeps its error
+    messages and its leniency (lone surrogate escapes), depth-checked as well."""
+    try:
+        return from_json(raw)
+    except ValueError as error:
+        if "recursion limit exceeded" in str(error):
+            raise JSONTooDeepError() from None
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise JSONTooDeepError() from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise JSONTooDeepError()
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest in ``value`` more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def type_adapter(model: Any, where: str) -> TypeAdapter[Any]:
+    """A pydantic ``TypeAdapter`` of ``model`` (a pydantic model or any type pydantic
+    understands); a :class:`ConfigurationError` naming ``where`` when it is not one."""
+    if not isinstance(model, type) and typing.get_origin(model) is None:
+        name = getattr(model, "__qualname__", None)
+        got = f"{type(model).__name__} {name!r}" if name else f"a {type(model).__name__} value"
+        raise ConfigurationError(f"{where}: model must be a pydantic model or a type, got {got}")
+    try:
+        return TypeAdapter(model)
+    except PydanticUserError as error:
+        reason = str(error).strip().split("\n")[0]
+        raise ConfigurationError(
+            f"{where}: model {getattr(model, '__qualname__', model)!r} is not a type pydantic "
+            f"can validate: {reason}"
+        ) from None
+
+
 def _loader(fmt: Format) -> Callable[[Any], Any] | None:
     if fmt == "json":
-        return json.loads
+        return json_loads
     if fmt == "text":
         return lambda raw: raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
     if fmt == "bytes":
@@ -51,6 +116,8 @@ def _describe_error(error: Exception) -> str:
         return "; ".join(parts)
     if isinstance(error, json.JSONDecodeError):
         return f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+    if isinstance(error, JSONTooDeepError):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 
@@ -70,7 +137,8 @@ def decode(
         --A-----C--|   A, C are Tick instances; b is dead-lettered
     """
     loader = _loader(format)
-    adapter: TypeAdapter[Any] | None = None if model is None else TypeAdapter(model)
+    where = f"decode {name!r}" if name else "decode"
+    adapter: TypeAdapter[Any] | None = None if model is None else type_adapter(model, where)
     many: TypeAdapter[Any] | None = None if model is None else TypeAdapter(list[model])
     json_native = format == "json" and adapter is not None
 

@@ -54,6 +54,7 @@ from ..sources.websocket import (
     _close_of,
     _error_text,
     redact_url,
+    url_problem,
     wire_log,
 )
 from .base import Sink
@@ -113,11 +114,9 @@ class WebSocketSink(Sink):
         super().__init__(name)
         _secrets.register_url(url, owner=self)
         _secrets.register_config(headers or {}, owner=self)
-        scheme = url.split("://", 1)[0]
-        if scheme not in ("ws", "wss"):
-            raise ConfigurationError(
-                f"websocket sink {self.name!r}: url must start with ws:// or wss://, got {url!r}"
-            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(f"websocket sink {self.name!r}: {problem}")
         self.url = url
         self.encoder = _encoder(encode)
         self.headers = dict(headers or {})

@@ -31,6 +31,7 @@ import itertools
 import logging
 import math
 import os
+import stat
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
@@ -97,6 +98,8 @@ class ReplaySource(Source):
         self.path = Path(path)
         if name is None:
             name = _recorded_source(self.path)
+        else:  # the file may come later (recorded by another pipeline), but not as a FIFO
+            _check_regular(self.path, f"replay source {name!r}", missing_ok=True)
         super().__init__(name, credit=credit, batch_size=batch_size)
         if speed is not None and not (
             isinstance(speed, int | float) and math.isfinite(speed) and speed > 0
@@ -139,6 +142,7 @@ class ReplaySource(Source):
 
     async def run(self, out: Emitter) -> None:
         try:
+            await asyncio.to_thread(_check_regular, self.path, f"replay source {self.name!r}")
             file = await asyncio.to_thread(self.path.open, "rb")
         except OSError as error:
             raise ConfigurationError(
@@ -433,13 +437,44 @@ class _Schedule:
         self._idle.set()
 
 
+#: The most of a recording's first line read to find its header (a header is small).
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _check_regular(path: Path, where: str, *, missing_ok: bool = False) -> None:
+    """Refuse what is not a regular file (a FIFO would block, a device never end)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if missing_ok and isinstance(error, FileNotFoundError):
+            return
+        raise ConfigurationError(f"{where}: cannot open recording: {error}") from error
+    if not stat.S_ISREG(mode):
+        what = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise ConfigurationError(
+            f"{where}: recording {str(path)!r} is {what}; a recording must be a regular file"
+        )
+
+
 def _recorded_source(path: Path) -> str:
-    """The source named in the recording's first line; ``"replay"`` if it names none."""
+    """The source named in the recording's first line; ``"replay"`` if it names none.
+    Reads at most :data:`MAX_HEADER_BYTES` of a regular file."""
+    _check_regular(path, "replay source")
     try:
         with path.open("rb") as file:
-            first = file.readline()
+            first = file.readline(MAX_HEADER_BYTES + 1)
     except OSError as error:
         raise ConfigurationError(f"replay source: cannot open recording: {error}") from error
+    if len(first) > MAX_HEADER_BYTES:
+        return ReplaySource.kind  # no header fits: run() reports the line where on_error says
     try:
         item = decode_line(first, path=str(path), line=1)
     except RecordingError:

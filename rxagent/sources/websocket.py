@@ -124,7 +124,7 @@ from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError, RxAgentError
 from ..flow import Flow
 from ..operators.circuit import CircuitBreaker
-from ..operators.decode import _describe_error, _loader
+from ..operators.decode import _describe_error, _loader, type_adapter
 from .base import Emitter, Source
 from .health import SourceHealth
 from .overflow import Overflow
@@ -212,6 +212,26 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a WebSocket url (None: nothing): it must be
+    ``ws://`` or ``wss://`` with a host and, if any, a port in 1-65535. The
+    message never shows the url's user info or query (where tokens hide)."""
+    if not isinstance(url, str):
+        return f"url must be a string, got {type(url).__name__}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        return f"url must start with ws:// or wss://, got {parts.scheme!r}"
+    hostport = parts.netloc.rpartition("@")[2]
+    if not parts.hostname:
+        return f"url {parts.scheme}://{hostport}{parts.path} has no host (expected {parts.scheme}://host[:port]/path)"
+    port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    if ":" in port:
+        text = port.rpartition(":")[2]
+        if text and not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+            return f"url port must be a number in 1-65535, got {text!r}"
+    return None
+
+
 class _RedactHandshake(logging.Filter):
     """Hides header values (but a few harmless ones) and the request query in the
     ``websockets`` debug log of the handshake."""
@@ -235,7 +255,7 @@ class _Decoder:
     """Raw messages to values (the formats of :func:`rxagent.operators.decode`):
     a whole batch in one pass, row by row only to find the bad ones."""
 
-    def __init__(self, decode: Any) -> None:
+    def __init__(self, decode: Any, where: str = "websocket source") -> None:
         fmt = "json"
         model: Any = None
         if isinstance(decode, str):
@@ -244,7 +264,9 @@ class _Decoder:
             model = decode
         self.raw = fmt == "raw"
         self.loader = None if self.raw else _loader(fmt)  # type: ignore[arg-type]
-        self.adapter: TypeAdapter[Any] | None = None if model is None else TypeAdapter(model)
+        self.adapter: TypeAdapter[Any] | None = (
+            None if model is None else type_adapter(model, where)
+        )
 
     def one(self, raw: Message) -> Any:
         if self.adapter is not None:
@@ -339,11 +361,9 @@ class WebSocketSource(Source):
         _secrets.register_url(url, owner=self)
         _secrets.register_config(headers or {}, owner=self)
         where = f"websocket source {self.name!r}"
-        scheme = urlsplit(url).scheme
-        if scheme not in ("ws", "wss"):
-            raise ConfigurationError(
-                f"{where}: url must start with ws:// or wss://, got {scheme!r}"
-            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(f"{where}: {problem}")
         if compression not in (None, "deflate"):
             raise ConfigurationError(
                 f"{where}: compression must be None or 'deflate', got {compression!r}"
@@ -374,7 +394,7 @@ class WebSocketSource(Source):
             owner=where, url=url, ssl_context=ssl, key_password=key_password, **tls_files
         )
         self._tls = describe_tls(url, ssl, tls_files)
-        self.decoder = _Decoder(decode)
+        self.decoder = _Decoder(decode, where)
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.compression = compression
