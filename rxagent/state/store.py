@@ -35,7 +35,15 @@ from reactivex.subject import BehaviorSubject, Subject
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, StateError
-from .durable import Codec, CodecName, SQLiteBackend, codec_for, hashable, store_path
+from .durable import (
+    Codec,
+    CodecName,
+    SQLiteBackend,
+    codec_for,
+    gc_paused,
+    hashable,
+    store_path,
+)
 from .render import (
     context_header,
     context_line,
@@ -687,7 +695,7 @@ class _Durable:
             self.offsets = {k: int(v) for k, v in (meta.get("changelog") or {}).items()}
             return immutables.Map(), version
         entries: immutables.Map[Hashable, Entry] = immutables.Map()
-        with entries.mutate() as building:
+        with gc_paused(), entries.mutate() as building:
             for key, _part, record in self.backend.rows():
                 building[key] = _entry(key, record)
             entries = building.finish()
@@ -720,6 +728,10 @@ class _Durable:
         )
 
     def _restore_parts(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Entry], int]:
+        with gc_paused():
+            return self._restore_parts_now(partitions)
+
+    def _restore_parts_now(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Entry], int]:
         changelog = self.changelog
         assert changelog is not None
         backend = self.backend
