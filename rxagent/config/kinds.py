@@ -464,6 +464,12 @@ class KafkaParams(SourceParams):
     close_timeout: Duration = Field(
         10.0, description="on stop, wait this long for events in flight before the last commit"
     )
+    auth_retries: int | None = Field(
+        3,
+        ge=0,
+        description="SASL authentication refusals retried before the source fails "
+        "(null: retry forever)",
+    )
     instance_id: str | None = Field(
         None,
         description="static group membership (group.instance.id): a restarted worker gets its "
@@ -496,6 +502,7 @@ def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
         commit_interval=p.commit_interval,
         revoke_timeout=p.revoke_timeout,
         close_timeout=p.close_timeout,
+        auth_retries=p.auth_retries,
         instance_id=p.instance_id,
         changelog=p.changelog,
     )

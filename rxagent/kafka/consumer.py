@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import operator
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["_Consumer", "_Rows"]
 
 log = logging.getLogger("rxagent")
+
+#: Commit errors saying our membership or group is not known (any more) to the broker.
+_GROUP_GONE = frozenset({25, 22, 16, 15, 69})  # UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
+# NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, GROUP_ID_NOT_FOUND
 _T = TypeVar("_T")
 
 
@@ -58,6 +63,18 @@ class _Rows:
         # (row index it precedes, offset, raw message, error)
         self.bad: list[tuple[int, Any, BaseException]] = []
         self.nbytes = 0  # the values' raw size, charged against the flow's byte credit
+
+
+class _Offsets(list[Any]):
+    """Offsets to commit, computed by the loop while the assignment was ``epoch``."""
+
+    epoch = 0
+
+
+def _offsets(offsets: list[Any], epoch: int) -> _Offsets:
+    result = _Offsets(offsets)
+    result.epoch = epoch
+    return result
 
 
 class _Consumer:
@@ -95,6 +112,21 @@ class _Consumer:
         self.emitted_next: dict[KafkaPartition, int] = {}
         self.progress = asyncio.Event()
         self.remove_listener: Callable[[], None] | None = None
+        # health, on the consumer thread: when the last call from the loop began (the
+        # watchdog polls, paused, when the loop has not called for a while), the next
+        # metadata probe, and why the group's state must be checked with the brokers
+        self.last_call = time.monotonic()
+        self.next_probe = 0.0
+        self.check: str | None = None
+        self.missing_logged = False
+        self.watch_queued = False
+        self.stopped = threading.Event()
+        #: bumped whenever partitions are released: offsets the loop computed before
+        #: are never committed (the partitions may be someone else's, or a new group's)
+        self.epoch = 0
+        #: set on librdkafka's thread (authentication refused too often): raised by
+        #: the next call from the loop, failing the pipeline
+        self.failure: Exception | None = None
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.loop.run_in_executor(self.executor, fn, *args)
@@ -130,19 +162,188 @@ class _Consumer:
             self.assigned = {KafkaPartition(tp.topic, tp.partition) for tp in parts}
             self._restore(sorted(self.assigned))
         else:
-            consumer.subscribe(
-                owner.topics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
+            self._subscribe()
+        threading.Thread(
+            target=self._watch, name=f"rxagent-kafka-watch-{owner.name}", daemon=True
+        ).start()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(
+            self.owner.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    # -- staying in the group whatever the loop does ------------------------------------
+
+    def _watch(self) -> None:
+        """A thread of its own: when the loop has not called the consumer for a while
+        (a user function blocks it), poll, paused, on the consumer thread, so
+        ``max.poll.interval.ms`` never expires and the group keeps us."""
+        interval = self.owner.keepalive
+        while not self.stopped.wait(interval / 2):
+            if self.watch_queued or time.monotonic() - self.last_call < interval:
+                continue
+            self.watch_queued = True
+            try:
+                self.executor.submit(self._unattended)
+            except RuntimeError:  # the executor is shut down
+                return
+
+    def _unattended(self) -> None:
+        self.watch_queued = False
+        if self.closing or self.consumer is None:
+            return
+        if time.monotonic() - self.last_call < self.owner.keepalive:
+            return  # the loop called meanwhile
+        self.owner.unattended_polls += 1
+        self._poll_paused()
+        self._probe()
+
+    def _poll_paused(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.owner.pauses += 1
+            self._pause_all()
+        message = self.consumer.poll(0)
+        if message is not None:
+            # cannot happen while everything is paused; kept for the next credit if it does
+            self.stash.append(message)
+
+    # -- health: outages decided by the brokers, a group or topic that vanished ------------
+
+    def _probe(self) -> None:
+        """During an outage, or when the group's state may be gone: ask the brokers
+        (a metadata request, at most once a second). Only their answer ends an
+        outage, never a message already fetched before it."""
+        owner = self.owner
+        if owner.down_since is None and self.check is None:
+            return
+        now = time.monotonic()
+        if now < self.next_probe:
+            return
+        self.next_probe = now + 1.0
+        from confluent_kafka import KafkaException
+
+        try:
+            metadata = self.consumer.list_topics(timeout=1.0)
+        except KafkaException as error:
+            log.debug("kafka source %r: metadata probe: %s", owner.name, error)
+            return
+        if owner.down_since is not None:
+            self._broker_up("a metadata request was answered")
+        if self.check is not None:
+            self._check_state(metadata)
+
+    def _check_state(self, metadata: Any) -> None:
+        """After an outage or a failed commit: is what we hold still there? A broker
+        restarted without its data has no topic (or an empty one) and no group: then
+        resubscribe, so partitions start again from the group's committed offsets."""
+        owner = self.owner
+        reason = self.check
+        gone = [
+            t
+            for t in owner.topics
+            if not t.startswith("^")
+            and (t not in metadata.topics or not metadata.topics[t].partitions)
+        ]
+        if gone:
+            why = f"topic {', '.join(map(repr, gone))} is gone from the brokers"
+            owner.health.set("lost_assignment", error=why)
+            if not self.missing_logged:
+                self.missing_logged = True
+                log.warning(
+                    "kafka source %r: %s (after %s; a broker restarted without its data?); "
+                    "waiting for it to exist again, then rejoining group %r",
+                    owner.name,
+                    why,
+                    reason,
+                    owner.group_id,
+                )
+            self.check = f"{reason}; {why}"
+            return
+        self.missing_logged = False
+        lost = self._lost_state()
+        self.check = None
+        if lost is None and reason is not None and "topic" not in reason:
+            owner.health.set("connected")
+            return
+        self._rejoin(lost or str(reason))
+
+    def _lost_state(self) -> str | None:
+        """Why the partitions we hold cannot go on where they are, or None."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        held = sorted(self.assigned)
+        for p in held:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(p.topic, p.partition), timeout=2.0, cached=False
+                )
+            except KafkaException:
+                continue
+            delivered = self.delivered.get(p)
+            if delivered is not None and high < delivered:
+                return (
+                    f"partition {p} ends at offset {high}, before offset {delivered} already "
+                    "read (the topic was deleted and created again)"
+                )
+        mine = {p: o for p, o in list(self.committed.items()) if o >= 0 and p in self.assigned}
+        if mine and not self.owner.assign:
+            try:
+                theirs = self.consumer.committed(
+                    [TopicPartition(p.topic, p.partition) for p in mine], timeout=2.0
+                )
+            except KafkaException:
+                return None
+            if any(tp.offset < 0 for tp in theirs):
+                return f"group {self.owner.group_id!r} lost its committed offsets"
+        return None
+
+    def _rejoin(self, why: str) -> None:
+        """Give up the assignment and subscribe again (a fresh one, from the group's
+        committed offsets); with ``assign=True`` there is no group to rejoin: fail."""
+        from confluent_kafka import KafkaException
+
+        owner = self.owner
+        owner.rejoins += 1
+        owner.health.set("lost_assignment", error=why)
+        if owner.assign:
+            raise KafkaException(
+                f"kafka source {owner.name!r}: {why}; with assign=True the source cannot "
+                "rejoin a group: restart it"
             )
+        log.warning(
+            "kafka source %r: %s; rejoining group %r (partitions start again from the "
+            "group's committed offsets)",
+            owner.name,
+            why,
+            owner.group_id,
+        )
+        held = [(p.topic, p.partition) for p in self.assigned]
+        self.consumer.unsubscribe()
+        if self.assigned:
+            # what we held is not ours any more: released as lost (nothing committed)
+            from confluent_kafka import TopicPartition
+
+            self._release(
+                self.consumer, [TopicPartition(t, n) for t, n in held], lost=True, unassign=False
+            )
+        self.paused = False
+        self.stash.clear()
+        self._subscribe()
 
     def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> tuple[list[_Rows], bool]:
         """Up to ``n`` messages, decoded; and whether every partition is read to its end
         (decided here, with the messages, so nothing read is left behind at the end)."""
         consumer = self.consumer
+        self.last_call = time.monotonic()
+        if self.failure is not None:
+            raise self.failure
+        self._probe()
         if commits:
-            self._commit(commits, asynchronous=True)
+            self._commit_checked(commits)
         if self.paused:
             self._resume()
         messages = self.stash[:n]
@@ -154,22 +355,18 @@ class _Consumer:
             messages.append(first)
         if len(messages) < n:
             messages.extend(consumer.consume(n - len(messages), 0))
-        if self.owner.down_since is not None and messages[0].error() is None:
-            self._broker_up("a message arrived")
+        # (a message does not end an outage: it may come from what was fetched before it)
         return self._decode(messages), self.at_end()
 
     def keepalive(self, commits: list[Any] | None) -> None:
         """No credit: pause what is assigned and poll, so the group keeps us."""
+        self.last_call = time.monotonic()
+        if self.failure is not None:
+            raise self.failure
+        self._probe()
         if commits:
-            self._commit(commits, asynchronous=True)
-        if not self.paused:
-            self.paused = True
-            self.owner.pauses += 1
-            self._pause_all()
-        message = self.consumer.poll(0)
-        if message is not None:
-            # cannot happen while everything is paused; kept for the next credit if it does
-            self.stash.append(message)
+            self._commit_checked(commits)
+        self._poll_paused()
 
     def _pause_all(self) -> None:
         from confluent_kafka import TopicPartition
@@ -344,6 +541,21 @@ class _Consumer:
         self._on_error(error)
         return False
 
+    def _commit_checked(self, offsets: list[Any]) -> None:
+        """Commit, unless the brokers are down or the group's state is being checked:
+        a commit must never land in a group that a broker restarted without its data
+        created afresh (its partitions would start past what they hold). Held back
+        commits are due again with the next watermark."""
+        if getattr(offsets, "epoch", self.epoch) != self.epoch:
+            log.debug("kafka source %r: offsets of an earlier assignment dropped", self.owner.name)
+            offsets = []
+        elif self.owner.down_since is None and self.check is None:
+            self._commit(offsets, asynchronous=True)
+            return
+        held = [(KafkaPartition(tp.topic, tp.partition), tp.offset) for tp in offsets]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to retry
+            self.loop.call_soon_threadsafe(self.uncommit_, held)
+
     def _commit(self, offsets: list[Any], *, asynchronous: bool) -> None:
         from confluent_kafka import KafkaException
 
@@ -358,17 +570,51 @@ class _Consumer:
         from confluent_kafka import KafkaError
 
         code = error.code()
-        if code == KafkaError._ALL_BROKERS_DOWN:
+        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._auth_refused(error)
+        elif code == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down(error)
-        elif self.owner.down_since is not None and code in (
-            KafkaError._TRANSPORT,
-            KafkaError._RESOLVE,
-            KafkaError._TIMED_OUT,
-        ):
-            # every reconnect attempt during an outage reports one: the outage is logged
-            log.debug("kafka source %r: %s", self.owner.name, error)
+        elif code in (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT):
+            # librdkafka reconnects by itself; during an outage every attempt reports one
+            # (the outage is logged once); otherwise one broker's hiccup, or a restart:
+            # commits wait until the brokers answer and the group's state is checked
+            if self.check is None:
+                self.check = "a broker connection failed"
+                self.next_probe = 0.0
+            log.log(
+                logging.DEBUG if self.owner.down_since is not None else logging.INFO,
+                "kafka source %r: %s",
+                self.owner.name,
+                error,
+            )
         else:
             log.warning("kafka source %r: %s", self.owner.name, error)
+
+    def _auth_refused(self, error: Any) -> None:
+        """The brokers refused our credentials: ERROR at once; past ``auth_retries``
+        refusals the source fails (the next consumer call raises)."""
+        owner = self.owner
+        owner.auth_refusals += 1
+        owner.health.set("auth_refused", attempt=owner.auth_refusals, error=str(error))
+        retries = owner.auth_retries
+        if owner.auth_refusals == 1:
+            log.error(
+                "kafka source %r: the brokers refused the credentials (%s): check the SASL "
+                "settings; %s",
+                owner.name,
+                error,
+                "retrying forever (auth_retries=None)"
+                if retries is None
+                else f"the source fails after {retries} more refusals (auth_retries={retries})",
+            )
+        if retries is not None and owner.auth_refusals > retries and self.failure is None:
+            from confluent_kafka import KafkaException
+
+            self.failure = KafkaException(
+                f"kafka source {owner.name!r}: the brokers refused the credentials "
+                f"{owner.auth_refusals} times ({error}); check the SASL settings "
+                f"(auth_retries={retries}; auth_retries=None retries forever)"
+            )
 
     def _broker_down(self, error: Any) -> None:
         owner = self.owner
@@ -376,6 +622,7 @@ class _Consumer:
             return
         owner.down_since = time.time()
         owner.outages += 1
+        owner.health.set("outage", attempt=owner.outages, error=str(error))
         log.warning(
             "kafka source %r: %s; the consumer keeps reconnecting and the pipeline keeps "
             "running (commits wait for the brokers)",
@@ -389,6 +636,10 @@ class _Consumer:
             return
         outage = time.time() - owner.down_since
         owner.down_since = None
+        owner.health.set("connected")
+        # the brokers may have restarted without their data: check the group's state
+        self.check = self.check or f"an outage of {outage:.1f}s"
+        self.next_probe = 0.0
         log.warning(
             "kafka source %r: brokers reachable again (%s) after %.1fs", owner.name, how, outage
         )
@@ -400,11 +651,17 @@ class _Consumer:
             if error is not None or tp.error is not None
         ]
         if failed or error is not None:
+            problem = (
+                error if error is not None else next(tp.error for tp in partitions if tp.error)
+            )
             log.warning(
                 "kafka source %r: commit failed (retried with the next one): %s",
                 self.owner.name,
-                error if error is not None else next(tp.error for tp in partitions if tp.error),
+                problem,
             )
+            if problem.code() in _GROUP_GONE and self.check is None:
+                # the group may be gone (a broker restarted without its data): check
+                self.check = f"a commit failed with {problem.name()}"
             # the next due_commits() offers these watermarks again
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to retry
                 self.loop.call_soon_threadsafe(self.uncommit_, failed)
@@ -414,6 +671,7 @@ class _Consumer:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.owner.assignments += 1
         self._broker_up("partitions assigned")
+        self.owner.health.set("connected")
         if self.cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -466,12 +724,15 @@ class _Consumer:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self._release(consumer, partitions, lost=True)
 
-    def _release(self, consumer: Any, partitions: list[Any], *, lost: bool) -> None:
+    def _release(
+        self, consumer: Any, partitions: list[Any], *, lost: bool, unassign: bool = True
+    ) -> None:
         self.owner.revocations += 1
         started = time.monotonic()
         gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
         # stop handing these to the loop at once (messages of this hop included)
         self.assigned = self.assigned - set(gone)
+        self.epoch += 1
         # on close the events in flight had their time already (close_timeout)
         timeout = 0.0 if lost or self.closing else self.owner.revoke_timeout
         future = asyncio.run_coroutine_threadsafe(self.release_(gone, timeout, lost), self.loop)
@@ -482,7 +743,9 @@ class _Consumer:
             offsets = []
         if offsets:
             self._commit(offsets, asynchronous=False)
-        if self.cooperative:
+        if not unassign:
+            pass
+        elif self.cooperative:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
@@ -501,9 +764,10 @@ class _Consumer:
     def close(self, offsets: list[Any]) -> None:
         if self.consumer is None:
             return
-        if offsets:
+        if offsets and getattr(offsets, "epoch", self.epoch) == self.epoch:
             self._commit(offsets, asynchronous=False)
         self.closing = True
+        self.stopped.set()
         # leaving the group runs the revoke callback: the flow is idle by now
         self.consumer.close()
         if self.producer is not None:
@@ -612,6 +876,7 @@ class _Consumer:
         """Offsets to commit: completed watermarks that moved since the last commit."""
         from confluent_kafka import TopicPartition
 
+        epoch = self.epoch  # read first: a release after it makes these stale
         offsets = []
         for p in list(self.emitted_next):
             if p not in self.assigned:
@@ -620,7 +885,7 @@ class _Consumer:
             if mark is not None and mark > self.committed.get(p, -1):
                 self.committed[p] = mark
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
-        return offsets or None
+        return _offsets(offsets, epoch) if offsets else None
 
     async def checkpointed_commits_(self, out: Emitter) -> list[Any] | None:
         """On the loop: the offsets due (:meth:`due_commits`), returned only once every
@@ -693,7 +958,9 @@ class _Consumer:
         offsets = []
         for p in gone:
             mark = marks.get(p)
-            if not lost and mark is not None and mark > self.committed.get(p, -1):
+            # (even when a commit of it was already due: that one, computed before this
+            # release, is dropped as stale by the consumer thread)
+            if not lost and mark is not None:
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
             flow.forget(p)
             self.committed.pop(p, None)
@@ -730,6 +997,7 @@ class _Consumer:
         except Exception:
             log.exception("kafka source %r: close failed", self.owner.name)
         finally:
+            self.stopped.set()
             idle.cancel()
             if self.remove_listener is not None:
                 self.remove_listener()

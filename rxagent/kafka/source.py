@@ -46,6 +46,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from ..sources.base import Emitter, Source
+from ..sources.health import SourceHealth
 from .common import (
     CONSUMER_DEFAULTS,
     Decoder,
@@ -56,7 +57,7 @@ from .common import (
     _value_decoder,
     redact,
 )
-from .consumer import _Consumer, _Rows
+from .consumer import _Consumer, _Offsets, _offsets, _Rows
 
 __all__ = ["KafkaPartition", "KafkaSource", "kafka"]
 
@@ -114,6 +115,7 @@ class KafkaSource(Source):
         poll_timeout: float = 0.2,
         revoke_timeout: float = 10.0,
         close_timeout: float = 10.0,
+        auth_retries: int | None = 3,
     ) -> None:
         super().__init__(name, credit=credit, batch_size=batch_size)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -159,6 +161,12 @@ class KafkaSource(Source):
         self.poll_timeout = poll_timeout
         self.revoke_timeout = revoke_timeout
         self.close_timeout = close_timeout
+        if auth_retries is not None and (isinstance(auth_retries, bool) or auth_retries < 0):
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: auth_retries must be >= 0 or None (retry "
+                f"forever), got {auth_retries!r}"
+            )
+        self.auth_retries = auth_retries
         max_poll = float(user.get("max.poll.interval.ms", 300_000)) / 1000
         # while paused, poll at least this often (well inside max.poll.interval.ms)
         self.keepalive = min(0.5, max_poll / 5)
@@ -180,6 +188,13 @@ class KafkaSource(Source):
         self.lag: dict[KafkaPartition, int] = {}
         #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
         self.down_since: float | None = None
+        #: connected, outage, auth refused, lost assignment (rxagent.sources.health)
+        self.health = SourceHealth()
+        self.auth_refusals = 0
+        #: times the source gave up its assignment and subscribed again (group or topic gone)
+        self.rejoins = 0
+        #: polls the consumer thread made on its own while the loop was blocked
+        self.unattended_polls = 0
         self._consumer: _Consumer | None = None
         self._closing: asyncio.Task[None] | None = None
         self._logged_wait = 0.0
@@ -226,6 +241,10 @@ class KafkaSource(Source):
             # messages behind the high watermarks, summed over partitions (None: unknown yet)
             "lag": self._lag(),
             "outages": self.outages,
+            "health": self.health.as_dict(),
+            "auth_refusals": self.auth_refusals,
+            "rejoins": self.rejoins,
+            "unattended_polls": self.unattended_polls,
             "restoring": self.restoring,
             # what it waits for, when it cannot read (the live view shows it)
             "waiting": self._waiting(),
@@ -381,14 +400,18 @@ class KafkaSource(Source):
 
 
 def _newest(*batches: list[Any] | None) -> list[Any] | None:
-    """Offsets to commit from several checkpoints: the highest per partition."""
+    """Offsets to commit from several checkpoints: the highest per partition (of the
+    oldest assignment epoch among them: stale ones are dropped by the consumer)."""
     best: dict[tuple[str, int], Any] = {}
+    epochs = [batch.epoch for batch in batches if isinstance(batch, _Offsets)]
     for batch in batches:
         for tp in batch or ():
             key = (tp.topic, tp.partition)
             if key not in best or tp.offset > best[key].offset:
                 best[key] = tp
-    return list(best.values()) or None
+    if not best:
+        return None
+    return _offsets(list(best.values()), min(epochs)) if epochs else list(best.values())
 
 
 def kafka(

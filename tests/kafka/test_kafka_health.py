@@ -1,0 +1,168 @@
+"""Kafka source health: broker restarts that lose the topic and the group, outages
+decided from the broker, and a consumer that stays in its group however long the
+loop is blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from conftest import ENV, _free_port, _start_tansu, _stop
+
+from rxagent import Pipeline, StateStore
+from rxagent.kafka import KafkaSource
+from rxagent.runtime import PipelineState
+from rxagent.sinks import ListSink, StateSink
+
+
+class MemoryBroker:
+    """Tansu with memory storage that a test kills and starts again on the same
+    port: everything (topics, records, groups) is gone after a restart."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.process: Any = None
+        self.start()
+
+    def start(self) -> None:
+        self.process, _ = _start_tansu(self.port)
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
+
+
+@pytest.fixture
+def memory_broker() -> Iterator[MemoryBroker]:
+    if __import__("os").environ.get(ENV):
+        pytest.skip(f"{ENV} points at an external cluster, which this test cannot restart")
+    broker = MemoryBroker()
+    try:
+        yield broker
+    finally:
+        _stop(broker.process)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=10)[topic].result(10)
+    deadline = time.monotonic() + 5
+    while len(admin.list_topics(topic, timeout=5).topics[topic].partitions) < partitions:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def produce(bootstrap: str, topic: str, ids: range, partitions: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in ids:
+        producer.produce(topic, json.dumps({"id": i}).encode(), partition=i % partitions)
+    assert producer.flush(15) == 0, "not every message was delivered"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
+    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rxagent")
+    bootstrap = memory_broker.bootstrap
+    topic = f"vanish-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 4)
+    produce(bootstrap, topic, range(100), 4)
+    sink = ListSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        commit_interval=0.1,
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    pipeline = Pipeline("vanish", source).to(sink)
+    await pipeline.start()
+    try:
+        await until(lambda: len(sink.values) == 100, 20)
+        memory_broker.kill()
+        await until(lambda: source.describe()["brokers_down"], 15)
+        memory_broker.start()
+        create_topic(bootstrap, topic, 4)
+        produce(bootstrap, topic, range(100, 600), 4)
+        deadline = time.monotonic() + 30
+        while {v["id"] for v in sink.values} < set(range(600)):
+            assert pipeline.status().state is PipelineState.RUNNING, pipeline.status()
+            assert time.monotonic() < deadline, (
+                f"{sorted(set(range(600)) - {v['id'] for v in sink.values})} missing; "
+                f"{source.describe()}"
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
+    described = source.describe()
+    assert described["rejoins"] >= 1, described
+    messages = [r.getMessage() for r in caplog.records if r.name == "rxagent"]
+    rejoined = [m for m in messages if "rejoining group" in m]
+    assert rejoined, messages
+    assert "the topic was deleted and created again" in rejoined[0] or "is gone" in rejoined[0]
+    # the outage ends on the brokers' answer, never on a message fetched before it
+    assert not any("a message arrived" in m for m in messages), messages
+    assert sum("brokers reachable again" in m for m in messages) == 1, messages
+
+
+async def test_a_slow_reducer_blocking_the_loop_does_not_get_the_consumer_evicted(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 ms per event on the loop, batches of 100 (5 s each) and a max.poll.interval
+    of 3 s: the consumer thread polls (paused) on its own, the group keeps it."""
+    caplog.set_level(logging.INFO, logger="rxagent")
+    topic = kafka_topic(1)
+    total = 300
+    produce(kafka_bootstrap, topic, range(total), 1)
+    store = StateStore("counts")
+    seen: list[int] = []
+
+    def slow(old: Any, event: Any) -> Any:
+        time.sleep(0.05)  # blocks the loop, as a slow reducer does
+        seen.append(event.value["id"])
+        return (old or 0) + 1
+
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        batch_size=100,
+        commit_interval=0.2,
+        config={
+            "max.poll.interval.ms": 3000,
+            "session.timeout.ms": 3000,
+            "heartbeat.interval.ms": 500,
+        },
+    )
+    pipeline = Pipeline("slow", source).to(StateSink(store, key=lambda v: "n", reducer=slow))
+    await pipeline.start()
+    try:
+        await until(lambda: len(seen) >= total, 60)
+        await asyncio.sleep(1.0)
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
+    described = source.describe()
+    messages = [r.getMessage() for r in caplog.records if r.name == "rxagent"]
+    assert not any("MAX_POLL" in m for m in messages), messages
+    assert described["revocations"] <= 1, described  # the final one, on stop
+    assert described["assignments"] == 1, described
+    assert sorted(seen) == list(range(total)), "an event was read twice or lost"
+    assert described["unattended_polls"] > 0, described
