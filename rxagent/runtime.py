@@ -34,7 +34,7 @@ from reactivex.abc import DisposableBase, SchedulerBase
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
-from . import _secrets
+from . import _secrets, _slow
 from .context import PipelineContext
 from .events import Batch
 from .exceptions import ConfigurationError, PipelineError
@@ -346,11 +346,15 @@ class Pipeline:
         sinks = self._sinks
         if len(sinks) > 1:
             batch.retain(len(sinks) - 1)
+        n = len(batch.values)
         for sink in sinks:
+            started = _slow.clock()
             try:
                 sink.on_batch(batch)
             except Exception as error:
                 self._fail(error, sink.name)
+            else:
+                _slow.note(batch.ctx, sink.name, started, n)
 
     def _on_stream_error(self, error: Exception) -> None:
         stage = getattr(error, "stage", None)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from reactivex import Observable
 
+from .. import _slow
 from ..events import Batch, Hold, retain_hold
 from .base import BatchHandler, Emit, Operator, batch_stage
 
@@ -58,14 +59,19 @@ def _apply(
     Returns the results and an ``ok`` mask (all True on the fast path).
     """
     values = batch.values
+    started = _slow.clock()
     try:
         if events is not None:
-            return events.many(values, batch.keys, batch.times), []
-        if many is not None:
-            return many(values), []
-        return list(_builtin_map(fn, values)), []
+            out = events.many(values, batch.keys, batch.times)
+        elif many is not None:
+            out = many(values)
+        else:
+            out = list(_builtin_map(fn, values))
     except Exception:
         pass
+    else:
+        _slow.note(batch.ctx, stage, started, len(values))
+        return out, []
     one = None if events is None else events.one
     keys, times = batch.keys, batch.times
     results: list[Any] = []
@@ -84,6 +90,7 @@ def _apply(
             ok.append(False)
             # the row's hold moves to the dead letter, which ends it
             ctx.dead_letter(batch.event(i, take=True), stage, error)
+    _slow.note(ctx, stage, started, len(values))
     return results, ok
 
 
