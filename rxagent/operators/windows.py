@@ -178,8 +178,12 @@ def count_window(
                         if len(w.values) >= size:
                             out.append(self._close(k, w))
                             closed_at.append(last)
+                    if not w.values:
+                        # closed with nothing left: forget the key (keys come and go)
+                        del windows[k]
                 if ticket is not None:
                     ticket.fold(n)
+                metrics.extra["open_windows"] = len(windows)
                 if len(out) > 1:
                     out = [
                         row

@@ -53,3 +53,12 @@ def test_reorder_refuses_bad_bounds() -> None:
         reorder("n", max_delay=1, key_idle=0)
     with pytest.raises(ConfigurationError, match="max_keys must be an int >= 1"):
         reorder("n", max_delay=1, max_keys=0)
+
+
+async def test_count_window_forgets_a_key_once_its_window_closed() -> None:
+    # 3,000 keys, each seen exactly twice in a row: every window closes, none stays open
+    items = [{"k": f"k{i // 2}", "n": i} for i in range(6_000)]
+    result = await run(items, ops.count_window(2, key="k"), batch_size=64)
+    assert len(result.values) == 3_000
+    assert all(w.count == 2 for w in result.values)
+    assert result.status.stages["count_window"]["open_windows"] == 0, "closed keys kept"
