@@ -237,6 +237,11 @@ class BackoffParams(Params):
 class SourceParams(Params):
     name: str | None = Field(None, description="the source's name (default: its kind)")
     credit: int = Field(4096, ge=1, description="most events in flight at once")
+    credit_bytes: int | None = Field(
+        64 << 20,
+        ge=1,
+        description="most bytes of messages in flight at once (null: no byte limit)",
+    )
     batch_size: int = Field(512, ge=1, description="most events per batch")
 
 
@@ -696,6 +701,12 @@ class ReorderParams(StageParams):
     start: int | None = Field(
         None, description="every key's first number (default: its first event's)"
     )
+    key_idle: Duration | None = Field(
+        600.0, description="forget a key with nothing held after this long (null: never)"
+    )
+    max_keys: int | None = Field(
+        100_000, ge=1, description="most keys remembered; the longest idle go first"
+    )
 
 
 def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
@@ -705,6 +716,8 @@ def _reorder(p: ReorderParams, ctx: BuildContext) -> Any:
         max_delay=p.max_delay,
         key=None if p.key is None else _key_arg(p.key),
         start=p.start,
+        key_idle=p.key_idle,
+        max_keys=p.max_keys,
         scheduler=ctx.scheduler,
         name=p.name,
     )

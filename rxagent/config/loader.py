@@ -328,7 +328,11 @@ def _make_tool(name: str, decl: ToolModel) -> Any:
 
 def _build(stage: StageSpec, ctx: BuildContext, config: Config) -> Any:
     try:
-        return stage.kind.build(stage.params, ctx)
+        built = stage.kind.build(stage.params, ctx)
+        if hasattr(stage.params, "credit_bytes") and hasattr(built, "credit_bytes"):
+            # every source takes it: set once here rather than in each kind's build
+            built.credit_bytes = stage.params.credit_bytes
+        return built
     except ConfigurationError as error:
         where = config.document.locations.of(stage.path)
         raise ConfigFileError([Problem(where, stage.path, config.redact(str(error)))]) from None

@@ -431,3 +431,28 @@ async def test_map_filter_and_key_by_take_a_python_function_instead() -> None:
     assert "pipelines.p.steps[2].key_by: give key (a field or an expression) or function" in (
         neither
     )
+
+
+def test_memory_bounds_are_options_of_pipeline_files() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        pipelines:
+          p:
+            source: {memory: {items: [{k: a, seq: 1}], credit_bytes: 4096}}
+            steps:
+              - reorder: {seq: seq, key: k, max_delay: 1s, key_idle: 30s, max_keys: 50}
+            sinks: [{log: {}}]
+          q:
+            source: {memory: {items: [1], credit_bytes: null}}
+            sinks: [{log: {}}]
+        """
+    )
+    built = loads(text, file="bounds.yaml").build()
+    assert built.pipelines["p"].source.credit_bytes == 4096
+    assert built.pipelines["q"].source.credit_bytes is None
+    with pytest.raises(
+        ConfigFileError,
+        match=r"bounds.yaml:6:77: .*reorder.max_keys: Input should be greater than or equal to 1",
+    ):
+        loads(text.replace("max_keys: 50", "max_keys: 0"), file="bounds.yaml").build()
