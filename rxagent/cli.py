@@ -776,6 +776,7 @@ def state_command(
         where = _state_dir(config, file, state_dir)
         if worker is not None:
             where = where / f"worker-{worker}"
+        from ._secrets import open_private
         from .state.durable import store_path
 
         paths = {name: store_path(where, name) for name in names}
@@ -795,7 +796,8 @@ def state_command(
         out = None
         try:
             if export is not None:
-                out = sys.stdout if export == "-" else open(export, "w")  # noqa: SIM115
+                # entries are payloads: the file is its owner's only (0600)
+                out = sys.stdout if export == "-" else open_private(export, "w")
             for name in names:
                 decl = config.model.state[name]
                 codec = "pickle" if decl is None else decl.codec

@@ -100,6 +100,10 @@ def test_run_keeps_state_across_runs_and_state_inspects_exports_and_resets_it(
     state_file = tmp_path / ".rxagent" / "state" / "p" / "totals.sqlite3"
     assert state_file.exists(), "rxagent run kept no state file in .rxagent/state/<file>"
     assert exported(tmp_path) == truth(range(2_000), keys)
+    to_file = rxagent(tmp_path, "state", "p.yaml", "--export", "entries.jsonl")
+    assert to_file.returncode == 0, to_file.stderr
+    assert len((tmp_path / "entries.jsonl").read_text().splitlines()) == keys
+    assert (tmp_path / "entries.jsonl").stat().st_mode & 0o777 == 0o600, "payloads: owner only"
     # a second run restores the state and folds only the new events
     produce(kafka_produce, topic, range(2_000, 3_000), keys)
     second = rxagent(tmp_path, "run", "p.yaml", "--no-live")
