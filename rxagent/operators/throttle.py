@@ -437,13 +437,22 @@ def _timed_operator(
     return Operator(op, build, name)
 
 
-def _sweep(table: dict[Hashable, Any], stale: Callable[[Hashable, Any], bool], at: int) -> int:
-    """Forget stale keys once ``table`` outgrew ``at``; returns the next size to sweep at."""
-    if len(table) <= at:
-        return at
-    for key in [k for k, v in table.items() if stale(k, v)]:
-        del table[key]
-    return max(_SWEEP_MIN, 2 * len(table))
+def _sweep(
+    table: dict[Hashable, Any], stale: Callable[[Hashable, Any], bool], at: int, metrics: Any
+) -> int:
+    """Forget stale keys once ``table`` outgrew ``at``; returns the next size to sweep at.
+    The stage's metrics show the keys held (``keys``) and how many were forgotten
+    (``keys_evicted``): memory follows the live keys, not every key ever seen."""
+    extra = metrics.extra
+    if len(table) > at:
+        gone = [k for k, v in table.items() if stale(k, v)]
+        for key in gone:
+            del table[key]
+        if gone:
+            extra["keys_evicted"] = extra.get("keys_evicted", 0) + len(gone)
+        at = max(_SWEEP_MIN, 2 * len(table))
+    extra["keys"] = len(table)
+    return at
 
 
 # -- throttle_first ----------------------------------------------------------------------
@@ -481,7 +490,7 @@ class _ThrottleFirst(_Timed):
             emit(batch.select(mask))  # ends the other rows
         elif n:
             batch.end_all()
-        self.sweep_at = _sweep(until, lambda _k, end: end <= now, self.sweep_at)
+        self.sweep_at = _sweep(until, lambda _k, end: end <= now, self.sweep_at, metrics)
 
 
 def throttle_first(
@@ -585,7 +594,12 @@ class _ThrottleLatest(_Timed):
                     )
         self.finish(batch, out, drop, emit)
         pending = self.pending
-        self.sweep_at = _sweep(until, lambda k, end: end <= now and k not in pending, self.sweep_at)
+        self.sweep_at = _sweep(
+            until,
+            lambda k, end: end <= now and k not in pending,
+            self.sweep_at,
+            batch.ctx.stage(self.stage),
+        )
 
     def on_due(self, keys: list[Hashable], now: float) -> list[Event]:
         events = []
@@ -811,7 +825,10 @@ class _RateLimit(_Timed):
             self.held += len(rest)
         self.finish(batch, out, drop, emit)
         self.sweep_at = _sweep(
-            logs, lambda k, log: log.free(n, now) == n and k not in queues, self.sweep_at
+            logs,
+            lambda k, log: log.free(n, now) == n and k not in queues,
+            self.sweep_at,
+            batch.ctx.stage(self.stage),
         )
 
     def on_due(self, keys: list[Hashable], now: float) -> list[Event]:

@@ -62,3 +62,19 @@ async def test_count_window_forgets_a_key_once_its_window_closed() -> None:
     assert len(result.values) == 3_000
     assert all(w.count == 2 for w in result.values)
     assert result.status.stages["count_window"]["open_windows"] == 0, "closed keys kept"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ops.throttle_first(0.001, key="k"),
+        lambda: ops.rate_limit(1, 0.001, key="k"),
+    ],
+    ids=["throttle_first", "rate_limit"],  # throttle_last drops a key when it fires
+)
+async def test_throttles_forget_keys_that_come_and_go_and_count_it(make: Any) -> None:
+    items = [{"k": f"k{i}"} for i in range(20_000)]  # every key seen once
+    result = await run(items, make(), batch_size=256, credit=1024)
+    (stage,) = result.status.stages.values()
+    assert stage.get("keys_evicted", 0) > 10_000, {k: v for k, v in stage.items() if "key" in k}
+    assert stage["keys"] < 5_000, "keys held follow the live keys, not every key seen"
