@@ -11,7 +11,7 @@ The tree::
     │   └── RecordingError       a line of a recording is unreadable (rxagent.recording)
     ├── RecordEncodeError        an event cannot be written to a recording unchanged
     ├── StateError               a state store was read or written wrongly
-    ├── CircuitOpenError         a circuit breaker is open (rxagent.operators.circuit)
+    ├── CircuitOpenError         a circuit breaker is open (rxagent.circuit)
     ├── MarbleError              a marble diagram is malformed (rxagent.testing.marbles)
     ├── WebSocketError           a WebSocket source or sink gave up (rxagent.sources.websocket)
     ├── KafkaSinkError           a Kafka sink could not deliver (rxagent.kafka)

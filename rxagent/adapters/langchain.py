@@ -130,7 +130,7 @@ class StateStoreRetriever(BaseRetriever):
         words = [w.casefold() for w in query.split()]
         scored: list[tuple[int, float, int, Document]] = []
         for store in self.stores:
-            now = store._clock()
+            now = store.now()
             for entry in recent_entries(store.snapshot):
                 line = context_line(entry, now)
                 hits = sum(1 for w in words if w in line.casefold())

@@ -13,8 +13,9 @@ The format is documented in docs/yaml.md and published as JSON Schema by
 plugins' entry points in the group ``rxagent.kinds``).
 """
 
+from .kinds import default_registry
 from .loader import BuiltApp, Config, PipelineSpec, StageSpec, load, loads
-from .registry import ENTRY_POINT_GROUP, BuildContext, Kind, Registry, default_registry
+from .registry import ENTRY_POINT_GROUP, BuildContext, Kind, Registry
 from .source import ConfigFileError, Location, Problem
 
 __all__ = [

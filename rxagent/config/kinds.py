@@ -35,7 +35,7 @@ from ..backoff import Backoff
 from ..exceptions import ConfigurationError
 from .registry import BuildContext, Kind, Registry
 
-__all__ = ["register_builtins"]
+__all__ = ["default_registry", "register_builtins"]
 
 
 # -- parameter types -------------------------------------------------------------------
@@ -146,7 +146,7 @@ PythonRef = Annotated[
 
 
 def _check_model(ref: str) -> str:
-    from ..operators.decode import type_adapter
+    from ..decoding import type_adapter
 
     try:
         type_adapter(import_ref(ref), "model")
@@ -169,7 +169,7 @@ ModelRef = Annotated[
 
 
 def _check_ws_url(url: str) -> str:
-    from ..sources.websocket import url_problem
+    from ..websocket.common import url_problem
 
     problem = url_problem(url)
     if problem is not None:
@@ -1266,3 +1266,19 @@ def register_builtins(registry: Registry) -> None:
     add(Kind("sink", "websocket", WebSocketSinkParams, _websocket_sink, shorthand="url"))
     add(Kind("sink", "record", RecordParams, _record, shorthand="path"))
     add(Kind("sink", "log", LogParams, _log_sink, shorthand="level"))
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The registry with every built-in kind (and plugins' kinds, loaded on first use).
+
+    It lives here, not in :mod:`.registry`: the built-in kinds register into a
+    registry they are given, and the registry module knows none of them."""
+    global _default
+    if _default is None:
+        registry = Registry()
+        register_builtins(registry)
+        _default = registry
+    return _default

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ValidationError
 
 from .._secrets import redact
 from ..exceptions import ConfigurationError
-from .kinds import import_ref
+from .kinds import default_registry, import_ref
 from .model import DocumentModel, PipelineModel, ToolModel
-from .registry import BuildContext, Kind, Registry, Role, default_registry
+from .registry import BuildContext, Kind, Registry, Role
 from .source import (
     MAX_FILE_BYTES,
     ConfigFileError,

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..state import StateStore
     from ..tools.tool import Tool
 
-__all__ = ["ENTRY_POINT_GROUP", "BuildContext", "Kind", "Registry", "Role", "default_registry"]
+__all__ = ["ENTRY_POINT_GROUP", "BuildContext", "Kind", "Registry", "Role"]
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +154,3 @@ class Registry:
                     f"the rxagent plugin {ep.name!r} ({ep.value}) failed to register its "
                     f"kinds: {type(error).__name__}: {error}"
                 ) from error
-
-
-_default: Registry | None = None
-
-
-def default_registry() -> Registry:
-    """The registry with every built-in kind (and plugins' kinds, loaded on first use)."""
-    global _default
-    if _default is None:
-        from .kinds import register_builtins
-
-        registry = Registry()
-        register_builtins(registry)
-        _default = registry
-    return _default

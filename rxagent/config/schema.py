@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .kinds import default_registry
 from .model import DocumentModel
-from .registry import Kind, Registry, Role, default_registry
+from .registry import Kind, Registry, Role
 
 __all__ = ["SCHEMA_ID", "json_schema", "kind_schema", "reference_markdown"]
 

@@ -699,7 +699,7 @@ class RxAgentMCP:
             return _dumps(self.status())
         store = self._store(store_name, uri)
         snap = store.snapshot
-        now = time.time()
+        now = store.now()  # the store's clock: what its wall_times were stamped with
         if kind == "store":
             data = _store_json(snap, now, self.max_entries)
             view = _changelog_status(store, partitions=False)
@@ -741,7 +741,7 @@ class RxAgentMCP:
 
     def status(self, *, include_time: bool = True) -> dict[str, Any]:
         """The status resource's data: pipelines, stages, stores, tools, notifications."""
-        now = time.time()
+        now = time.time()  # the status's own time stamp (wall)
         pipelines: dict[str, Any] = {}
         if self.app is not None:
             for name, pipeline in self.app.pipelines.items():
@@ -768,7 +768,7 @@ class RxAgentMCP:
             if include_time:
                 stores[name]["as_of"] = _iso(snap.wall_time) if snap.version else None
                 stores[name]["staleness_s"] = (
-                    _staleness(snap.wall_time, now) if snap.version else None
+                    _staleness(snap.wall_time, store.now()) if snap.version else None
                 )
             view = _changelog_status(store, partitions=True)
             if view is not None:

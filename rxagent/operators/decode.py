@@ -14,111 +14,26 @@ row to find the bad rows.
 
 from __future__ import annotations
 
-import json
-import typing
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import PydanticUserError, TypeAdapter, ValidationError
-from pydantic_core import from_json
+from pydantic import TypeAdapter
 from reactivex import Observable
 
+# the shared decoding helpers, re-exported where they used to live
+from ..decoding import (
+    MAX_JSON_DEPTH,
+    Format,
+    JSONTooDeepError,
+    describe_error,
+    json_loads,
+    loader,
+    type_adapter,
+)
 from ..events import Batch
-from ..exceptions import ConfigurationError, DecodeError
+from ..exceptions import DecodeError
 from .base import BatchHandler, Emit, Operator, batch_stage
 
-__all__ = ["decode"]
-
-Format = Literal["json", "text", "bytes", "python"]
-
-
-#: How deeply a JSON message may nest (pydantic's own limit when it parses JSON).
-#: Deeper input is undecodable (a dead letter), never a RecursionError downstream.
-MAX_JSON_DEPTH = 200
-
-
-class JSONTooDeepError(ValueError):
-    """JSON input nested deeper than :data:`MAX_JSON_DEPTH`."""
-
-    def __init__(self) -> None:
-        super().__init__(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
-
-
-def json_loads(raw: str | bytes | bytearray) -> Any:
-    """``json.loads`` for input from outside: the same values, but nesting deeper
-    than :data:`MAX_JSON_DEPTH` raises :class:`JSONTooDeepError` (a ValueError).
-
-    pydantic-core's parser (depth-limited, and faster) reads it; what that parser
-    refuses for another reason goes to ``json.loads``, which keeps its error
-    messages and its leniency (lone surrogate escapes), depth-checked as well."""
-    try:
-        return from_json(raw)
-    except ValueError as error:
-        if "recursion limit exceeded" in str(error):
-            raise JSONTooDeepError() from None
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise JSONTooDeepError() from None
-    if _deeper_than(value, MAX_JSON_DEPTH):
-        raise JSONTooDeepError()
-    return value
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and dicts nest in ``value`` more than ``limit`` levels (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def type_adapter(model: Any, where: str) -> TypeAdapter[Any]:
-    """A pydantic ``TypeAdapter`` of ``model`` (a pydantic model or any type pydantic
-    understands); a :class:`ConfigurationError` naming ``where`` when it is not one."""
-    if not isinstance(model, type) and typing.get_origin(model) is None:
-        name = getattr(model, "__qualname__", None)
-        got = f"{type(model).__name__} {name!r}" if name else f"a {type(model).__name__} value"
-        raise ConfigurationError(f"{where}: model must be a pydantic model or a type, got {got}")
-    try:
-        return TypeAdapter(model)
-    except PydanticUserError as error:
-        reason = str(error).strip().split("\n")[0]
-        raise ConfigurationError(
-            f"{where}: model {getattr(model, '__qualname__', model)!r} is not a type pydantic "
-            f"can validate: {reason}"
-        ) from None
-
-
-def _loader(fmt: Format) -> Callable[[Any], Any] | None:
-    if fmt == "json":
-        return json_loads
-    if fmt == "text":
-        return lambda raw: raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
-    if fmt == "bytes":
-        return lambda raw: raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    if fmt == "python":
-        return None
-    raise ConfigurationError(f"decode format must be json, text, bytes or python, got {fmt!r}")
-
-
-def _describe_error(error: Exception) -> str:
-    if isinstance(error, ValidationError):
-        parts = []
-        for e in error.errors(include_url=False):
-            loc = ".".join(str(p) for p in e["loc"])
-            parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-        return "; ".join(parts)
-    if isinstance(error, json.JSONDecodeError):
-        return f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-    if isinstance(error, JSONTooDeepError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+__all__ = ["MAX_JSON_DEPTH", "Format", "JSONTooDeepError", "decode", "json_loads", "type_adapter"]
 
 
 def decode(
@@ -136,7 +51,7 @@ def decode(
         --a--b--c--|   decode(Tick)     a, c valid JSON ticks; b is not
         --A-----C--|   A, C are Tick instances; b is dead-lettered
     """
-    loader = _loader(format)
+    load = loader(format)
     where = f"decode {name!r}" if name else "decode"
     adapter: TypeAdapter[Any] | None = None if model is None else type_adapter(model, where)
     many: TypeAdapter[Any] | None = None if model is None else TypeAdapter(list[model])
@@ -146,7 +61,7 @@ def decode(
         if json_native:
             assert adapter is not None
             return adapter.validate_json(raw)
-        value = raw if loader is None else loader(raw)
+        value = raw if load is None else load(raw)
         return value if adapter is None else adapter.validate_python(value)
 
     def decode_all(raws: list[Any]) -> list[Any]:
@@ -155,7 +70,7 @@ def decode(
             # let two broken frames ('{"a":1' and '"b":2}') pass as one valid value
             validate = adapter.validate_json  # type: ignore[union-attr]
             return [validate(r) for r in raws]
-        if many is not None and loader is None:
+        if many is not None and load is None:
             return list(many.validate_python(raws))
         return [decode_one(r) for r in raws]
 
@@ -183,7 +98,7 @@ def decode(
                                 event,
                                 stage,
                                 DecodeError(
-                                    f"cannot decode message{where}: {_describe_error(error)}",
+                                    f"cannot decode message{where}: {describe_error(error)}",
                                     source=batch.source,
                                     raw=raw,
                                 ),

@@ -9,27 +9,18 @@ failing events go to dead letters, with the error, and the rest flow on.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reactivex import Observable
 
 from .. import _slow
 from ..events import Batch, Hold, retain_hold
+from ..values import to_key_function
 from .base import BatchHandler, Emit, Operator, batch_stage
 
 __all__ = ["event_time", "filter", "flat_map", "key_by", "map", "tap", "to_key_function"]
 
 _builtin_map = map
-
-
-def to_key_function(key: str | int | Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A field name (or index) becomes a C-level ``itemgetter``; a callable stays."""
-    if isinstance(key, str | int):
-        return itemgetter(key)
-    if not callable(key):
-        raise TypeError(f"a key must be a field name or a callable, got {key!r}")
-    return key
 
 
 class _EventFunctions(NamedTuple):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -24,29 +23,12 @@ from reactivex import Observable
 from ..events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
 from ..exceptions import ConfigurationError
 from ..flow import Flow, Ticket, release_tickets
+from ..values import Window
 from .aggregate import Aggregation, collect, resolve_aggregation
 from .base import BatchHandler, Emit, Operator, batch_stage
 from .transform import _apply, to_key_function
 
 __all__ = ["Window", "count_window", "group_rows"]
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """What a window emits: its key, the aggregate ``value``, how many events it
-    held, and the (event or processing) time of its first and last event."""
-
-    key: Hashable
-    value: Any
-    count: int
-    start: float | None
-    end: float | None
-
-    def __getitem__(self, field: str) -> Any:
-        """``window["value"]``: so field-name keys work on windows as on dicts."""
-        if field not in self.__slots__:
-            raise KeyError(field)
-        return getattr(self, field)
 
 
 class _KeyWindow:

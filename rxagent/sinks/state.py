@@ -14,8 +14,8 @@ from typing import Any
 
 from ..events import Batch, Position
 from ..exceptions import ConfigurationError, StateError
-from ..operators.transform import to_key_function
-from ..state.store import Reducer, StateStore, _constant, _Update
+from ..state.store import Reducer, StateStore, _constant, _Update, register_sink
+from ..values import to_key_function
 from .base import Sink
 
 __all__ = ["StateSink"]
@@ -47,6 +47,7 @@ class StateSink(Sink):
 
     def on_batch(self, batch: Batch) -> None:
         ctx = batch.ctx
+        self.store.follow(ctx.now)  # the store's times are the pipeline's (Decision 8)
         metrics = ctx.stage(self.name)
         metrics.events_in += len(batch.values)
         if not self.store.owns(batch.partition):
@@ -194,3 +195,7 @@ class _RowError(Exception):
         super().__init__(str(error))
         self.row = row
         self.error = error
+
+
+# StateStore.sink() builds a StateSink without the store importing this module
+register_sink(StateSink)

@@ -70,7 +70,9 @@ from pydantic import BaseModel
 from reactivex import Observable
 from reactivex.subject import Subject
 
+from .. import clock
 from ..backoff import Backoff
+from ..circuit import CircuitBreaker
 from ..context import PipelineContext, json_key
 from ..events import Batch, Event, Position
 from ..exceptions import (
@@ -80,13 +82,11 @@ from ..exceptions import (
     ToolError,
     ToolTimeoutError,
 )
-from ..operators.circuit import CircuitBreaker
-from ..operators.transform import to_key_function
-from ..operators.windows import Window
 from ..state.durable import JsonCodec, SQLiteBackend, store_path
 from ..tools.activation import ActivationContext, enter_activation, exit_activation
 from ..tools.policy import POLICIES, ActivationPolicy, Decision, decide
-from ..tools.tool import Tool
+from ..tools.tool import Tool, register_sink
+from ..values import Window, to_key_function
 from .base import Sink
 
 __all__ = [
@@ -280,7 +280,7 @@ class ToolSink(Sink):
     - ``concurrency``: most calls running at once, across keys.
     - ``timeout``: seconds per attempt (:class:`ToolTimeoutError` when exceeded).
     - ``retry``: a :class:`Backoff` for failed attempts; ``None`` calls once.
-    - ``breaker``: a :class:`~rxagent.operators.CircuitBreaker` asked when an
+    - ``breaker``: a :class:`~rxagent.circuit.CircuitBreaker` asked when an
       event arrives (after the policy): while it refuses, events are dropped
       (reason ``"circuit_open"``); each call's final outcome (after retries) is
       reported to it. Its clock is its own if it has one, else the pipeline's.
@@ -740,7 +740,7 @@ class ToolSink(Sink):
     def _start(self, activation: _Activation) -> None:
         loop = asyncio.get_running_loop()
         self._running += 1
-        activation.started = loop.time()
+        activation.started = activation.ctx.now()  # the pipeline's clock (Decision 8)
         task = loop.create_task(self._run(activation), name=f"rxagent-{self.name}")
         activation.task = task
         self._tasks[task] = activation
@@ -748,11 +748,10 @@ class ToolSink(Sink):
 
     async def _run(self, activation: _Activation) -> _Outcome:
         """The call with its timeout and retries. Cancellation propagates."""
-        loop = asyncio.get_running_loop()
         tool = self.tool
+        ctx = activation.ctx
         if self.dry_run:  # record what would be called, call nothing
             activation.attempts = 1
-            ctx = activation.ctx
             # at: when the policy accepted it (what its cooldown counts from), so the
             # records of one key read in the order the events came
             self._record(
@@ -765,8 +764,10 @@ class ToolSink(Sink):
                 idem=activation.idem,
             )
             return _Outcome()
-        first = loop.time()
-        pipeline = activation.ctx.pipeline
+        # timeouts, retry waits and the time retried so far are on the pipeline's
+        # clock: virtual under a TestScheduler (Decision 8)
+        first = ctx.now()
+        pipeline = ctx.pipeline
         position = activation.event.position
         trigger = None if activation.trigger is None else _trigger_text(activation.trigger[0])
         while True:
@@ -784,7 +785,7 @@ class ToolSink(Sink):
                 )
             )
             try:
-                async with asyncio.timeout(self.timeout) as scope:
+                async with clock.timeout(ctx.scheduler, self.timeout) as scope:
                     value = await tool.call(activation.args)
             except Exception as raised:
                 error: BaseException = raised
@@ -803,12 +804,12 @@ class ToolSink(Sink):
             wait = (
                 None
                 if retry is None
-                else retry.next_delay(activation.attempts, loop.time() - first, error, self._rng)
+                else retry.next_delay(activation.attempts, ctx.now() - first, error, self._rng)
             )
             if wait is None:
                 return _Outcome(error=error)
             _bump(activation.ctx.stage(self.name).extra, "retries")
-            await asyncio.sleep(wait)
+            await clock.sleep(ctx.scheduler, wait)
 
     def _on_done(self, activation: _Activation, task: asyncio.Task[_Outcome]) -> None:
         """A call's task finished: report it, end its event, start what waits."""
@@ -1026,6 +1027,8 @@ class ToolSink(Sink):
                 activation.cancel_reason = "closed"
             task.cancel()
         if tasks:
+            # real seconds, not the pipeline's clock: how long shutdown waits for
+            # tasks on the event loop (a virtual clock may never advance again)
             _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
             for task in stuck:  # a tool that swallows cancellation: stop waiting for it
                 log.warning(
@@ -1093,7 +1096,7 @@ class ToolSink(Sink):
     def _duration(self, activation: _Activation) -> float:
         if activation.started is None:
             return 0.0
-        return asyncio.get_running_loop().time() - activation.started
+        return activation.ctx.now() - activation.started
 
     def _forget_if_idle(self, key: Hashable, state: _KeyState) -> None:
         # a key's state is kept while busy, or while its cooldown still matters
@@ -1135,13 +1138,17 @@ def activate(tool: Tool | Callable[..., Any], **options: Any) -> ToolSink:
     return ToolSink(tool, **options)
 
 
+# Tool.sink() builds a ToolSink without the tool module importing this one
+register_sink(ToolSink)
+
+
 # -- idempotency keys ----------------------------------------------------------------------
 
 
 def trigger_of(event: Event, source: str | None = None) -> tuple[Any, ...] | None:
     """What identifies the trigger of an activation, the same after a restart.
 
-    - An event whose value is a :class:`~rxagent.operators.Window` (a window's
+    - An event whose value is a :class:`~rxagent.values.Window` (a window's
       output): ``("window", source, key, start, end)``. A window has no offset of
       its own (its row carries its last event's, which overlapping windows share)
       and no stable partition (its events may come from several batches). Its
@@ -1341,6 +1348,8 @@ class _ActivationRecord:
                 return False
             puts, self.pending = self.pending, {}
             gone, self.pruned_since = self.pruned_since, []
+            # status of the idempotency file, not stream time: how long the disk
+            # write took (monotonic) and when it was made (wall, for "age")
             started = time.monotonic()
             try:
                 await self._run(self._write, puts, gone)

@@ -45,14 +45,14 @@ from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Batch
 from ..exceptions import ConfigurationError, StageError
-from ..sources.websocket import (
+from ..websocket.common import (
     DEFAULT_BACKOFF,
     LifecycleKind,
     TokenProvider,
     WebSocketError,
     WebSocketLifecycle,
-    _close_of,
-    _error_text,
+    close_of,
+    error_text,
     redact_url,
     url_problem,
     wire_log,
@@ -209,6 +209,7 @@ class WebSocketSink(Sink):
     # -- sending --------------------------------------------------------------------------
 
     def _report(self, kind: LifecycleKind, **fields: Any) -> None:
+        # wall time: a record of the real connection for logs and status, not stream time
         self.lifecycle.on_next(
             WebSocketLifecycle(kind, self.name, redact_url(self.url), time.time(), **fields)
         )
@@ -246,6 +247,8 @@ class WebSocketSink(Sink):
             try:
                 self._report("connecting")
                 ws = self._ws = await self._connect()
+                # the loop's clock, not the pipeline's: how long a real network
+                # connection stayed up (stable_after) and the reconnect backoff
                 opened_at = loop.time()
                 self.connected = True
                 self.connects += 1
@@ -254,13 +257,13 @@ class WebSocketSink(Sink):
                 await self._send_all(ws, reader)
             except ConnectionClosed as closed:
                 error = closed
-                code, reason = _close_of(closed)
+                code, reason = close_of(closed)
                 self._report("closed", code=code, reason=reason)
             except asyncio.CancelledError:
                 raise
             except Exception as failure:
                 error = failure
-                self._report("error", error=_error_text(failure))
+                self._report("error", error=error_text(failure))
             finally:
                 self.connected = False
                 if reader is not None:
@@ -270,7 +273,7 @@ class WebSocketSink(Sink):
                 live, self._ws = self._ws, None
                 if live is not None:  # closed already after a failure; 1000 when we stop
                     await live.close(1000, "sink closed")
-            now = loop.time()
+            now = loop.time()  # real seconds, as opened_at
             if opened_at is not None and now - opened_at >= self.stable_after:
                 attempt, failing_since = 0, None
             if failing_since is None:
@@ -280,7 +283,7 @@ class WebSocketSink(Sink):
             if delay is None:
                 failed = WebSocketError(
                     f"websocket sink {self.name!r} gave up reconnecting to "
-                    f"{redact_url(self.url)} after {attempt} attempts: {_error_text(error)}",
+                    f"{redact_url(self.url)} after {attempt} attempts: {error_text(error)}",
                     source=self.name,
                     url=redact_url(self.url),
                 )

@@ -176,6 +176,8 @@ class ReplaySource(Source):
 
     async def _run_paced(self, out: Emitter, reading: _Reading, speed: float) -> None:
         loop = asyncio.get_running_loop()
+        # real seconds by design: a paced replay reproduces the recording's timing on
+        # the wall clock (``virtual=True`` replays run on the pipeline's clock instead)
         start: float | None = None
         while (chunk := await reading.next_chunk()) is not None:
             rows, elapsed = chunk.records, chunk.elapsed

@@ -20,7 +20,7 @@ schedule. The attempt count is reset only once a connection stayed up
 ``stable_after`` seconds, so a server that accepts and closes at once meets
 growing delays, not a tight loop (the trap of ``async for ws in connect()``,
 which resets on every successful handshake). An optional
-:class:`~rxagent.operators.circuit.CircuitBreaker` holds reconnects back while
+:class:`~rxagent.circuit.CircuitBreaker` holds reconnects back while
 it is open. The first failure of an outage is logged as a warning, each
 further attempt at debug level; ``describe()["health"]`` (status, the live
 view) shows the attempt count and the last error. A handshake the server
@@ -104,27 +104,36 @@ import operator
 import random
 import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import TypeAdapter
 from reactivex.subject import Subject
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Close
 from websockets.protocol import State
 
 from .. import _secrets
 from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
+from ..circuit import CircuitBreaker
+from ..decoding import describe_error, loader, type_adapter
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError, RxAgentError
 from ..flow import Flow
-from ..operators.circuit import CircuitBreaker
-from ..operators.decode import _describe_error, _loader, type_adapter
+from ..websocket.common import (
+    DEFAULT_BACKOFF,
+    LifecycleKind,
+    TokenProvider,
+    WebSocketError,
+    WebSocketLifecycle,
+    close_of,
+    error_text,
+    redact_url,
+    url_problem,
+    wire_log,
+)
 from .base import Emitter, Source
 from .health import SourceHealth
 from .overflow import Overflow
@@ -139,10 +148,8 @@ __all__ = [
 
 log = logging.getLogger("rxagent")
 
-LifecycleKind = Literal["connecting", "opened", "closed", "error", "reconnect_scheduled"]
 Message = str | bytes
 Subscribe = Sequence[Any] | Callable[[Any], Sequence[Any]] | None
-TokenProvider = Callable[[], str | Awaitable[str]]
 
 #: A queued frame's FIN bit: it ends a message.
 _FIN = attrgetter("fin")
@@ -151,104 +158,6 @@ _FIN = attrgetter("fin")
 _INT = frozenset({int})
 #: What stands for a sequence number that ``sequence()`` failed to give.
 _NO_SEQ: Any = object()
-
-#: Reconnect forever by default, growing to 30 s; "equal" jitter never retries at once.
-DEFAULT_BACKOFF = Backoff(
-    initial=0.5, factor=2.0, max_delay=30.0, jitter="equal", max_attempts=None
-)
-
-# Handshake headers whose values the wire log may show; every other value is hidden.
-_SHOWN_HEADERS = frozenset(
-    {
-        "host",
-        "upgrade",
-        "connection",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-accept",
-        "user-agent",
-        "server",
-        "date",
-    }
-)
-
-
-class WebSocketError(RxAgentError):
-    """The source gave up reconnecting (its backoff said so, or the server refused the
-    credentials more than ``auth_retries`` times). Carries ``source`` and ``url``."""
-
-    def __init__(self, message: str, *, source: str, url: str) -> None:
-        super().__init__(message)
-        self.source = source
-        self.url = url
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketLifecycle:
-    """One lifecycle event of a WebSocket source, at ``time`` (wall clock, epoch seconds).
-
-    ``code`` and ``reason`` are set for ``closed``; ``error`` (``"Type: message"``)
-    for ``error``; ``attempt`` and ``delay`` for ``reconnect_scheduled`` (attempt 1
-    is the first retry since the last stable connection).
-    """
-
-    kind: LifecycleKind
-    source: str
-    url: str
-    time: float
-    code: int | None = None
-    reason: str | None = None
-    error: str | None = None
-    attempt: int | None = None
-    delay: float | None = None
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info and query (where tokens tend to hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with ``url`` as a WebSocket url (None: nothing): it must be
-    ``ws://`` or ``wss://`` with a host and, if any, a port in 1-65535. The
-    message never shows the url's user info or query (where tokens hide)."""
-    if not isinstance(url, str):
-        return f"url must be a string, got {type(url).__name__}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        return f"url must start with ws:// or wss://, got {parts.scheme!r}"
-    hostport = parts.netloc.rpartition("@")[2]
-    if not parts.hostname:
-        return f"url {parts.scheme}://{hostport}{parts.path} has no host (expected {parts.scheme}://host[:port]/path)"
-    port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
-    if ":" in port:
-        text = port.rpartition(":")[2]
-        if text and not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-            return f"url port must be a number in 1-65535, got {text!r}"
-    return None
-
-
-class _RedactHandshake(logging.Filter):
-    """Hides header values (but a few harmless ones) and the request query in the
-    ``websockets`` debug log of the handshake."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and record.msg in ("> %s: %s", "< %s: %s"):
-            if str(args[0]).lower() not in _SHOWN_HEADERS:
-                record.args = (args[0], "<redacted>")
-        elif isinstance(args, tuple) and len(args) == 1 and record.msg == "> GET %s HTTP/1.1":
-            record.args = (str(args[0]).split("?", 1)[0],)
-        return True
-
-
-#: The logger handed to ``websockets`` (its handshake and frame debug log), redacted.
-wire_log = logging.getLogger("rxagent.websocket")
-wire_log.addFilter(_RedactHandshake())
 
 
 class _Decoder:
@@ -263,7 +172,7 @@ class _Decoder:
         elif decode is not None:
             model = decode
         self.raw = fmt == "raw"
-        self.loader = None if self.raw else _loader(fmt)  # type: ignore[arg-type]
+        self.loader = None if self.raw else loader(fmt)  # type: ignore[arg-type]
         self.adapter: TypeAdapter[Any] | None = (
             None if model is None else type_adapter(model, where)
         )
@@ -469,6 +378,7 @@ class WebSocketSource(Source):
     # -- lifecycle ------------------------------------------------------------------------
 
     def _report(self, kind: LifecycleKind, **fields: Any) -> None:
+        # wall time: a record of the real connection for logs and status, not stream time
         event = WebSocketLifecycle(kind, self.name, redact_url(self.url), time.time(), **fields)
         self.last_event = event
         if kind == "closed":
@@ -571,7 +481,7 @@ class WebSocketSource(Source):
         try:
             await self._run(out)
         except Exception as error:
-            self.health.set("stopped", error=_error_text(error))
+            self.health.set("stopped", error=error_text(error))
             raise
         finally:
             if self.health.state != "stopped":
@@ -586,7 +496,7 @@ class WebSocketSource(Source):
         while True:
             # take credit before connecting: a source paused by a slow pipeline
             # does not reconnect (and get flooded) until the pipeline has room
-            await self._wait_circuit()  # holding no credit while it is open
+            await self._wait_circuit(out)  # holding no credit while it is open
             if self.overflow is None:
                 self._held = await out.credit(self.batch_size)
             opened_at: float | None = None
@@ -595,6 +505,9 @@ class WebSocketSource(Source):
                 self._report("connecting")
                 headers = await self._headers()
                 async with self._connect(headers) as ws:
+                    # the loop's clock, not the pipeline's: how long a real network
+                    # connection stayed up (stable_after) and the reconnect backoff
+                    # are real seconds even when the pipeline's clock is virtual
                     opened_at = loop.time()
                     self.connected = True
                     self.connects += 1
@@ -632,19 +545,22 @@ class WebSocketSource(Source):
                 raise  # a pipeline error (fail_fast, flow), not the network's
             except Exception as failure:
                 error = failure
-                self._report("error", error=_error_text(failure))
+                self._report("error", error=error_text(failure))
             finally:
                 self.connected = False
                 if self._held:
                     out.give_back(self._held)
                     self._held = 0
-            now = loop.time()
+            now = loop.time()  # real seconds, as opened_at
             stable = opened_at is not None and now - opened_at >= self.stable_after
             if self.circuit is not None:
+                # the breaker reads the pipeline's clock, shared with the operator
+                # and the tool sink that may hold the same breaker (Decision 8)
+                at = self._circuit_now(out)
                 if stable:
-                    self.circuit.record_success()
+                    self.circuit.record_success(at)
                 else:
-                    self.circuit.record_failure(error=error)
+                    self.circuit.record_failure(at, error)
             if stable:
                 attempt, failing_since = 0, None
             if failing_since is None:
@@ -655,7 +571,7 @@ class WebSocketSource(Source):
             if delay is None:
                 raise WebSocketError(
                     f"websocket source {self.name!r} gave up reconnecting to "
-                    f"{redact_url(self.url)} after {attempt} attempts: {_error_text(error)}",
+                    f"{redact_url(self.url)} after {attempt} attempts: {error_text(error)}",
                     source=self.name,
                     url=redact_url(self.url),
                 ) from error
@@ -663,7 +579,7 @@ class WebSocketSource(Source):
             self.health.set(
                 "auth_refused" if refused else "reconnecting",
                 attempt=attempt,
-                error=_error_text(error) or "connection closed",
+                error=error_text(error) or "connection closed",
             )
             if attempt == 1 and not refused:
                 # one warning per outage; each further attempt is in the debug log,
@@ -682,7 +598,7 @@ class WebSocketSource(Source):
                     self.name,
                     attempt,
                     delay,
-                    _error_text(error),
+                    error_text(error),
                 )
             self._report("reconnect_scheduled", attempt=attempt, delay=delay)
             await asyncio.sleep(delay)
@@ -729,17 +645,21 @@ class WebSocketSource(Source):
             return
         self._close_reported = ws
         self.connected = False
-        code, reason = _close_of(ws.protocol.close_exc)
+        code, reason = close_of(ws.protocol.close_exc)
         self._report("closed", code=code, reason=reason)
         if code == 1009:
             self._report("error", error=f"message too big: {reason}")
 
-    async def _wait_circuit(self) -> None:
+    def _circuit_now(self, out: Emitter) -> float:
+        """Now for the breaker: its own clock if it has one, else the pipeline's."""
         circuit = self.circuit
-        while circuit is not None and not circuit.allow():
+        return circuit.now() if circuit is not None and circuit.clock else out.ctx.now()
+
+    async def _wait_circuit(self, out: Emitter) -> None:
+        circuit = self.circuit
+        while circuit is not None and not circuit.allow(now := self._circuit_now(out)):
             until = circuit.open_until
-            clock = circuit.clock or time.monotonic
-            wait = 0.05 if until is None else max(until - clock(), 0.001)
+            wait = 0.05 if until is None else max(until - now, 0.001)
             await asyncio.sleep(wait)
 
     # -- reading --------------------------------------------------------------------------
@@ -843,7 +763,7 @@ class WebSocketSource(Source):
     def _dead_letter(self, out: Emitter, raw: Message, position: int, error: Exception) -> None:
         self.bad_messages += 1
         problem = DecodeError(
-            f"cannot decode message at {self.name}@{position}: {_describe_error(error)}",
+            f"cannot decode message at {self.name}@{position}: {describe_error(error)}",
             source=self.name,
             raw=raw,
         )
@@ -874,24 +794,6 @@ async def _take_queued(ws: ClientConnection, frames: Any, batch: list[Message], 
     append = batch.append
     for _ in range(_complete_messages_queued(frames, limit - len(batch))):
         append(await recv())
-
-
-def _close_of(closed: ConnectionClosed) -> tuple[int | None, str | None]:
-    """The close that counts: the one received first, or else the one sent."""
-    first: Close | None
-    if closed.rcvd is not None and (closed.sent is None or closed.rcvd_then_sent):
-        first = closed.rcvd
-    else:
-        first = closed.sent or closed.rcvd
-    if first is None:
-        return 1006, "connection lost"
-    return first.code, first.reason
-
-
-def _error_text(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    return f"{type(error).__name__}: {error}"
 
 
 def websocket(url: str, **options: Any) -> WebSocketSource:

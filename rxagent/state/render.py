@@ -8,12 +8,9 @@ every reader of a store sees the same lines.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .store import Entry, Snapshot
+from .snapshot import Entry, Snapshot, iso_time, key_text
 
 __all__ = [
     "ago",
@@ -26,14 +23,6 @@ __all__ = [
     "omitted_line",
     "recent_entries",
 ]
-
-
-def iso_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def key_text(key: Hashable) -> str:
-    return key if isinstance(key, str) else json.dumps(key, default=str)
 
 
 def compact_json(value: Any) -> str:

@@ -24,10 +24,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import immutables
 from reactivex import Observable
@@ -48,14 +47,10 @@ from .render import (
     context_header,
     context_line,
     fit,
-    iso_time,
-    key_text,
     omitted_line,
     recent_entries,
 )
-
-if TYPE_CHECKING:
-    from ..sinks.state import StateSink
+from .snapshot import ChangeSet, Entry, Snapshot, StateChange
 
 __all__ = [
     "DELETE",
@@ -82,123 +77,6 @@ Reducer = Callable[[Any, Event], Any]
 _Update = tuple[Hashable, Callable[[Any], Any], float | None, Position | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One key's value with its bookkeeping."""
-
-    key: Hashable
-    value: Any
-    version: int
-    updates: int
-    event_time: float | None
-    wall_time: float
-    position: Position | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One key changed (``deleted`` when removed)."""
-
-    key: Hashable
-    old: Any
-    new: Any
-    version: int
-    event_time: float | None
-    wall_time: float
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSet:
-    """What changed after version ``since``, up to ``version``."""
-
-    store: str
-    since: int
-    version: int
-    changed: dict[Hashable, Entry] = field(default_factory=dict)
-    deleted: list[Hashable] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.changed or self.deleted)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "store": self.store,
-            "since": self.since,
-            "version": self.version,
-            "changed": {key_text(k): e.value for k, e in self.changed.items()},
-            "deleted": [key_text(k) for k in self.deleted],
-        }
-
-
-class Snapshot(Mapping[Hashable, Any]):
-    """An immutable version of a store: a read-only mapping of key to value."""
-
-    __slots__ = ("_entries", "_tombstones", "store", "version", "wall_time")
-
-    def __init__(
-        self,
-        store: str,
-        version: int,
-        entries: immutables.Map[Hashable, Entry],
-        tombstones: immutables.Map[Hashable, int],
-        wall_time: float,
-    ) -> None:
-        self.store = store
-        self.version = version
-        self._entries = entries
-        self._tombstones = tombstones
-        self.wall_time = wall_time
-
-    def __getitem__(self, key: Hashable) -> Any:
-        try:
-            return self._entries[key].value
-        except KeyError:
-            raise StateError(f"state {self.store!r} has no key {key!r}") from None
-
-    def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def entry(self, key: Hashable) -> Entry | None:
-        return self._entries.get(key)
-
-    def entries(self) -> list[Entry]:
-        return list(self._entries.values())
-
-    def to_dict(self) -> dict[Hashable, Any]:
-        return {k: e.value for k, e in self._entries.items()}
-
-    def staleness(self, key: Hashable | None = None, *, now: float | None = None) -> float | None:
-        """Seconds since ``key`` (or, without a key, the store) last changed."""
-        now = time.time() if now is None else now
-        if key is None:
-            return now - self.wall_time if self.version else None
-        entry = self._entries.get(key)
-        return None if entry is None else now - entry.wall_time
-
-    def as_of(self, key: Hashable | None = None) -> dict[str, Any]:
-        """Event time and wall time of the last change, as ISO strings."""
-        if key is None:
-            return {"version": self.version, "wall_time": iso_time(self.wall_time)}
-        entry = self._entries.get(key)
-        if entry is None:
-            raise StateError(f"state {self.store!r} has no key {key!r}")
-        return {
-            "version": entry.version,
-            "event_time": None if entry.event_time is None else iso_time(entry.event_time),
-            "wall_time": iso_time(entry.wall_time),
-        }
-
-    def __repr__(self) -> str:
-        return f"Snapshot({self.store!r}, version={self.version}, keys={len(self)})"
-
-
 class StateStore:
     """Named keyed state. Write with :meth:`sink` in a pipeline (or :meth:`set`
     from code); read with :attr:`snapshot`, :meth:`get`, :meth:`context`,
@@ -208,16 +86,19 @@ class StateStore:
         self,
         name: str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         codec: CodecName | Codec = "pickle",
     ) -> None:
         if not name:
             raise ConfigurationError("a state store needs a name")
         self.name = name
-        self._clock = clock
+        #: Its own clock; None: the clock of the pipeline writing it (:meth:`follow`).
+        self._own_clock = clock
+        self._pipeline_clock: Callable[[], float] | None = None
+        self._clock: Callable[[], float] = self.now  # what subclasses read time with
         self._lock = threading.Lock()  # writers only; readers take the snapshot reference
-        self._snapshot = Snapshot(name, 0, immutables.Map(), immutables.Map(), 0.0)
+        self._snapshot = Snapshot(name, 0, immutables.Map(), immutables.Map(), 0.0, self.now)
         self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
         self._updates: Subject[list[StateChange]] = Subject()
         self.ignored = 0  # idempotent replays skipped
@@ -226,6 +107,21 @@ class StateStore:
         )
         # keys changed since the last checkpoint (durable stores only)
         self._dirty: set[Hashable] | None = None if state_dir is None else set()
+
+    # -- the clock -------------------------------------------------------------
+
+    def now(self) -> float:
+        """The store's time, stamped on each change (``wall_time``) and counted to by
+        ``staleness`` and :meth:`context`: its own ``clock`` if given, else the clock
+        of the pipeline writing it (virtual under a ``TestScheduler``; see
+        docs/architecture.md Decision 8), else wall time (a store no pipeline wrote)."""
+        clock = self._own_clock or self._pipeline_clock
+        return time.time() if clock is None else clock()
+
+    def follow(self, clock: Callable[[], float]) -> None:
+        """Read time from ``clock``, a pipeline's (``ctx.now``), unless the store has a
+        clock of its own. The state sink calls this with each batch it writes."""
+        self._pipeline_clock = clock
 
     # -- reading ---------------------------------------------------------------
 
@@ -282,7 +178,7 @@ class StateStore:
         last line (``... 12 more keys omitted``), which always fits too.
         """
         snap = self._snapshot
-        now = self._clock() if now is None else now
+        now = self.now() if now is None else now
         if keys is None:
             entries = recent_entries(snap)
         else:
@@ -334,7 +230,7 @@ class StateStore:
         with self._lock:
             snap = self._snapshot
             version = snap.version + 1
-            wall = self._clock()
+            wall = self.now()
             entries = snap._entries.mutate()
             tombstones = snap._tombstones
             changes: list[StateChange] = []
@@ -375,7 +271,9 @@ class StateStore:
                 )
             if not changes:
                 return changes
-            self._snapshot = new = Snapshot(self.name, version, entries.finish(), tombstones, wall)
+            self._snapshot = new = Snapshot(
+                self.name, version, entries.finish(), tombstones, wall, self.now
+            )
             if self._dirty is not None:
                 self._dirty.update([c.key for c in changes])
         self._changes.on_next(new)
@@ -437,16 +335,25 @@ class StateStore:
             raise StateError(
                 f"state {self.name!r}: only a durable store (state_dir=) has a changelog"
             )
+        txn = getattr(changelog, "transactions", None)
         if durable.changelog is not None:
             if durable.changelog.topic != changelog.topic:
                 raise StateError(
                     f"state {self.name!r} is written from changelog {durable.changelog.topic!r} "
                     f"already; a second Kafka pipeline ({changelog.topic!r}) cannot write it"
                 )
+            if txn is not None and getattr(durable.changelog, "transactions", None) is not txn:
+                # a new run of an exactly-once source: its transactions from now on
+                durable.changelog = changelog
+                txn.on_commit(durable.committed)
             return
         if durable.opening is not None:
             raise StateError(f"state {self.name!r}: a changelog must be attached before open()")
         durable.changelog = changelog
+        if txn is not None:
+            # exactly-once: the local file is written once the changelog records of a
+            # checkpoint are committed (with the source's offsets), never before
+            txn.on_commit(durable.committed)
 
     async def assign_partitions(self, partitions: Iterable[Hashable]) -> None:
         """Restore the state of source ``partitions`` (a store with a changelog)."""
@@ -471,9 +378,11 @@ class StateStore:
         with self._lock:
             snap = self._snapshot
             version = max(snap.version + 1, max(e.version for e in restored.values()))
-            wall = self._clock()
+            wall = self.now()
             entries = snap._entries.update(restored)
-            self._snapshot = new = Snapshot(self.name, version, entries, snap._tombstones, wall)
+            self._snapshot = new = Snapshot(
+                self.name, version, entries, snap._tombstones, wall, self.now
+            )
         self._changes.on_next(new)
         if self._updates.observers:
             self._updates.on_next(
@@ -495,7 +404,7 @@ class StateStore:
                     entries.pop(key, None)
                 kept = entries.finish()
             self._snapshot = new = Snapshot(
-                self.name, snap.version + 1, kept, snap._tombstones, self._clock()
+                self.name, snap.version + 1, kept, snap._tombstones, self.now(), self.now
             )
             if self._dirty is not None:
                 self._dirty.difference_update(keys)
@@ -504,8 +413,10 @@ class StateStore:
     def _restore(self, entries: immutables.Map[Hashable, Entry], version: int) -> None:
         """Replace the contents with restored ``entries`` (on the loop, before any write)."""
         with self._lock:
-            wall = self._clock()
-            self._snapshot = new = Snapshot(self.name, version, entries, immutables.Map(), wall)
+            wall = self.now()
+            self._snapshot = new = Snapshot(
+                self.name, version, entries, immutables.Map(), wall, self.now
+            )
         self._changes.on_next(new)
         if entries and self._updates.observers:
             self._updates.on_next(
@@ -522,8 +433,9 @@ class StateStore:
         reducer: Reducer | None = None,
         value: str | int | Callable[[Any], Any] | None = None,
         name: str | None = None,
-    ) -> StateSink:
-        """A sink that folds events into this store.
+    ) -> Any:
+        """A :class:`rxagent.sinks.StateSink` that folds events into this store
+        (typed as such: ``rxagent.sinks.StateSink(store, ...)``).
 
         ``key``: field name or function of the value (default: the event's key).
         ``reducer(old, event) -> new`` (``old`` is None for a new key; return
@@ -531,13 +443,26 @@ class StateStore:
         replaces the old one, and of several rows of one key in a batch only the
         newest is applied (and only its ``value(...)`` computed).
         """
-        # the sink is a consumer of the store and lives with the other sinks
-        from ..sinks.state import StateSink
-
-        return StateSink(self, key=key, reducer=reducer, value=value, name=name)
+        # the sink is a consumer of the store and lives with the other sinks, which
+        # register it (register_sink): the store does not import its consumer
+        if _sink_factory is None:  # only if rxagent.sinks was never imported
+            raise RuntimeError("StateStore.sink() needs rxagent.sinks: import rxagent first")
+        return _sink_factory(self, key=key, reducer=reducer, value=value, name=name)
 
     def __repr__(self) -> str:
         return f"<StateStore {self.name!r} v{self.version} keys={len(self)}>"
+
+
+#: What :meth:`StateStore.sink` builds: :mod:`rxagent.sinks.state` registers
+#: ``StateSink`` here when it is imported (``import rxagent`` does).
+_sink_factory: Callable[..., Any] | None = None
+
+
+def register_sink(factory: Callable[..., Any]) -> None:
+    """Make ``factory(store, key=, reducer=, value=, name=)`` what :meth:`StateStore.sink`
+    returns."""
+    global _sink_factory
+    _sink_factory = factory
 
 
 def _constant(value: Any) -> Callable[[Any], Any]:
@@ -598,6 +523,13 @@ def _entry(key: Hashable, record: tuple[Any, ...]) -> Entry:
     return Entry(key, value, version, updates, event_time, wall, position)
 
 
+#: A checkpoint waiting for its transaction: (transaction number, rows, deleted keys,
+#: changelog ends per partition, metadata).
+_Staged = tuple[
+    int, list[tuple[bytes, "str | None", bytes]], list[bytes], dict[int, int], dict[str, Any]
+]
+
+
 class _Durable:
     """A store's state file (and changelog, when a Kafka source writes the store):
     restore at open or on partition assignment, one transaction per checkpoint, all
@@ -631,6 +563,10 @@ class _Durable:
         self.last_entries: immutables.Map[Hashable, Entry] = immutables.Map()
         # the file's metadata as of open() and the last checkpoint (stored_meta())
         self.stored: dict[str, Any] | None = None
+        # exactly-once: checkpoints whose changelog records are in a transaction not
+        # committed yet, written to the local file once it is (store thread only):
+        # (transaction, rows, deleted keys, changelog ends per partition, metadata)
+        self.staged: list[_Staged] = []
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self.executor is None:
@@ -830,6 +766,8 @@ class _Durable:
                 return False
             store._dirty = set()
             snap = store._snapshot
+            # status of the disk write, not stream time: its duration (monotonic) and
+            # when it was made (wall, for "checkpoint 3.2s ago")
             started = time.monotonic()
             try:
                 written = await self.run(self._write, snap, dirty or set(), dict(meta or {}))
@@ -875,6 +813,9 @@ class _Durable:
                 number = self.input_partition(pos.partition)
                 if number is not None:
                     records.append((number, key_bytes, entry_bytes))
+        txn = None if self.changelog is None else getattr(self.changelog, "transactions", None)
+        if txn is not None:
+            return self._stage(txn, records, encoded, deletes, {**meta, "version": snap.version})
         if self.changelog is not None and records:
             # the changelog first, every delivery confirmed; then the local rows that
             # say which changelog offset they reflect
@@ -883,6 +824,64 @@ class _Durable:
                 self.offsets[part_text((topic, number))] = end
         return backend.write(encoded, deletes, {**meta, **self._meta(), "version": snap.version})
 
+    # -- exactly-once: the local file follows the committed transactions ------------------
+
+    def _stage(
+        self,
+        txn: Any,
+        records: list[tuple[int, bytes, bytes | None]],
+        encoded: list[tuple[bytes, str | None, bytes]],
+        deletes: list[bytes],
+        meta: dict[str, Any],
+    ) -> int:
+        """Produce the changelog records into the source's open transaction (every
+        delivery confirmed) and keep the local rows until that transaction commits:
+        a crash before the commit must not leave the local file ahead of the
+        changelog (a replay would skip those events, and the changelog would never
+        get their changes). Store thread."""
+        assert self.changelog is not None
+        ends: dict[int, int] = {}
+        number = txn.number
+        if records:
+            ends = self.changelog.produce(records)
+            number = getattr(self.changelog, "last_transaction", None)
+            if number is None:
+                number = txn.number
+        elif not self.staged:
+            # nothing for the changelog, nothing waiting: written now, in order
+            number = -1
+        self.staged.append((number, encoded, deletes, ends, meta))
+        self.write_staged(txn.committed)
+        return sum(len(k) + len(e) for k, _, e in encoded)
+
+    def committed(self, number: int) -> None:
+        """The source's transaction ``number`` committed (transaction thread): write
+        the local rows staged for it, in the store's thread."""
+        executor = self.executor
+        if executor is None:
+            return
+        try:
+            executor.submit(self._write_committed, number)
+        except RuntimeError:  # closed: the changelog has them, a restore reads them
+            return
+
+    def _write_committed(self, number: int) -> None:
+        try:
+            self.write_staged(number)
+        except Exception as error:  # the file lags; a restore reads the rest from the changelog
+            log.error("state %r: writing a committed checkpoint: %s", self.store.name, error)
+
+    def write_staged(self, committed: int) -> None:
+        """Write, in order, the staged checkpoints of transactions up to ``committed``."""
+        assert self.changelog is not None
+        topic = self.changelog.input_topic
+        while self.staged and self.staged[0][0] <= committed:
+            _number, encoded, deletes, ends, meta = self.staged[0]
+            for partition, end in ends.items():
+                self.offsets[part_text((topic, partition))] = end
+            self.backend.write(encoded, deletes, {**meta, **self._meta()})
+            del self.staged[0]
+
     async def close(self) -> None:
         if self.opening is None:
             return
@@ -890,6 +889,11 @@ class _Durable:
             await self.checkpoint(None)
         finally:
             if self.executor is not None:
+                txn = getattr(self.changelog, "transactions", None)
+                if txn is not None and self.staged:
+                    # what committed is written; the rest is in no committed transaction
+                    await self.run(self._write_committed, txn.committed)
+                    self.staged.clear()
                 await self.run(self.backend.close)
                 if self.changelog is not None:
                     await self.run(self.changelog.close)
@@ -906,6 +910,7 @@ class _Durable:
             "last_checkpoint": self.last_checkpoint,
             "last_checkpoint_seconds": self.last_duration,
             "dirty": len(self.store._dirty or ()),
+            **({"staged": len(self.staged)} if self.staged else {}),
             "restored": self.restored,
             "restore_seconds": self.restore_seconds,
         }

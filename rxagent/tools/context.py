@@ -75,7 +75,7 @@ def build_context(
     ranked: list[tuple[float, float, int, int, Entry]] = []  # (-score, -time, store, order, e)
     sections: list[tuple[str, list[Entry]]] = []
     # each store's own clock tells the ages ("updated 3s ago"), as in store.context()
-    clock_now = [store._clock() if now is None else now for _, store in named]
+    clock_now = [store.now() if now is None else now for _, store in named]
     for s, (name, store) in enumerate(named):
         snap = store.snapshot
         entries = recent_entries(snap)

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type_hints, overload
+from typing import Annotated, Any, get_args, get_origin, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -33,10 +33,19 @@ from pydantic.fields import FieldInfo
 from .._secrets import redact
 from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError
 
-if TYPE_CHECKING:
-    from ..sinks.tools import ToolSink
+__all__ = ["Tool", "ToolStats", "register_sink", "tool"]
 
-__all__ = ["Tool", "ToolStats", "tool"]
+#: What :meth:`Tool.sink` builds: :mod:`rxagent.sinks.tools` registers ``ToolSink``
+#: here when it is imported (``import rxagent`` does), so the tool, which its sink
+#: uses, never imports the sink back (no import loop).
+_sink_factory: Callable[..., Any] | None = None
+
+
+def register_sink(factory: Callable[..., Any]) -> None:
+    """Make ``factory(tool, **options)`` what :meth:`Tool.sink` returns."""
+    global _sink_factory
+    _sink_factory = factory
+
 
 #: What OpenAI, Anthropic and most other clients accept as a tool name.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -299,11 +308,12 @@ class Tool:
             args = kwargs
         return await self.call(self.validate(args))
 
-    def sink(self, **options: Any) -> ToolSink:
-        """A sink that activates this tool from events (see :class:`rxagent.sinks.ToolSink`)."""
-        from ..sinks.tools import ToolSink
-
-        return ToolSink(self, **options)
+    def sink(self, **options: Any) -> Any:
+        """A :class:`rxagent.sinks.ToolSink` that activates this tool from events
+        (typed as such: ``rxagent.sinks.activate(tool, **options)``)."""
+        if _sink_factory is None:  # only if rxagent.sinks was never imported
+            raise RuntimeError("Tool.sink() needs rxagent.sinks: import rxagent first")
+        return _sink_factory(self, **options)
 
     def _bind(self, args: BaseModel) -> tuple[list[Any], dict[str, Any]]:
         if self._pass_model:
