@@ -10,6 +10,12 @@ to the last message processed. Target: rxagent >= 0.9x the raw loop's rate.
 ``python -m bench.bench_kafka [N] [--rounds R] [--decoder source|json]``
 (default 1,000,000 messages, 3 rounds; the best round of each is compared, and
 every round is printed: this machine is shared and noisy).
+
+``--guarantees``: the same pipeline with durable state (changelog) and a Kafka sink
+of the window outputs, in a consumer group, at least once against exactly once
+(``processing_guarantee="exactly_once"``: sink records, changelog and offsets in one
+transaction per commit), alternating, timed from the first event to the end (the
+group join is not timed); prints each round and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
-from rxagent.kafka import CONSUMER_DEFAULTS, KafkaSource
+from rxagent.kafka import CONSUMER_DEFAULTS, KafkaSink, KafkaSource
 
 Decoder = Callable[[bytes], Any]
 
@@ -170,8 +176,69 @@ async def rxagent_pipeline(
     return n / elapsed
 
 
+async def guarantee_pipeline(
+    bootstrap: str, topic: str, n: int, guarantee: str, state_dir: str
+) -> float:
+    """Kafka -> filter -> count window -> durable state + Kafka sink, in a group;
+    events per second from the first event to the end."""
+    group = f"rx-{guarantee}-{uuid.uuid4().hex[:6]}"
+    out_topic = f"{topic}-out-{uuid.uuid4().hex[:6]}"
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        instance_id="bench-0",
+        until_eof=True,
+        key_decode=None,
+        timestamps=False,
+        headers=False,
+        processing_guarantee=guarantee,  # type: ignore[arg-type]
+    )
+    store = StateStore("bench", state_dir=state_dir)
+    first: list[float] = []
+
+    def keep(value: Any) -> bool:
+        if not first:  # the first event: the group is joined and the state restored
+            first.append(time.perf_counter())
+        return bool(value["qty"] >= 0)
+
+    pipeline = (
+        Pipeline("bench", source)
+        .pipe(ops.filter(keep), ops.count_window(100, key="sym", agg=ops.mean("px")))
+        .to(store.sink(), KafkaSink(out_topic, bootstrap_servers=bootstrap))
+    )
+    await pipeline.run()
+    end = time.perf_counter()
+    await source.wait_closed()
+    assert source.emitted == n, (source.emitted, n)
+    return n / (end - first[0])
+
+
+def main_guarantees(bootstrap: str, topic: str, n: int, rounds: int) -> None:
+    alos, eos = [], []
+    for _ in range(rounds):
+        for guarantee, results in (("at_least_once", alos), ("exactly_once", eos)):
+            with tempfile.TemporaryDirectory() as state_dir:
+                results.append(
+                    asyncio.run(guarantee_pipeline(bootstrap, topic, n, guarantee, state_dir))
+                )
+        print(
+            f"  at-least-once {alos[-1]:,.0f} msg/s   exactly-once {eos[-1]:,.0f} msg/s"
+            f"   ({eos[-1] / alos[-1]:.2f}x)"
+        )
+    a, e = sorted(alos)[len(alos) // 2], sorted(eos)[len(eos) // 2]
+    print(
+        f"kafka exactly-once: {e:,.0f} msg/s vs at-least-once {a:,.0f} msg/s: {e / a:.2f}x "
+        f"(medians of {rounds}; rounds {min(eos) / max(alos):.2f}-{max(eos) / min(alos):.2f}x)"
+    )
+
+
 def main(
-    n: int = 1_000_000, rounds: int = ROUNDS, decoder: str = "source", topic: str | None = None
+    n: int = 1_000_000,
+    rounds: int = ROUNDS,
+    decoder: str = "source",
+    topic: str | None = None,
+    guarantees: bool = False,
 ) -> None:
     # the raw loop decodes with exactly the function the source uses
     loads = make_source("127.0.0.1:9", "x", decoder).decode_value
@@ -184,6 +251,9 @@ def main(
             took = time.perf_counter() - t0
             print(f"produced {n} messages to {PARTITIONS} partitions in {took:.1f}s")
         print(f"topic {topic}; decoder {name}.{loads.__name__}")
+        if guarantees:
+            main_guarantees(bootstrap, topic, n, rounds)
+            return
         raws, rxs, durables = [], [], []
         for _ in range(rounds):
             raws.append(raw_loop(bootstrap, topic, n, loads))
@@ -228,5 +298,10 @@ if __name__ == "__main__":
         "--topic",
         help="read this topic (of N messages, with RXAGENT_KAFKA_BOOTSTRAP) instead of filling one",
     )
+    parser.add_argument(
+        "--guarantees",
+        action="store_true",
+        help="exactly-once against at-least-once (durable state and a Kafka sink, in a group)",
+    )
     args = parser.parse_args()
-    main(args.n, args.rounds, args.decoder, args.topic)
+    main(args.n, args.rounds, args.decoder, args.topic, args.guarantees)

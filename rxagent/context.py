@@ -267,6 +267,9 @@ class PipelineContext:
         self.partitions_revoked: Callable[[list[Hashable]], Awaitable[None]] = _no_partitions
         #: The changelog a durable store written here keeps (``Source.changelog_for``).
         self.changelog_for: Callable[[str], Any] = lambda _store: None
+        #: The source's transaction (exactly-once Kafka, ``Source.transactions``): its
+        #: Kafka sinks produce into it. ``None``: at least once.
+        self.transactions: Any = None
         #: What the pipeline's durable sinks stored of the source's
         #: ``checkpoint_meta()`` at their last checkpoint: one entry per durable sink,
         #: ``None`` for one that holds none (a new or emptied store). Empty when no

@@ -377,9 +377,14 @@ class Flow:
         for listener in list(self._revoke_listeners):
             listener(self, gone)
 
-    def forget(self, partition: Partition) -> None:
-        """Drop the bookkeeping of a partition (revoked or lost)."""
-        self._open.pop(partition, None)
+    def forget(self, partition: Partition, *, void: bool = False) -> None:
+        """Drop the bookkeeping of a partition (revoked or lost). ``void``: its open
+        tickets count as released (never done), so a stage keeping their events'
+        output for a later transaction (an exactly-once Kafka sink) drops it."""
+        queue = self._open.pop(partition, None)
+        if void and queue:
+            for ticket in queue:
+                ticket.released = True
         self._watermarks.pop(partition, None)
 
     def on_watermark(self, listener: WatermarkListener) -> Callable[[], None]:

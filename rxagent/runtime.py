@@ -240,6 +240,7 @@ class Pipeline:
         ctx.partitions_assigned = self._partitions_assigned
         ctx.partitions_revoked = self._partitions_revoked
         ctx.changelog_for = self.source.changelog_for
+        ctx.transactions = self.source.transactions
         ctx.resume_meta = self._resume_meta
         self._meta_sinks = {id(sink) for sink in self._sinks if _takes_meta(sink)}
         for sink in self._sinks:

@@ -483,6 +483,16 @@ class KafkaParams(SourceParams):
     changelog: bool = Field(
         True, description="durable stores written from this source keep a changelog topic"
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: Kafka sinks' outputs, changelogs and offsets in one "
+        "transaction per commit (needs a group and instance_id or transactional_id)",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once: stable per worker across restarts (default "
+        "rxagent.<group_id>.<instance_id>)",
+    )
 
 
 def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
@@ -510,6 +520,8 @@ def _kafka_source(p: KafkaParams, ctx: BuildContext) -> Any:
         auth_retries=p.auth_retries,
         instance_id=p.instance_id,
         changelog=p.changelog,
+        processing_guarantee=p.processing_guarantee,
+        transactional_id=p.transactional_id,
     )
 
 

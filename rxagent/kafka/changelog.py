@@ -12,6 +12,11 @@ Every method here blocks: they run in the store's writer thread, never on the
 event loop. A checkpoint produces its changes and waits for every delivery before
 it returns, so the offsets committed after it never cover a change the broker
 could still lose.
+
+With an exactly-once source the changes go through the source's transactional
+producer (``transactions``) into its open transaction, committed with the offsets;
+every reader (restore, view) reads with ``isolation.level=read_committed``, so a
+change of an aborted transaction is never restored or shown.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class KafkaChangelog:
         owner: str,
         replication_factor: int = 1,
         delivery_timeout: float = 30.0,
+        transactions: Any = None,
     ) -> None:
         self.topic = topic
         self.input_topic = input_topic
@@ -78,6 +84,10 @@ class KafkaChangelog:
         self.replication_factor = replication_factor
         self.delivery_timeout = delivery_timeout
         self.partitions = 0
+        #: an exactly-once source's KafkaTransactions: changes go into its transaction
+        self.transactions = transactions
+        #: the number of the transaction the last ``produce`` wrote into
+        self.last_transaction: int | None = None
         self._producer: Any = None
         self._resolved: dict[str, Any] | None = None
 
@@ -156,7 +166,7 @@ class KafkaChangelog:
     def _make_producer(self) -> Any:
         """The producer (made once). Made when the topic is ensured, so that it connects
         and gets its idempotent producer id meanwhile, not in the first checkpoint."""
-        if self._producer is None:
+        if self._producer is None and self.transactions is None:
             from confluent_kafka import Producer
 
             settings = self._settings()
@@ -171,7 +181,6 @@ class KafkaChangelog:
         delivered; returns, per partition written, the offset after its last record."""
         if not records:
             return {}
-        producer = self._make_producer()
         failures: list[Any] = []
         ends: dict[int, int] = {}
 
@@ -181,6 +190,10 @@ class KafkaChangelog:
             else:
                 p = message.partition()
                 ends[p] = max(ends.get(p, 0), message.offset() + 1)
+
+        if self.transactions is not None:
+            return self._produce_in_transaction(records, delivered, failures, ends)
+        producer = self._make_producer()
 
         for partition, key, value in records:
             while True:
@@ -201,6 +214,31 @@ class KafkaChangelog:
             )
         return ends
 
+    def _produce_in_transaction(
+        self,
+        records: list[tuple[int, bytes, bytes | None]],
+        delivered: Any,
+        failures: list[Any],
+        ends: dict[int, int],
+    ) -> dict[int, int]:
+        """Into the source's open transaction (its number in ``last_transaction``),
+        every delivery awaited: committed with the source's next offsets."""
+        txn = self.transactions
+        topic = self.topic
+        self.last_transaction = txn.produce(
+            [(topic, partition, key, value, None) for partition, key, value in records],
+            delivered,
+        )
+        left = txn.flush(self.delivery_timeout)
+        if left or failures:
+            raise StateError(
+                f"{self.owner}: changelog {self.topic!r}: "
+                + (f"{left} changes not delivered in {self.delivery_timeout:.0f}s" if left else "")
+                + (f"delivery failed: {failures[0]}" if failures else "")
+                + "; the transaction is not committed (the events are read again)"
+            )
+        return ends
+
     # -- reading ------------------------------------------------------------------------
 
     def read(
@@ -218,6 +256,8 @@ class KafkaChangelog:
         settings.update(
             {
                 "group.id": f"{self.topic}.restore",
+                # never a change of an aborted (or still open) transaction
+                "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 # the end of a partition answers at once instead of after 500 ms
@@ -323,6 +363,7 @@ class KafkaChangelog:
             {
                 # partitions assigned, no subscription: this group never joins or commits
                 "group.id": f"{self.topic}.view",
+                "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,

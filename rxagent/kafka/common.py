@@ -93,6 +93,19 @@ def client_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def same_cluster(one: str, other: str) -> bool:
+    """Whether two ``bootstrap.servers`` lists name the same brokers."""
+    return _brokers(one) == _brokers(other)
+
+
+def _brokers(bootstrap_servers: str) -> frozenset[str]:
+    return frozenset(
+        part.strip().lower().removeprefix("plaintext://").removeprefix("ssl://")
+        for part in bootstrap_servers.split(",")
+        if part.strip()
+    )
+
+
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` fit for logs and status: the values of credential settings
     (``sasl.password``, ``sasl.jaas.config``, ``sasl.oauthbearer.config``,

@@ -77,6 +77,13 @@ def _offsets(offsets: list[Any], epoch: int) -> _Offsets:
     return result
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A shielded transaction's error is raised to its caller; if that caller was
+    cancelled meanwhile, it is recorded (the source's next call raises it) only."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Consumer:
     """The confluent-kafka consumer and everything that runs on its thread.
 
@@ -127,6 +134,10 @@ class _Consumer:
         #: set on librdkafka's thread (authentication refused too often): raised by
         #: the next call from the loop, failing the pipeline
         self.failure: Exception | None = None
+        #: exactly-once: the source's transactions (None: at least once), and the lock
+        #: that keeps one transaction's watermarks, records and commit together
+        self.txn = owner.transactions
+        self.txn_lock: asyncio.Lock | None = None
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.loop.run_in_executor(self.executor, fn, *args)
@@ -141,6 +152,10 @@ class _Consumer:
         config.setdefault("error_cb", self._on_error)
         config.setdefault("on_commit", self._on_commit)
         self.consumer = consumer = Consumer(config)
+        if self.txn is not None:
+            # before the first assignment: fences a previous incarnation of this
+            # worker and aborts its open transaction
+            self.txn.open(config)
         if owner.dead_letter_topic is not None:
             from confluent_kafka import Producer
 
@@ -735,9 +750,17 @@ class _Consumer:
         self.epoch += 1
         # on close the events in flight had their time already (close_timeout)
         timeout = 0.0 if lost or self.closing else self.owner.revoke_timeout
+        if lost and self.txn is not None:
+            # our open transaction may hold what we did with them: it must not commit
+            self.txn.abort(
+                f"kafka source {self.owner.name!r}: partitions {sorted(map(str, gone))} were "
+                "lost (the group moved them on without a revoke)"
+            )
+            self.failure = self.txn.failure
         future = asyncio.run_coroutine_threadsafe(self.release_(gone, timeout, lost), self.loop)
         try:
-            offsets = future.result(timeout + 5)
+            # (exactly-once: a transaction, on a thread of its own, may take its timeout)
+            offsets = future.result(timeout + 5 + (0 if self.txn is None else self.txn.timeout))
         except Exception as error:  # the loop is gone or stuck: commit nothing
             log.warning("kafka source %r: releasing %s: %r", self.owner.name, gone, error)
             offsets = []
@@ -772,6 +795,8 @@ class _Consumer:
         self.consumer.close()
         if self.producer is not None:
             self.producer.flush(5)
+        if self.txn is not None:
+            self.txn.close()
 
     # -- event loop -----------------------------------------------------------------------
 
@@ -890,7 +915,13 @@ class _Consumer:
     async def checkpointed_commits_(self, out: Emitter) -> list[Any] | None:
         """On the loop: the offsets due (:meth:`due_commits`), returned only once every
         sink made durable what it did with the events before them (a durable store
-        wrote its changes): committed offsets never run ahead of durable state."""
+        wrote its changes): committed offsets never run ahead of durable state.
+
+        Exactly-once: commits them itself, in a transaction (:meth:`transact_`), and
+        returns None (nothing left for the consumer to commit)."""
+        if self.txn is not None:
+            await self.transact_(out)
+            return None
         commits = self.due_commits(out)
         if commits:
             try:
@@ -899,6 +930,55 @@ class _Consumer:
                 self.uncommit_([(KafkaPartition(c.topic, c.partition), c.offset) for c in commits])
                 raise
         return commits
+
+    async def transact_(self, out: Emitter, forget: list[KafkaPartition] | None = None) -> None:
+        """On the loop, exactly-once: one transaction (docs/state.md "Exactly-once").
+
+        Under one lock, so transactions commit in the order their watermarks were
+        read: (1) the watermarks of the partitions held are read and (2) at the same
+        instant the Kafka sinks hand over the records of the events before them
+        (records of later events stay in the sinks); (3) the durable stores produce
+        their changes into the transaction (``ctx.checkpoint()``); (4) on the
+        transaction's thread: the records produced, every delivery awaited, the
+        offsets added, the transaction committed and the next begun; then the stores
+        write their local files. ``forget``: partitions being revoked, whose records
+        still kept are dropped after the commit. Shielded: a cancelled caller never
+        leaves records taken but not committed (a later commit would skip them). Any
+        failure aborts the transaction and fails the source."""
+        if self.txn_lock is None:
+            self.txn_lock = asyncio.Lock()
+        task = asyncio.ensure_future(self._transact(out, forget))
+        task.add_done_callback(_retrieved)
+        await asyncio.shield(task)
+
+    async def _transact(self, out: Emitter, forget: list[KafkaPartition] | None) -> None:
+        from confluent_kafka import TopicPartition
+
+        txn = self.txn
+        assert txn is not None
+        assert self.txn_lock is not None
+        async with self.txn_lock:
+            flow = out.flow
+            marks: dict[KafkaPartition, int] = {}
+            for p in list(self.emitted_next):
+                mark = flow.watermark(p)
+                if p in self.assigned and mark is not None and mark > self.committed.get(p, -1):
+                    marks[p] = mark
+            records = txn.take_ready()
+            try:
+                await out.ctx.checkpoint()
+                offsets = [TopicPartition(p.topic, p.partition, o) for p, o in marks.items()]
+                consumer = self.consumer
+                if await txn.commit_(records, offsets, consumer.consumer_group_metadata):
+                    self.owner.commits += 1
+            except BaseException as error:
+                if txn.failure is None:
+                    txn.abort(f"kafka source {self.owner.name!r}: checkpoint failed: {error}")
+                self.failure = txn.failure
+                raise
+            self.committed.update(marks)
+            if forget:
+                txn.forget(flow, forget)
 
     def uncommit_(self, failed: list[tuple[KafkaPartition, int]]) -> None:
         """On the loop: commits that failed are due again (unless a later one was made)."""
@@ -934,6 +1014,8 @@ class _Consumer:
             self.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), left)
+        if self.txn is not None:
+            return await self._release_transacted(gone, lost)
         marks = {p: flow.watermark(p) for p in gone}
         if not lost and any(mark is not None for mark in marks.values()):
             # the state of what ended must be durable before its offsets are committed
@@ -966,6 +1048,37 @@ class _Consumer:
             self.committed.pop(p, None)
             self.emitted_next.pop(p, None)
         return offsets
+
+    async def _release_transacted(self, gone: list[KafkaPartition], lost: bool) -> list[Any]:
+        """Exactly-once: what ended of the partitions is committed in a transaction
+        (with every partition's offsets: the records handed over cover them all);
+        what the sinks still keep of them is dropped; nothing is left to commit."""
+        flow = self.out.flow
+        if not lost:
+            try:
+                await self.transact_(self.out, forget=gone)
+            except Exception as error:
+                log.error(
+                    "kafka source %r: the transaction before revoking %s failed (the "
+                    "source fails; a restart replays from the last committed offsets): %s",
+                    self.owner.name,
+                    sorted(map(str, gone)),
+                    error,
+                )
+        try:
+            await self.out.ctx.partitions_revoked(list(gone))
+        except Exception as error:
+            log.error(
+                "kafka source %r: releasing the state of %s: %s", self.owner.name, gone, error
+            )
+        for p in gone:
+            # their tickets count as released: records kept of their events are dropped
+            flow.forget(p, void=True)
+            self.committed.pop(p, None)
+            self.emitted_next.pop(p, None)
+        if self.txn is not None:
+            self.txn.forget(flow, gone)
+        return []
 
     def at_end(self) -> bool:
         return bool(self.assigned) and self.assigned <= self.eof

@@ -8,6 +8,15 @@ be encoded, goes to dead letters with the reason.
 ``produce`` runs on the loop (it only queues the message in librdkafka); delivery
 reports are collected by ``poll`` in a thread of the sink's own, and handed back
 to the loop in batches, one hop per batch of reports.
+
+**Exactly-once** (its source has ``processing_guarantee="exactly_once"``): the sink
+has no producer of its own. It encodes each event, keeps the record and ends the
+event; its source's transaction takes the records whose events' partitions have a
+completion watermark past them, in the commit that commits those offsets
+(:mod:`rxagent.kafka.transaction`). So a transaction holds the outputs of exactly
+the events before its offsets: none of an event after them (a replay would write
+it again), none missing. Records of events still behind an unfinished one of their
+partition (a window, a slow branch) wait in the sink meanwhile.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal
 
+from ..context import PipelineContext
 from ..deadletters import DeadLetter
-from ..events import Batch, Event
-from ..exceptions import RxAgentError, StageError
+from ..events import Batch, Event, Hold
+from ..exceptions import ConfigurationError, RxAgentError, StageError
+from ..flow import Flow, Ticket
 from ..sinks.base import Sink
-from .common import KafkaPartition, redact, resolve_config
+from .common import KafkaPartition, redact, resolve_config, same_cluster
 
 __all__ = ["KafkaDeadLetters", "KafkaSink", "KafkaSinkError"]
 
@@ -123,9 +134,36 @@ class KafkaSink(Sink):
         self._outstanding = 0
         self._poller: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None
+        # exactly-once: the source's transaction, and the records kept for it, by hold
+        self._txn: Any = None
+        self._held: list[tuple[Hold, list[Any]]] = []
+        self._held_records = 0
+        self.dropped = 0
+
+    def bind(self, ctx: PipelineContext) -> None:
+        super().bind(ctx)
+        txn = ctx.transactions
+        if txn is None:
+            return
+        owner = f"kafka sink {self.name!r}"
+        mine = resolve_config({"bootstrap.servers": self.config["bootstrap.servers"]}, owner=owner)[
+            "bootstrap.servers"
+        ]
+        theirs = resolve_config({"bootstrap.servers": txn.bootstrap_servers}, owner=txn.owner)[
+            "bootstrap.servers"
+        ]
+        if not same_cluster(mine, theirs):
+            raise ConfigurationError(
+                f"kafka sink {self.name!r} of pipeline {ctx.pipeline!r} writes to {mine!r}, "
+                f"another cluster than its exactly-once source ({theirs!r}): a Kafka "
+                "transaction spans one cluster, so this sink cannot join it; write to the "
+                "source's cluster, or use processing_guarantee='at_least_once'"
+            )
+        txn.join(self)
+        self._txn = txn
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info = {
             "kind": self.kind,
             "name": self.name,
             "topic": self.topic,
@@ -135,6 +173,9 @@ class KafkaSink(Sink):
             "failed": self.failed,
             "outstanding": self._outstanding,
         }
+        if self._txn is not None:
+            info.update(exactly_once=True, held=self._held_records, dropped=self.dropped)
+        return info
 
     def _open(self) -> Any:
         if self._producer is None:
@@ -152,6 +193,9 @@ class KafkaSink(Sink):
     # -- loop side ---------------------------------------------------------------------------
 
     def on_batch(self, batch: Batch) -> None:
+        if self._txn is not None:
+            self._keep(batch)
+            return
         producer = self._open()
         ctx = batch.ctx
         metrics = ctx.stage(self.name)
@@ -190,6 +234,75 @@ class KafkaSink(Sink):
                     self._poll_reports(), name=f"rxagent-kafka-sink-{self.name}"
                 )
 
+    # -- exactly-once (loop side) -------------------------------------------------------------
+
+    def _keep(self, batch: Batch) -> None:
+        """Encode each event, keep its record for the transaction, end the event."""
+        ctx = batch.ctx
+        metrics = ctx.stage(self.name)
+        metrics.events_in += len(batch)
+        key_fn, headers, encode, topic = self.key, self.headers, self.encode, self.topic
+        held = self._held
+        events = batch.events(take=True)
+        kept = 0
+        for i, event in enumerate(events):
+            try:
+                value = encode(event.value)
+                key = _key_bytes(event.key if key_fn is None else key_fn(event.value))
+                extra = headers(event) if callable(headers) else headers
+            except Exception as error:
+                self.failed += 1
+                try:
+                    ctx.dead_letter(event, self.name, KafkaSinkError(f"cannot encode: {error!r}"))
+                except StageError:
+                    for later in events[i + 1 :]:
+                        later.end()
+                    raise
+                continue
+            record = (topic, None, key, value, None if extra is None else list(extra.items()))
+            hold = event.hold
+            if held and held[-1][0] is hold:
+                held[-1][1].append(record)
+            else:
+                held.append((hold, [record]))
+            kept += 1
+            event.end()
+        self._held_records += kept
+        metrics.events_out += kept
+
+    def _take_ready(self) -> list[Any]:
+        """The records whose events' partitions' watermarks passed them (for the
+        transaction being committed); those of given-up events are dropped."""
+        ready: list[Any] = []
+        keep: list[tuple[Hold, list[Any]]] = []
+        dropped = 0
+        for hold, records in self._held:
+            state = _ready(hold)
+            if state is True:
+                ready.extend(records)
+            elif state is False:
+                keep.append((hold, records))
+            else:
+                dropped += len(records)
+        self._held = keep
+        self._held_records -= len(ready) + dropped
+        self.dropped += dropped
+        self.produced += len(ready)
+        return ready
+
+    def _forget(self, flow: Flow, partitions: frozenset[Any]) -> None:
+        """Drop the records of events of ``partitions`` (revoked: replayed elsewhere)."""
+        keep: list[tuple[Hold, list[Any]]] = []
+        dropped = 0
+        for hold, records in self._held:
+            if any(t.flow is flow and t.partition in partitions for t in _tickets(hold)):
+                dropped += len(records)
+            else:
+                keep.append((hold, records))
+        self._held = keep
+        self._held_records -= dropped
+        self.dropped += dropped
+
     async def _poll_reports(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._idle is not None
@@ -218,6 +331,7 @@ class KafkaSink(Sink):
                 ctx.fail(failure, self.name)
 
     async def drain(self) -> None:
+        # (exactly-once: events end when kept; the source's transactions write them)
         if self._idle is not None:
             await self._idle.wait()
 
@@ -256,6 +370,45 @@ class KafkaSink(Sink):
     def _poll(self, timeout: float) -> list[tuple[Event, Any]]:
         self._producer.poll(timeout)
         return self._take_reports()
+
+
+def _tickets(hold: Hold) -> list[Ticket]:
+    """The source tickets behind a row's hold (through a buffer's leases)."""
+    from ..operators.backpressure import _Lease
+
+    if hold is None:
+        return []
+    if isinstance(hold, tuple):
+        found: list[Ticket] = []
+        for ticket, _count in hold:
+            found.extend(_tickets(ticket))
+        return found
+    if isinstance(hold, _Lease):
+        if hold.holds is not None:
+            return [t for h in hold.holds for t in _tickets(h)]
+        return [] if hold.origin is None else _tickets(hold.origin)
+    return [hold]
+
+
+def _ready(hold: Hold) -> bool | None:
+    """True once the completion watermark of every ticket's partition passed it (its
+    offsets are committed with the next transaction); None for a ticket given up
+    (its partition was revoked: its events are replayed by the new owner)."""
+    if isinstance(hold, Ticket) and hold.__class__ is Ticket:
+        tickets: list[Ticket] = [hold]
+    else:
+        tickets = _tickets(hold)
+    for ticket in tickets:
+        if ticket.released:
+            return None
+        if ticket.last is None:
+            if not ticket.done:
+                return False
+            continue
+        mark = ticket.flow.watermark(ticket.partition)
+        if mark is None or mark <= ticket.last:
+            return False
+    return True
 
 
 class KafkaDeadLetters:

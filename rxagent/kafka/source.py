@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ..exceptions import ConfigurationError
 from ..sources.base import Emitter, Source
@@ -58,8 +58,11 @@ from .common import (
     redact,
 )
 from .consumer import _Consumer, _Offsets, _offsets, _Rows
+from .transaction import KafkaTransactions
 
-__all__ = ["KafkaPartition", "KafkaSource", "kafka"]
+__all__ = ["KafkaPartition", "KafkaSource", "ProcessingGuarantee", "kafka"]
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 log = logging.getLogger("rxagent")
 
@@ -86,6 +89,13 @@ class KafkaSource(Source):
     without keys, ``timestamps=False`` without event times, ``headers=False``
     without headers (each saves work per message in the consumer thread, which
     shares the interpreter lock with the pipeline: docs/kafka.md, Throughput).
+
+    ``processing_guarantee="exactly_once"`` (default ``"at_least_once"``): the
+    pipeline's Kafka sinks, the changelogs of its durable stores and the source's
+    offsets are written in one Kafka transaction per commit, so a ``read_committed``
+    reader sees each input's outputs exactly once (:mod:`rxagent.kafka.transaction`,
+    docs/state.md "Exactly-once"). It needs a consumer group (not ``assign=True``)
+    and a stable ``transactional_id``, by default ``rxagent.<group_id>.<instance_id>``.
     """
 
     kind = "kafka"
@@ -116,6 +126,8 @@ class KafkaSource(Source):
         revoke_timeout: float = 10.0,
         close_timeout: float = 10.0,
         auth_retries: int | None = 3,
+        processing_guarantee: ProcessingGuarantee = "at_least_once",
+        transactional_id: str | None = None,
     ) -> None:
         super().__init__(name, credit=credit, batch_size=batch_size)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -148,6 +160,14 @@ class KafkaSource(Source):
         self.group_id = group_id
         self.changelog = changelog
         self.instance_id = self.config.get("group.instance.id")
+        self.processing_guarantee: ProcessingGuarantee = processing_guarantee
+        #: the transactional producer of an exactly-once source (None: at least once)
+        self.transactions: KafkaTransactions | None = self._transactions(
+            processing_guarantee, transactional_id, bootstrap_servers, assign
+        )
+        if self.transactions is not None:
+            # what a transaction did not commit is never read (librdkafka's default)
+            self.config["isolation.level"] = "read_committed"
         self.decode_value = _value_decoder(decode, model, f"kafka source {self.name!r}")
         self.read_keys = key_decode is not None
         self.decode_key = _key_decoder(key_decode or "bytes")
@@ -199,6 +219,46 @@ class KafkaSource(Source):
         self._closing: asyncio.Task[None] | None = None
         self._logged_wait = 0.0
 
+    def _transactions(
+        self,
+        guarantee: str,
+        transactional_id: str | None,
+        bootstrap_servers: str,
+        assign: bool,
+    ) -> KafkaTransactions | None:
+        if guarantee == "at_least_once":
+            if transactional_id is not None:
+                raise ConfigurationError(
+                    f"kafka source {self.name!r}: transactional_id is only used with "
+                    "processing_guarantee='exactly_once'"
+                )
+            return None
+        if guarantee != "exactly_once":
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: processing_guarantee must be 'at_least_once' "
+                f"or 'exactly_once', got {guarantee!r}"
+            )
+        if assign:
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: exactly_once needs a consumer group (its "
+                "generation fences a worker whose partitions moved away): drop assign=True"
+            )
+        if transactional_id is None and self.instance_id is not None:
+            transactional_id = f"rxagent.{self.group_id}.{self.instance_id}"
+        if transactional_id is None or not transactional_id.strip():
+            raise ConfigurationError(
+                f"kafka source {self.name!r}: exactly_once needs a stable transactional id, "
+                "the same for a worker across restarts and unique among workers (a "
+                "restarted worker fences its previous incarnation and aborts its open "
+                "transaction with it): set transactional_id=..., or instance_id=... (the "
+                f"id is then 'rxagent.{self.group_id}.<instance_id>')"
+            )
+        return KafkaTransactions(
+            transactional_id=transactional_id,
+            bootstrap_servers=bootstrap_servers,
+            owner=f"kafka source {self.name!r}",
+        )
+
     def changelog_for(self, store: str) -> Any:
         """A durable store written from this source keeps a compacted changelog topic
         (one partition per input partition) so its state follows the partitions
@@ -219,6 +279,7 @@ class KafkaSource(Source):
             input_topic=self.topics[0],
             config=self.config,
             owner=f"state {store!r} (kafka source {self.name!r})",
+            transactions=self.transactions,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -229,6 +290,8 @@ class KafkaSource(Source):
             "topics": self.topics,
             "group_id": self.group_id,
             "instance_id": self.instance_id,
+            "processing_guarantee": self.processing_guarantee,
+            **({} if self.transactions is None else {"transactions": self.transactions.describe()}),
             "config": redact(self.config),
             "emitted": self.emitted,
             "dead_lettered": self.dead_lettered,

@@ -139,6 +139,9 @@ class Source(abc.ABC):
     #: what byte credit expects per event before the first batch is measured (the
     #: largest message, for sources that charge bytes; 0: no guess)
     event_bytes_hint = 0
+    #: the transaction its pipeline's sinks write into (an exactly-once Kafka source's
+    #: :class:`~rxagent.kafka.transaction.KafkaTransactions`); ``None``: none
+    transactions: Any = None
 
     def __init__(
         self,
