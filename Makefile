@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/ruff check rxagent tests bench
 	$(BIN)/ruff format --check rxagent tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest --cov=rxagent --cov-branch --cov-report=term:skip-covered
 
 lint: $(STAMP)
 	$(BIN)/ruff check rxagent tests bench
@@ -33,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

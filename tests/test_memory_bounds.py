@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from _helpers import until
 from websockets.asyncio.server import ServerConnection, serve
 
 from rxagent import ConfigurationError, Pipeline
@@ -37,13 +38,6 @@ async def serving(handler: Handler) -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{port}/feed"
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 def rss() -> int:
     """This process's resident set size in bytes (Linux)."""
     with open("/proc/self/statm") as f:
@@ -68,7 +62,7 @@ async def test_large_garbage_frames_cost_a_bounded_prefix_in_memory_dead_letters
         source = WebSocketSource(url, decode="json")
         pipeline = Pipeline("ws", source, dead_letters=letters).to(ListSink())
         await pipeline.start()
-        await until(lambda: letters.total == frames)
+        await until(lambda: letters.total == frames, 20)
         await pipeline.stop()
     grown = rss() - before
     # whole, they would be 150 MB; queues of the client and server come and go
@@ -153,7 +147,7 @@ async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_websocket_m
         sink = Stall()
         pipeline = Pipeline("ws", source).to(sink)
         await pipeline.start()
-        await until(lambda: sink.count > 0)
+        await until(lambda: sink.count > 0, 20)
         await asyncio.sleep(0.5)  # the source stalls on bytes, far below 4,096 events
         stalled = sink.count
         flow = pipeline.status().flow
@@ -161,7 +155,7 @@ async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_websocket_m
         assert flow["bytes_in_flight"] <= limit + pad + 100
         assert flow["capacity_bytes"] == limit
         sink.release()
-        await until(lambda: sink.count == total)
+        await until(lambda: sink.count == total, 20)
         status = await pipeline.stop()
     assert status.flow["peak_bytes_in_flight"] <= limit + pad + 100
     assert status.flow["bytes_in_flight"] == 0

@@ -340,7 +340,17 @@ def test_file_is_valid_with_its_defaults(path: Path) -> None:
     assert not failed, "\n".join(failed)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+#: the files whose runner needs the broker: their run is marked ``kafka``
+KAFKA_FILES = {"kafka_orders.yaml", "cdc_read_model.yaml", "orchestrator_worker.yaml"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, id=p.name, marks=[pytest.mark.kafka] if p.name in KAFKA_FILES else [])
+        for p in FILES
+    ],
+)
 async def test_file_runs(path: Path, request: pytest.FixtureRequest) -> None:
     runner = RUNNERS.get(path.name)
     if runner is None:

@@ -165,6 +165,7 @@ async def _rxagent(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, str
     return proc.returncode, out.decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 async def test_no_output_or_file_shows_the_canary(tmp_path: Path, feed: int) -> None:
     _key_files(tmp_path)
     path = tmp_path / "canary.yaml"

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import TIME_SCALE
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ENV = "RXAGENT_KAFKA_BOOTSTRAP"
-TIME_SCALE = float(os.environ.get("RXAGENT_TEST_TIME_SCALE", "1"))
 
 
 def _free_port() -> int:

@@ -89,6 +89,7 @@ def setup(
     return write
 
 
+@pytest.mark.slow
 def test_run_keeps_state_across_runs_and_state_inspects_exports_and_resets_it(
     setup: Callable[[bool], str], kafka_produce: Produce, tmp_path: Path
 ) -> None:
@@ -139,6 +140,7 @@ def test_unknown_store_and_workers_on_a_non_kafka_source_are_usage_errors(
     assert "--workers 2: pipeline 'p' reads a memory source" in proc.stderr
 
 
+@pytest.mark.slow
 def test_workers_share_the_partitions_and_each_holds_the_state_of_its_own(
     setup: Callable[[bool], str], kafka_produce: Produce, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _helpers import until
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import ENV, _free_port, _start_tansu, _stop
@@ -68,13 +69,7 @@ def produce(bootstrap: str, topic: str, ids: range, partitions: int) -> None:
     assert producer.flush(15) == 0, "not every message was delivered"
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
+@pytest.mark.slow
 async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
     memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -122,6 +117,7 @@ async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
     assert sum("brokers reachable again" in m for m in messages) == 1, messages
 
 
+@pytest.mark.slow
 async def test_a_slow_reducer_blocking_the_loop_does_not_get_the_consumer_evicted(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from _helpers import until
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -44,13 +45,6 @@ def committed(bootstrap: str, group_id: str, topic: str, partitions: int) -> lis
         return [tp.offset for tp in parts]
     finally:
         consumer.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 class HoldingSink(Sink):
@@ -259,6 +253,7 @@ async def test_commits_never_pass_an_event_still_in_processing(
         await source.wait_closed()
 
 
+@pytest.mark.slow
 async def test_a_sink_slower_than_max_poll_interval_does_not_get_the_consumer_evicted(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
 ) -> None:
@@ -305,6 +300,7 @@ async def test_a_sink_slower_than_max_poll_interval_does_not_get_the_consumer_ev
         assert offsets == list(range(30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 async def test_two_sources_in_one_group_split_the_partitions_and_take_over(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, strategy: str
@@ -413,6 +409,7 @@ def test_a_pipeline_killed_mid_stream_loses_nothing_after_restart(
     assert len(ids) - kills[-1] < n
 
 
+@pytest.mark.slow
 async def test_a_paused_member_revoked_with_events_in_flight_loses_nothing(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
 ) -> None:
@@ -463,6 +460,7 @@ async def test_a_paused_member_revoked_with_events_in_flight_loses_nothing(
         await b_source.wait_closed()
 
 
+@pytest.mark.slow
 async def test_the_source_reconnects_after_a_broker_restart_and_loses_nothing(
     restartable_kafka: RestartableBroker, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable
+
+from _helpers import until
 
 from rxagent import Pipeline
 from rxagent.events import Batch, Event
@@ -37,13 +38,6 @@ class Stall(Sink):
         self.held.clear()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_kafka_messages(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Callable[..., None]
 ) -> None:
@@ -64,14 +58,14 @@ async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_kafka_messa
     pipeline = Pipeline("k", source).to(sink)
     await pipeline.start()
     try:
-        await until(lambda: sink.count > 0)
+        await until(lambda: sink.count > 0, 20)
         await asyncio.sleep(1.0)  # the source stalls on bytes, far below 4,096 events
         flow = pipeline.status().flow
         assert sink.count < 40, sink.count
         # reading one hop ahead, the source may hold a second batch beyond the limit
         assert flow["bytes_in_flight"] <= 2 * limit + pad + 100
         sink.release()
-        await until(lambda: sink.count == total)
+        await until(lambda: sink.count == total, 20)
     finally:
         status = await pipeline.stop()
         await source.wait_closed()

@@ -181,6 +181,7 @@ async def test_the_view_serves_what_two_workers_held_entry_by_entry(
     assert len(view) == keys, "closing keeps the entries readable"
 
 
+@pytest.mark.slow
 async def test_the_view_equals_the_survivor_after_a_worker_was_killed(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
 ) -> None:
@@ -396,6 +397,7 @@ def read_json(result: types.ReadResourceResult) -> Any:
     return json.loads(content.text)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 async def test_rxagent_mcp_from_changelog_serves_the_whole_state_live(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path

@@ -6,6 +6,7 @@ from collections import OrderedDict
 from typing import Any
 
 import pytest
+from _helpers import VIRTUAL_MS
 from hypothesis import given
 from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
@@ -15,8 +16,6 @@ from rxagent import operators as ops
 from rxagent.operators.dedup import dedup
 from rxagent.testing import run
 from rxagent.testing.marbles import assert_marbles, parse_marbles, run_marbles
-
-MS = 0.001
 
 
 def test_a_count_horizon_remembers_the_last_ids() -> None:
@@ -171,7 +170,7 @@ def test_each_id_once_within_the_horizon_and_nothing_lost(
         horizon = 3
     diagram = _diagram(batches)
     result = run_marbles(
-        dedup(horizon=horizon, ttl=None if ttl_ms is None else ttl_ms * MS), diagram
+        dedup(horizon=horizon, ttl=None if ttl_ms is None else ttl_ms * VIRTUAL_MS), diagram
     )
     got = [(n.frame, n.value) for n in result.notifications if n.kind == "N"]
     assert got == _model(diagram, horizon, ttl_ms)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from _helpers import VIRTUAL_MS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
@@ -28,7 +29,6 @@ from rxagent.operators.retry import retry
 from rxagent.operators.timewindows import session_window
 from rxagent.testing.marbles import Notification, run_marbles
 
-MS = 0.001
 DOWN = ConnectionError("feed down")
 
 
@@ -49,16 +49,21 @@ def test_a_session_event_exactly_on_the_watermark_is_not_late(
 ) -> None:
     if lateness_ms > top_ms:
         lateness_ms = top_ms
-    on = (top_ms - lateness_ms) * MS
-    op = session_window(gap_ms * MS, time="event", allowed_lateness=lateness_ms * MS, late="stream")
-    _, late = feed(op, [(0, "k", top_ms * MS), (1, "k", on)], [1])
+    on = (top_ms - lateness_ms) * VIRTUAL_MS
+    op = session_window(
+        gap_ms * VIRTUAL_MS, time="event", allowed_lateness=lateness_ms * VIRTUAL_MS, late="stream"
+    )
+    _, late = feed(op, [(0, "k", top_ms * VIRTUAL_MS), (1, "k", on)], [1])
     assert late == [], f"{on} is on the watermark {top_ms} ms - {lateness_ms} ms"
     if top_ms - lateness_ms - 1 >= 0 and lateness_ms >= 1:  # 1 ms behind it: late
-        before = (top_ms - lateness_ms - 1) * MS
+        before = (top_ms - lateness_ms - 1) * VIRTUAL_MS
         op = session_window(
-            gap_ms * MS, time="event", allowed_lateness=lateness_ms * MS, late="stream"
+            gap_ms * VIRTUAL_MS,
+            time="event",
+            allowed_lateness=lateness_ms * VIRTUAL_MS,
+            late="stream",
         )
-        _, late = feed(op, [(0, "k", top_ms * MS), (1, "k", before)], [1])
+        _, late = feed(op, [(0, "k", top_ms * VIRTUAL_MS), (1, "k", before)], [1])
         assert late == [1]
 
 
@@ -74,13 +79,15 @@ def test_a_circuit_half_opens_exactly_when_its_reset_timeout_ends(
 ) -> None:
     scheduler = TestScheduler()
     clock = scheduler_clock(scheduler)
-    breaker = CircuitBreaker("edge", failure_threshold=1, reset_timeout=reset_ms * MS, clock=clock)
-    scheduler.advance_to(opened_ms * MS)
+    breaker = CircuitBreaker(
+        "edge", failure_threshold=1, reset_timeout=reset_ms * VIRTUAL_MS, clock=clock
+    )
+    scheduler.advance_to(opened_ms * VIRTUAL_MS)
     breaker.record_failure()
     assert breaker.current() is CircuitState.OPEN
-    scheduler.advance_to((opened_ms + reset_ms - 1) * MS)
+    scheduler.advance_to((opened_ms + reset_ms - 1) * VIRTUAL_MS)
     assert not breaker.allow(), "refused before the reset timeout ends"
-    scheduler.advance_to((opened_ms + reset_ms) * MS)
+    scheduler.advance_to((opened_ms + reset_ms) * VIRTUAL_MS)
     assert breaker.allow(), f"opened at {opened_ms} ms for {reset_ms} ms"
 
 
@@ -96,11 +103,11 @@ def test_retry_waits_that_end_exactly_at_max_elapsed_are_made(
 ) -> None:
     op = retry(
         Backoff(
-            initial=delay_ms * MS,
+            initial=delay_ms * VIRTUAL_MS,
             factor=1,
             jitter="none",
             max_attempts=None,
-            max_elapsed=max_elapsed_ms * MS,
+            max_elapsed=max_elapsed_ms * VIRTUAL_MS,
         )
     )
     run = run_marbles(op, "-#", error=DOWN, horizon=300)

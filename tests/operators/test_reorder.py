@@ -6,6 +6,7 @@ import string
 from typing import Any
 
 import pytest
+from _helpers import VIRTUAL_MS
 from hypothesis import given
 from hypothesis import strategies as st
 from reactivex import operators as rxops
@@ -15,8 +16,6 @@ from rxagent import operators as ops
 from rxagent.operators.reorder import Gap, reorder
 from rxagent.testing import run
 from rxagent.testing.marbles import assert_marbles, parse_marbles, run_marbles
-
-MS = 0.001
 
 
 def numbered(**chars: int) -> dict[str, dict[str, int]]:
@@ -258,7 +257,7 @@ def test_bounded_disorder_comes_out_in_order_with_nothing_missing(
     op = reorder(
         "n",
         key="k" if keyed else None,
-        max_delay=disorder * UNIT * MS,
+        max_delay=disorder * UNIT * VIRTUAL_MS,
         start=0,
         emit_gaps=True,
     )
@@ -286,7 +285,7 @@ def test_any_disorder_stays_in_order_accounts_for_every_event_and_every_gap(
     op = reorder(
         "n",
         key="k" if keyed else None,
-        max_delay=max_delay_units * UNIT * MS,
+        max_delay=max_delay_units * UNIT * VIRTUAL_MS,
         start=0,
         emit_gaps=True,
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import reactivex as rx
+from _helpers import VIRTUAL_MS
 from hypothesis import given
 from hypothesis import strategies as st
 from reactivex import Observable, abc
@@ -22,12 +23,11 @@ from rxagent.flow import Flow
 from rxagent.operators.retry import RetryStatus, retry
 from rxagent.testing.marbles import assert_marbles, run_marbles
 
-MS = 0.001
 DOWN = ConnectionError("feed down")
 
 
 def fixed(delay_ms: float, **kw: Any) -> Backoff:
-    return Backoff(initial=delay_ms * MS, factor=1, jitter="none", **kw)
+    return Backoff(initial=delay_ms * VIRTUAL_MS, factor=1, jitter="none", **kw)
 
 
 def watch(op: Any) -> list[RetryStatus]:
@@ -248,12 +248,12 @@ def test_delays_stay_in_bounds_and_attempts_never_exceed_the_maximum(
     seed: int,
 ) -> None:
     policy = Backoff(
-        initial=initial_ms * MS,
+        initial=initial_ms * VIRTUAL_MS,
         factor=factor,
-        max_delay=max(cap_ms, initial_ms) * MS,
+        max_delay=max(cap_ms, initial_ms) * VIRTUAL_MS,
         jitter=jitter,
         max_attempts=max_attempts,
-        max_elapsed=None if max_elapsed_ms is None else max_elapsed_ms * MS,
+        max_elapsed=None if max_elapsed_ms is None else max_elapsed_ms * VIRTUAL_MS,
     )
     op = retry(policy, rng=random.Random(seed))
     seen = watch(op)
@@ -273,7 +273,7 @@ def test_delays_stay_in_bounds_and_attempts_never_exceed_the_maximum(
     # each resubscription happens its delay after the failure (to the frame)
     for s, (sub, _) in zip(retries, run.subscriptions[1:], strict=True):
         assert s.delay is not None
-        assert abs(sub * MS - (s.time + s.delay)) <= MS
+        assert abs(sub * VIRTUAL_MS - (s.time + s.delay)) <= VIRTUAL_MS
     # after exhaustion the error propagates, once, and the status says why
     assert [n.value for n in run.notifications if n.kind == "E"] == [DOWN]
     assert seen[-1].kind == "gave_up"

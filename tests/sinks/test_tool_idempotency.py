@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import TIME_SCALE
 
 from rxagent import Backoff, Pipeline, sources
 from rxagent import operators as ops
@@ -31,7 +32,6 @@ from rxagent.sinks.tools import idempotency_key, trigger_of
 from rxagent.tools import ActivationContext, current_activation, tool
 
 WORKER = Path(__file__).with_name("tool_worker.py")
-SCALE = float(os.environ.get("RXAGENT_TEST_TIME_SCALE", "1"))
 
 
 def recorded_keys(path: Path) -> dict[str, list[Any]]:
@@ -83,7 +83,7 @@ def test_a_worker_killed_after_a_checkpoint_fires_no_recorded_activation_again(
     n = 60
     state, calls, progress = tmp_path / "state", tmp_path / "calls.txt", tmp_path / "progress.txt"
     record = state / "tools.tool-worker.tool_act.sqlite3"
-    delay = str(0.03 * SCALE)
+    delay = str(0.03 * TIME_SCALE)
 
     def worker(run: str) -> list[str]:
         return [sys.executable, str(WORKER), str(state), str(calls), str(progress), run, str(n)]
@@ -96,7 +96,7 @@ def test_a_worker_killed_after_a_checkpoint_fires_no_recorded_activation_again(
     # run 1: killed right after a checkpoint that recorded at least 15 activations
     process = subprocess.Popen([*worker("1"), delay])
     try:
-        deadline = time.monotonic() + 30 * SCALE
+        deadline = time.monotonic() + 30 * TIME_SCALE
         while checkpointed() < 15:
             assert process.poll() is None, "the worker exited before the kill"
             assert time.monotonic() < deadline, "the worker made no progress"
@@ -109,7 +109,7 @@ def test_a_worker_killed_after_a_checkpoint_fires_no_recorded_activation_again(
     assert 15 <= len(at_kill) < n, "the kill must land mid-run, after a checkpoint"
 
     # run 2: replays all n events from the start and finishes
-    subprocess.run([*worker("2"), delay], check=True, timeout=60 * SCALE)
+    subprocess.run([*worker("2"), delay], check=True, timeout=60 * TIME_SCALE)
     assert progress.read_text().splitlines()[-1] == f"finished {len(at_kill)}"
 
     rows = [line.split() for line in calls.read_text().splitlines()]
@@ -147,7 +147,7 @@ def test_a_worker_killed_after_a_checkpoint_fires_no_recorded_activation_again(
 
     # the record now covers everything: a third run calls nothing
     assert len(recorded_keys(record)) == n
-    subprocess.run([*worker("3"), delay], check=True, timeout=60 * SCALE)
+    subprocess.run([*worker("3"), delay], check=True, timeout=60 * TIME_SCALE)
     assert not [row for row in calls.read_text().splitlines() if row.startswith("3 ")]
     assert progress.read_text().splitlines()[-1] == f"finished {n}"
 

@@ -4,11 +4,11 @@ durations), and the pure per-key policy decision with hypothesis."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
+from _helpers import MS, until
 from hypothesis import given
 from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
@@ -20,9 +20,6 @@ from rxagent.sinks import MemoryDeadLetters, ToolResult, ToolSink, ToolStatus, a
 from rxagent.sources.memory import PushSource
 from rxagent.tools import Tool, tool
 from rxagent.tools.policy import Decision, decide
-
-#: Real-time unit, scaled on slow machines (see tests/conftest.py).
-MS = 0.001 * float(os.environ.get("RXAGENT_TEST_TIME_SCALE", "1"))
 
 
 @pytest.fixture(autouse=True)
@@ -50,15 +47,6 @@ class Recorder:
 
     def values(self, status: ToolStatus) -> list[Any]:
         return [r.event.value for r in self.by_status(status) if r.event is not None]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(MS)
 
 
 def pipeline(

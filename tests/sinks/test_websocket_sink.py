@@ -6,13 +6,13 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import until
 from websockets.asyncio.server import ServerConnection, serve
 
 from rxagent import ConfigurationError, Pipeline, PipelineError, sources
@@ -25,13 +25,6 @@ FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_at
 
 server_log = logging.getLogger("tests.wsserver")
 server_log.setLevel(logging.WARNING)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
 
 
 @asynccontextmanager

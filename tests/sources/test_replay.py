@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import until
 from reactivex.testing import TestScheduler
 
 from rxagent import ConfigurationError, Pipeline, PipelineError, StateStore, sources
@@ -39,14 +40,6 @@ class Probe(Sink):
     @property
     def values(self) -> list[Any]:
         return [event.value for _, event in self.arrivals]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Wait until ``condition()`` holds: the replay reads its file in a worker thread."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 def write_recording(path: Path, events: list[dict[str, Any]], *, source: str = "feed") -> Path:

@@ -5,13 +5,11 @@ the next stage's recursion fails."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _helpers import until
 from websockets.asyncio.server import ServerConnection, serve
 
 from rxagent import Pipeline, sources
@@ -28,13 +26,6 @@ server_log.setLevel(logging.WARNING)
 
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_json_loads_bounds_depth_and_keeps_json_loads_values() -> None:
@@ -67,7 +58,7 @@ async def test_a_deeply_nested_websocket_message_is_a_dead_letter(depth: int) ->
         sink = ListSink()
         pipeline = Pipeline("ws", source, dead_letters=letters).to(sink)
         await pipeline.start()
-        await _until(lambda: len(sink.values) + len(letters.letters) == 3)
+        await until(lambda: len(sink.values) + len(letters.letters) == 3)
         status = await pipeline.stop()
     assert sink.values == [{"seq": 1}, {"seq": 3}]
     (letter,) = letters.letters

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import until
 from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -49,13 +50,6 @@ async def serving(handler: Handler, **options: Any) -> AsyncIterator[tuple[str, 
         port = server.sockets[0].getsockname()[1]
         scheme = "wss" if options.get("ssl") else "ws"
         yield f"{scheme}://127.0.0.1:{port}/feed", server
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
 
 
 def seq_feed(

@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 
 import pytest
+from _helpers import until
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -46,13 +46,6 @@ async def refusing(status: HTTPStatus, counter: list[int]) -> AsyncIterator[str]
         handler, "127.0.0.1", 0, process_request=process_request, logger=server_log
     ) as server:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/feed?token=s3cret"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def rxagent_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

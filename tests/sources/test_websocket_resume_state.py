@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import until
 from reactivex import Observable
 from reactivex import operators as rx
 from websockets.asyncio.server import ServerConnection, serve
@@ -117,13 +118,6 @@ def feed_source(url: str, **options: Any) -> WebSocketSource:
         stable_after=0,
         **options,
     )
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
 
 
 def folded(store: StateStore) -> int:
