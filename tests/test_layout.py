@@ -57,18 +57,11 @@ KNOWN_LOOPS = {
     # issue 13: the Kafka consumer thread reaches into its owner; being reworked
     # (a stats/control interface for the consumer) with exactly-once in rxagent/kafka/
     frozenset({"rxagent.kafka.consumer", "rxagent.kafka.source"}),
-    # issue 13: rxagent/kafka/transaction.py (exactly-once, in progress) and the sink
-    frozenset({"rxagent.kafka.sink", "rxagent.kafka.transaction"}),
     # issue 13: a Batch carries its PipelineContext (events -> context, for typing)
     # and the context dead-letters events; to go with a context protocol in events.py
     frozenset({"rxagent.context", "rxagent.deadletters", "rxagent.events"}),
 }
-KNOWN_EDGES = {
-    # issue 13: the Kafka connector should import rxagent.decoding and a backpressure
-    # helper below operators; rxagent/kafka/ is being changed for exactly-once
-    ("rxagent.kafka.common", "rxagent.operators.decode"),
-    ("rxagent.kafka.sink", "rxagent.operators.backpressure"),
-}
+KNOWN_EDGES: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

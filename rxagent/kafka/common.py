@@ -117,7 +117,7 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
 def _value_decoder(
     decode: Decoder, model: Any, where: str = "kafka source"
 ) -> Callable[[bytes], Any]:
-    from ..operators.decode import json_loads, type_adapter
+    from ..decoding import json_loads, type_adapter
 
     if model is not None:
         adapter = type_adapter(model, where)
@@ -156,7 +156,7 @@ def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
 
         return text
     if decode == "json":
-        from ..operators.decode import json_loads
+        from ..decoding import json_loads
 
         def from_json(raw: bytes) -> Hashable:
             value = json_loads(raw)

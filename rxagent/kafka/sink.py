@@ -373,9 +373,8 @@ class KafkaSink(Sink):
 
 
 def _tickets(hold: Hold) -> list[Ticket]:
-    """The source tickets behind a row's hold (through a buffer's leases)."""
-    from ..operators.backpressure import _Lease
-
+    """The source tickets behind a row's hold (through a buffer's leases, which
+    stand for their rows' holds: ``underlying()``)."""
     if hold is None:
         return []
     if isinstance(hold, tuple):
@@ -383,10 +382,9 @@ def _tickets(hold: Hold) -> list[Ticket]:
         for ticket, _count in hold:
             found.extend(_tickets(ticket))
         return found
-    if isinstance(hold, _Lease):
-        if hold.holds is not None:
-            return [t for h in hold.holds for t in _tickets(h)]
-        return [] if hold.origin is None else _tickets(hold.origin)
+    underlying = getattr(hold, "underlying", None)
+    if underlying is not None:
+        return [t for h in underlying() for t in _tickets(h)]
     return [hold]
 
 

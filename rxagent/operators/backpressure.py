@@ -193,6 +193,12 @@ class _Lease(Ticket):
         self.origin: Ticket | None = batch.ticket if batch.holds is None else None
         self.holds: list[Hold] | None = batch.holds
 
+    def underlying(self) -> list[Hold]:
+        """The holds this lease stands for: its rows' (one shared ticket, or one each)."""
+        if self.holds is not None:
+            return list(self.holds)
+        return [] if self.origin is None else [self.origin]
+
     def end(self, n: int = 1) -> None:
         pending = self.pending - n
         if pending < 0:
