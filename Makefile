@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/ruff check rxagent tests bench
 	$(BIN)/ruff format --check rxagent tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest --cov=rxagent --cov-branch --cov-report=term:skip-covered
+	$(BIN)/coverage run -m pytest; status=$$?; $(BIN)/coverage report; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check rxagent tests bench

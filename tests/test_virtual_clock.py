@@ -6,9 +6,9 @@ shared with them) all read the pipeline's clock, and nothing else moves them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
+from _helpers import until  # real seconds: the loop's work, not the clock
 from reactivex.testing import TestScheduler
 
 from rxagent import Backoff, Pipeline, sources
@@ -19,13 +19,6 @@ from rxagent.operators import circuit_breaker
 from rxagent.sinks import MemoryDeadLetters, ToolResult, ToolSink, ToolStatus
 from rxagent.state import StateStore
 from rxagent.tools import tool
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the loop run until ``condition()`` (real seconds: the loop's work, not the clock)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polls state the sink keeps, no event to wait on
-            await asyncio.sleep(0.001)
 
 
 async def idle(rounds: int = 20) -> None:
