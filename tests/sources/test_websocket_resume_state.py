@@ -490,6 +490,7 @@ async def test_a_killed_worker_resumes_from_its_stored_sequence_and_ends_equal_t
         assert isinstance(after, int)
         assert 0 < kill["stored_seq"] <= after < n
         assert resumed["resumed_from"] == after
-    # the stored position trails the stored state: the restart is sent messages its
-    # store already folded, and skips them (no duplicate in the final state above)
-    assert resumes[-1]["ignored"] > 0
+    # the stored position may trail the stored state: then the restart is sent messages
+    # its store already folded and skips them (no duplicate in the final state above);
+    # a kill right after a checkpoint leaves nothing to skip, so this is not asserted
+    print(f"websocket resume: the last restart skipped {resumes[-1]['ignored']} messages")
