@@ -1,4 +1,5 @@
-"""What the suite's real-time tests share: the time scale, a scaled millisecond and ``until()``.
+"""What the suite's real-time tests share: the time scale, a scaled millisecond, ``until()``
+and a sink that stalls (``Stall``).
 
 Import it as ``from _helpers import MS, until`` (``tests/`` is on ``sys.path``: pytest puts
 the directory of the root ``conftest.py`` there). It is the suite's own, not shipped in
@@ -18,6 +19,8 @@ import os
 import time
 from collections.abc import Callable
 
+from rxagent.events import Batch, Event
+from rxagent.sinks import Sink
 from rxagent.testing.marbles import DEFAULT_FRAME
 
 #: Multiply real-time waits by this on slow machines.
@@ -40,3 +43,28 @@ async def until(
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout * TIME_SCALE:g} s"
         await asyncio.sleep(interval)
+
+
+class Stall(Sink):
+    """Holds every event (and its credit) until ``release()``."""
+
+    kind = "stall"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.released = False
+        self.count = 0
+
+    def on_batch(self, batch: Batch) -> None:
+        self.count += len(batch)
+        if self.released:
+            batch.end_all()
+        else:
+            self.held.extend(batch.events(take=True))
+
+    def release(self) -> None:
+        self.released = True
+        for event in self.held:
+            event.end()
+        self.held.clear()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-from _helpers import until
+from _helpers import Stall, until
 from websockets.asyncio.server import ServerConnection, serve
 
 from rxagent import ConfigurationError, Pipeline
@@ -22,9 +22,9 @@ from rxagent.config.expressions import (
     expression_map,
 )
 from rxagent.deadletters import DeadLetter, MemoryDeadLetters, letter_size
-from rxagent.events import Batch, Event
+from rxagent.events import Event
 from rxagent.flow import DEFAULT_CREDIT_BYTES, Flow
-from rxagent.sinks import ListSink, Sink
+from rxagent.sinks import ListSink
 from rxagent.sources.websocket import WebSocketSource
 from rxagent.testing import run
 
@@ -104,31 +104,6 @@ def test_str_payloads_are_cut_to_a_prefix_with_their_size_noted() -> None:
 
 
 # -- byte credit ----------------------------------------------------------------------------
-
-
-class Stall(Sink):
-    """Holds every event (and its credit) until ``release()``."""
-
-    kind = "stall"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Event] = []
-        self.released = False
-        self.count = 0
-
-    def on_batch(self, batch: Batch) -> None:
-        self.count += len(batch)
-        if self.released:
-            batch.end_all()
-        else:
-            self.held.extend(batch.events(take=True))
-
-    def release(self) -> None:
-        self.released = True
-        for event in self.held:
-            event.end()
-        self.held.clear()
 
 
 async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_websocket_messages() -> None:

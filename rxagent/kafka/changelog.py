@@ -204,14 +204,9 @@ class KafkaChangelog:
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     producer.poll(0.05)
-        left = producer.flush(self.delivery_timeout)
-        if left or failures:
-            raise StateError(
-                f"{self.owner}: changelog {self.topic!r}: "
-                + (f"{left} changes not delivered in {self.delivery_timeout:.0f}s" if left else "")
-                + (f"delivery failed: {failures[0]}" if failures else "")
-                + "; the offsets are not committed (the events are read again)"
-            )
+        self._check_delivered(
+            producer.flush(self.delivery_timeout), failures, "the offsets are not committed"
+        )
         return ends
 
     def _produce_in_transaction(
@@ -229,15 +224,25 @@ class KafkaChangelog:
             [(topic, partition, key, value, None) for partition, key, value in records],
             delivered,
         )
-        left = txn.flush(self.delivery_timeout)
-        if left or failures:
-            raise StateError(
-                f"{self.owner}: changelog {self.topic!r}: "
-                + (f"{left} changes not delivered in {self.delivery_timeout:.0f}s" if left else "")
-                + (f"delivery failed: {failures[0]}" if failures else "")
-                + "; the transaction is not committed (the events are read again)"
-            )
+        self._check_delivered(
+            txn.flush(self.delivery_timeout), failures, "the transaction is not committed"
+        )
         return ends
+
+    def _check_delivered(self, left: int, failures: list[Any], consequence: str) -> None:
+        """Every change delivered, or a StateError saying what was not (and so what
+        is not committed: its events are read again)."""
+        if not left and not failures:
+            return
+        problems = []
+        if left:
+            problems.append(f"{left} changes not delivered in {self.delivery_timeout:.0f}s")
+        if failures:
+            problems.append(f"delivery failed: {failures[0]}")
+        raise StateError(
+            f"{self.owner}: changelog {self.topic!r}: {'; '.join(problems)}; "
+            f"{consequence} (the events are read again)"
+        )
 
     # -- reading ------------------------------------------------------------------------
 

@@ -200,18 +200,17 @@ async def serve_built(
         running.add_done_callback(_report)
         await asyncio.sleep(0)  # let the app install its stop event before anything can stop it
         try:
-            if transport == "stdio":
-                await _until_signalled(mcp.serve_stdio())
-            else:
-                await mcp.serve_http(
-                    token=token,
-                    host=host,
-                    port=port,
-                    path=path,
-                    ready=ready,
-                    allowed_hosts=allowed_hosts,
-                    allowed_origins=allowed_origins,
-                )
+            await _serve(
+                mcp,
+                transport,
+                token=token,
+                host=host,
+                port=port,
+                path=path,
+                ready=ready,
+                allowed_hosts=allowed_hosts,
+                allowed_origins=allowed_origins,
+            )
         finally:
             built.app.request_stop()
             try:
@@ -332,20 +331,27 @@ async def serve_views(
             min_interval=min_interval,
         )
         async with mcp:
-            if transport == "stdio":
-                await _until_signalled(mcp.serve_stdio())
-            else:
-                await mcp.serve_http(
-                    token=token,
-                    host=host,
-                    port=port,
-                    path=path,
-                    ready=ready,
-                    allowed_hosts=allowed_hosts,
-                    allowed_origins=allowed_origins,
-                )
+            await _serve(
+                mcp,
+                transport,
+                token=token,
+                host=host,
+                port=port,
+                path=path,
+                ready=ready,
+                allowed_hosts=allowed_hosts,
+                allowed_origins=allowed_origins,
+            )
     finally:
         await asyncio.gather(*(view.aclose() for view in views.values()), return_exceptions=True)
+
+
+async def _serve(mcp: RxAgentMCP, transport: Transport, **http: Any) -> None:
+    """Serve ``mcp`` on stdio (until a signal) or over HTTP (``http``: serve_http's options)."""
+    if transport == "stdio":
+        await _until_signalled(mcp.serve_stdio())
+    else:
+        await mcp.serve_http(**http)
 
 
 async def _until_signalled(serving: Coroutine[Any, Any, None]) -> None:

@@ -165,14 +165,22 @@ def worker_args(bootstrap: str, topic: str, out_topic: str, group: str, tmp: Pat
     return [bootstrap, topic, out_topic, group, str(tmp / "state"), str(tmp / "state.json")]
 
 
+def setup(
+    bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, n: int, tmp: Path
+) -> tuple[str, str, str, list[str]]:
+    """An input topic holding ``n`` inputs, an output topic, a fresh group and the
+    worker's arguments: ``(topic, out_topic, group, args)``."""
+    topic, out_topic = kafka_topic(3), kafka_topic(2, prefix="eos-out")
+    produce_inputs(kafka_produce, topic, n)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    return topic, out_topic, group, worker_args(bootstrap, topic, out_topic, group, tmp)
+
+
 def test_exactly_once_writes_each_input_s_output_once_and_commits_to_the_end(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
 ) -> None:
     n = 6_000
-    topic, out_topic = kafka_topic(3), kafka_topic(2, prefix="eos-out")
-    produce_inputs(kafka_produce, topic, n)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    args = worker_args(kafka_bootstrap, topic, out_topic, group, tmp_path)
+    topic, out_topic, group, args = setup(kafka_bootstrap, kafka_topic, kafka_produce, n, tmp_path)
     # --slow: events end 10 ms after the Kafka sink has their records, so the sink
     # must hold back every record whose offset the commit does not cover yet
     subprocess.run(
@@ -189,10 +197,7 @@ def test_a_worker_stopped_and_restarted_continues_exactly_once(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
 ) -> None:
     n = 20_000
-    topic, out_topic = kafka_topic(3), kafka_topic(2, prefix="eos-out")
-    produce_inputs(kafka_produce, topic, n)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    args = worker_args(kafka_bootstrap, topic, out_topic, group, tmp_path)
+    topic, out_topic, group, args = setup(kafka_bootstrap, kafka_topic, kafka_produce, n, tmp_path)
     worker = _eos_worker([*args, "--slow"])
     try:
         worker.until(lambda p: p["folded"] >= n // 3, 120)
@@ -274,10 +279,7 @@ def test_exactly_once_across_sigkill_at_three_points(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, tmp_path: Path
 ) -> None:
     n = 60_000
-    topic, out_topic = kafka_topic(3), kafka_topic(2, prefix="eos-out")
-    produce_inputs(kafka_produce, topic, n)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    args = worker_args(kafka_bootstrap, topic, out_topic, group, tmp_path)
+    topic, out_topic, group, args = setup(kafka_bootstrap, kafka_topic, kafka_produce, n, tmp_path)
     seed = random.randrange(1_000_000)
     rng = random.Random(seed)
     points = sorted(rng.randrange(lo, hi) for lo, hi in ((5, 30), (35, 60), (65, 90)))

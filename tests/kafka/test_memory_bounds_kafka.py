@@ -7,35 +7,10 @@ import json
 import uuid
 from collections.abc import Callable
 
-from _helpers import until
+from _helpers import Stall, until
 
 from rxagent import Pipeline
-from rxagent.events import Batch, Event
 from rxagent.kafka import KafkaSource
-from rxagent.sinks import Sink
-
-
-class Stall(Sink):
-    kind = "stall"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Event] = []
-        self.released = False
-        self.count = 0
-
-    def on_batch(self, batch: Batch) -> None:
-        self.count += len(batch)
-        if self.released:
-            batch.end_all()
-        else:
-            self.held.extend(batch.events(take=True))
-
-    def release(self) -> None:
-        self.released = True
-        for event in self.held:
-            event.end()
-        self.held.clear()
 
 
 async def test_a_stalled_sink_holds_at_most_the_byte_credit_of_large_kafka_messages(

@@ -81,15 +81,25 @@ def server_command(app: Path, *args: str) -> list[str]:
 @contextlib.asynccontextmanager
 async def http_server(app: Path, token: str, *args: str) -> AsyncIterator[str]:
     """``python -m rxagent.mcp APP --http --port 0``; yields the URL it prints."""
+    command = server_command(app, "--http", "--port", "0", "--token-env", "TEST_MCP_TOKEN", *args)
+    async with serving(command, server_env(TEST_MCP_TOKEN=token)) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving(command: list[str], env: dict[str, str]) -> AsyncIterator[str]:
+    """Start a server subprocess; yield the URL it prints on stderr ("listening on
+    URL"); terminate it at the end."""
     process = await asyncio.create_subprocess_exec(
-        *server_command(app, "--http", "--port", "0", "--token-env", "TEST_MCP_TOKEN", *args),
-        env=server_env(TEST_MCP_TOKEN=token),
+        *command,
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
     lines: list[str] = []
+    drain: asyncio.Future[None] | None = None
     try:
         async with asyncio.timeout(WAIT):
             while True:
@@ -112,7 +122,7 @@ async def http_server(app: Path, token: str, *args: str) -> AsyncIterator[str]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        with contextlib.suppress(NameError):
+        if drain is not None:
             drain.cancel()
 
 

@@ -21,7 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen
 from mcp.shared.exceptions import MCPError
-from mcp_helpers import WAIT, _drain, server_env
+from mcp_helpers import WAIT, server_env, serving
 from pydantic import BaseModel, ConfigDict
 
 from rxagent.exceptions import ConfigurationError, ToolArgumentsError
@@ -76,43 +76,11 @@ pipelines:
 
 @contextlib.asynccontextmanager
 async def _serve(command: list[str], tmp_path: Path) -> AsyncIterator[str]:
-    """Start a server subprocess; yield the URL it prints on stderr."""
+    """Start a server subprocess (the test's tools importable); yield its URL."""
     env = server_env(TEST_MCP_TOKEN=TOKEN)
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    drain: asyncio.Future[None] | None = None
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                raw = await process.stderr.readline()
-                if not raw:
-                    raise AssertionError("the server exited:\n" + "".join(lines))
-                line = raw.decode()
-                lines.append(line)
-                if "listening on " in line:
-                    url = line.rsplit("listening on ", 1)[1].strip()
-                    break
-        drain = asyncio.ensure_future(_drain(process.stderr))
+    async with serving(command, env) as url:
         yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(WAIT):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if drain is not None:
-            drain.cancel()
 
 
 async def _run(command: list[str], tmp_path: Path) -> tuple[int, str]:
