@@ -27,9 +27,15 @@ from .dedup import dedup
 from .reorder import Gap, ReorderOperator, reorder
 from .retry import RetryOperator, RetryStatus, retry
 from .throttle import debounce, rate_limit, sample, throttle_first, throttle_last, throttle_latest
-from .timewindows import WindowOperator, session_window, sliding_window, tumbling_window
 from .transform import event_time, filter, flat_map, key_by, map, tap
-from .windows import Window, count_window
+from .windows import (
+    Window,
+    WindowOperator,
+    count_window,
+    session_window,
+    sliding_window,
+    tumbling_window,
+)
 
 __all__ = [
     "Aggregation",

@@ -26,7 +26,7 @@ from rxagent.clock import scheduler_clock
 from rxagent.operators.backpressure import buffer
 from rxagent.operators.circuit import CircuitBreaker, CircuitState
 from rxagent.operators.retry import retry
-from rxagent.operators.timewindows import session_window
+from rxagent.operators.windows import session_window
 from rxagent.testing.marbles import Notification, run_marbles
 
 DOWN = ConnectionError("feed down")

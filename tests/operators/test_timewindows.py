@@ -25,7 +25,7 @@ from rxagent.context import PipelineContext
 from rxagent.events import Batch, Event
 from rxagent.flow import Flow
 from rxagent.operators import Window
-from rxagent.operators.timewindows import (
+from rxagent.operators.windows import (
     WindowOperator,
     session_window,
     sliding_window,

@@ -1,4 +1,4 @@
-"""Windows: group events per key and emit one aggregate per window.
+"""Count windows: one aggregate per ``size`` events of a key.
 
 A window *folds* the events it takes in (see :mod:`rxagent.flow`): their credit
 returns to the source at once, so a window larger than the source's credit
@@ -6,29 +6,28 @@ cannot stall the pipeline, but their completion waits until the aggregate the
 window emits has ended. The commit watermark therefore never passes an event
 whose window has not been processed.
 
-Time windows (tumbling, sliding, session) live in :mod:`.timewindows`; they
-share :class:`Window` and :func:`group_rows` with the count windows here.
+Time windows (tumbling, sliding, session) are in :mod:`.timed`; they share
+:class:`Window` and :func:`~.grouping.group_rows` with the count windows here.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
 from reactivex import Observable
 
-from ..events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
-from ..exceptions import ConfigurationError
-from ..flow import Flow, Ticket, release_tickets
-from ..values import Window
-from .aggregate import Aggregation, collect, resolve_aggregation
-from .base import BatchHandler, Emit, Operator, batch_stage
-from .transform import _apply, to_key_function
+from ...events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
+from ...exceptions import ConfigurationError
+from ...flow import Flow, Ticket, release_tickets
+from ...values import Window
+from ..aggregate import Aggregation, collect, resolve_aggregation
+from ..base import BatchHandler, Emit, Operator, batch_stage
+from ..transform import _apply, to_key_function
+from .grouping import group_rows
 
-__all__ = ["Window", "count_window", "group_rows"]
+__all__ = ["count_window"]
 
 
 class _KeyWindow:
@@ -43,24 +42,6 @@ class _KeyWindow:
 
     def hold(self) -> Hold:
         return tuple(self.tickets.items()) if self.tickets else None
-
-
-def group_rows(
-    keys: Iterable[Hashable], rows: Iterable[int] | None = None
-) -> dict[Hashable, list[int]]:
-    """Row indices per key, in arrival order (the one per-row loop of keyed stages).
-
-    ``rows`` gives the row index of each key (default: 0, 1, 2, ...).
-    """
-    groups: defaultdict[Hashable, list[int]] = defaultdict(list)
-    # The same as ``for i, k in zip(rows, keys): groups[k].append(i)``, with the
-    # loop in C: about half the cost per row, and this is the hot loop of every
-    # keyed stage. ``any`` drains the iterator (``append`` returns None).
-    if rows is None:
-        rows = range(len(keys)) if isinstance(keys, Sized) else itertools.count()
-    # (with an iterator of keys, ``map`` stops at the shorter input: the keys)
-    any(map(list.append, map(groups.__getitem__, keys), rows))
-    return groups
 
 
 def count_window(

@@ -1,7 +1,7 @@
 """The engine shared by time windows: clocks, timers, watermark, late events, output.
 
 :class:`WindowHandler` runs one subscription of a time-window stage. Its
-subclasses (:mod:`._timewindow_kinds`) keep the open windows; this module keeps
+subclasses (:mod:`.panes`, :mod:`.sessions`) keep the open windows; this module keeps
 what they share, so each decision is written once:
 
 - the *clock*: the scheduler's (virtual in tests), never the wall clock;
@@ -11,7 +11,9 @@ what they share, so each decision is written once:
   when the watermark (or the clock) reaches its close order;
 - *late events*: counted, then dropped, dead-lettered or streamed;
 - *output*: one batch per batch in (or per timer), windows in close order,
-  each row holding the events folded into it.
+  each row holding the events folded into it;
+- *partition release*: a revoked partition's events leave the open windows
+  (:meth:`WindowHandler.release`, through a :class:`~rxagent.events.RevokeWatch`).
 
 Timer callbacks never raise into the scheduler's loop: an error becomes the
 stream's ``on_error``.
@@ -30,8 +32,8 @@ from typing import Any, TypeAlias, cast
 from reactivex import abc
 from reactivex.subject import Subject
 
-from ..clock import scheduler_clock, snap
-from ..events import (
+from ...clock import scheduler_clock, snap
+from ...events import (
     Batch,
     Event,
     Hold,
@@ -41,14 +43,20 @@ from ..events import (
     partition_runs,
     retain_hold,
 )
-from ..exceptions import ConfigurationError
-from ..flow import Flow, Ticket
-from .aggregate import Aggregation
-from .base import BatchHandler, Emit
-from .transform import _apply
-from .windows import Window
+from ...exceptions import ConfigurationError
+from ...flow import Flow, Ticket
+from ...values import Window
+from ..aggregate import Aggregation
+from ..base import BatchHandler, Emit
+from ..transform import _apply
 
-__all__ = ["Out", "WindowHandler", "WindowSpec", "pick"]
+__all__ = ["SNAP", "Late", "Out", "WindowHandler", "WindowSpec"]
+
+#: A time within this fraction of a pane below a pane boundary counts as on it:
+#: ``0.009 / 0.003`` is ``2.9999999999999996`` in floats, and an event at 9 ms
+#: belongs to the window that starts there. Far below a nanosecond for panes
+#: under a second, and absorbed by rounding for epoch-sized quotients.
+SNAP = 1e-9
 
 #: A closed window on its way out: (close order, seq, window, hold, time, position).
 Out: TypeAlias = tuple[float, int, Window, Hold, float | None, int | None]
@@ -57,7 +65,7 @@ Late: TypeAlias = list[tuple[int, float]]
 
 
 class WindowSpec:
-    """A time-window operator's validated options (see ``timewindows``)."""
+    """A time-window operator's validated options (see :mod:`.timed`)."""
 
     __slots__ = (
         "aggregation",
@@ -95,15 +103,6 @@ class WindowSpec:
         self.emit_partial = emit_partial
         self.scheduler = scheduler
         self.subject: Subject[Event] = Subject()
-
-
-def pick(values: Sequence[Any], rows: Sequence[int]) -> list[Any]:
-    """``[values[i] for i in rows]`` with the loop in C."""
-    if isinstance(rows, range):
-        return list(values[rows.start : rows.stop])
-    if len(rows) == 1:
-        return [values[rows[0]]]
-    return list(itemgetter(*rows)(values))
 
 
 class _Timer:

@@ -1,5 +1,9 @@
 """Time windows: tumbling, sliding and session windows, by processing or event time.
 
+This module builds the operators (options, validation, :class:`WindowOperator`);
+the windows are kept by :mod:`.panes` and :mod:`.sessions` on the shared
+:mod:`.engine`.
+
 Every window *folds* the events it takes in, as :func:`~rxagent.operators.count_window`
 does: their credit returns to the source at once, their completion waits for the
 :class:`~rxagent.operators.Window` row the window emits, so the commit watermark
@@ -68,13 +72,14 @@ from typing import Any, Literal, TypeAlias
 from reactivex import Observable, abc
 from reactivex.subject import Subject
 
-from ..events import Batch, Event
-from ..exceptions import ConfigurationError
-from ._timewindow_core import WindowHandler, WindowSpec
-from ._timewindow_kinds import PaneHandler, Panes, SessionHandler
-from .aggregate import Aggregation, collect, resolve_aggregation
-from .base import Operator, batch_stage
-from .transform import to_key_function
+from ...events import Batch, Event
+from ...exceptions import ConfigurationError
+from ..aggregate import Aggregation, collect, resolve_aggregation
+from ..base import Operator, batch_stage
+from ..transform import to_key_function
+from .engine import WindowHandler, WindowSpec
+from .panes import PaneHandler, Panes
+from .sessions import SessionHandler
 
 __all__ = [
     "LatePolicy",
