@@ -10,18 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from reactivex.abc import SchedulerBase
 
 from .clock import is_virtual, scheduler_seconds
 from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
-from .events import Batch, Event
+from .envelope import Event
 from .exceptions import ConfigurationError, StageError
 
 __all__ = ["PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
 
 log = logging.getLogger("rxagent")
+
+
+class Rows(Protocol):
+    """What :meth:`PipelineContext.dead_letter_row` needs of a batch: a row as an
+    event. (A :class:`~rxagent.events.Batch` carries its context, so it stands
+    above this module, which knows events only.)"""
+
+    def event(self, i: int, *, take: bool = False) -> Event: ...
 
 
 class StageMetrics:
@@ -318,7 +326,7 @@ class PipelineContext:
         finally:
             event.end()
 
-    def dead_letter_row(self, batch: Batch, i: int, stage: str, error: BaseException) -> None:
+    def dead_letter_row(self, batch: Rows, i: int, stage: str, error: BaseException) -> None:
         self.dead_letter(batch.event(i, take=True), stage, error)
 
     def fail(self, error: BaseException, stage: str | None = None) -> None:

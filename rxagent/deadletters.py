@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ._secrets import open_private, redact
-from .events import Event
+from .envelope import Event
 from .exceptions import ConfigurationError
 
 __all__ = [
