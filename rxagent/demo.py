@@ -25,9 +25,9 @@ from .runtime import Pipeline, PipelineStatus
 from .sinks.deadletters import MemoryDeadLetters
 from .sinks.tools import ToolSink
 from .sources.memory import PushSource
-from .sources.websocket import websocket
 from .state import StateChange, StateStore
 from .tools import tool
+from .websocket.source import websocket
 
 __all__ = [
     "MarketFeedServer",

@@ -13,7 +13,7 @@ The tree::
     ├── StateError               a state store was read or written wrongly
     ├── CircuitOpenError         a circuit breaker is open (rxagent.circuit)
     ├── MarbleError              a marble diagram is malformed (rxagent.testing.marbles)
-    ├── WebSocketError           a WebSocket source or sink gave up (rxagent.sources.websocket)
+    ├── WebSocketError           a WebSocket source or sink gave up (rxagent.websocket)
     ├── KafkaSinkError           a Kafka sink could not deliver (rxagent.kafka)
     └── ToolError                a tool could not be invoked
         ├── ToolArgumentsError   the arguments failed validation (carries ``errors``)

@@ -16,9 +16,11 @@ The layers, bottom to top (a module may import its own layer and the ones below)
   values (``rxagent.values``), ``rxagent.state`` and ``rxagent.tools``
   (what sinks write to and call);
 - the stages, side by side: sources (``rxagent.sources``, a connector's
-  ``source`` and ``consumer`` modules), sinks (``rxagent.sinks``, a connector's
-  ``sink`` module), connectors' shared modules (``rxagent.kafka.common``,
-  ``rxagent.websocket.common``) and the operators (``rxagent.operators``);
+  ``source`` and ``consumer`` modules: ``rxagent.kafka.source``,
+  ``rxagent.websocket.source``), sinks (``rxagent.sinks``, a connector's ``sink``
+  module: ``rxagent.kafka.sink``, ``rxagent.websocket.sink``), connectors' shared
+  modules (``rxagent.kafka.common``, ``rxagent.websocket.common``) and the
+  operators (``rxagent.operators``);
 - what assembles stages: the runtime, pipeline files (``rxagent.config``), the
   testing kit, MCP, adapters, the CLI and demos, and the package itself.
 
@@ -223,3 +225,6 @@ def test_the_loop_finder_finds_loops() -> None:
     assert role("rxagent.kafka.consumer") == "source"
     assert role("rxagent.sinks.tools") == "sink"
     assert role("rxagent.websocket.common") is None
+    assert role("rxagent.websocket.source") == "source"
+    assert role("rxagent.websocket.sink") == "sink"
+    assert role("rxagent.kafka.sink") == "sink"

@@ -25,8 +25,8 @@ from rxagent.deadletters import DeadLetter, MemoryDeadLetters, letter_size
 from rxagent.events import Event
 from rxagent.flow import DEFAULT_CREDIT_BYTES, Flow
 from rxagent.sinks import ListSink
-from rxagent.sources.websocket import WebSocketSource
 from rxagent.testing import run
+from rxagent.websocket.source import WebSocketSource
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 

@@ -389,7 +389,7 @@ def _fill_last_seq(template: Any, last: Any) -> Any:
 
 def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
     from ..sources.overflow import Overflow
-    from ..sources.websocket import WebSocketSource
+    from ..websocket.source import WebSocketSource
 
     options: dict[str, Any] = {}
     if p.subscribe is not None:
@@ -1171,7 +1171,7 @@ class WebSocketSinkParams(SinkParams):
 
 
 def _websocket_sink(p: WebSocketSinkParams, ctx: BuildContext) -> Any:
-    from ..sinks.websocket import WebSocketSink
+    from ..websocket.sink import WebSocketSink
 
     options: dict[str, Any] = {}
     if p.token is not None:

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from ..state import DELETE, ChangeSet, Entry, Snapshot, StateChange, StateStore
+from ..websocket.sink import WebSocketSink
 from .base import CallbackSink, ListSink, Sink
 from .deadletters import (
     DeadLetter,
@@ -14,7 +15,6 @@ from .deadletters import (
 from .record import RecordSink
 from .state import StateSink
 from .tools import ToolResult, ToolSink, ToolStatus, activate
-from .websocket import WebSocketSink
 
 if TYPE_CHECKING:
     from ..kafka import KafkaDeadLetters, KafkaSink, KafkaSinkError

@@ -2,12 +2,12 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ..websocket.source import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
 from .base import Emitter, Source
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
 from .state import StateChangesSource, state_changes
-from .websocket import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
 
 if TYPE_CHECKING:
     from ..kafka import KafkaPartition, KafkaSource, kafka

@@ -1,14 +1,16 @@
 """What the WebSocket source and sink share: urls and their redaction, the wire
-log, lifecycle events, the default reconnect backoff, close codes.
+log, the handshake's credentials, lifecycle events, the default reconnect backoff,
+close codes.
 
-:mod:`rxagent.sources.websocket` and :mod:`rxagent.sinks.websocket` both import
+:mod:`rxagent.websocket.source` and :mod:`rxagent.websocket.sink` both import
 this module and neither imports the other.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
+from .. import _secrets
 from ..backoff import Backoff
 from ..exceptions import RxAgentError
 
@@ -26,6 +29,7 @@ __all__ = [
     "WebSocketError",
     "WebSocketLifecycle",
     "close_of",
+    "connect_headers",
     "error_text",
     "redact_url",
     "url_problem",
@@ -132,6 +136,27 @@ class _RedactHandshake(logging.Filter):
 #: The logger handed to ``websockets`` (its handshake and frame debug log), redacted.
 wire_log = logging.getLogger("rxagent.websocket")
 wire_log.addFilter(_RedactHandshake())
+
+
+async def connect_headers(
+    headers: Mapping[str, str],
+    token_provider: TokenProvider | None,
+    token_header: str,
+    token_prefix: str,
+    *,
+    owner: object,
+) -> dict[str, str]:
+    """The handshake's headers: ``headers`` plus, with a ``token_provider`` (called on
+    every connect, may be async), ``token_header: token_prefix + token``. The token is
+    registered as a secret of ``owner``, so no output shows it."""
+    sent = dict(headers)
+    if token_provider is not None:
+        token = token_provider()
+        if inspect.isawaitable(token):
+            token = await token
+        _secrets.register(token, owner=owner)
+        sent[token_header] = f"{token_prefix}{token}"
+    return sent
 
 
 def close_of(closed: ConnectionClosed) -> tuple[int | None, str | None]:

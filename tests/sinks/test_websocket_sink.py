@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from rxagent import ConfigurationError, Pipeline, PipelineError, sources
 from rxagent.backoff import Backoff
 from rxagent.sinks import MemoryDeadLetters
-from rxagent.sinks.websocket import WebSocketSink
+from rxagent.websocket.sink import WebSocketSink
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_attempts=None)

@@ -18,7 +18,7 @@ from rxagent.operators.decode import MAX_JSON_DEPTH, JSONTooDeepError, json_load
 from rxagent.recording import encode_event, encode_header
 from rxagent.sinks import ListSink, MemoryDeadLetters
 from rxagent.sources.replay import replay
-from rxagent.sources.websocket import WebSocketSource
+from rxagent.websocket.source import WebSocketSource
 
 server_log = logging.getLogger("tests.wsserver")
 server_log.setLevel(logging.WARNING)

@@ -30,7 +30,7 @@ from rxagent.events import Batch, Event
 from rxagent.operators.circuit import CircuitBreaker
 from rxagent.sinks import ListSink, MemoryDeadLetters, Sink
 from rxagent.sources import Overflow
-from rxagent.sources.websocket import WebSocketError, WebSocketLifecycle, WebSocketSource
+from rxagent.websocket.source import WebSocketError, WebSocketLifecycle, WebSocketSource
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 

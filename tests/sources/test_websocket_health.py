@@ -24,7 +24,7 @@ from rxagent import Pipeline
 from rxagent.backoff import Backoff
 from rxagent.runtime import PipelineState
 from rxagent.sinks import ListSink
-from rxagent.sources.websocket import WebSocketError, WebSocketSource
+from rxagent.websocket.source import WebSocketError, WebSocketSource
 
 FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_attempts=None)
 server_log = logging.getLogger("tests.wsserver")

@@ -33,7 +33,7 @@ from rxagent import operators as ops
 from rxagent.backoff import Backoff
 from rxagent.events import Batch, Event
 from rxagent.sinks import ListSink, Sink
-from rxagent.sources.websocket import WebSocketSource
+from rxagent.websocket.source import WebSocketSource
 
 WORKER = [sys.executable, str(Path(__file__).with_name("ws_state_worker.py"))]
 FAST = Backoff(initial=0.005, factor=1.0, max_delay=0.005, jitter="none", max_attempts=None)

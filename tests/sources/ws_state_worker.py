@@ -29,7 +29,7 @@ from rxagent import operators as ops
 from rxagent.backoff import Backoff
 from rxagent.events import Batch, Event
 from rxagent.sinks import Sink
-from rxagent.sources.websocket import WebSocketSource
+from rxagent.websocket.source import WebSocketSource
 
 
 class SlowEnd(Sink):

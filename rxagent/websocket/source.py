@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import itertools
 import json
 import logging
@@ -122,21 +121,22 @@ from ..decoding import describe_error, loader, type_adapter
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError, RxAgentError
 from ..flow import Flow
-from ..websocket.common import (
+from ..sources.base import Emitter, Source
+from ..sources.health import SourceHealth
+from ..sources.overflow import Overflow
+from .common import (
     DEFAULT_BACKOFF,
     LifecycleKind,
     TokenProvider,
     WebSocketError,
     WebSocketLifecycle,
     close_of,
+    connect_headers,
     error_text,
     redact_url,
     url_problem,
     wire_log,
 )
-from .base import Emitter, Source
-from .health import SourceHealth
-from .overflow import Overflow
 
 __all__ = [
     "LifecycleKind",
@@ -393,14 +393,9 @@ class WebSocketSource(Source):
     # -- connecting -----------------------------------------------------------------------
 
     async def _headers(self) -> dict[str, str]:
-        headers = dict(self.headers)
-        if self.token_provider is not None:
-            token = self.token_provider()
-            if inspect.isawaitable(token):
-                token = await token
-            _secrets.register(token, owner=self)
-            headers[self.token_header] = f"{self.token_prefix}{token}"
-        return headers
+        return await connect_headers(
+            self.headers, self.token_provider, self.token_header, self.token_prefix, owner=self
+        )
 
     def _subscriptions(self) -> list[Message]:
         subscribe = self.subscribe

@@ -11,7 +11,7 @@ application acknowledges them itself.
 
 A connection that fails while sending is reopened on the ``backoff`` schedule
 (the attempt count resets after ``stable_after`` seconds up, as in
-:class:`~rxagent.sources.websocket.WebSocketSource`) and the message whose send
+:class:`~rxagent.websocket.source.WebSocketSource`) and the message whose send
 failed is sent again. A connection the server closes while the sink is idle is
 reopened at once, before the next event needs it. When the backoff gives up,
 the rows still queued go to dead letters and the pipeline fails. A value that
@@ -19,7 +19,7 @@ cannot be encoded goes to dead letters at once and the stream goes on.
 
 Messages the server sends on this connection are read and discarded, so its
 pings are answered and its chatter never fills the client's buffers.
-``lifecycle`` streams the same :class:`~rxagent.sources.websocket.WebSocketLifecycle`
+``lifecycle`` streams the same :class:`~rxagent.websocket.common.WebSocketLifecycle`
 events as the source; headers and tokens are never logged.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import random
 import ssl as ssl_module
@@ -45,19 +44,20 @@ from .._tls import KeyPassword, PathLike, client_context, describe_tls
 from ..backoff import Backoff
 from ..events import Batch
 from ..exceptions import ConfigurationError, StageError
-from ..websocket.common import (
+from ..sinks.base import Sink
+from .common import (
     DEFAULT_BACKOFF,
     LifecycleKind,
     TokenProvider,
     WebSocketError,
     WebSocketLifecycle,
     close_of,
+    connect_headers,
     error_text,
     redact_url,
     url_problem,
     wire_log,
 )
-from .base import Sink
 
 __all__ = ["WebSocketSink"]
 
@@ -124,7 +124,7 @@ class WebSocketSink(Sink):
         self.token_header = token_header
         self.token_prefix = token_prefix
         tls_files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
-        #: The client TLS context (see :class:`~rxagent.sources.websocket.WebSocketSource`).
+        #: The client TLS context (see :class:`~rxagent.websocket.source.WebSocketSource`).
         self.ssl = client_context(
             owner=f"websocket sink {self.name!r}",
             url=url,
@@ -215,13 +215,9 @@ class WebSocketSink(Sink):
         )
 
     async def _connect(self) -> ClientConnection:
-        headers = dict(self.headers)
-        if self.token_provider is not None:
-            token = self.token_provider()
-            if inspect.isawaitable(token):
-                token = await token
-            _secrets.register(token, owner=self)
-            headers[self.token_header] = f"{self.token_prefix}{token}"
+        headers = await connect_headers(
+            self.headers, self.token_provider, self.token_header, self.token_prefix, owner=self
+        )
         tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}
         return await connect(
             self.url,
