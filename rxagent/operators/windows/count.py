@@ -27,7 +27,7 @@ from ..base import BatchHandler, Emit, Operator, batch_stage
 from ..transform import _apply, to_key_function
 from .grouping import group_rows
 
-__all__ = ["count_window"]
+__all__ = ["CountWindowHandler", "count_window"]
 
 
 class _KeyWindow:
@@ -42,6 +42,158 @@ class _KeyWindow:
 
     def hold(self) -> Hold:
         return tuple(self.tickets.items()) if self.tickets else None
+
+
+class CountWindowHandler(BatchHandler):
+    """One subscription of a ``count_window`` stage: the open window of each key.
+
+    A key's window closes when it holds ``size`` events; windows closed by one
+    batch leave in one batch, in the order of the rows that closed them. A key
+    whose window closed with nothing left over is forgotten.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        size: int,
+        key_fn: Callable[[Any], Hashable] | None,
+        aggregation: Aggregation,
+        emit_partial: bool,
+    ) -> None:
+        self.stage = stage
+        self.size = size
+        self.key_fn = key_fn
+        self.aggregation = aggregation
+        self.emit_partial = emit_partial
+        self.windows: dict[Hashable, _KeyWindow] = {}
+        self.last_batch: Batch | None = None
+        self.watch = RevokeWatch(self._release)
+
+    def _release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
+        # windows of revoked partitions are dropped, their events released:
+        # the partition's new owner reads them again
+        windows = self.windows
+        for k in [k for k, w in windows.items() if release_tickets(w.tickets, flow, partitions)]:
+            del windows[k]
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        self.watch.see(batch)
+        stage = self.stage
+        size = self.size
+        key_fn = self.key_fn
+        metrics = batch.ctx.stage(stage)
+        metrics.events_in += len(batch.values)
+        groups: Mapping[Hashable, Sequence[int]] | None = None
+        if key_fn is not None:
+            try:  # fast path: keys computed while grouping, no key list
+                groups = group_rows(map(key_fn, batch.values))
+            except Exception:  # some key function raised: route row by row
+                keys, ok = _apply(batch, key_fn, stage)
+                rows = [i for i, good in enumerate(ok) if good]
+                batch = batch.take(rows)
+                groups = group_rows([keys[i] for i in rows])
+        elif batch.keys is not None:
+            groups = group_rows(batch.keys)
+        self.last_batch = batch
+        n = len(batch.values)
+        if groups is None:
+            groups = {None: range(n)}
+        values = batch.values
+        ticket = batch.ticket if batch.holds is None else None
+        holds = batch.holds
+        times = batch.times
+        positions = batch.positions
+        now = batch.time
+        windows = self.windows
+        out: list[tuple[Window, Hold, int | None]] = []
+        closed_at: list[int] = []  # row that closed each window, to keep arrival order
+        for k, rows_of_key in groups.items():
+            w = windows.get(k)
+            if w is None:
+                w = windows[k] = _KeyWindow()
+            taken = 0
+            m = len(rows_of_key)
+            while taken < m:
+                chunk = rows_of_key[taken : taken + size - len(w.values)]
+                taken += len(chunk)
+                if len(chunk) == 1:
+                    w.values.append(values[chunk[0]])
+                elif isinstance(chunk, range):
+                    w.values.extend(values[chunk.start : chunk.stop])
+                else:
+                    w.values.extend(itemgetter(*chunk)(values))
+                if ticket is not None:
+                    w.tickets[ticket] = w.tickets.get(ticket, 0) + len(chunk)
+                elif holds is not None:
+                    fold_holds([holds[i] for i in chunk], w.tickets)
+                if w.start is None:
+                    w.start = now if times is None else times[chunk[0]]
+                last = chunk[-1]
+                w.end = now if times is None else times[last]
+                if positions is not None:
+                    w.position = positions[last]
+                if len(w.values) >= size:
+                    out.append(self._close(k, w))
+                    closed_at.append(last)
+            if not w.values:
+                # closed with nothing left: forget the key (keys come and go)
+                del windows[k]
+        if ticket is not None:
+            ticket.fold(n)
+        metrics.extra["open_windows"] = len(windows)
+        if len(out) > 1:
+            out = [row for _, row in sorted(zip(closed_at, out, strict=True), key=itemgetter(0))]
+        if out:
+            metrics.events_out += len(out)
+            emit(self._batch(batch, out))
+
+    def _close(self, k: Hashable, w: _KeyWindow) -> tuple[Window, Hold, int | None]:
+        result = Window(k, self.aggregation(w.values), len(w.values), w.start, w.end)
+        row = (result, w.hold(), w.position)
+        w.values = []
+        w.tickets = {}
+        w.start = None
+        return row
+
+    def _batch(
+        self,
+        like: Batch,
+        rows: list[tuple[Window, Hold, int | None]],
+        partition: Hashable = None,
+    ) -> Batch:
+        return Batch(
+            [r[0] for r in rows],
+            ctx=like.ctx,
+            source=like.source,
+            time=like.time,
+            holds=[r[1] for r in rows],
+            keys=[r[0].key for r in rows],
+            times=[r[0].end for r in rows],
+            positions=None if like.positions is None else [r[2] for r in rows],
+            partition=like.partition if partition is None else partition,
+        )
+
+    def dispose(self) -> None:
+        self.watch.close()
+
+    def on_completed(self, emit: Emit) -> None:
+        self.watch.close()
+        like = self.last_batch
+        if like is None:
+            return
+        rows = [self._close(k, w) for k, w in self.windows.items() if w.values]
+        self.windows.clear()
+        if not rows:
+            return
+        if self.emit_partial:
+            like.ctx.stage(self.stage).events_out += len(rows)
+            # one batch per source partition the windows' events came from
+            holds = [row[1] for row in rows]
+            for partition, a, b in partition_runs(holds, like.partition):
+                emit(self._batch(like, rows[a:b], partition))
+        else:
+            for _, hold, _ in rows:
+                end_hold(hold)
 
 
 def count_window(
@@ -70,140 +222,9 @@ def count_window(
     key_fn = None if key is None else to_key_function(key)
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        class Handler(BatchHandler):
-            def __init__(self) -> None:
-                self.windows: dict[Hashable, _KeyWindow] = {}
-                self.last_batch: Batch | None = None
-                self.watch = RevokeWatch(self._release)
-
-            def _release(self, flow: Flow, partitions: frozenset[Hashable]) -> None:
-                # windows of revoked partitions are dropped, their events released:
-                # the partition's new owner reads them again
-                windows = self.windows
-                for k in [
-                    k for k, w in windows.items() if release_tickets(w.tickets, flow, partitions)
-                ]:
-                    del windows[k]
-
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                self.watch.see(batch)
-                metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                groups: Mapping[Hashable, Sequence[int]] | None = None
-                if key_fn is not None:
-                    try:  # fast path: keys computed while grouping, no key list
-                        groups = group_rows(map(key_fn, batch.values))
-                    except Exception:  # some key function raised: route row by row
-                        keys, ok = _apply(batch, key_fn, stage)
-                        rows = [i for i, good in enumerate(ok) if good]
-                        batch = batch.take(rows)
-                        groups = group_rows([keys[i] for i in rows])
-                elif batch.keys is not None:
-                    groups = group_rows(batch.keys)
-                self.last_batch = batch
-                n = len(batch.values)
-                if groups is None:
-                    groups = {None: range(n)}
-                values = batch.values
-                ticket = batch.ticket if batch.holds is None else None
-                holds = batch.holds
-                times = batch.times
-                positions = batch.positions
-                now = batch.time
-                windows = self.windows
-                out: list[tuple[Window, Hold, int | None]] = []
-                closed_at: list[int] = []  # row that closed each window, to keep arrival order
-                for k, rows_of_key in groups.items():
-                    w = windows.get(k)
-                    if w is None:
-                        w = windows[k] = _KeyWindow()
-                    taken = 0
-                    m = len(rows_of_key)
-                    while taken < m:
-                        chunk = rows_of_key[taken : taken + size - len(w.values)]
-                        taken += len(chunk)
-                        if len(chunk) == 1:
-                            w.values.append(values[chunk[0]])
-                        elif isinstance(chunk, range):
-                            w.values.extend(values[chunk.start : chunk.stop])
-                        else:
-                            w.values.extend(itemgetter(*chunk)(values))
-                        if ticket is not None:
-                            w.tickets[ticket] = w.tickets.get(ticket, 0) + len(chunk)
-                        elif holds is not None:
-                            fold_holds([holds[i] for i in chunk], w.tickets)
-                        if w.start is None:
-                            w.start = now if times is None else times[chunk[0]]
-                        last = chunk[-1]
-                        w.end = now if times is None else times[last]
-                        if positions is not None:
-                            w.position = positions[last]
-                        if len(w.values) >= size:
-                            out.append(self._close(k, w))
-                            closed_at.append(last)
-                    if not w.values:
-                        # closed with nothing left: forget the key (keys come and go)
-                        del windows[k]
-                if ticket is not None:
-                    ticket.fold(n)
-                metrics.extra["open_windows"] = len(windows)
-                if len(out) > 1:
-                    out = [
-                        row
-                        for _, row in sorted(zip(closed_at, out, strict=True), key=itemgetter(0))
-                    ]
-                if out:
-                    metrics.events_out += len(out)
-                    emit(self._batch(batch, out))
-
-            def _close(self, k: Hashable, w: _KeyWindow) -> tuple[Window, Hold, int | None]:
-                result = Window(k, aggregation(w.values), len(w.values), w.start, w.end)
-                row = (result, w.hold(), w.position)
-                w.values = []
-                w.tickets = {}
-                w.start = None
-                return row
-
-            def _batch(
-                self,
-                like: Batch,
-                rows: list[tuple[Window, Hold, int | None]],
-                partition: Hashable = None,
-            ) -> Batch:
-                return Batch(
-                    [r[0] for r in rows],
-                    ctx=like.ctx,
-                    source=like.source,
-                    time=like.time,
-                    holds=[r[1] for r in rows],
-                    keys=[r[0].key for r in rows],
-                    times=[r[0].end for r in rows],
-                    positions=None if like.positions is None else [r[2] for r in rows],
-                    partition=like.partition if partition is None else partition,
-                )
-
-            def dispose(self) -> None:
-                self.watch.close()
-
-            def on_completed(self, emit: Emit) -> None:
-                self.watch.close()
-                like = self.last_batch
-                if like is None:
-                    return
-                rows = [self._close(k, w) for k, w in self.windows.items() if w.values]
-                self.windows.clear()
-                if not rows:
-                    return
-                if emit_partial:
-                    like.ctx.stage(stage).events_out += len(rows)
-                    # one batch per source partition the windows' events came from
-                    holds = [row[1] for row in rows]
-                    for partition, a, b in partition_runs(holds, like.partition):
-                        emit(self._batch(like, rows[a:b], partition))
-                else:
-                    for _, hold, _ in rows:
-                        end_hold(hold)
-
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(
+            source,
+            lambda _o, _s: CountWindowHandler(stage, size, key_fn, aggregation, emit_partial),
+        )
 
     return Operator("count_window", build, name)
