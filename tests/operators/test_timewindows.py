@@ -888,3 +888,13 @@ def test_event_time_panes_on_millisecond_floats_do_not_depend_on_batching(
     for w in single.windows:  # and each event lies in its window's bounds, in whole ms
         start, end = round(w.start * 1000), round(w.end * 1000)
         assert all(start <= round(t * 1000) < end for _, _, t in w.value)
+
+
+def test_old_import_paths_still_work() -> None:
+    """``rxagent.operators.timewindows`` is kept for old imports of the time windows."""
+    from rxagent.operators import timewindows, windows
+
+    assert timewindows.tumbling_window is tumbling_window is ops.tumbling_window
+    assert timewindows.WindowOperator is WindowOperator
+    assert windows.count_window is ops.count_window
+    assert windows.Window is Window
