@@ -35,3 +35,18 @@ def test_top_level_exports_are_sorted_and_unique() -> None:
     assert names == sorted(
         names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
     )
+
+
+def test_the_websocket_connector_keeps_its_old_import_paths() -> None:
+    # it moved to rxagent.websocket (issue 13); ``rxagent.sources.websocket`` stays
+    # the documented function even once the old module path was imported
+    import rxagent.websocket as connector
+    from rxagent import sources
+    from rxagent.sinks.websocket import WebSocketSink
+    from rxagent.sources.websocket import WebSocketSource, websocket
+
+    importlib.import_module("rxagent.sources.websocket")
+    assert sources.websocket is websocket is connector.websocket
+    assert callable(sources.websocket)
+    assert WebSocketSource is connector.WebSocketSource is sources.WebSocketSource
+    assert WebSocketSink is connector.WebSocketSink is rxagent.sinks.WebSocketSink

@@ -2,12 +2,20 @@
 
 from typing import TYPE_CHECKING, Any
 
-from ..websocket.source import WebSocketError, WebSocketLifecycle, WebSocketSource, websocket
+from ..websocket.source import WebSocketError, WebSocketLifecycle, WebSocketSource
+from ..websocket.source import websocket as _websocket
+from . import websocket as _old_import_path  # noqa: F401
 from .base import Emitter, Source
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
 from .state import StateChangesSource, state_changes
+
+#: ``rxagent.sources.websocket`` names the function (``from rxagent.sources import
+#: websocket``) and, for old imports, the module re-exporting the connector
+#: (rxagent.websocket). Loading a submodule sets the package's attribute of its
+#: name, so the module is loaded above, before the name is bound to the function.
+websocket = _websocket
 
 if TYPE_CHECKING:
     from ..kafka import KafkaPartition, KafkaSource, kafka
