@@ -69,19 +69,8 @@ from reactivex import Observable
 from ..events import Batch, Event, Hold, end_hold
 from ..exceptions import ConfigurationError, FlowError
 from ..flow import Ticket
-from .base import Emit, Operator
-from .throttle import (
-    KeyArg,
-    Observer,
-    Scheduler,
-    _batches_of,
-    _count,
-    _end_rows,
-    _holding_stage,
-    _HoldingHandler,
-    _key_function,
-    _key_groups,
-)
+from .base import Emit, HoldingHandler, Observer, Operator, Scheduler, holding_stage
+from .toolkit import KeyArg, batches_of, end_rows, key_groups, optional_key_function, positive_int
 
 if TYPE_CHECKING:
     from ..context import PipelineContext, StageMetrics
@@ -252,7 +241,7 @@ class _Lease(Ticket):
 # -- the buffer ----------------------------------------------------------------------------
 
 
-class _Buffer(_HoldingHandler):
+class _Buffer(HoldingHandler):
     def __init__(
         self,
         stage: str,
@@ -297,8 +286,7 @@ class _Buffer(_HoldingHandler):
                         f"buffer {self.stage!r} needs a scheduler: pass scheduler=, or run it "
                         "in a Pipeline or with a scheduler at subscribe time"
                     )
-        n = len(batch.values)
-        self.metrics.events_in += n
+        n = len(batch.values)  # counted in by the stage
         self.active = True
         try:
             self.pump()  # rows waiting go first
@@ -343,7 +331,7 @@ class _Buffer(_HoldingHandler):
     def coalesce(self, batch: Batch) -> None:
         """Policy ``latest``: each key keeps its newest row, in its place in line;
         decided row by row, so how the source cut its batches does not matter."""
-        batch, groups = _key_groups(batch, self.key_fn, self.stage)
+        batch, groups = key_groups(batch, self.key_fn, self.stage)
         latest = self.latest
         new_keys = sum(1 for key in groups if key not in latest)
         if self.waiting + new_keys > self.capacity:
@@ -362,7 +350,7 @@ class _Buffer(_HoldingHandler):
             else:
                 old.end()
                 replaced += 1
-        _end_rows(batch, older)
+        end_rows(batch, older)
         self.count_drops("dropped_replaced", replaced + len(older))
 
     def coalesce_rows(self, batch: Batch, groups: Mapping[Hashable, Sequence[int]]) -> None:
@@ -402,7 +390,7 @@ class _Buffer(_HoldingHandler):
             key: batch.event(rows_of[key], take=True) if event is None else event
             for key, event in line.items()
         }
-        _end_rows(batch, gone)
+        end_rows(batch, gone)
         self.count_drops("dropped_replaced", replaced)
         self.count_drops("dropped_oldest", oldest)
 
@@ -444,7 +432,7 @@ class _Buffer(_HoldingHandler):
                 self.waiting -= room
                 self.note_waiting()
                 assert self.ctx is not None
-                for batch in _batches_of(events, self.ctx, self.stage, self.ctx.now()):
+                for batch in batches_of(events, self.ctx, self.stage, self.ctx.now()):
                     self.send(batch, credited=True)
             else:
                 for batch in self.take(room):
@@ -576,20 +564,21 @@ def buffer(
         -a--b--c--|   d and e found a and b... waiting full: dropped
     """
     op = "buffer"
-    _count(op, "capacity", capacity)
-    limit = capacity if in_flight is None else _count(op, "in_flight", in_flight)
+    positive_int(op, "capacity", capacity)
+    limit = capacity if in_flight is None else positive_int(op, "in_flight", in_flight)
     if policy not in _POLICIES:
         raise ConfigurationError(
             f"{op}: policy must be one of {', '.join(map(repr, _POLICIES))}, got {policy!r}"
         )
     if key is not None and policy != "latest":
         raise ConfigurationError(f"{op}: key only applies to policy 'latest', not {policy!r}")
-    key_fn = _key_function(op, key)
+    key_fn = optional_key_function(op, "key", key)
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
+        return holding_stage(
             source,
             lambda o, s: _Buffer(stage, policy, capacity, limit, key_fn, o, scheduler or s),
+            stage,
         )
 
     return Operator(op, build, name)

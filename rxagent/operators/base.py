@@ -6,7 +6,13 @@ step name, used in metrics, dead letters and error messages.
 
 :func:`batch_stage` writes the subscription boilerplate once: a stage gets each
 batch and an ``emit`` callable, and whatever it raises becomes ``on_error``
-downstream, never an exception thrown into the event loop.
+downstream, never an exception thrown into the event loop. Given the stage's
+name, it also counts the events coming in (``events_in``), once per batch, so
+handlers count only what they pass on, drop or hold. :func:`holding_stage` is
+the same for handlers that hold events past their source's completion.
+
+The rest of an operator author's kit (argument checks, rows grouped by key,
+publishing status records) is :mod:`rxagent.operators.toolkit`.
 """
 
 from __future__ import annotations
@@ -21,9 +27,20 @@ from reactivex.disposable import CompositeDisposable, Disposable
 
 from ..events import Batch
 
-__all__ = ["BatchHandler", "Operator", "batch_stage"]
+__all__ = [
+    "BatchHandler",
+    "Emit",
+    "HoldingHandler",
+    "Observer",
+    "Operator",
+    "Scheduler",
+    "batch_stage",
+    "holding_stage",
+]
 
 Emit = Callable[[Batch], None]
+Observer = rxabc.ObserverBase[Batch]
+Scheduler = rxabc.SchedulerBase
 
 
 class Operator:
@@ -69,13 +86,17 @@ class BatchHandler(abc.ABC):
 
 def batch_stage(
     source: Observable[Batch],
-    make_handler: Callable[[rxabc.ObserverBase[Batch], rxabc.SchedulerBase | None], BatchHandler],
+    make_handler: Callable[[Observer, Scheduler | None], BatchHandler],
+    stage: str | None = None,
 ) -> Observable[Batch]:
-    """An observable that runs a :class:`BatchHandler` on every batch of ``source``."""
+    """An observable that runs a :class:`BatchHandler` on every batch of ``source``.
 
-    def subscribe(
-        observer: rxabc.ObserverBase[Batch], scheduler: rxabc.SchedulerBase | None = None
-    ) -> rxabc.DisposableBase:
+    With ``stage``, every batch that reaches the handler is counted in that
+    stage's ``events_in`` first (one addition per batch); a batch arriving after
+    the stage failed is ended without being counted or handled.
+    """
+
+    def subscribe(observer: Observer, scheduler: Scheduler | None = None) -> rxabc.DisposableBase:
         handler = make_handler(observer, scheduler)
         emit = observer.on_next
         failed = False
@@ -86,6 +107,8 @@ def batch_stage(
                 batch.end_all()
                 return
             try:
+                if stage is not None:
+                    batch.ctx.stage(stage).events_in += len(batch.values)
                 handler.on_batch(batch, emit)
             except Exception as error:  # route, never raise into the loop
                 failed = True
@@ -103,5 +126,48 @@ def batch_stage(
             on_next, observer.on_error, on_completed, scheduler=scheduler
         )
         return CompositeDisposable(subscription, Disposable(handler.dispose))
+
+    return rx.create(subscribe)
+
+
+class HoldingHandler(BatchHandler):
+    """A handler that may still hold events when its source completes."""
+
+    def source_completed(self, complete: Callable[[], None]) -> None:
+        """The source completed: emit what is held, or arrange to, and call
+        ``complete`` once nothing is held any more (default: at once)."""
+        complete()
+
+
+def holding_stage(
+    source: Observable[Batch],
+    make_handler: Callable[[Observer, Scheduler | None], HoldingHandler],
+    stage: str | None = None,
+) -> Observable[Batch]:
+    """:func:`batch_stage` for handlers that hold events past their source's completion.
+
+    ``batch_stage`` completes its output right after ``on_completed``; here the
+    source's completion reaches it only when the handler calls ``complete``.
+    ``stage`` counts ``events_in`` as in :func:`batch_stage`.
+    """
+
+    def subscribe(observer: Observer, scheduler: Scheduler | None = None) -> rxabc.DisposableBase:
+        made: list[HoldingHandler] = []  # this subscription's handler
+
+        def make(downstream: Observer, sched: Scheduler | None) -> HoldingHandler:
+            made.append(make_handler(downstream, sched))
+            return made[0]
+
+        def gate(inner: Observer, sched: Scheduler | None = None) -> rxabc.DisposableBase:
+            def on_completed() -> None:
+                try:
+                    made[0].source_completed(inner.on_completed)
+                except Exception as error:  # route, never raise into the source
+                    inner.on_error(error)
+
+            return source.subscribe(inner.on_next, inner.on_error, on_completed, scheduler=sched)
+
+        gated = batch_stage(rx.create(gate), make, stage)
+        return gated.subscribe(observer, scheduler=scheduler)
 
     return rx.create(subscribe)

@@ -79,7 +79,6 @@ def decode(
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 ctx = batch.ctx
                 metrics = ctx.stage(stage)
-                metrics.events_in += len(batch.values)
                 try:
                     values = decode_all(batch.values)
                     if len(values) != len(batch.values):  # a frame held several JSON values
@@ -108,6 +107,6 @@ def decode(
                     metrics.events_out += len(values)
                     emit(batch.with_values(values))
 
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(source, lambda _o, _s: Handler(), stage)
 
     return Operator("decode", build, name)

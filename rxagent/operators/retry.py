@@ -25,7 +25,6 @@ the next failure starts again at attempt 1 with the initial delay.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable
@@ -42,13 +41,13 @@ from ..clock import scheduler_clock, snap
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import Operator
+from .toolkit import publish, require_scheduler
 
 if TYPE_CHECKING:
     from ..context import PipelineContext
 
-__all__ = ["RetryKind", "RetryOperator", "RetryStatus", "retry"]
-
-log = logging.getLogger("rxagent")
+# ``publish`` and ``require_scheduler`` live in the toolkit; re-exported for old imports.
+__all__ = ["RetryKind", "RetryOperator", "RetryStatus", "publish", "require_scheduler", "retry"]
 
 #: What a :class:`RetryStatus` reports.
 RetryKind: TypeAlias = Literal["retrying", "gave_up", "reset"]
@@ -100,32 +99,6 @@ class RetryOperator(Operator):
 
     def named(self, name: str) -> RetryOperator:
         return RetryOperator(self._build, name, self.backoff, self.status)
-
-
-def require_scheduler(
-    operator: str,
-    stage: str,
-    given: abc.SchedulerBase | None,
-    at_subscribe: abc.SchedulerBase | None,
-) -> abc.SchedulerBase:
-    """The scheduler a time-based stage runs its timers on: ``scheduler=`` if given,
-    else the one passed at subscribe time (the pipeline's, or a test's)."""
-    scheduler = given if given is not None else at_subscribe
-    if scheduler is None:
-        # No silent fallback to a thread-based scheduler: timers would fire off the loop.
-        raise ConfigurationError(
-            f"{operator} {stage!r} needs a scheduler for its timers: subscribe with "
-            "scheduler=... (pipelines do) or pass scheduler= to the operator"
-        )
-    return scheduler
-
-
-def publish(subject: Subject[Any], record: Any, stage: str) -> None:
-    """Push ``record`` to a status subject; a raising subscriber is logged, never raised."""
-    try:
-        subject.on_next(record)
-    except Exception:
-        log.exception("stage %r: a status subscriber raised", stage)
 
 
 def retry(

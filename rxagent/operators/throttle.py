@@ -55,21 +55,30 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-import reactivex as rx
 from reactivex import Observable, abc
 
-from ..events import Batch, Event, end_hold
+from ..events import Batch, Event
 from ..exceptions import ConfigurationError
-from .base import BatchHandler, Emit, Operator, batch_stage
-from .transform import _apply, to_key_function
-from .windows import group_rows
+from .base import Emit, HoldingHandler, Observer, Operator, Scheduler, holding_stage
+from .toolkit import (
+    Groups,
+    KeyArg,
+    KeyFunction,
+    batches_of,
+    bump,
+    end_rows,
+    key_groups,
+    optional_key_function,
+    positive_int,
+    positive_seconds,
+)
 
 if TYPE_CHECKING:
-    from ..context import PipelineContext
+    from ..context import PipelineContext, StageMetrics
 
 __all__ = [
     "debounce",
@@ -80,35 +89,8 @@ __all__ = [
     "throttle_latest",
 ]
 
-KeyArg = str | int | Callable[[Any], Hashable] | None
-Groups = Mapping[Hashable, Sequence[int]]
-Observer = abc.ObserverBase[Batch]
-Scheduler = abc.SchedulerBase
-
 #: Per-key bookkeeping of expired keys is swept once a table grows past this.
 _SWEEP_MIN = 1024
-
-
-# -- arguments -------------------------------------------------------------------
-
-
-def _seconds(op: str, arg: str, value: float | timedelta) -> float:
-    """A positive, finite duration in seconds (a number or a ``timedelta``)."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not 0 < seconds < math.inf
-    ):
-        raise ConfigurationError(f"{op}: {arg} must be a positive number of seconds, got {value!r}")
-    return float(seconds)
-
-
-def _count(op: str, arg: str, value: int) -> int:
-    """A whole number >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{op}: {arg} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _seconds_now(scheduler: Scheduler) -> float:
@@ -116,111 +98,10 @@ def _seconds_now(scheduler: Scheduler) -> float:
     return round(scheduler.now.timestamp(), 6)
 
 
-def _key_function(op: str, key: KeyArg) -> Callable[[Any], Hashable] | None:
-    if key is None:
-        return None
-    try:
-        return to_key_function(key)
-    except TypeError:
-        raise ConfigurationError(
-            f"{op}: key must be a field name, an index or a function of the value, got {key!r}"
-        ) from None
-
-
-# -- rows ------------------------------------------------------------------------
-
-
-def _key_groups(
-    batch: Batch, key_fn: Callable[[Any], Hashable] | None, stage: str
-) -> tuple[Batch, Groups]:
-    """Row indices per key, in arrival order. Rows whose key function raised go
-    to dead letters (which ends them) and leave the returned batch."""
-    if key_fn is None:
-        keys = batch.keys
-        return batch, ({None: range(len(batch.values))} if keys is None else group_rows(keys))
-    try:  # fast path: keys computed while grouping, in C
-        return batch, group_rows(map(key_fn, batch.values))
-    except Exception:
-        keys, ok = _apply(batch, key_fn, stage)
-        rows = [i for i, good in enumerate(ok) if good]
-        return batch.take(rows), group_rows([keys[i] for i in rows])
-
-
-def _end_rows(batch: Batch, rows: Sequence[int]) -> None:
-    """End the given rows of ``batch`` (one call when they share the batch's ticket)."""
-    if batch.holds is None:
-        if batch.ticket is not None and rows:
-            batch.ticket.end(len(rows))
-    else:
-        holds = batch.holds
-        for i in rows:
-            end_hold(holds[i])
-
-
-def _batches_of(
-    events: Sequence[Event], ctx: PipelineContext, source: str, now: float
-) -> list[Batch]:
-    """Held events back into batches: one per run of events from the same source
-    partition (a batch's positions belong to one partition)."""
-
-    def origin(ev: Event) -> tuple[str, Hashable]:
-        pos = ev.position
-        return (source, None) if pos is None else (pos.source, pos.partition)
-
-    return [
-        Batch.of_events(list(run), ctx=ctx, source=src, time=now, partition=part)
-        for (src, part), run in itertools.groupby(events, key=origin)
-    ]
-
-
-# -- completion that waits for held events -----------------------------------------
-
-
-class _HoldingHandler(BatchHandler):
-    """A handler that may still hold events when its source completes."""
-
-    def source_completed(self, complete: Callable[[], None]) -> None:
-        """The source completed: emit what is held, or arrange to, and call
-        ``complete`` once nothing is held any more (default: at once)."""
-        complete()
-
-
-def _holding_stage(
-    source: Observable[Batch],
-    make_handler: Callable[[Observer, Scheduler | None], _HoldingHandler],
-) -> Observable[Batch]:
-    """:func:`batch_stage` for handlers that hold events past their source's completion.
-
-    ``batch_stage`` completes its output right after ``on_completed``; here the
-    source's completion reaches it only when the handler calls ``complete``.
-    """
-
-    def subscribe(observer: Observer, scheduler: Scheduler | None = None) -> abc.DisposableBase:
-        made: list[_HoldingHandler] = []  # this subscription's handler
-
-        def make(downstream: Observer, sched: Scheduler | None) -> _HoldingHandler:
-            made.append(make_handler(downstream, sched))
-            return made[0]
-
-        def gate(inner: Observer, sched: Scheduler | None = None) -> abc.DisposableBase:
-            def on_completed() -> None:
-                try:
-                    made[0].source_completed(inner.on_completed)
-                except Exception as error:  # route, never raise into the source
-                    inner.on_error(error)
-
-            return source.subscribe(inner.on_next, inner.on_error, on_completed, scheduler=sched)
-
-        stage = batch_stage(rx.create(gate), make)
-        return stage.subscribe(observer, scheduler=scheduler)
-
-    return rx.create(subscribe)
-
-
 # -- per-key deadlines on one timer ----------------------------------------------------
 
 
-class _Timed(_HoldingHandler):
+class _Timed(HoldingHandler):
     """Per-key state of a time-based stage: the scheduler and its clock, the
     events held, and per-key deadlines served by one scheduler timer.
 
@@ -234,7 +115,7 @@ class _Timed(_HoldingHandler):
     def __init__(
         self,
         stage: str,
-        key_fn: Callable[[Any], Hashable] | None,
+        key_fn: KeyFunction | None,
         observer: Observer,
         scheduler: Scheduler | None,
         interval: float,
@@ -269,7 +150,8 @@ class _Timed(_HoldingHandler):
     # -- batches -------------------------------------------------------------------
 
     def begin(self, batch: Batch) -> tuple[Batch, Groups, float]:
-        """Count the batch in, run the deadlines already due, group rows by key."""
+        """Run the deadlines already due, group rows by key (the stage counted the
+        batch in)."""
         ctx = self.ctx = batch.ctx
         self.source = batch.source
         if self.scheduler is None:
@@ -279,10 +161,9 @@ class _Timed(_HoldingHandler):
                     f"{self.op} {self.stage!r} needs a scheduler: pass scheduler=, or run it "
                     "in a Pipeline or with a scheduler at subscribe time"
                 )
-        ctx.stage(self.stage).events_in += len(batch.values)
         now = self.now()
         self.poll(now)
-        batch, groups = _key_groups(batch, self.key_fn, self.stage)
+        batch, groups = key_groups(batch, self.key_fn, self.stage)
         return batch, groups, now
 
     def finish(self, batch: Batch, out: list[int], drop: list[int], emit: Emit) -> None:
@@ -290,7 +171,7 @@ class _Timed(_HoldingHandler):
         metrics = batch.ctx.stage(self.stage)
         if drop:
             metrics.dropped += len(drop)
-            _end_rows(batch, drop)
+            end_rows(batch, drop)
         if out:
             metrics.events_out += len(out)
             if len(out) == len(batch.values):
@@ -321,7 +202,7 @@ class _Timed(_HoldingHandler):
         assert self.ctx is not None
         self.held -= len(events)
         self.ctx.stage(self.stage).events_out += len(events)
-        for batch in _batches_of(events, self.ctx, self.source, now):
+        for batch in batches_of(events, self.ctx, self.source, now):
             self.observer.on_next(batch)
 
     # -- deadlines -------------------------------------------------------------------
@@ -426,32 +307,36 @@ def _timed_operator(
     """The operator running ``handler`` per subscription: arguments checked once,
     here, and named after the handler's ``op``."""
     op = handler.op
-    seconds = _seconds(op, "interval", interval)
-    key_fn = _key_function(op, key)
+    seconds = positive_seconds(op, "interval", interval)
+    key_fn = optional_key_function(op, "key", key)
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
-        return _holding_stage(
-            source, lambda o, s: handler(stage, key_fn, o, scheduler or s, seconds, **options)
+        return holding_stage(
+            source,
+            lambda o, s: handler(stage, key_fn, o, scheduler or s, seconds, **options),
+            stage,
         )
 
     return Operator(op, build, name)
 
 
 def _sweep(
-    table: dict[Hashable, Any], stale: Callable[[Hashable, Any], bool], at: int, metrics: Any
+    table: dict[Hashable, Any],
+    stale: Callable[[Hashable, Any], bool],
+    at: int,
+    metrics: StageMetrics,
 ) -> int:
     """Forget stale keys once ``table`` outgrew ``at``; returns the next size to sweep at.
     The stage's metrics show the keys held (``keys``) and how many were forgotten
     (``keys_evicted``): memory follows the live keys, not every key ever seen."""
-    extra = metrics.extra
     if len(table) > at:
         gone = [k for k, v in table.items() if stale(k, v)]
         for key in gone:
             del table[key]
         if gone:
-            extra["keys_evicted"] = extra.get("keys_evicted", 0) + len(gone)
+            bump(metrics, "keys_evicted", len(gone))
         at = max(_SWEEP_MIN, 2 * len(table))
-    extra["keys"] = len(table)
+    metrics.extra["keys"] = len(table)
     return at
 
 
@@ -875,7 +760,7 @@ def rate_limit(
         -(ab)---d---|   policy="drop": c is dropped
     """
     op = _RateLimit.op
-    _count(op, "n", n)
+    positive_int(op, "n", n)
     if policy not in ("delay", "drop"):
         raise ConfigurationError(f"{op}: policy must be 'delay' or 'drop', got {policy!r}")
     return _timed_operator(_RateLimit, interval, key, scheduler, name, n=n, delay=policy == "delay")

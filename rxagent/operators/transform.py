@@ -9,87 +9,22 @@ failing events go to dead letters, with the error, and the rest flow on.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from reactivex import Observable
 
-from .. import _slow
 from ..events import Batch, Hold, retain_hold
 from ..values import to_key_function
 from .base import BatchHandler, Emit, Operator, batch_stage
+from .toolkit import EventFunctions, apply, without_failed
 
 __all__ = ["event_time", "filter", "flat_map", "key_by", "map", "tap", "to_key_function"]
 
-_builtin_map = map
-
-
-class _EventFunctions(NamedTuple):
-    """Functions of whole events rather than values, for :func:`_apply`: ``many`` takes
-    the batch's values, keys and times columns (``None``: all ``None``, as in
-    :class:`Batch`) and gives every row's result or raises; ``one`` takes one row's
-    value, key and time."""
-
-    many: Callable[[list[Any], list[Hashable] | None, list[float | None] | None], list[Any]]
-    one: Callable[[Any, Any, float | None], Any]
-
-
-def _apply(
-    batch: Batch,
-    fn: Callable[[Any], Any],
-    stage: str,
-    many: Callable[[list[Any]], list[Any]] | None = None,
-    *,
-    events: _EventFunctions | None = None,
-) -> tuple[list[Any], list[bool]]:
-    """``fn`` over the batch's values; on error, row by row with failures dead-lettered.
-
-    ``many``, if given, computes the whole batch's results at once (the same as
-    ``fn`` row by row, or raising) and replaces the fast path's ``map``.
-    ``events``, if given, replaces both: its ``many`` reads the batch's values, keys
-    and times, and the row-by-row retry calls its ``one`` with each row's.
-    Returns the results and an ``ok`` mask (all True on the fast path).
-    """
-    values = batch.values
-    started = _slow.clock()
-    try:
-        if events is not None:
-            out = events.many(values, batch.keys, batch.times)
-        elif many is not None:
-            out = many(values)
-        else:
-            out = list(_builtin_map(fn, values))
-    except Exception:
-        pass
-    else:
-        _slow.note(batch.ctx, stage, started, len(values))
-        return out, []
-    one = None if events is None else events.one
-    keys, times = batch.keys, batch.times
-    results: list[Any] = []
-    ok: list[bool] = []
-    ctx = batch.ctx
-    for i, value in enumerate(values):
-        try:
-            if one is None:
-                results.append(fn(value))
-            else:
-                key = None if keys is None else keys[i]
-                results.append(one(value, key, None if times is None else times[i]))
-            ok.append(True)
-        except Exception as error:
-            results.append(None)
-            ok.append(False)
-            # the row's hold moves to the dead letter, which ends it
-            ctx.dead_letter(batch.event(i, take=True), stage, error)
-    _slow.note(ctx, stage, started, len(values))
-    return results, ok
-
-
-def _without_failed(batch: Batch, ok: list[bool]) -> Batch:
-    """Rows that failed were already ended by their dead letter: keep the others
-    without ending anything again."""
-    keep = [i for i, good in enumerate(ok) if good]
-    return batch.take(keep)
+# The names sibling modules imported before the toolkit (the window modules, the
+# expression stages); new code imports them from the toolkit.
+_EventFunctions = EventFunctions
+_apply = apply
+_without_failed = without_failed
 
 
 def _per_row(
@@ -99,27 +34,26 @@ def _per_row(
     name: str | None,
     many: Callable[[list[Any]], list[Any]] | None = None,
     *,
-    events: _EventFunctions | None = None,
+    events: EventFunctions | None = None,
 ) -> Operator:
     """A stage computing ``fn(value)`` for every row and attaching the results to
     the batch with ``attach`` (as values, keys or times); rows whose ``fn`` raised
     are dead-lettered and left out. ``many`` and ``events`` are passed on to
-    :func:`_apply`."""
+    :func:`~rxagent.operators.toolkit.apply`."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                results, ok = _apply(batch, fn, stage, many, events=events)
+                results, ok = apply(batch, fn, stage, many, events=events)
                 if ok:
-                    batch = _without_failed(batch, ok)
+                    batch = without_failed(batch, ok)
                     results = [r for r, good in zip(results, ok, strict=True) if good]
                 if results:
                     metrics.events_out += len(results)
                     emit(attach(batch, results))
 
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(source, lambda _o, _s: Handler(), stage)
 
     return Operator(kind, build, name)
 
@@ -140,21 +74,20 @@ def _filter(
     name: str | None,
     many: Callable[[list[Any]], list[Any]] | None = None,
     *,
-    events: _EventFunctions | None = None,
+    events: EventFunctions | None = None,
 ) -> Operator:
     """The filter stage; ``many`` evaluates the predicate over a whole batch at
     once (``predicate`` is still used row by row when ``many`` raises); ``events``
-    evaluates it on whole events instead (:func:`_apply`)."""
+    evaluates it on whole events instead (:func:`~rxagent.operators.toolkit.apply`)."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
                 n = len(batch.values)
-                metrics.events_in += n
-                mask, ok = _apply(batch, predicate, stage, many, events=events)
+                mask, ok = apply(batch, predicate, stage, many, events=events)
                 if ok:
-                    batch = _without_failed(batch, ok)
+                    batch = without_failed(batch, ok)
                     mask = [m for m, good in zip(mask, ok, strict=True) if good]
                     n = len(batch.values)
                 kept = batch.select(mask)
@@ -164,7 +97,7 @@ def _filter(
                     metrics.events_out += out
                     emit(kept)
 
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(source, lambda _o, _s: Handler(), stage)
 
     return Operator("filter", build, name)
 
@@ -214,7 +147,6 @@ def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> 
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 ctx = batch.ctx
                 metrics = ctx.stage(stage)
-                metrics.events_in += len(batch.values)
                 rows: list[int] = []
                 values: list[Any] = []
                 holds: list[Hold] = []
@@ -242,7 +174,7 @@ def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> 
                     metrics.events_out += len(values)
                     emit(derived)
 
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(source, lambda _o, _s: Handler(), stage)
 
     return Operator("flat_map", build, name)
 
@@ -257,14 +189,13 @@ def tap(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
         class Handler(BatchHandler):
             def on_batch(self, batch: Batch, emit: Emit) -> None:
                 metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                _, ok = _apply(batch, fn, stage)
+                _, ok = apply(batch, fn, stage)
                 if ok:
-                    batch = _without_failed(batch, ok)
+                    batch = without_failed(batch, ok)
                 if batch.values:
                     metrics.events_out += len(batch.values)
                     emit(batch)
 
-        return batch_stage(source, lambda _o, _s: Handler())
+        return batch_stage(source, lambda _o, _s: Handler(), stage)
 
     return Operator("tap", build, name)
