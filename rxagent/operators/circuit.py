@@ -16,7 +16,7 @@ scheduler, else the batch's context) unless it has a ``clock`` of its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import reactivex as rx
 from reactivex import Observable, abc
@@ -28,7 +28,10 @@ from ..clock import scheduler_clock
 from ..events import Batch
 from ..exceptions import ConfigurationError
 from .base import BatchHandler, Emit, Operator, batch_stage
-from .retry import publish
+from .toolkit import bump, publish
+
+if TYPE_CHECKING:
+    from ..context import StageMetrics
 
 __all__ = [
     "CircuitBreaker",
@@ -60,6 +63,224 @@ class CircuitOperator(Operator):
 
     def named(self, name: str) -> CircuitOperator:
         return CircuitOperator(self._build, name, self.breaker, self.state)
+
+
+class _Circuit(BatchHandler):
+    """One subscription of a circuit-breaker stage: calls ``fn`` on each row, or
+    lets rows into the inner stage (``inner_stage``), while ``breaker`` allows;
+    rejects the others to dead letters. Turns an open circuit half-open on a
+    timer, so the breaker's state stream says when."""
+
+    def __init__(
+        self,
+        stage: str,
+        breaker: CircuitBreaker,
+        fn: Callable[[Any], Any] | None,
+        inner_stage: str | None,
+        observer: abc.ObserverBase[Batch],
+        sched: abc.SchedulerBase | None,
+    ) -> None:
+        self.stage = stage
+        self.breaker = breaker
+        self.fn = fn
+        self.inner_stage = inner_stage
+        self.observer = observer
+        self.sched = sched
+        self.clock = None if sched is None else scheduler_clock(sched)
+        self.timer = SerialDisposable()
+        self.unlisten = breaker.on_transition(self._on_transition)
+
+    def now(self, batch: Batch | None = None) -> float:
+        if self.breaker.clock is not None:
+            return self.breaker.clock()
+        if self.clock is not None:
+            return self.clock()
+        if batch is not None:
+            return batch.ctx.now()
+        return self.breaker.now()  # not reached: timers run only with a scheduler
+
+    def on_batch(self, batch: Batch, emit: Emit) -> None:
+        now = self.now(batch)
+        if self.fn is not None:
+            self._calls(batch, emit, now, self.fn)
+        else:
+            self._gate(batch, emit, now)
+
+    def _metrics(self, batch: Batch) -> StageMetrics:
+        return batch.ctx.stage(self.stage)
+
+    def _reject(self, batch: Batch, rows: range, now: float) -> None:
+        ctx = batch.ctx
+        stage = self.stage
+        bump(ctx.stage(stage), "rejected", len(rows))
+        error = self.breaker.rejection(now)
+        # "why didn't it fire?": per key, until the circuit lets trials through
+        keys = batch.keys
+        per_key: dict[Any, int] = {}
+        for i in rows:
+            k = None if keys is None else keys[i]
+            per_key[k] = per_key.get(k, 0) + 1
+        for k, count in per_key.items():
+            ctx.suppressions.record(
+                stage, k, "circuit_open", at=now, until=error.open_until, count=count
+            )
+        for i in rows:
+            ctx.dead_letter(batch.event(i, take=True), stage, error)
+
+    def _failed(self, batch: Batch, i: int, error: Exception, now: float) -> None:
+        self.breaker.record_failure(now, error)
+        bump(self._metrics(batch), "failures")
+        batch.ctx.dead_letter(batch.event(i, take=True), self.stage, error)
+
+    def _calls(self, batch: Batch, emit: Emit, now: float, fn: Callable[[Any], Any]) -> None:
+        """Call ``fn`` once per row, in order, as long as the circuit allows."""
+        breaker = self.breaker
+        values = batch.values
+        n = len(values)
+        results: list[Any] = []
+        keep: list[int] | None = None  # None while every row so far succeeded
+        i = 0
+        while i < n:
+            current = breaker.current(now)
+            if current is CircuitState.CLOSED:
+                done = len(results)
+                try:
+                    # extend keeps what was appended before a raise: one call
+                    # per row, the loop in C
+                    results.extend(map(fn, values if i == 0 else values[i:]))
+                except Exception as error:
+                    j = i + len(results) - done
+                    if keep is not None:
+                        keep.extend(range(i, j))
+                    else:
+                        keep = list(range(j))
+                    if j > i:
+                        breaker.record_success(now, j - i)
+                    self._failed(batch, j, error, now)
+                    i = j + 1
+                    continue
+                if keep is not None:
+                    keep.extend(range(i, n))
+                breaker.record_success(now, n - i)
+                break
+            if keep is None:
+                keep = list(range(i))
+            if current is CircuitState.OPEN:
+                self._reject(batch, range(i, n), now)
+                break
+            self._trial(batch, i, now, fn, results, keep)
+            i += 1
+        if not results:
+            return
+        out = batch if keep is None else batch.take(keep)
+        self._metrics(batch).events_out += len(results)
+        emit(out.with_values(results))
+
+    def _trial(
+        self,
+        batch: Batch,
+        i: int,
+        now: float,
+        fn: Callable[[Any], Any],
+        results: list[Any],
+        keep: list[int],
+    ) -> None:
+        """Half-open: row ``i`` is a trial call if the breaker allows one, else rejected."""
+        breaker = self.breaker
+        if not breaker.allow(now):
+            self._reject(batch, range(i, i + 1), now)
+            return
+        try:
+            result = fn(batch.values[i])
+        except Exception as error:
+            self._failed(batch, i, error, now)
+        else:
+            breaker.record_success(now)
+            results.append(result)
+            keep.append(i)
+
+    def _gate(self, batch: Batch, emit: Emit, now: float) -> None:
+        """Let rows into the inner stage as long as the circuit allows."""
+        breaker = self.breaker
+        n = len(batch.values)
+        i = 0
+        while i < n:
+            current = breaker.current(now)
+            if current is CircuitState.CLOSED:
+                self._into(batch if i == 0 else batch.take(range(i, n)), emit, now)
+                return
+            if current is CircuitState.OPEN:
+                self._reject(batch, range(i, n), now)
+                return
+            if breaker.allow(now):
+                self._into(batch.take([i]), emit, now)
+            else:
+                self._reject(batch, range(i, i + 1), now)
+            i += 1
+
+    def _into(self, part: Batch, emit: Emit, now: float) -> None:
+        assert self.inner_stage is not None
+        inner_metrics = part.ctx.stage(self.inner_stage)
+        before = inner_metrics.dead_lettered
+        n = len(part.values)
+        self._metrics(part).events_out += n
+        emit(part)
+        failed = min(n, inner_metrics.dead_lettered - before)
+        # the order of successes and failures within a batch is not known:
+        # count the failures last, so a failing batch can open the circuit
+        if n > failed:
+            self.breaker.record_success(now, n - failed)
+        if failed:
+            bump(self._metrics(part), "failures", failed)
+            self.breaker.record_failure(now, inner_metrics.last_error, failed)
+
+    # -- timer: open -> half-open on time, so the state stream says when ----
+
+    def _on_transition(self, change: CircuitTransition) -> None:
+        until = change.open_until
+        sched = self.sched
+        if change.new is not CircuitState.OPEN or until is None or sched is None:
+            return
+        self.timer.disposable = sched.schedule_relative(
+            max(0.0, until - change.time), self._on_timer, until
+        )
+
+    def _on_timer(self, _s: abc.SchedulerBase, until: float | None = None) -> None:
+        try:
+            # the timer is for ``until``: a clock rounded a hair short still counts
+            self.breaker.current(max(self.now(), until or 0.0))
+        except Exception as error:  # never raise into the loop
+            self.observer.on_error(error)
+
+    def dispose(self) -> None:
+        self.unlisten()
+        self.timer.dispose()
+
+
+def _failing_inner(
+    guarded: Observable[Batch], breaker: CircuitBreaker, scheduler: abc.SchedulerBase | None
+) -> Observable[Batch]:
+    """``guarded`` (the gate and the inner stage), where an error on the inner
+    stage's stream is also a failure of what the circuit guards."""
+
+    def subscribe(
+        observer: abc.ObserverBase[Batch], at_subscribe: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        sched = scheduler if scheduler is not None else at_subscribe
+        clock = None if sched is None else scheduler_clock(sched)
+
+        def on_error(error: Exception) -> None:
+            if breaker.clock is not None or clock is None:
+                breaker.record_failure(None, error)
+            else:
+                breaker.record_failure(clock(), error)
+            observer.on_error(error)
+
+        return guarded.subscribe(
+            observer.on_next, on_error, observer.on_completed, scheduler=at_subscribe
+        )
+
+    return rx.create(subscribe)
 
 
 def circuit_breaker(
@@ -133,201 +354,16 @@ def circuit_breaker(
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         inner_stage = None if inner is None else f"{stage}.{inner.name or inner.kind}"
 
-        class Handler(BatchHandler):
-            def __init__(
-                self, observer: abc.ObserverBase[Batch], sched: abc.SchedulerBase | None
-            ) -> None:
-                self.observer = observer
-                self.sched = sched
-                self.clock = None if sched is None else scheduler_clock(sched)
-                self.timer = SerialDisposable()
-                self.unlisten = the_breaker.on_transition(self._on_transition)
-
-            def now(self, batch: Batch | None = None) -> float:
-                if the_breaker.clock is not None:
-                    return the_breaker.clock()
-                if self.clock is not None:
-                    return self.clock()
-                if batch is not None:
-                    return batch.ctx.now()
-                return the_breaker.now()  # not reached: timers run only with a scheduler
-
-            def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
-                metrics.events_in += len(batch.values)
-                now = self.now(batch)
-                if fn is not None:
-                    self._calls(batch, emit, now, fn)
-                else:
-                    self._gate(batch, emit, now)
-
-            def _reject(self, batch: Batch, rows: range, now: float) -> None:
-                ctx = batch.ctx
-                metrics = ctx.stage(stage)
-                extra = metrics.extra
-                extra["rejected"] = extra.get("rejected", 0) + len(rows)
-                error = the_breaker.rejection(now)
-                # "why didn't it fire?": per key, until the circuit lets trials through
-                keys = batch.keys
-                per_key: dict[Any, int] = {}
-                for i in rows:
-                    k = None if keys is None else keys[i]
-                    per_key[k] = per_key.get(k, 0) + 1
-                for k, count in per_key.items():
-                    ctx.suppressions.record(
-                        stage, k, "circuit_open", at=now, until=error.open_until, count=count
-                    )
-                for i in rows:
-                    ctx.dead_letter(batch.event(i, take=True), stage, error)
-
-            def _failed(self, batch: Batch, i: int, error: Exception, now: float) -> None:
-                the_breaker.record_failure(now, error)
-                extra = batch.ctx.stage(stage).extra
-                extra["failures"] = extra.get("failures", 0) + 1
-                batch.ctx.dead_letter(batch.event(i, take=True), stage, error)
-
-            def _calls(
-                self, batch: Batch, emit: Emit, now: float, fn: Callable[[Any], Any]
-            ) -> None:
-                """Call ``fn`` once per row, in order, as long as the circuit allows."""
-                values = batch.values
-                n = len(values)
-                results: list[Any] = []
-                keep: list[int] | None = None  # None while every row so far succeeded
-                i = 0
-                while i < n:
-                    current = the_breaker.current(now)
-                    if current is CircuitState.CLOSED:
-                        done = len(results)
-                        try:
-                            # extend keeps what was appended before a raise: one call
-                            # per row, the loop in C
-                            results.extend(map(fn, values if i == 0 else values[i:]))
-                        except Exception as error:
-                            j = i + len(results) - done
-                            if keep is not None:
-                                keep.extend(range(i, j))
-                            else:
-                                keep = list(range(j))
-                            if j > i:
-                                the_breaker.record_success(now, j - i)
-                            self._failed(batch, j, error, now)
-                            i = j + 1
-                            continue
-                        if keep is not None:
-                            keep.extend(range(i, n))
-                        the_breaker.record_success(now, n - i)
-                        break
-                    if current is CircuitState.OPEN:
-                        if keep is None:
-                            keep = list(range(i))
-                        self._reject(batch, range(i, n), now)
-                        break
-                    if keep is None:
-                        keep = list(range(i))
-                    if not the_breaker.allow(now):
-                        self._reject(batch, range(i, i + 1), now)
-                    else:
-                        try:
-                            result = fn(values[i])
-                        except Exception as error:
-                            self._failed(batch, i, error, now)
-                        else:
-                            the_breaker.record_success(now)
-                            results.append(result)
-                            keep.append(i)
-                    i += 1
-                if not results:
-                    return
-                out = batch if keep is None else batch.take(keep)
-                batch.ctx.stage(stage).events_out += len(results)
-                emit(out.with_values(results))
-
-            def _gate(self, batch: Batch, emit: Emit, now: float) -> None:
-                """Let rows into the inner stage as long as the circuit allows."""
-                n = len(batch.values)
-                i = 0
-                while i < n:
-                    current = the_breaker.current(now)
-                    if current is CircuitState.CLOSED:
-                        self._into(batch if i == 0 else batch.take(range(i, n)), emit, now)
-                        return
-                    if current is CircuitState.OPEN:
-                        self._reject(batch, range(i, n), now)
-                        return
-                    if the_breaker.allow(now):
-                        self._into(batch.take([i]), emit, now)
-                    else:
-                        self._reject(batch, range(i, i + 1), now)
-                    i += 1
-
-            def _into(self, part: Batch, emit: Emit, now: float) -> None:
-                assert inner_stage is not None
-                inner_metrics = part.ctx.stage(inner_stage)
-                before = inner_metrics.dead_lettered
-                n = len(part.values)
-                part.ctx.stage(stage).events_out += n
-                emit(part)
-                failed = min(n, inner_metrics.dead_lettered - before)
-                # the order of successes and failures within a batch is not known:
-                # count the failures last, so a failing batch can open the circuit
-                if n > failed:
-                    the_breaker.record_success(now, n - failed)
-                if failed:
-                    extra = part.ctx.stage(stage).extra
-                    extra["failures"] = extra.get("failures", 0) + failed
-                    the_breaker.record_failure(now, inner_metrics.last_error, failed)
-
-            # -- timer: open -> half-open on time, so the state stream says when ----
-
-            def _on_transition(self, change: CircuitTransition) -> None:
-                until = change.open_until
-                sched = self.sched
-                if change.new is not CircuitState.OPEN or until is None or sched is None:
-                    return
-                self.timer.disposable = sched.schedule_relative(
-                    max(0.0, until - change.time), self._on_timer, until
-                )
-
-            def _on_timer(self, _s: abc.SchedulerBase, until: float | None = None) -> None:
-                try:
-                    # the timer is for ``until``: a clock rounded a hair short still counts
-                    the_breaker.current(max(self.now(), until or 0.0))
-                except Exception as error:  # never raise into the loop
-                    self.observer.on_error(error)
-
-            def dispose(self) -> None:
-                self.unlisten()
-                self.timer.dispose()
-
         def make(
             observer: abc.ObserverBase[Batch], at_subscribe: abc.SchedulerBase | None
-        ) -> Handler:
-            return Handler(observer, scheduler if scheduler is not None else at_subscribe)
+        ) -> _Circuit:
+            sched = scheduler if scheduler is not None else at_subscribe
+            return _Circuit(stage, the_breaker, fn, inner_stage, observer, sched)
 
-        gated = batch_stage(source, make)
+        gated = batch_stage(source, make, stage)
         if inner is None:
             return gated
         guarded = inner.named(inner_stage or stage)(gated)
-
-        def subscribe(
-            observer: abc.ObserverBase[Batch], at_subscribe: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            sched = scheduler if scheduler is not None else at_subscribe
-            clock = None if sched is None else scheduler_clock(sched)
-
-            def on_error(error: Exception) -> None:
-                # the inner stage's stream failed: a failure of what the circuit guards
-                if the_breaker.clock is not None or clock is None:
-                    the_breaker.record_failure(None, error)
-                else:
-                    the_breaker.record_failure(clock(), error)
-                observer.on_error(error)
-
-            return guarded.subscribe(
-                observer.on_next, on_error, observer.on_completed, scheduler=at_subscribe
-            )
-
-        return rx.create(subscribe)
+        return _failing_inner(guarded, the_breaker, scheduler)
 
     return CircuitOperator(build, name, the_breaker, state)
