@@ -39,9 +39,9 @@ from pydantic import ConfigDict, Field
 
 from ..exceptions import ConfigurationError
 from ..state import Entry, StateStore, context_line, recent_entries
-from ..tools.registry import ToolRegistry
-from ..tools.state import state_query_tool
+from ..tools.state_query import state_query_tool
 from ..tools.tool import Tool
+from ..tools.tool_registry import ToolRegistry
 
 __all__ = [
     "StateStoreRetriever",

@@ -46,7 +46,7 @@ from ..state.store import ChangeSet, Entry, Snapshot, StateChange, StateStore, _
 from .changelog import KafkaChangelog, TailBatch, changelog_topic
 
 if TYPE_CHECKING:
-    from ..sinks.state import StateSink
+    from ..sinks.state_sink import StateSink
 
 __all__ = ["StateView", "state_view"]
 

@@ -107,7 +107,7 @@ async def serve_file(
     config = load(file)
     if from_changelog:
         from ..config.loader import _make_tool
-        from ..tools.registry import ToolRegistry
+        from ..tools.tool_registry import ToolRegistry
 
         views = changelog_views(config, pipelines=pipelines)
         tools = ToolRegistry()  # the file's tools; no pipeline and no store of its own

@@ -63,8 +63,7 @@ from ..exceptions import ConfigurationError
 from ..plain import plain
 from ..runtime import App
 from ..state import Snapshot, StateChange, StateStore
-from ..tools.registry import ToolRegistry
-from ..tools.state import (
+from ..tools.state_query import (
     MISSING_KEY,
     find_key,
     key_text,
@@ -72,6 +71,7 @@ from ..tools.state import (
     state_query_tool,
 )
 from ..tools.tool import Tool
+from ..tools.tool_registry import ToolRegistry
 from .conflate import Conflater
 
 __all__ = [

@@ -13,7 +13,7 @@ from .deadletters import (
     read_dead_letters,
 )
 from .record import RecordSink
-from .state import StateSink
+from .state_sink import StateSink
 from .tools import ToolResult, ToolSink, ToolStatus, activate
 
 if TYPE_CHECKING:

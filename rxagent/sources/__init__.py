@@ -9,7 +9,7 @@ from .base import Emitter, Source
 from .memory import MemorySource, PushSource, memory, push
 from .overflow import Overflow, OverflowPolicy
 from .replay import ReplaySource, replay
-from .state import StateChangesSource, state_changes
+from .store_changes import StateChangesSource, state_changes
 
 #: ``rxagent.sources.websocket`` names the function (``from rxagent.sources import
 #: websocket``) and, for old imports, the module re-exporting the connector

@@ -1,7 +1,7 @@
 """How a store reads as text: keys, times and values rendered compactly for prompts.
 
 Shared by :meth:`rxagent.state.StateStore.context`, the prompt context builder
-(:func:`rxagent.tools.context.build_context`), MCP and the LangChain adapter, so
+(:func:`rxagent.tools.prompt_context.build_context`), MCP and the LangChain adapter, so
 every reader of a store sees the same lines.
 """
 

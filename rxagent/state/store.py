@@ -453,7 +453,7 @@ class StateStore:
         return f"<StateStore {self.name!r} v{self.version} keys={len(self)}>"
 
 
-#: What :meth:`StateStore.sink` builds: :mod:`rxagent.sinks.state` registers
+#: What :meth:`StateStore.sink` builds: :mod:`rxagent.sinks.state_sink` registers
 #: ``StateSink`` here when it is imported (``import rxagent`` does).
 _sink_factory: Callable[..., Any] | None = None
 

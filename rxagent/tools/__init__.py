@@ -14,11 +14,11 @@ Activating tools from events is the job of :class:`rxagent.sinks.ToolSink`.
 """
 
 from .activation import ActivationContext, current_activation
-from .context import build_context
 from .openai import run_tool_calls
-from .registry import ToolRegistry
-from .state import state_query_tool
+from .prompt_context import build_context
+from .state_query import state_query_tool
 from .tool import Tool, ToolStats, tool
+from .tool_registry import ToolRegistry
 
 __all__ = [
     "ActivationContext",

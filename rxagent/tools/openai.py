@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError, UnknownToolError
 from ..plain import plain
-from .registry import ToolRegistry
+from .tool_registry import ToolRegistry
 
 __all__ = ["ToolCall", "parse_tool_call", "run_tool_calls"]
 

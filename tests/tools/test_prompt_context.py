@@ -6,7 +6,7 @@ import pytest
 
 from rxagent.exceptions import ConfigurationError
 from rxagent.state import StateStore
-from rxagent.tools.context import CHARS_PER_TOKEN, build_context
+from rxagent.tools.prompt_context import CHARS_PER_TOKEN, build_context
 
 
 class Clock:
