@@ -183,7 +183,7 @@ def _edges() -> Iterator[tuple[str, str]]:
 
 def test_the_walk_sees_lazy_and_type_checking_imports() -> None:
     # guards the walker itself: a function-level import and a TYPE_CHECKING one
-    assert "rxagent.sinks.tools" in GRAPH["rxagent.config.kinds"]  # inside a build function
+    assert "rxagent.sinks.tools" in GRAPH["rxagent.config.kinds.sinks"]  # inside a build function
     assert "rxagent.context" in GRAPH["rxagent.events"]  # under TYPE_CHECKING
     assert len(MODULES) > 80
 

@@ -16,7 +16,7 @@ plugins' entry points in the group ``rxagent.kinds``).
 from .kinds import default_registry
 from .loader import BuiltApp, Config, PipelineSpec, StageSpec, load, loads
 from .registry import ENTRY_POINT_GROUP, BuildContext, Kind, Registry
-from .source import ConfigFileError, Location, Problem
+from .document import ConfigFileError, Location, Problem
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -11,9 +11,9 @@ tools and pipelines (an :class:`~rxagent.App`), ready to run::
 
 Every problem, whatever its stage (YAML syntax, an unknown kind, a wrong type,
 a bad expression, an unknown tool, a state store read but never written), is a
-:class:`~rxagent.config.source.Problem` with file, line, column and what was
+:class:`~rxagent.config.document.Problem` with file, line, column and what was
 expected; all of a file's problems are raised together as one
-:class:`~rxagent.config.source.ConfigFileError`.
+:class:`~rxagent.config.document.ConfigFileError`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ..exceptions import ConfigurationError
 from .kinds import default_registry, import_ref
 from .model import DocumentModel, PipelineModel, ToolModel
 from .registry import BuildContext, Kind, Registry, Role
-from .source import (
+from .document import (
     MAX_FILE_BYTES,
     ConfigFileError,
     Locations,

@@ -65,7 +65,7 @@ from ..testing.marbles import (
 )
 from ..testing.virtual import MarbleSink, VirtualSource, marble_source
 from .registry import BuildContext
-from .source import Problem
+from .document import Problem
 
 if TYPE_CHECKING:
     from ..context import PipelineContext

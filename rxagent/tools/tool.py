@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from .._secrets import redact
+from ..docstrings import parse_docstring
 from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError
 
 __all__ = ["Tool", "ToolStats", "register_sink", "tool"]
@@ -49,13 +50,6 @@ def register_sink(factory: Callable[..., Any]) -> None:
 
 #: What OpenAI, Anthropic and most other clients accept as a tool name.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-#: Docstring section headers that end the description (Google style).
-_SECTIONS = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also):\s*$"
-)
-_ARG_SECTIONS = frozenset({"Args", "Arguments", "Parameters", "Params"})
-_ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 #: How many validation errors a message names before summarising the rest.
 _MAX_ERRORS_SHOWN = 10
@@ -135,7 +129,7 @@ class Tool:
             )
         self.name: str = tool_name
         self.fn = fn
-        summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        summary, arg_docs = parse_docstring(inspect.getdoc(fn) or "")
         self.description: str = description if description is not None else summary
         self._signature = _signature(fn, tool_name)
         if allow_inf_nan is None and args_model is not None:
@@ -525,40 +519,6 @@ def _check_fields_match(
             f"tool {tool_name!r}: required parameter(s) {', '.join(map(repr, required))} "
             f"are not fields of {args_model.__name__}"
         )
-
-
-def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into the description and per-argument text.
-
-    Entries of an ``Args:`` section start at the section's first indentation
-    (``name: text`` or ``name (type): text``); deeper lines continue an entry.
-    """
-    summary: list[str] = []
-    args: dict[str, str] = {}
-    section: str | None = None
-    entry_indent: int | None = None
-    current: str | None = None
-    for raw in doc.splitlines():
-        line = raw.strip()
-        indent = len(raw) - len(raw.lstrip())
-        header = _SECTIONS.match(line)
-        if header and indent == 0:
-            section, entry_indent, current = header.group(1), None, None
-            continue
-        if section is None:
-            summary.append(raw.rstrip())
-            continue
-        if section not in _ARG_SECTIONS or not line:
-            continue
-        if entry_indent is None:
-            entry_indent = indent
-        entry = _ARG_LINE.match(line)
-        if entry and indent <= entry_indent:
-            current = entry.group(1).lstrip("*")
-            args[current] = entry.group(2).strip()
-        elif current is not None:
-            args[current] = f"{args[current]} {line}".strip()
-    return "\n".join(summary).strip(), args
 
 
 # -- error messages ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rxagent.config import ConfigFileError, load, loads
-from rxagent.config.source import MAX_ALIAS_VALUES, MAX_DEPTH, MAX_FILE_BYTES
+from rxagent.config.document import MAX_ALIAS_VALUES, MAX_DEPTH, MAX_FILE_BYTES
 
 EXE = str(Path(sys.executable).with_name("rxagent"))
 LOCATED = re.compile(r"^\S+:\d+:\d+: ")
