@@ -57,11 +57,7 @@ ABOVE_OPERATORS = (
 #: loop or edge fails the test, and so does one listed here that no longer exists
 #: (except inside rxagent/kafka/, which is being reworked: whoever fixes those
 #: removes them here).
-KNOWN_LOOPS = {
-    # issue 13: the Kafka consumer thread reaches into its owner; being reworked
-    # (a stats/control interface for the consumer) with exactly-once in rxagent/kafka/
-    frozenset({"rxagent.kafka.consumer", "rxagent.kafka.source"}),
-}
+KNOWN_LOOPS: set[frozenset[str]] = set()
 KNOWN_EDGES: set[tuple[str, str]] = set()
 
 

@@ -3,7 +3,10 @@ rebalance callbacks, commits, dead letters) and ``_Rows``, one partition's messa
 a hop decoded into columns.
 
 Private to :mod:`rxagent.kafka.source`, whose docstring states the guarantees this
-code keeps.
+code keeps. The consumer knows its source only through :class:`ConsumerSettings`
+(what it is told, fixed at start) and :class:`ConsumerStats` (what it reports:
+counters, lag, health), and never imports it; it hands batches to the pipeline's
+``Emitter`` and has the pipeline's context restore and release partitions' state.
 """
 
 from __future__ import annotations
@@ -17,17 +20,19 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
 from ..sources.base import Emitter
+from ..sources.health import SourceHealth
 from .common import KafkaPartition, _decode_column, client_config, resolve_config
 
 if TYPE_CHECKING:
-    from .source import KafkaSource
+    from .transaction import KafkaTransactions
 
-__all__ = ["_Consumer", "_Rows"]
+__all__ = ["ConsumerSettings", "ConsumerStats", "_Consumer", "_Rows"]
 
 log = logging.getLogger("rxagent")
 
@@ -45,6 +50,65 @@ def _column(column: list[_T]) -> list[_T] | None:
 
 def _slice(column: Sequence[_T] | None, start: int, end: int) -> list[_T] | None:
     return None if column is None else _column(list(column[start:end]))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """What the consumer thread is told of its source, fixed when the source starts
+    (the source's options of the same names: :class:`rxagent.kafka.KafkaSource`)."""
+
+    name: str
+    topics: list[str]
+    group_id: str
+    #: librdkafka settings, ``"${NAME}"`` values not resolved yet
+    config: Mapping[str, Any]
+    assign: bool
+    #: while paused (or unattended), poll at least this often (seconds)
+    keepalive: float
+    revoke_timeout: float
+    close_timeout: float
+    auth_retries: int | None
+    dead_letter_topic: str | None
+    #: exactly-once: the source's transactional producer (None: at least once)
+    transactions: KafkaTransactions | None
+    decode_value: Callable[[bytes], Any]
+    decode_key: Callable[[bytes], Hashable]
+    #: ``decode_key`` over a column of keys
+    decode_keys: Callable[[list[bytes | None]], list[Hashable] | None]
+    read_keys: bool
+    read_timestamps: bool
+    read_headers: bool
+    #: the flow limits bytes in flight: rows carry their values' raw size
+    count_bytes: bool
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """What the consumer thread reports: counters, lag and health, written on the
+    consumer thread (and the loop) and read by the source's ``describe()``."""
+
+    emitted: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+    pauses: int = 0
+    assignments: int = 0
+    revocations: int = 0
+    #: seconds the last revoke took (release, checkpoint, commit), or None
+    last_revoke_seconds: float | None = None
+    outages: int = 0
+    #: partitions whose state is being restored now (0: none)
+    restoring: int = 0
+    #: per partition, messages behind its high watermark when last read
+    lag: dict[KafkaPartition, int] = field(default_factory=dict)
+    #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
+    down_since: float | None = None
+    #: connected, outage, auth refused, lost assignment (rxagent.sources.health)
+    health: SourceHealth = field(default_factory=SourceHealth)
+    auth_refusals: int = 0
+    #: times the source gave up its assignment and subscribed again (group or topic gone)
+    rejoins: int = 0
+    #: polls the consumer thread made on its own while the loop was blocked
+    unattended_polls: int = 0
 
 
 class _Rows:
@@ -92,12 +156,19 @@ class _Consumer:
     the loop (which owns the flow) what to commit.
     """
 
-    def __init__(self, owner: KafkaSource, out: Emitter, loop: asyncio.AbstractEventLoop) -> None:
-        self.owner = owner
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        stats: ConsumerStats,
+        out: Emitter,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats
         self.out = out
         self.loop = loop
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"rxagent-kafka-{owner.name}"
+            1, thread_name_prefix=f"rxagent-kafka-{settings.name}"
         )
         self.consumer: Any = None
         self.producer: Any = None  # for the dead-letter topic
@@ -109,10 +180,10 @@ class _Consumer:
         self.delivered: dict[KafkaPartition, int] = {}
         self.stash: list[Any] = []
         # the topic of every message when there is one (a "^..." name is a pattern)
-        only = owner.topics[0]
-        self.topic = only if len(owner.topics) == 1 and not only.startswith("^") else None
+        only = settings.topics[0]
+        self.topic = only if len(settings.topics) == 1 and not only.startswith("^") else None
         self.closing = False
-        strategy = str(owner.config.get("partition.assignment.strategy", ""))
+        strategy = str(settings.config.get("partition.assignment.strategy", ""))
         self.cooperative = "cooperative" in strategy.lower()
         # loop state
         self.committed: dict[KafkaPartition, int] = {}
@@ -136,7 +207,7 @@ class _Consumer:
         self.failure: Exception | None = None
         #: exactly-once: the source's transactions (None: at least once), and the lock
         #: that keeps one transaction's watermarks, records and commit together
-        self.txn = owner.transactions
+        self.txn = settings.transactions
         self.txn_lock: asyncio.Lock | None = None
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -147,8 +218,8 @@ class _Consumer:
     def open(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
-        owner = self.owner
-        config = resolve_config(owner.config, owner=f"kafka source {owner.name!r}")
+        settings = self.settings
+        config = resolve_config(settings.config, owner=f"kafka source {settings.name!r}")
         config.setdefault("error_cb", self._on_error)
         config.setdefault("on_commit", self._on_commit)
         self.consumer = consumer = Consumer(config)
@@ -156,20 +227,20 @@ class _Consumer:
             # before the first assignment: fences a previous incarnation of this
             # worker and aborts its open transaction
             self.txn.open(config)
-        if owner.dead_letter_topic is not None:
+        if settings.dead_letter_topic is not None:
             from confluent_kafka import Producer
 
             producer_config = client_config(config)
             self.producer = Producer(producer_config)
         # metadata first: the first assign then starts fetching at once (0.55 s -> 0.1 s here)
         metadata = consumer.list_topics(timeout=10)
-        missing = [t for t in owner.topics if t not in metadata.topics]
-        if owner.assign:
+        missing = [t for t in settings.topics if t not in metadata.topics]
+        if settings.assign:
             parts: list[Any] = []
-            for topic in owner.topics:
+            for topic in settings.topics:
                 if topic in missing:
                     raise ConfigurationError(
-                        f"kafka source {owner.name!r}: topic {topic!r} does not exist"
+                        f"kafka source {settings.name!r}: topic {topic!r} does not exist"
                     )
                 for p in sorted(metadata.topics[topic].partitions):
                     parts.append(TopicPartition(topic, p))
@@ -179,12 +250,12 @@ class _Consumer:
         else:
             self._subscribe()
         threading.Thread(
-            target=self._watch, name=f"rxagent-kafka-watch-{owner.name}", daemon=True
+            target=self._watch, name=f"rxagent-kafka-watch-{settings.name}", daemon=True
         ).start()
 
     def _subscribe(self) -> None:
         self.consumer.subscribe(
-            self.owner.topics,
+            self.settings.topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -196,7 +267,7 @@ class _Consumer:
         """A thread of its own: when the loop has not called the consumer for a while
         (a user function blocks it), poll, paused, on the consumer thread, so
         ``max.poll.interval.ms`` never expires and the group keeps us."""
-        interval = self.owner.keepalive
+        interval = self.settings.keepalive
         while not self.stopped.wait(interval / 2):
             if self.watch_queued or time.monotonic() - self.last_call < interval:
                 continue
@@ -210,16 +281,16 @@ class _Consumer:
         self.watch_queued = False
         if self.closing or self.consumer is None:
             return
-        if time.monotonic() - self.last_call < self.owner.keepalive:
+        if time.monotonic() - self.last_call < self.settings.keepalive:
             return  # the loop called meanwhile
-        self.owner.unattended_polls += 1
+        self.stats.unattended_polls += 1
         self._poll_paused()
         self._probe()
 
     def _poll_paused(self) -> None:
         if not self.paused:
             self.paused = True
-            self.owner.pauses += 1
+            self.stats.pauses += 1
             self._pause_all()
         message = self.consumer.poll(0)
         if message is not None:
@@ -232,8 +303,8 @@ class _Consumer:
         """During an outage, or when the group's state may be gone: ask the brokers
         (a metadata request, at most once a second). Only their answer ends an
         outage, never a message already fetched before it."""
-        owner = self.owner
-        if owner.down_since is None and self.check is None:
+        settings, stats = self.settings, self.stats
+        if stats.down_since is None and self.check is None:
             return
         now = time.monotonic()
         if now < self.next_probe:
@@ -244,9 +315,9 @@ class _Consumer:
         try:
             metadata = self.consumer.list_topics(timeout=1.0)
         except KafkaException as error:
-            log.debug("kafka source %r: metadata probe: %s", owner.name, error)
+            log.debug("kafka source %r: metadata probe: %s", settings.name, error)
             return
-        if owner.down_since is not None:
+        if stats.down_since is not None:
             self._broker_up("a metadata request was answered")
         if self.check is not None:
             self._check_state(metadata)
@@ -255,26 +326,26 @@ class _Consumer:
         """After an outage or a failed commit: is what we hold still there? A broker
         restarted without its data has no topic (or an empty one) and no group: then
         resubscribe, so partitions start again from the group's committed offsets."""
-        owner = self.owner
+        settings, stats = self.settings, self.stats
         reason = self.check
         gone = [
             t
-            for t in owner.topics
+            for t in settings.topics
             if not t.startswith("^")
             and (t not in metadata.topics or not metadata.topics[t].partitions)
         ]
         if gone:
             why = f"topic {', '.join(map(repr, gone))} is gone from the brokers"
-            owner.health.set("lost_assignment", error=why)
+            stats.health.set("lost_assignment", error=why)
             if not self.missing_logged:
                 self.missing_logged = True
                 log.warning(
                     "kafka source %r: %s (after %s; a broker restarted without its data?); "
                     "waiting for it to exist again, then rejoining group %r",
-                    owner.name,
+                    settings.name,
                     why,
                     reason,
-                    owner.group_id,
+                    settings.group_id,
                 )
             self.check = f"{reason}; {why}"
             return
@@ -282,7 +353,7 @@ class _Consumer:
         lost = self._lost_state()
         self.check = None
         if lost is None and reason is not None and "topic" not in reason:
-            owner.health.set("connected")
+            stats.health.set("connected")
             return
         self._rejoin(lost or str(reason))
 
@@ -305,7 +376,7 @@ class _Consumer:
                     "read (the topic was deleted and created again)"
                 )
         mine = {p: o for p, o in list(self.committed.items()) if o >= 0 and p in self.assigned}
-        if mine and not self.owner.assign:
+        if mine and not self.settings.assign:
             try:
                 theirs = self.consumer.committed(
                     [TopicPartition(p.topic, p.partition) for p in mine], timeout=2.0
@@ -313,7 +384,7 @@ class _Consumer:
             except KafkaException:
                 return None
             if any(tp.offset < 0 for tp in theirs):
-                return f"group {self.owner.group_id!r} lost its committed offsets"
+                return f"group {self.settings.group_id!r} lost its committed offsets"
         return None
 
     def _rejoin(self, why: str) -> None:
@@ -321,20 +392,20 @@ class _Consumer:
         committed offsets); with ``assign=True`` there is no group to rejoin: fail."""
         from confluent_kafka import KafkaException
 
-        owner = self.owner
-        owner.rejoins += 1
-        owner.health.set("lost_assignment", error=why)
-        if owner.assign:
+        settings, stats = self.settings, self.stats
+        stats.rejoins += 1
+        stats.health.set("lost_assignment", error=why)
+        if settings.assign:
             raise KafkaException(
-                f"kafka source {owner.name!r}: {why}; with assign=True the source cannot "
+                f"kafka source {settings.name!r}: {why}; with assign=True the source cannot "
                 "rejoin a group: restart it"
             )
         log.warning(
             "kafka source %r: %s; rejoining group %r (partitions start again from the "
             "group's committed offsets)",
-            owner.name,
+            settings.name,
             why,
-            owner.group_id,
+            settings.group_id,
         )
         held = [(p.topic, p.partition) for p in self.assigned]
         self.consumer.unsubscribe()
@@ -407,7 +478,7 @@ class _Consumer:
             except KafkaException as error:
                 # not fetching yet (just assigned): it starts from the committed offset,
                 # and duplicates are filtered by offset in _decode
-                log.debug("kafka source %r: seek %s@%d: %s", self.owner.name, p, offset, error)
+                log.debug("kafka source %r: seek %s@%d: %s", self.settings.name, p, offset, error)
 
     def _decode(self, messages: list[Any]) -> list[_Rows]:
         """Split a hop's messages by partition and decode each partition's run.
@@ -487,23 +558,23 @@ class _Consumer:
         except Exception:  # not known yet: keep the last figure
             return
         if high is not None and high >= 0:
-            self.owner.lag[p] = max(0, high - last.offset() - 1)
+            self.stats.lag[p] = max(0, high - last.offset() - 1)
 
     def _columns(self, p: KafkaPartition, batch: list[Any]) -> _Rows:
         from confluent_kafka import Message
 
-        owner = self.owner
+        settings = self.settings
         rows = _Rows(p)
         raws: list[Any] = list(map(Message.value, batch))
         raw_keys: list[Any] = (
-            list(map(Message.key, batch)) if owner.read_keys else [None] * len(batch)
+            list(map(Message.key, batch)) if settings.read_keys else [None] * len(batch)
         )
         try:
             # the whole batch at once; row by row only when something fails
-            values = _decode_column(owner.decode_value, raws)
-            keys = owner.decode_keys(raw_keys)
+            values = _decode_column(settings.decode_value, raws)
+            keys = settings.decode_keys(raw_keys)
         except Exception:
-            decode_value, decode_key = owner.decode_value, owner.decode_key
+            decode_value, decode_key = settings.decode_value, settings.decode_key
             good: list[int] = []
             values, keys = [], []
             for i, message in enumerate(batch):
@@ -522,7 +593,7 @@ class _Consumer:
             keys = _column(keys)
         rows.values = values
         rows.keys = keys
-        if owner.credit_bytes is not None:  # on the consumer thread; None (tombstones) skipped
+        if settings.count_bytes:  # on the consumer thread; None (tombstones) skipped
             nbytes = sum(map(len, filter(None, raws)))
             rows.nbytes = nbytes * len(values) // len(raws) if len(values) < len(raws) else nbytes
         first, last = batch[0].offset(), batch[-1].offset()
@@ -533,11 +604,11 @@ class _Consumer:
             if last - first + 1 == len(batch)
             else list(map(Message.offset, batch))  # type: ignore[arg-type]
         )
-        if owner.read_timestamps:
+        if settings.read_timestamps:
             # one (kind, ms) tuple per message, freed at once (kind 0: not available)
             stamps = map(Message.timestamp, batch)
             rows.times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
-        if owner.read_headers:
+        if settings.read_headers:
             headers = list(map(Message.headers, batch))
             rows.headers = (
                 None
@@ -562,9 +633,11 @@ class _Consumer:
         created afresh (its partitions would start past what they hold). Held back
         commits are due again with the next watermark."""
         if getattr(offsets, "epoch", self.epoch) != self.epoch:
-            log.debug("kafka source %r: offsets of an earlier assignment dropped", self.owner.name)
+            log.debug(
+                "kafka source %r: offsets of an earlier assignment dropped", self.settings.name
+            )
             offsets = []
-        elif self.owner.down_since is None and self.check is None:
+        elif self.stats.down_since is None and self.check is None:
             self._commit(offsets, asynchronous=True)
             return
         held = [(KafkaPartition(tp.topic, tp.partition), tp.offset) for tp in offsets]
@@ -576,9 +649,9 @@ class _Consumer:
 
         try:
             self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
-            self.owner.commits += 1
+            self.stats.commits += 1
         except KafkaException as error:
-            log.warning("kafka source %r: commit failed: %s", self.owner.name, error)
+            log.warning("kafka source %r: commit failed: %s", self.settings.name, error)
 
     def _on_error(self, error: Any) -> None:
         """librdkafka's error events: none fails the pipeline (see the module docstring)."""
@@ -597,66 +670,66 @@ class _Consumer:
                 self.check = "a broker connection failed"
                 self.next_probe = 0.0
             log.log(
-                logging.DEBUG if self.owner.down_since is not None else logging.INFO,
+                logging.DEBUG if self.stats.down_since is not None else logging.INFO,
                 "kafka source %r: %s",
-                self.owner.name,
+                self.settings.name,
                 error,
             )
         else:
-            log.warning("kafka source %r: %s", self.owner.name, error)
+            log.warning("kafka source %r: %s", self.settings.name, error)
 
     def _auth_refused(self, error: Any) -> None:
         """The brokers refused our credentials: ERROR at once; past ``auth_retries``
         refusals the source fails (the next consumer call raises)."""
-        owner = self.owner
-        owner.auth_refusals += 1
-        owner.health.set("auth_refused", attempt=owner.auth_refusals, error=str(error))
-        retries = owner.auth_retries
-        if owner.auth_refusals == 1:
+        settings, stats = self.settings, self.stats
+        stats.auth_refusals += 1
+        stats.health.set("auth_refused", attempt=stats.auth_refusals, error=str(error))
+        retries = settings.auth_retries
+        if stats.auth_refusals == 1:
             log.error(
                 "kafka source %r: the brokers refused the credentials (%s): check the SASL "
                 "settings; %s",
-                owner.name,
+                settings.name,
                 error,
                 "retrying forever (auth_retries=None)"
                 if retries is None
                 else f"the source fails after {retries} more refusals (auth_retries={retries})",
             )
-        if retries is not None and owner.auth_refusals > retries and self.failure is None:
+        if retries is not None and stats.auth_refusals > retries and self.failure is None:
             from confluent_kafka import KafkaException
 
             self.failure = KafkaException(
-                f"kafka source {owner.name!r}: the brokers refused the credentials "
-                f"{owner.auth_refusals} times ({error}); check the SASL settings "
+                f"kafka source {settings.name!r}: the brokers refused the credentials "
+                f"{stats.auth_refusals} times ({error}); check the SASL settings "
                 f"(auth_retries={retries}; auth_retries=None retries forever)"
             )
 
     def _broker_down(self, error: Any) -> None:
-        owner = self.owner
-        if owner.down_since is not None:
+        settings, stats = self.settings, self.stats
+        if stats.down_since is not None:
             return
-        owner.down_since = time.time()
-        owner.outages += 1
-        owner.health.set("outage", attempt=owner.outages, error=str(error))
+        stats.down_since = time.time()
+        stats.outages += 1
+        stats.health.set("outage", attempt=stats.outages, error=str(error))
         log.warning(
             "kafka source %r: %s; the consumer keeps reconnecting and the pipeline keeps "
             "running (commits wait for the brokers)",
-            owner.name,
+            settings.name,
             error,
         )
 
     def _broker_up(self, how: str) -> None:
-        owner = self.owner
-        if owner.down_since is None:
+        settings, stats = self.settings, self.stats
+        if stats.down_since is None:
             return
-        outage = time.time() - owner.down_since
-        owner.down_since = None
-        owner.health.set("connected")
+        outage = time.time() - stats.down_since
+        stats.down_since = None
+        stats.health.set("connected")
         # the brokers may have restarted without their data: check the group's state
         self.check = self.check or f"an outage of {outage:.1f}s"
         self.next_probe = 0.0
         log.warning(
-            "kafka source %r: brokers reachable again (%s) after %.1fs", owner.name, how, outage
+            "kafka source %r: brokers reachable again (%s) after %.1fs", settings.name, how, outage
         )
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
@@ -671,7 +744,7 @@ class _Consumer:
             )
             log.warning(
                 "kafka source %r: commit failed (retried with the next one): %s",
-                self.owner.name,
+                self.settings.name,
                 problem,
             )
             if problem.code() in _GROUP_GONE and self.check is None:
@@ -680,13 +753,13 @@ class _Consumer:
             # the next due_commits() offers these watermarks again
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to retry
                 self.loop.call_soon_threadsafe(self.uncommit_, failed)
-        elif self.owner.down_since is not None:
+        elif self.stats.down_since is not None:
             self._broker_up("a commit succeeded")
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self.owner.assignments += 1
+        self.stats.assignments += 1
         self._broker_up("partitions assigned")
-        self.owner.health.set("connected")
+        self.stats.health.set("connected")
         if self.cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -700,7 +773,7 @@ class _Consumer:
         if self.paused:
             # an assign undoes a pause: apply it again to everything we hold
             self._pause_all()
-        log.info("kafka source %r: assigned %s", self.owner.name, sorted(map(str, new)))
+        log.info("kafka source %r: assigned %s", self.settings.name, sorted(map(str, new)))
         # their state is restored before their first message is fetched: this thread
         # polls, and it waits here meanwhile (heartbeats go on in librdkafka's thread)
         self._restore(sorted(new))
@@ -710,7 +783,7 @@ class _Consumer:
         if not partitions:
             return
         started = time.monotonic()
-        self.owner.restoring = len(partitions)
+        self.stats.restoring = len(partitions)
 
         async def restore() -> None:
             await self.out.ctx.partitions_assigned(list(partitions))
@@ -720,15 +793,15 @@ class _Consumer:
             future.result()
         except Exception as error:
             # the pipeline failed (the error is recorded and logged there): read nothing
-            log.debug("kafka source %r: restoring %s: %r", self.owner.name, partitions, error)
+            log.debug("kafka source %r: restoring %s: %r", self.settings.name, partitions, error)
             raise
         finally:
-            self.owner.restoring = 0
+            self.stats.restoring = 0
         seconds = time.monotonic() - started
         if seconds > 0.5:
             log.info(
                 "kafka source %r: state of %s restored in %.1fs",
-                self.owner.name,
+                self.settings.name,
                 sorted(map(str, partitions)),
                 seconds,
             )
@@ -742,18 +815,18 @@ class _Consumer:
     def _release(
         self, consumer: Any, partitions: list[Any], *, lost: bool, unassign: bool = True
     ) -> None:
-        self.owner.revocations += 1
+        self.stats.revocations += 1
         started = time.monotonic()
         gone = [KafkaPartition(tp.topic, tp.partition) for tp in partitions]
         # stop handing these to the loop at once (messages of this hop included)
         self.assigned = self.assigned - set(gone)
         self.epoch += 1
         # on close the events in flight had their time already (close_timeout)
-        timeout = 0.0 if lost or self.closing else self.owner.revoke_timeout
+        timeout = 0.0 if lost or self.closing else self.settings.revoke_timeout
         if lost and self.txn is not None:
             # our open transaction may hold what we did with them: it must not commit
             self.txn.abort(
-                f"kafka source {self.owner.name!r}: partitions {sorted(map(str, gone))} were "
+                f"kafka source {self.settings.name!r}: partitions {sorted(map(str, gone))} were "
                 "lost (the group moved them on without a revoke)"
             )
             self.failure = self.txn.failure
@@ -762,7 +835,7 @@ class _Consumer:
             # (exactly-once: a transaction, on a thread of its own, may take its timeout)
             offsets = future.result(timeout + 5 + (0 if self.txn is None else self.txn.timeout))
         except Exception as error:  # the loop is gone or stuck: commit nothing
-            log.warning("kafka source %r: releasing %s: %r", self.owner.name, gone, error)
+            log.warning("kafka source %r: releasing %s: %r", self.settings.name, gone, error)
             offsets = []
         if offsets:
             self._commit(offsets, asynchronous=False)
@@ -775,10 +848,10 @@ class _Consumer:
         for p in gone:
             self.delivered.pop(p, None)
             self.eof.discard(p)
-        self.owner.last_revoke_seconds = seconds = time.monotonic() - started
+        self.stats.last_revoke_seconds = seconds = time.monotonic() - started
         log.info(
             "kafka source %r: %s %s in %.2fs",
-            self.owner.name,
+            self.settings.name,
             "lost" if lost else "revoked",
             sorted(map(str, gone)),
             seconds,
@@ -818,7 +891,7 @@ class _Consumer:
             if rows.bad:
                 last = max(last, rows.bad[-1][1].offset())
             self.emitted_next[p] = last + 1
-        self.owner.emitted += used
+        self.stats.emitted += used
         return used
 
     def _emit_rows(self, out: Emitter, rows: _Rows, start: int, end: int) -> None:
@@ -857,7 +930,7 @@ class _Consumer:
     def _dead_letter(
         self, out: Emitter, p: KafkaPartition, message: Any, error: BaseException
     ) -> None:
-        owner = self.owner
+        settings, stats = self.settings, self.stats
         offset = message.offset()
         raw = message.value()
         # a ticket of its own, so the watermark (and the commit) moves past it
@@ -876,26 +949,28 @@ class _Consumer:
             source=out.name,
             raw=raw,
         )
-        owner.dead_lettered += 1
-        if self.producer is not None and owner.dead_letter_topic is not None:
+        stats.dead_lettered += 1
+        if self.producer is not None and settings.dead_letter_topic is not None:
             headers = [
                 ("error", str(problem).encode()),
-                ("stage", owner.name.encode()),
+                ("stage", settings.name.encode()),
                 ("topic", p.topic.encode()),
                 ("partition", str(p.partition).encode()),
                 ("offset", str(offset).encode()),
             ]
             try:
-                self.producer.produce(owner.dead_letter_topic, raw, message.key(), headers=headers)
+                self.producer.produce(
+                    settings.dead_letter_topic, raw, message.key(), headers=headers
+                )
                 self.producer.poll(0)
             except Exception as failure:
                 log.warning(
                     "kafka source %r: dead-letter topic %r: %r",
-                    owner.name,
-                    owner.dead_letter_topic,
+                    settings.name,
+                    settings.dead_letter_topic,
                     failure,
                 )
-        out.ctx.dead_letter(event, owner.name, problem)
+        out.ctx.dead_letter(event, settings.name, problem)
 
     def due_commits(self, out: Emitter) -> list[Any] | None:
         """Offsets to commit: completed watermarks that moved since the last commit."""
@@ -970,10 +1045,10 @@ class _Consumer:
                 offsets = [TopicPartition(p.topic, p.partition, o) for p, o in marks.items()]
                 consumer = self.consumer
                 if await txn.commit_(records, offsets, consumer.consumer_group_metadata):
-                    self.owner.commits += 1
+                    self.stats.commits += 1
             except BaseException as error:
                 if txn.failure is None:
-                    txn.abort(f"kafka source {self.owner.name!r}: checkpoint failed: {error}")
+                    txn.abort(f"kafka source {self.settings.name!r}: checkpoint failed: {error}")
                 self.failure = txn.failure
                 raise
             self.committed.update(marks)
@@ -1006,7 +1081,7 @@ class _Consumer:
                 log.warning(
                     "kafka source %r: partitions %s revoked with events still in flight "
                     "after %.1fs; committing what ended (the rest is read again)",
-                    self.owner.name,
+                    self.settings.name,
                     sorted(map(str, gone)),
                     timeout,
                 )
@@ -1025,7 +1100,7 @@ class _Consumer:
                 log.error(
                     "kafka source %r: checkpoint before committing revoked %s failed, "
                     "committing nothing (the events are read again): %s",
-                    self.owner.name,
+                    self.settings.name,
                     sorted(map(str, gone)),
                     error,
                 )
@@ -1035,7 +1110,7 @@ class _Consumer:
             await self.out.ctx.partitions_revoked(list(gone))
         except Exception as error:
             log.error(
-                "kafka source %r: releasing the state of %s: %s", self.owner.name, gone, error
+                "kafka source %r: releasing the state of %s: %s", self.settings.name, gone, error
             )
         offsets = []
         for p in gone:
@@ -1061,7 +1136,7 @@ class _Consumer:
                 log.error(
                     "kafka source %r: the transaction before revoking %s failed (the "
                     "source fails; a restart replays from the last committed offsets): %s",
-                    self.owner.name,
+                    self.settings.name,
                     sorted(map(str, gone)),
                     error,
                 )
@@ -1069,7 +1144,7 @@ class _Consumer:
             await self.out.ctx.partitions_revoked(list(gone))
         except Exception as error:
             log.error(
-                "kafka source %r: releasing the state of %s: %s", self.owner.name, gone, error
+                "kafka source %r: releasing the state of %s: %s", self.settings.name, gone, error
             )
         for p in gone:
             # their tickets count as released: records kept of their events are dropped
@@ -1088,12 +1163,12 @@ class _Consumer:
         start = time.monotonic()
         idle = asyncio.ensure_future(out.flow.idle())
         try:
-            deadline = self.loop.time() + self.owner.close_timeout
+            deadline = self.loop.time() + self.settings.close_timeout
             while not idle.done() and self.consumer is not None:
                 left = deadline - self.loop.time()
                 if left <= 0:
                     break
-                await asyncio.wait({idle}, timeout=min(left, self.owner.keepalive))
+                await asyncio.wait({idle}, timeout=min(left, self.settings.keepalive))
                 if not idle.done():
                     # paused, and polled: a slow last event must not get us evicted meanwhile
                     await self.call(self.keepalive, await self.checkpointed_commits_(out))
@@ -1101,14 +1176,14 @@ class _Consumer:
                 log.warning(
                     "kafka source %r: closing with %d events still in flight after %.1fs; "
                     "they are read again on restart",
-                    self.owner.name,
+                    self.settings.name,
                     out.flow.pending,
                     time.monotonic() - start,
                 )
             commits = await self.checkpointed_commits_(out) if self.consumer is not None else None
             await self.call(self.close, commits)
         except Exception:
-            log.exception("kafka source %r: close failed", self.owner.name)
+            log.exception("kafka source %r: close failed", self.settings.name)
         finally:
             self.stopped.set()
             idle.cancel()

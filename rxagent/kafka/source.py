@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from ..exceptions import ConfigurationError
 from ..sources.base import Emitter, Source
@@ -57,7 +57,7 @@ from .common import (
     _value_decoder,
     redact,
 )
-from .consumer import _Consumer, _Offsets, _offsets, _Rows
+from .consumer import ConsumerSettings, ConsumerStats, _Consumer, _Offsets, _offsets, _Rows
 from .transaction import KafkaTransactions
 
 __all__ = ["KafkaPartition", "KafkaSource", "ProcessingGuarantee", "kafka"]
@@ -65,6 +65,31 @@ __all__ = ["KafkaPartition", "KafkaSource", "ProcessingGuarantee", "kafka"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 log = logging.getLogger("rxagent")
+
+_V = TypeVar("_V")
+
+
+class _Stat(Generic[_V]):
+    """A field of the source's :class:`ConsumerStats` (which its consumer thread
+    writes), read and set as an attribute of the source: ``source.emitted``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field = name
+
+    @overload
+    def __get__(self, source: None, cls: type | None = None) -> _Stat[_V]: ...
+
+    @overload
+    def __get__(self, source: KafkaSource, cls: type | None = None) -> _V: ...
+
+    def __get__(self, source: KafkaSource | None, cls: type | None = None) -> _V | _Stat[_V]:
+        if source is None:
+            return self
+        value: _V = getattr(source.stats, self.field)
+        return value
+
+    def __set__(self, source: KafkaSource, value: _V) -> None:
+        setattr(source.stats, self.field, value)
 
 
 class KafkaSource(Source):
@@ -100,6 +125,30 @@ class KafkaSource(Source):
 
     kind = "kafka"
     event_bytes_hint = 1 << 20  # byte credit expects messages of up to 1 MiB at first
+
+    # what the consumer thread reports (self.stats), for describe() and tests
+    emitted = _Stat[int]()
+    dead_lettered = _Stat[int]()
+    commits = _Stat[int]()
+    pauses = _Stat[int]()
+    assignments = _Stat[int]()
+    revocations = _Stat[int]()
+    #: Seconds the last revoke took (release, checkpoint, commit), or None.
+    last_revoke_seconds = _Stat[float | None]()
+    outages = _Stat[int]()
+    #: partitions whose state is being restored now (0: none)
+    restoring = _Stat[int]()
+    #: per partition, messages behind its high watermark when last read
+    lag = _Stat[dict[KafkaPartition, int]]()
+    #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
+    down_since = _Stat[float | None]()
+    #: connected, outage, auth refused, lost assignment (rxagent.sources.health)
+    health = _Stat[SourceHealth]()
+    auth_refusals = _Stat[int]()
+    #: times the source gave up its assignment and subscribed again (group or topic gone)
+    rejoins = _Stat[int]()
+    #: polls the consumer thread made on its own while the loop was blocked
+    unattended_polls = _Stat[int]()
 
     def __init__(
         self,
@@ -190,31 +239,10 @@ class KafkaSource(Source):
         max_poll = float(user.get("max.poll.interval.ms", 300_000)) / 1000
         # while paused, poll at least this often (well inside max.poll.interval.ms)
         self.keepalive = min(0.5, max_poll / 5)
-        # counters for describe()
-        self.emitted = 0
-        self.dead_lettered = 0
-        self.commits = 0
-        self.pauses = 0
-        self.assignments = 0
-        self.revocations = 0
-        #: Seconds the last revoke took (release, checkpoint, commit), or None.
-        self.last_revoke_seconds: float | None = None
-        self.outages = 0
-        #: partitions whose state is being restored now (0: none)
-        self.restoring = 0
+        #: counters, lag and health, written by the consumer thread, for describe()
+        self.stats = ConsumerStats()
         #: since when the source holds no partition (a wall-clock time), or None
         self.waiting_since: float | None = None
-        #: per partition, messages behind its high watermark when last read
-        self.lag: dict[KafkaPartition, int] = {}
-        #: set while librdkafka reports every broker down (a wall-clock time, epoch seconds)
-        self.down_since: float | None = None
-        #: connected, outage, auth refused, lost assignment (rxagent.sources.health)
-        self.health = SourceHealth()
-        self.auth_refusals = 0
-        #: times the source gave up its assignment and subscribed again (group or topic gone)
-        self.rejoins = 0
-        #: polls the consumer thread made on its own while the loop was blocked
-        self.unattended_polls = 0
         self._consumer: _Consumer | None = None
         self._closing: asyncio.Task[None] | None = None
         self._logged_wait = 0.0
@@ -257,6 +285,29 @@ class KafkaSource(Source):
             transactional_id=transactional_id,
             bootstrap_servers=bootstrap_servers,
             owner=f"kafka source {self.name!r}",
+        )
+
+    def _settings(self) -> ConsumerSettings:
+        """What the consumer thread is told of this source (read when it starts)."""
+        return ConsumerSettings(
+            name=self.name,
+            topics=self.topics,
+            group_id=self.group_id,
+            config=self.config,
+            assign=self.assign,
+            keepalive=self.keepalive,
+            revoke_timeout=self.revoke_timeout,
+            close_timeout=self.close_timeout,
+            auth_retries=self.auth_retries,
+            dead_letter_topic=self.dead_letter_topic,
+            transactions=self.transactions,
+            decode_value=self.decode_value,
+            decode_key=self.decode_key,
+            decode_keys=self.decode_keys,
+            read_keys=self.read_keys,
+            read_timestamps=self.read_timestamps,
+            read_headers=self.read_headers,
+            count_bytes=self.credit_bytes is not None,
         )
 
     def changelog_for(self, store: str) -> Any:
@@ -380,7 +431,7 @@ class KafkaSource(Source):
 
     async def run(self, out: Emitter) -> None:
         loop = asyncio.get_running_loop()
-        consumer = _Consumer(self, out, loop)
+        consumer = _Consumer(self._settings(), self.stats, out, loop)
         self._consumer = consumer
         try:
             await consumer.call(consumer.open)
