@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..runtime import App, Pipeline
     from ..sources.base import Source
     from ..state import StateStore
-    from ..tools.registry import ToolRegistry
+    from ..tools.tool_registry import ToolRegistry
 
 __all__ = ["BuiltApp", "Config", "PipelineSpec", "StageSpec", "load", "loads"]
 
@@ -232,8 +232,8 @@ class Config:
         """
         from ..deadletters import JsonlDeadLetters, MemoryDeadLetters
         from ..runtime import App, Pipeline
-        from ..tools.registry import ToolRegistry
         from ..tools.tool import Tool
+        from ..tools.tool_registry import ToolRegistry
 
         names = list(self.pipelines) if pipelines is None else list(pipelines)
         sources = dict(sources or {})

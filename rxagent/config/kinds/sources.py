@@ -308,7 +308,7 @@ class StateSourceParams(SourceParams):
 
 
 def _state_source(p: StateSourceParams, ctx: BuildContext) -> Any:
-    from ...sources.state import StateChangesSource
+    from ...sources.store_changes import StateChangesSource
 
     return StateChangesSource(
         ctx.stores[p.store],
