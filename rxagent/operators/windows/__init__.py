@@ -5,8 +5,7 @@
   ``session_window``, :class:`WindowOperator`), their options and validation;
 - :mod:`.engine`: what time windows share: clock and timers, watermark, late
   events, output, partition release;
-- :mod:`.panes`: tumbling and sliding windows (panes); :mod:`.sessions`: sessions;
-- :mod:`.grouping`: rows per key in C (``group_rows``), also used by other keyed stages.
+- :mod:`.panes`: tumbling and sliding windows (panes); :mod:`.sessions`: sessions.
 
 Every window *folds* the events it takes in (see :mod:`rxagent.flow`): their
 credit returns to the source at once, their completion waits for the window's
@@ -15,8 +14,8 @@ processed.
 """
 
 from ...values import Window
+from ..toolkit import group_rows  # kept here for old imports (it was in windows.py)
 from .count import count_window
-from .grouping import group_rows
 from .timed import (
     LatePolicy,
     TimeDomain,

@@ -7,7 +7,7 @@ window emits has ended. The commit watermark therefore never passes an event
 whose window has not been processed.
 
 Time windows (tumbling, sliding, session) are in :mod:`.timed`; they share
-:class:`Window` and :func:`~.grouping.group_rows` with the count windows here.
+:class:`Window` with the count windows here.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from reactivex import Observable
 from ...events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
 from ...exceptions import ConfigurationError
 from ...flow import Flow, Ticket, release_tickets
-from ...values import Window
+from ...values import Window, to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import BatchHandler, Emit, Operator, batch_stage
-from ..transform import _apply, to_key_function
-from .grouping import group_rows
+from ..toolkit import apply, group_rows
 
 __all__ = ["CountWindowHandler", "count_window"]
 
@@ -88,7 +87,7 @@ class CountWindowHandler(BatchHandler):
             try:  # fast path: keys computed while grouping, no key list
                 groups = group_rows(map(key_fn, batch.values))
             except Exception:  # some key function raised: route row by row
-                keys, ok = _apply(batch, key_fn, stage)
+                keys, ok = apply(batch, key_fn, stage)
                 rows = [i for i, good in enumerate(ok) if good]
                 batch = batch.take(rows)
                 groups = group_rows([keys[i] for i in rows])

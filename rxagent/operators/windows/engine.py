@@ -48,9 +48,9 @@ from ...flow import Flow, Ticket
 from ...values import Window
 from ..aggregate import Aggregation
 from ..base import BatchHandler, Emit
-from ..transform import _apply
+from ..toolkit import apply
 
-__all__ = ["SNAP", "Late", "Out", "WindowHandler", "WindowSpec"]
+__all__ = ["SNAP", "Late", "Out", "WindowHandler", "WindowSpec", "pick"]
 
 #: A time within this fraction of a pane below a pane boundary counts as on it:
 #: ``0.009 / 0.003`` is ``2.9999999999999996`` in floats, and an event at 9 ms
@@ -103,6 +103,15 @@ class WindowSpec:
         self.emit_partial = emit_partial
         self.scheduler = scheduler
         self.subject: Subject[Event] = Subject()
+
+
+def pick(values: Sequence[Any], rows: Sequence[int]) -> list[Any]:
+    """``[values[i] for i in rows]`` with the loop in C."""
+    if isinstance(rows, range):
+        return list(values[rows.start : rows.stop])
+    if len(rows) == 1:
+        return [values[rows[0]]]
+    return list(itemgetter(*rows)(values))
 
 
 class _Timer:
@@ -226,7 +235,7 @@ class WindowHandler(BatchHandler):
             self._bind(batch)
         keys: Sequence[Hashable] | None = batch.keys
         if spec.key_fn is not None:
-            keys, ok = _apply(batch, spec.key_fn, self.stage)
+            keys, ok = apply(batch, spec.key_fn, self.stage)
             if ok:
                 rows = [i for i, good in enumerate(ok) if good]
                 batch = batch.take(rows)

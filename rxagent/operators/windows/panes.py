@@ -20,8 +20,8 @@ from reactivex import abc
 
 from ...events import Batch
 from ...flow import Flow, Ticket, release_tickets
-from .engine import SNAP, Late, Out, WindowHandler, WindowSpec
-from .grouping import group_rows, pick
+from ..toolkit import group_rows
+from .engine import SNAP, Late, Out, WindowHandler, WindowSpec, pick
 
 __all__ = ["PaneHandler", "Panes"]
 

@@ -74,9 +74,9 @@ from reactivex.subject import Subject
 
 from ...events import Batch, Event
 from ...exceptions import ConfigurationError
+from ...values import to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import Operator, batch_stage
-from ..transform import to_key_function
 from .engine import WindowHandler, WindowSpec
 from .panes import PaneHandler, Panes
 from .sessions import SessionHandler
