@@ -105,7 +105,9 @@ class Kind:
 
     @property
     def doc(self) -> str:
-        return self.summary or (self.params.__doc__ or "").strip().split("\n")[0]
+        """The kind's summary: its first paragraph, on one line."""
+        text = self.summary or (self.params.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(text.split())
 
 
 @dataclass

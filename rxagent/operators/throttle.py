@@ -397,6 +397,13 @@ def throttle_first(
 
         -a-b-c-d-e-|   throttle_first(3 frames)
         -a---c---e-|
+
+    Args:
+        interval: after an event passes, its key's events are dropped this long.
+        key: throttle per this key: a field name or a function of the value
+            (default: the event's key; events without keys share one interval).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     return _timed_operator(_ThrottleFirst, interval, key, scheduler, name)
 
@@ -442,6 +449,13 @@ def throttle_last(
 
         -a-b-----c---|   throttle_last(3 frames)
         ----b-------c|
+
+    Args:
+        interval: an interval's length; its latest event goes out at its end.
+        key: throttle per this key: a field name or a function of the value
+            (default: the event's key; events without keys share one interval).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     return _timed_operator(_ThrottleLast, interval, key, scheduler, name)
 
@@ -513,6 +527,13 @@ def throttle_latest(
 
         -ab-c------d--|   throttle_latest(4 frames)
         -a---c-----d--|   (b replaced by c, which trails at frame 5)
+
+    Args:
+        interval: after an event goes out, the key's next one waits at least this long.
+        key: throttle per this key: a field name or a function of the value
+            (default: the event's key; events without keys share one interval).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     return _timed_operator(_ThrottleLatest, interval, key, scheduler, name)
 
@@ -563,6 +584,13 @@ def debounce(
 
         -a-b-----c--|   debounce(3 frames)
         ------b-----(c|)
+
+    Args:
+        interval: the quiet time: an event goes out once its key had none newer for this long.
+        key: throttle per this key: a field name or a function of the value
+            (default: the event's key; events without keys share one interval).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     return _timed_operator(_Debounce, interval, key, scheduler, name)
 
@@ -626,6 +654,13 @@ def sample(
 
         -a-b--c-d--|   sample(4 frames)
         ----b---c---(d|)   (samples at frames 4, 8, 12; d came at 8, so goes at 12)
+
+    Args:
+        interval: the time between samples (on multiples of it on the clock).
+        key: throttle per this key: a field name or a function of the value
+            (default: the event's key; events without keys share one interval).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     return _timed_operator(_Sample, interval, key, scheduler, name)
 
@@ -758,6 +793,15 @@ def rate_limit(
         -(abc)--d---|   rate_limit(2, 4 frames)
         -(ab)c--d---|   policy="delay": c waits until a and b are 4 frames old
         -(ab)---d---|   policy="drop": c is dropped
+
+    Args:
+        n: most events per key in any ``interval``.
+        interval: the sliding window the limit applies to.
+        policy: ``delay`` the excess (held, no loss) or ``drop`` it.
+        key: limit per this key: a field name or a function of the value
+            (default: the event's key).
+        scheduler: the clock (default: the pipeline's; a test's virtual time).
+        name: the stage's name in status and dead letters.
     """
     op = _RateLimit.op
     positive_int(op, "n", n)

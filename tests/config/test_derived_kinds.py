@@ -192,7 +192,7 @@ def test_parameter_types_follow_the_pipeline_file_conventions(tmp_path: Path) ->
 def test_constraints_given_as_fields_and_docstrings_describe_parameters() -> None:
     kind = derived("operator", everything, size=Field(ge=1))
     fields = kind.params.model_fields
-    assert fields["size"].description == "a count."
+    assert fields["size"].description == "a count"
     assert fields["size"].is_required() and fields["interval"].is_required()
     assert "opaque" not in fields and "scheduler" not in fields
     assert kind.doc == "Record what the kind passed."

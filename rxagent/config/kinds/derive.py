@@ -190,7 +190,8 @@ def _field(param: inspect.Parameter, given: FieldInfo | None, doc: str | None) -
     if param.default is not inspect.Parameter.empty:
         options["default"] = param.default
     if doc and (given is None or given.description is None):
-        options["description"] = doc
+        # the reference's convention: a phrase, no full stop
+        options["description"] = doc[:-1] if doc.endswith(".") and not doc.endswith("..") else doc
     if given is None:
         field: FieldInfo = Field(**options)
         return field

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from ... import operators as ops
 from ..registry import BuildContext, Kind, Registry
+from .derive import derived
 from .types import (
     Agg,
     BackoffParams,
@@ -37,13 +38,11 @@ __all__ = [
     "FlatMapParams",
     "KeyByParams",
     "MapParams",
-    "RateLimitParams",
     "ReorderParams",
     "RetryParams",
     "SessionParams",
     "SlidingParams",
     "TapParams",
-    "ThrottleParams",
     "TimeWindowParams",
     "TumblingParams",
     "register",
@@ -261,51 +260,6 @@ def _buffer(p: BufferParams, ctx: BuildContext) -> Any:
     )
 
 
-class ThrottleParams(StageParams):
-    """At most one event per interval (per key when ``key`` is given, else per event key)."""
-
-    interval: Duration = Field(description="the throttle's period")
-    key: FieldOrExpr | None = Field(
-        None, description="throttle per this key (default: the event's key)"
-    )
-
-
-def _throttle(fn: Callable[..., Any]) -> Callable[[ThrottleParams, BuildContext], Any]:
-    def build(p: ThrottleParams, ctx: BuildContext) -> Any:
-        return fn(
-            p.interval,
-            key=None if p.key is None else key_arg(p.key),
-            scheduler=ctx.scheduler,
-            name=p.name,
-        )
-
-    return build
-
-
-class RateLimitParams(StageParams):
-    """At most ``n`` events per interval; ``delay`` the rest or ``drop`` them."""
-
-    n: int = Field(ge=1, description="most events per interval, per key")
-    interval: Duration = Field(description="the sliding window the limit applies to")
-    policy: Literal["delay", "drop"] = Field(
-        "delay", description="delay the excess (no loss) or drop it"
-    )
-    key: FieldOrExpr | None = Field(
-        None, description="limit per this key (default: the event's key)"
-    )
-
-
-def _rate_limit(p: RateLimitParams, ctx: BuildContext) -> Any:
-    return ops.rate_limit(
-        p.n,
-        p.interval,
-        p.policy,
-        key=None if p.key is None else key_arg(p.key),
-        scheduler=ctx.scheduler,
-        name=p.name,
-    )
-
-
 class RetryParams(StageParams):
     """Resubscribe upstream after an error, with backoff."""
 
@@ -450,16 +404,13 @@ def register(registry: Registry) -> None:
     add(Kind("operator", "dedup", DedupParams, _dedup, shorthand="id"))
     add(Kind("operator", "reorder", ReorderParams, _reorder))
     add(Kind("operator", "buffer", BufferParams, _buffer, shorthand="capacity"))
-    for name, fn in (
-        ("throttle_first", ops.throttle_first),
-        ("throttle_last", ops.throttle_last),
-        ("throttle_latest", ops.throttle_latest),
-        ("debounce", ops.debounce),
-        ("sample", ops.sample),
-    ):
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        add(Kind("operator", name, ThrottleParams, _throttle(fn), "interval", summary))
-    add(Kind("operator", "rate_limit", RateLimitParams, _rate_limit))
+    # kinds derived from the operators' signatures and docstrings (derive.py)
+    add(derived("operator", ops.throttle_first, shorthand="interval"))
+    add(derived("operator", ops.throttle_last, shorthand="interval"))
+    add(derived("operator", ops.throttle_latest, shorthand="interval"))
+    add(derived("operator", ops.debounce, shorthand="interval"))
+    add(derived("operator", ops.sample, shorthand="interval"))
+    add(derived("operator", ops.rate_limit, n=Field(ge=1)))
     add(Kind("operator", "retry", RetryParams, _retry))
     add(Kind("operator", "circuit_breaker", CircuitParams, _circuit, shorthand="call"))
     add(Kind("operator", "count_window", CountWindowParams, _count_window, shorthand="size"))
