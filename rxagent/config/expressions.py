@@ -50,7 +50,8 @@ from .._secrets import redact
 from ..events import Batch
 from ..exceptions import ConfigurationError, RxAgentError
 from ..operators.base import Operator
-from ..operators.transform import _EventFunctions, _filter, _per_row
+from ..operators.toolkit import EventFunctions
+from ..operators.transform import filter_stage, per_row_stage
 
 __all__ = [
     "FUNCTIONS",
@@ -1063,8 +1064,8 @@ def _as_expression(expr: Expression | str, kind: Literal["predicate", "value"]) 
     return compile_expression(expr, kind=kind)
 
 
-def _event_functions(expression: Expression) -> _EventFunctions:
-    return _EventFunctions(expression.evaluate_events, expression.evaluate_event)
+def _event_functions(expression: Expression) -> EventFunctions:
+    return EventFunctions(expression.evaluate_events, expression.evaluate_event)
 
 
 def expression_filter(expr: Expression | str, *, name: str | None = None) -> Operator:
@@ -1077,8 +1078,8 @@ def expression_filter(expr: Expression | str, *, name: str | None = None) -> Ope
     """
     predicate = _as_expression(expr, "predicate")
     if predicate.uses_event:
-        return _filter(predicate, name, events=_event_functions(predicate))
-    return _filter(predicate, name, predicate.evaluate_many)
+        return filter_stage(predicate, name, events=_event_functions(predicate))
+    return filter_stage(predicate, name, predicate.evaluate_many)
 
 
 def expression_map(expr: Expression | str, *, name: str | None = None) -> Operator:
@@ -1086,8 +1087,8 @@ def expression_map(expr: Expression | str, *, name: str | None = None) -> Operat
     evaluated per batch, failures dead-lettered per event."""
     fn = _as_expression(expr, "value")
     if fn.uses_event:
-        return _per_row("map", fn, Batch.with_values, name, events=_event_functions(fn))
-    return _per_row("map", fn, Batch.with_values, name, fn.evaluate_many)
+        return per_row_stage("map", fn, Batch.with_values, name, events=_event_functions(fn))
+    return per_row_stage("map", fn, Batch.with_values, name, fn.evaluate_many)
 
 
 def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Operator:
@@ -1121,8 +1122,8 @@ def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Ope
         def event_key(value: Any, key: Any, time: float | None) -> Any:
             return scalar_key(fn.evaluate_event(value, key, time))
 
-        functions = _EventFunctions(event_keys, event_key)
-        return _per_row("key_by", fn, Batch.with_keys, name, events=functions)
+        functions = EventFunctions(event_keys, event_key)
+        return per_row_stage("key_by", fn, Batch.with_keys, name, events=functions)
 
     def keys(values: list[Any]) -> list[Any]:
         return scalar_keys(fn.evaluate_many(values))
@@ -1130,4 +1131,4 @@ def expression_key_by(expr: Expression | str, *, name: str | None = None) -> Ope
     def key(value: Any) -> Any:
         return scalar_key(fn(value))
 
-    return _per_row("key_by", key, Batch.with_keys, name, keys)
+    return per_row_stage("key_by", key, Batch.with_keys, name, keys)

@@ -18,16 +18,20 @@ from ..values import to_key_function
 from .base import BatchHandler, Emit, Operator, batch_stage
 from .toolkit import EventFunctions, apply, without_failed
 
-__all__ = ["event_time", "filter", "flat_map", "key_by", "map", "tap", "to_key_function"]
+__all__ = [
+    "event_time",
+    "filter",
+    "filter_stage",
+    "flat_map",
+    "key_by",
+    "map",
+    "per_row_stage",
+    "tap",
+    "to_key_function",
+]
 
-# The names sibling modules imported before the toolkit (the window modules, the
-# expression stages); new code imports them from the toolkit.
-_EventFunctions = EventFunctions
-_apply = apply
-_without_failed = without_failed
 
-
-def _per_row(
+def per_row_stage(
     kind: str,
     fn: Callable[[Any], Any],
     attach: Callable[[Batch, list[Any]], Batch],
@@ -36,7 +40,8 @@ def _per_row(
     *,
     events: EventFunctions | None = None,
 ) -> Operator:
-    """A stage computing ``fn(value)`` for every row and attaching the results to
+    """A stage computing ``fn(value)`` for every row (map, key_by, event_time, and the
+    compiled expressions' stages in rxagent.config.expressions) and attaching the results to
     the batch with ``attach`` (as values, keys or times); rows whose ``fn`` raised
     are dead-lettered and left out. ``many`` and ``events`` are passed on to
     :func:`~rxagent.operators.toolkit.apply`."""
@@ -66,19 +71,21 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
         --1--2--3--4--|   filter(lambda v: v % 2 == 0)
         -----2-----4--|
     """
-    return _filter(predicate, name)
+    return filter_stage(predicate, name)
 
 
-def _filter(
+def filter_stage(
     predicate: Callable[[Any], Any],
     name: str | None,
     many: Callable[[list[Any]], list[Any]] | None = None,
     *,
     events: EventFunctions | None = None,
 ) -> Operator:
-    """The filter stage; ``many`` evaluates the predicate over a whole batch at
-    once (``predicate`` is still used row by row when ``many`` raises); ``events``
-    evaluates it on whole events instead (:func:`~rxagent.operators.toolkit.apply`)."""
+    """The filter stage, also of compiled expressions (rxagent.config.expressions).
+
+    ``many`` evaluates the predicate over a whole batch at once (``predicate`` is
+    still used row by row when ``many`` raises); ``events`` evaluates it on whole
+    events instead (:func:`~rxagent.operators.toolkit.apply`)."""
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
@@ -111,7 +118,7 @@ def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
         --a--b--c--|   a=10, b=20, c=30
     """
 
-    return _per_row("map", fn, Batch.with_values, name)
+    return per_row_stage("map", fn, Batch.with_values, name)
 
 
 def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = None) -> Operator:
@@ -121,14 +128,14 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
     """
     key_fn = to_key_function(key)
 
-    return _per_row("key_by", key_fn, Batch.with_keys, name)
+    return per_row_stage("key_by", key_fn, Batch.with_keys, name)
 
 
 def event_time(time: str | Callable[[Any], float | None], *, name: str | None = None) -> Operator:
     """Set each event's event time (epoch seconds) from its value."""
     time_fn = to_key_function(time)
 
-    return _per_row(
+    return per_row_stage(
         "event_time",
         time_fn,
         lambda batch, times: batch.with_times([None if t is None else float(t) for t in times]),
