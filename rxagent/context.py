@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol
 
@@ -19,9 +20,14 @@ from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from .envelope import Event
 from .exceptions import ConfigurationError, StageError
 
-__all__ = ["PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
+__all__ = ["RECENT_DEAD_LETTERS", "PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
 
 log = logging.getLogger("rxagent")
+
+#: Dead letters a context keeps for status pages (:attr:`PipelineContext.recent_dead_letters`).
+RECENT_DEAD_LETTERS = 50
+#: A recent dead letter's ``str``/``bytes`` value is cut to this length.
+_RECENT_VALUE_LIMIT = 1000
 
 
 class Rows(Protocol):
@@ -284,6 +290,9 @@ class PipelineContext:
         #: sink is durable. Valid once the sinks recovered, before the source runs.
         self.resume_meta: Callable[[], list[Mapping[str, Any] | None]] = list
         self.metrics: dict[str, StageMetrics] = {}
+        #: The latest dead letters, newest last, whatever the dead-letter sink keeps
+        #: (appended once per dead letter; raw values cut to 1,000 items).
+        self.recent_dead_letters: deque[DeadLetter] = deque(maxlen=RECENT_DEAD_LETTERS)
         #: Why stages held events back, per key (see :class:`Suppressions`).
         self.suppressions = suppressions if suppressions is not None else Suppressions()
         if clock is not None:
@@ -318,9 +327,9 @@ class PipelineContext:
                 stage=stage,
             ) from (error if isinstance(error, BaseException) else None)
         try:
-            self.dead_letters.put(
-                DeadLetter.from_error(event, stage, error, pipeline=self.pipeline)
-            )
+            letter = DeadLetter.from_error(event, stage, error, pipeline=self.pipeline)
+            self.recent_dead_letters.append(letter.truncated(_RECENT_VALUE_LIMIT))
+            self.dead_letters.put(letter)
         except Exception:  # a broken dead-letter sink must not stop the stream
             log.exception("dead-letter sink of pipeline %r failed", self.pipeline)
         finally:

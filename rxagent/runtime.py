@@ -39,6 +39,7 @@ from .context import PipelineContext
 from .events import Batch
 from .exceptions import ConfigurationError, PipelineError
 from .flow import Flow
+from .histogram import Histogram
 from .operators.base import Operator
 from .sinks.base import Sink
 from .sinks.deadletters import DeadLetterSink
@@ -161,6 +162,9 @@ class Pipeline:
         self._meta_sinks: set[int] = set()  # ids of sinks whose checkpoint() takes meta
         self._started_at: float | None = None
         self._stopped_at: float | None = None
+        #: Per sink: seconds from a batch's making (its ``time``, the pipeline clock)
+        #: to the end of that sink's ``on_batch``, one observation per batch.
+        self.latency: dict[str, Histogram] = {}
 
     # -- composition -------------------------------------------------------------
 
@@ -191,6 +195,11 @@ class Pipeline:
     @property
     def sinks(self) -> list[Sink]:
         return list(self._sinks)
+
+    @property
+    def operators(self) -> list[RxOperator]:
+        """The operators in order (rxagent operators carry ``name`` and ``kind``)."""
+        return list(self._operators)
 
     @property
     def stage_names(self) -> list[str]:
@@ -243,6 +252,7 @@ class Pipeline:
         ctx.transactions = self.source.transactions
         ctx.resume_meta = self._resume_meta
         self._meta_sinks = {id(sink) for sink in self._sinks if _takes_meta(sink)}
+        self.latency = {sink.name: Histogram() for sink in self._sinks}
         for sink in self._sinks:
             sink.bind(ctx)
         # restore before the first event is read (a durable store's entries; what
@@ -348,6 +358,7 @@ class Pipeline:
         if len(sinks) > 1:
             batch.retain(len(sinks) - 1)
         n = len(batch.values)
+        latency = self.latency
         for sink in sinks:
             started = _slow.clock()
             try:
@@ -356,6 +367,7 @@ class Pipeline:
                 self._fail(error, sink.name)
             else:
                 _slow.note(batch.ctx, sink.name, started, n)
+                latency[sink.name].observe(batch.ctx.now() - batch.time, n)
 
     def _on_stream_error(self, error: Exception) -> None:
         stage = getattr(error, "stage", None)

@@ -22,7 +22,8 @@ The layers, bottom to top (a module may import its own layer and the ones below)
   modules (``rxagent.kafka.common``, ``rxagent.websocket.common``) and the
   operators (``rxagent.operators``);
 - what assembles stages: the runtime, pipeline files (``rxagent.config``), the
-  testing kit, MCP, adapters, the CLI and demos, and the package itself.
+  testing kit, MCP, observability (``rxagent.observe``), adapters, the CLI and
+  demos, and the package itself.
 
 Rules: a source never imports a sink nor a sink a source (they meet in shared
 modules below both); only the top layer imports the operators (sources and
@@ -47,6 +48,7 @@ ABOVE_OPERATORS = (
     "rxagent.config",
     "rxagent.testing",
     "rxagent.mcp",
+    "rxagent.observe",
     "rxagent.adapters",
     "rxagent.cli",
     "rxagent.demo",

@@ -126,6 +126,11 @@ class Snapshot(Mapping[Hashable, Any]):
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
 
+    def iter_entries(self) -> Iterator[Entry]:
+        """The entries one by one, in no set order (a reader that stops early pays
+        for what it read, not for the whole store)."""
+        return iter(self._entries.values())
+
     def to_dict(self) -> dict[Hashable, Any]:
         return {k: e.value for k, e in self._entries.items()}
 
