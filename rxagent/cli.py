@@ -810,7 +810,7 @@ def state_command(
 def _show_store(name: str, path: Path, codec: str, out: Any, max_entries: int) -> None:
     """Print one store file's summary (and write its entries as JSON lines to ``out``)."""
     from .state.durable import SQLiteBackend, codec_for
-    from .state.store import _entry
+    from .state.snapshot import entry_from_record
 
     if not path.exists():
         click.echo(
@@ -820,7 +820,7 @@ def _show_store(name: str, path: Path, codec: str, out: Any, max_entries: int) -
     backend = SQLiteBackend(path, store=name, codec=codec_for(codec))  # type: ignore[arg-type]
     try:
         meta = backend.open()
-        rows = [(_entry(key, record), part) for key, part, record in backend.rows()]
+        rows = [(entry_from_record(key, record), part) for key, part, record in backend.rows()]
     finally:
         backend.close()
     info = f"state {name}: {path}, version {meta.get('version', 0)}, {_plural(len(rows), 'key')}"

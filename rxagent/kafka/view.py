@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 import immutables
 from reactivex.subject import BehaviorSubject
 
-from ..events import Position
 from ..exceptions import ConfigurationError, StateError
 from ..state.durable import Codec, CodecName, codec_for, hashable
-from ..state.store import ChangeSet, Entry, Snapshot, StateChange, StateStore, _entry
+from ..state.snapshot import entry_from_record
+from ..state.store import ChangeSet, Entry, Snapshot, StateChange, StateStore, Update
 from .changelog import KafkaChangelog, TailBatch, changelog_topic
 
 if TYPE_CHECKING:
@@ -308,10 +308,7 @@ class StateView(StateStore):
             "write the store in the pipeline that owns it"
         )
 
-    def _apply(
-        self,
-        updates: Iterable[tuple[Hashable, Callable[[Any], Any], float | None, Position | None]],
-    ) -> list[StateChange]:
+    def apply_updates(self, updates: Iterable[Update]) -> list[StateChange]:
         raise self._read_only()
 
     def sink(self, **options: Any) -> StateSink:
@@ -357,7 +354,9 @@ class StateView(StateStore):
         for partition, raw_key, raw_value, offset, timestamp in tail.records:
             try:
                 key = hashable(loads(raw_key))
-                entry = None if raw_value is None else _entry(key, tuple(loads(raw_value)))
+                entry = (
+                    None if raw_value is None else entry_from_record(key, tuple(loads(raw_value)))
+                )
             except Exception as error:
                 raise StateError(
                     f"state view {self.name!r}: changelog {self.topic!r} partition {partition} "

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..events import Batch, Position
 from ..exceptions import ConfigurationError, StateError
-from ..state.store import Reducer, StateStore, _constant, _Update, register_sink
+from ..state.store import Reducer, StateStore, Update, constant_update, register_sink
 from ..values import to_key_function
 from .base import Sink
 
@@ -59,7 +59,7 @@ class StateSink(Sink):
         if self.reducer is None and self._replace_newest(batch, metrics):
             return
         rows: list[int] = []
-        updates: list[_Update] = []
+        updates: list[Update] = []
         failed: set[int] = set()
         times = batch.times
         positions = batch.positions
@@ -91,7 +91,7 @@ class StateSink(Sink):
             )
         while True:
             try:
-                changes = self.store._apply(updates)
+                changes = self.store.apply_updates(updates)
                 break
             except _RowError as row_error:
                 # a reducer raised: nothing of this batch was applied; dead-letter
@@ -122,21 +122,21 @@ class StateSink(Sink):
             times = batch.times
             positions = batch.positions
             source, partition = batch.source, batch.partition
-            updates: list[_Update] = []
+            updates: list[Update] = []
             for k, i in newest.items():
                 value = values[i] if value_fn is None else value_fn(values[i])
                 offset = None if positions is None else positions[i]
                 updates.append(
                     (
                         k,
-                        _constant(value),
+                        constant_update(value),
                         None if times is None else times[i],
                         None if offset is None else Position(source, partition, offset),
                     )
                 )
         except Exception:
             return False
-        changes = self.store._apply(updates)
+        changes = self.store.apply_updates(updates)
         metrics.events_out += len(changes)
         batch.end_all()
         return True

@@ -20,8 +20,18 @@ import immutables
 
 from ..events import Position
 from ..exceptions import StateError
+from .durable import hashable
 
-__all__ = ["ChangeSet", "Entry", "Snapshot", "StateChange", "iso_time", "key_text"]
+__all__ = [
+    "ChangeSet",
+    "Entry",
+    "Snapshot",
+    "StateChange",
+    "entry_from_record",
+    "entry_record",
+    "iso_time",
+    "key_text",
+]
 
 
 def iso_time(ts: float) -> str:
@@ -160,3 +170,28 @@ class Snapshot(Mapping[Hashable, Any]):
 
     def __repr__(self) -> str:
         return f"Snapshot({self.store!r}, version={self.version}, keys={len(self)})"
+
+
+# -- the durable form of an entry (local files, changelogs, the Kafka state view) ----
+
+
+def entry_record(entry: Entry) -> tuple[Any, ...]:
+    """An entry as the tuple durable files and changelogs keep (:func:`entry_from_record`)."""
+    pos = entry.position
+    return (
+        entry.value,
+        entry.version,
+        entry.updates,
+        entry.event_time,
+        entry.wall_time,
+        None if pos is None else pos.source,
+        None if pos is None else pos.partition,
+        None if pos is None else pos.offset,
+    )
+
+
+def entry_from_record(key: Hashable, record: tuple[Any, ...]) -> Entry:
+    """The entry of ``key`` a durable record (:func:`entry_record`) holds."""
+    value, version, updates, event_time, wall, source, partition, offset = record
+    position = None if source is None else Position(source, hashable(partition), offset)
+    return Entry(key, value, version, updates, event_time, wall, position)

@@ -40,7 +40,6 @@ from .durable import (
     SQLiteBackend,
     codec_for,
     gc_paused,
-    hashable,
     store_path,
 )
 from .render import (
@@ -50,7 +49,7 @@ from .render import (
     omitted_line,
     recent_entries,
 )
-from .snapshot import ChangeSet, Entry, Snapshot, StateChange
+from .snapshot import ChangeSet, Entry, Snapshot, StateChange, entry_from_record, entry_record
 
 __all__ = [
     "DELETE",
@@ -59,6 +58,8 @@ __all__ = [
     "Snapshot",
     "StateChange",
     "StateStore",
+    "Update",
+    "constant_update",
 ]
 
 
@@ -74,7 +75,8 @@ log = logging.getLogger("rxagent")
 _T = TypeVar("_T")
 
 Reducer = Callable[[Any, Event], Any]
-_Update = tuple[Hashable, Callable[[Any], Any], float | None, Position | None]
+#: One update of a batch: (key, function of the old value, event time, position).
+Update = tuple[Hashable, Callable[[Any], Any], float | None, Position | None]
 
 
 class StateStore:
@@ -221,9 +223,9 @@ class StateStore:
     ) -> list[StateChange]:
         """Apply ``(key, new value or DELETE, event time, position)`` updates as one
         version. Returns the changes applied (replays are skipped)."""
-        return self._apply((k, _constant(v), t, p) for k, v, t, p in updates)
+        return self.apply_updates((k, constant_update(v), t, p) for k, v, t, p in updates)
 
-    def _apply(
+    def apply_updates(
         self,
         updates: Iterable[tuple[Hashable, Callable[[Any], Any], float | None, Position | None]],
     ) -> list[StateChange]:
@@ -465,7 +467,8 @@ def register_sink(factory: Callable[..., Any]) -> None:
     _sink_factory = factory
 
 
-def _constant(value: Any) -> Callable[[Any], Any]:
+def constant_update(value: Any) -> Callable[[Any], Any]:
+    """An update function that sets ``value`` whatever the old value was."""
     return lambda _old: value
 
 
@@ -501,26 +504,6 @@ def part_text(partition: Hashable) -> str:
     if isinstance(partition, tuple) and len(partition) == 2:
         return f"{partition[0]}/{partition[1]}"
     return str(partition)
-
-
-def _record(entry: Entry) -> tuple[Any, ...]:
-    pos = entry.position
-    return (
-        entry.value,
-        entry.version,
-        entry.updates,
-        entry.event_time,
-        entry.wall_time,
-        None if pos is None else pos.source,
-        None if pos is None else pos.partition,
-        None if pos is None else pos.offset,
-    )
-
-
-def _entry(key: Hashable, record: tuple[Any, ...]) -> Entry:
-    value, version, updates, event_time, wall, source, partition, offset = record
-    position = None if source is None else Position(source, hashable(partition), offset)
-    return Entry(key, value, version, updates, event_time, wall, position)
 
 
 #: A checkpoint waiting for its transaction: (transaction number, rows, deleted keys,
@@ -633,7 +616,7 @@ class _Durable:
         entries: immutables.Map[Hashable, Entry] = immutables.Map()
         with gc_paused(), entries.mutate() as building:
             for key, _part, record in self.backend.rows():
-                building[key] = _entry(key, record)
+                building[key] = entry_from_record(key, record)
             entries = building.finish()
         self.last_entries = entries
         return entries, version
@@ -708,7 +691,7 @@ class _Durable:
         restored: dict[Hashable, Entry] = {}
         for partition in numbers:
             for key, _part, record in backend.rows(part_text(partition)):
-                restored[key] = _entry(key, record)
+                restored[key] = entry_from_record(key, record)
         self.restoring = None
         return restored, changes
 
@@ -805,7 +788,7 @@ class _Durable:
                         records.append((number, key_bytes, None))
                 continue
             pos = entry.position
-            key_bytes, entry_bytes = backend.encode(key, _record(entry))
+            key_bytes, entry_bytes = backend.encode(key, entry_record(entry))
             encoded.append(
                 (key_bytes, None if pos is None else part_text(pos.partition), entry_bytes)
             )

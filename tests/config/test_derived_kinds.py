@@ -88,13 +88,15 @@ def test_its_parameters_are_checked_at_load_with_the_location() -> None:
     with pytest.raises(ConfigFileError) as info:
         loads(PIPELINE % "two", file="p.yaml", registry=_registry())
     [problem] = [str(p) for p in info.value.problems]
-    assert problem.startswith("p.yaml:7:") and "n" in problem
+    assert problem.startswith("p.yaml:7:")
+    assert "n" in problem
 
     # what only the function checks is reported at load too, with the location
     with pytest.raises(ConfigFileError) as info:
         loads(PIPELINE % 0, file="p.yaml", registry=_registry())
     [problem] = [str(p) for p in info.value.problems]
-    assert problem.startswith("p.yaml:7:") and "n must be an int >= 1, got 0" in problem
+    assert problem.startswith("p.yaml:7:")
+    assert "n must be an int >= 1, got 0" in problem
 
 
 # -- the conventions of parameter types ---------------------------------------------------
@@ -176,7 +178,8 @@ def test_parameter_types_follow_the_pipeline_file_conventions(tmp_path: Path) ->
     assert call["interval"] == 0.25
     assert call["key"] == "sym"  # a field is passed by name (the operator's itemgetter)
     assert call["value"]({"px": 4}) == 8  # an expression, compiled
-    assert isinstance(call["backoff"], Backoff) and call["backoff"].max_attempts == 2
+    assert isinstance(call["backoff"], Backoff)
+    assert call["backoff"].max_attempts == 2
     assert isinstance(call["agg"]["avg"], ops.Aggregation)
     assert call["path"] == tmp_path / "out.jsonl"
     assert call["mode"] == "b"
@@ -186,15 +189,19 @@ def test_parameter_types_follow_the_pipeline_file_conventions(tmp_path: Path) ->
     # a python function by reference, and the defaults
     call = _build({"size": 1, "interval": 1, "value": "json:dumps"}, tmp_path)
     assert call["value"] is json.dumps
-    assert call["key"] is None and call["backoff"] is None and call["mode"] == "a"
+    assert call["key"] is None
+    assert call["backoff"] is None
+    assert call["mode"] == "a"
 
 
 def test_constraints_given_as_fields_and_docstrings_describe_parameters() -> None:
     kind = derived("operator", everything, size=Field(ge=1))
     fields = kind.params.model_fields
     assert fields["size"].description == "a count"
-    assert fields["size"].is_required() and fields["interval"].is_required()
-    assert "opaque" not in fields and "scheduler" not in fields
+    assert fields["size"].is_required()
+    assert fields["interval"].is_required()
+    assert "opaque" not in fields
+    assert "scheduler" not in fields
     assert kind.doc == "Record what the kind passed."
     schema = kind.params.model_json_schema()
     assert schema["properties"]["size"]["minimum"] == 1
@@ -204,7 +211,7 @@ def test_what_a_file_cannot_write_is_refused_when_the_kind_is_made() -> None:
     def needs_object(thing: Opaque, *, name: str | None = None) -> ops.Operator:
         return ops.map(lambda v: v)
 
-    with pytest.raises(ConfigurationError, match="parameter 'thing' .* cannot be written"):
+    with pytest.raises(ConfigurationError, match=r"parameter 'thing' .* cannot be written"):
         derived("operator", needs_object)
     with pytest.raises(ConfigurationError, match="no parameter named nope"):
         derived("operator", every_nth, nope=Field(ge=1))
@@ -212,6 +219,7 @@ def test_what_a_file_cannot_write_is_refused_when_the_kind_is_made() -> None:
 
 def test_excluded_parameters_are_left_to_their_defaults() -> None:
     kind = derived("operator", everything, exclude=["mode", "path"])
-    assert "mode" not in kind.params.model_fields and "path" not in kind.params.model_fields
+    assert "mode" not in kind.params.model_fields
+    assert "path" not in kind.params.model_fields
     with pytest.raises(ConfigurationError, match="a required parameter cannot be excluded"):
         derived("operator", everything, exclude=["size"])

@@ -415,7 +415,7 @@ async def test_a_store_writes_its_file_only_once_its_transaction_committed(tmp_p
     store.attach_changelog(changelog)  # type: ignore[arg-type]
     partition = KafkaPartition("in", 0)
     await store.assign_partitions([partition])
-    store._apply([("k", lambda old: (old or 0) + 1, None, Position("in", partition, 7))])
+    store.apply_updates([("k", lambda old: (old or 0) + 1, None, Position("in", partition, 7))])
     assert await store.checkpoint()
     assert len(changelog.records) == 1
 

@@ -37,7 +37,7 @@ from rxagent.mcp import changelog_views
 from rxagent.state import Entry, StateChange
 from rxagent.state.durable import PickleCodec, SQLiteBackend, store_path
 from rxagent.state.render import iso_time
-from rxagent.state.store import _entry, _record
+from rxagent.state.snapshot import entry_from_record, entry_record
 
 Produce = Callable[..., None]
 EXE = shutil.which("rxagent", path=str(Path(sys.executable).parent)) or "rxagent"
@@ -60,7 +60,7 @@ def file_entries(*state_dirs: Path) -> dict[Hashable, Entry]:
         backend.open()
         try:
             for key, _part, record in backend.rows():
-                entry = _entry(key, record)
+                entry = entry_from_record(key, record)
                 old = entries.get(key)
                 assert entry.position is not None
                 if old is None or (old.position and old.position.offset < entry.position.offset):
@@ -266,7 +266,7 @@ async def test_deletes_apply_and_writes_are_refused(
 
     def put(partition: int, key: str, value: Any) -> tuple[int, bytes, bytes | None]:
         entry = Entry(key, value, next(version), 1, None, time.time())
-        return (partition, codec.dumps(key), codec.dumps(_record(entry)))
+        return (partition, codec.dumps(key), codec.dumps(entry_record(entry)))
 
     def delete(partition: int, key: str) -> tuple[int, bytes, bytes | None]:
         return (partition, codec.dumps(key), None)
@@ -311,7 +311,7 @@ async def test_a_missing_topic_or_the_wrong_codec_is_a_clear_error(
     writer = KafkaChangelog(topic=topic, input_topic="in", config=config, owner="test")
     entry = Entry("k", {1, 2}, 1, 1, None, time.time())
     await asyncio.to_thread(
-        writer.produce, [(0, PickleCodec().dumps("k"), PickleCodec().dumps(_record(entry)))]
+        writer.produce, [(0, PickleCodec().dumps("k"), PickleCodec().dumps(entry_record(entry)))]
     )
     await asyncio.to_thread(writer.close)
     view = StateView("s", topic=topic, config=config, codec="json")

@@ -98,7 +98,7 @@ def test_change_stream_gets_current_then_each_version() -> None:
 def test_reducer_can_delete() -> None:
     store = StateStore("s")
     store.set("a", 1)
-    store._apply([("a", lambda old: DELETE, None, None)])
+    store.apply_updates([("a", lambda old: DELETE, None, None)])
     assert "a" not in store
 
 
