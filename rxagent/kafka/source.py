@@ -354,6 +354,8 @@ class KafkaSource(Source):
             "brokers_down": self.down_since is not None,
             # messages behind the high watermarks, summed over partitions (None: unknown yet)
             "lag": self._lag(),
+            # the same per partition assigned now, "topic/partition" -> messages (the dashboard's)
+            "partition_lag": self._partition_lag(),
             "outages": self.outages,
             "health": self.health.as_dict(),
             "auth_refusals": self.auth_refusals,
@@ -408,6 +410,15 @@ class KafkaSource(Source):
                 now - self.waiting_since,
                 why,
             )
+
+    def _partition_lag(self) -> dict[str, int]:
+        """Messages behind the high watermark of each partition assigned now whose
+        lag is known, as ``{"topic/partition": lag}``."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = dict(self.lag)
+        return {str(p): lags[p] for p in sorted(consumer.assigned) if p in lags}
 
     def _lag(self) -> int | None:
         """Messages behind the high watermarks over the partitions assigned now."""

@@ -99,15 +99,24 @@ async def test_n_events_fold_into_the_expected_state_and_offsets_are_committed(
         batch_size=64,
     )
     lags: list[int | None] = []
+    by_partition: list[dict[str, int]] = []
     pipeline = (
         Pipeline("positions", source)
-        .pipe(ops.filter(lambda v: v["qty"] >= 0), ops.tap(lambda v: lags.append(source._lag())))
+        .pipe(
+            ops.filter(lambda v: v["qty"] >= 0),
+            ops.tap(lambda v: lags.append(source._lag())),
+            ops.tap(lambda v: by_partition.append(source.describe()["partition_lag"])),
+        )
         .to(store.sink(reducer=lambda old, ev: (old or 0) + ev.value["qty"]))
     )
     status = await asyncio.wait_for(pipeline.run(), 30)
     # the lag (behind the high watermarks) falls to 0 as the topic is read to its end
     assert max(x for x in lags if x is not None) > 0
     assert lags[-1] == 0
+    # and per partition, as the dashboard shows it: "topic/partition" -> messages behind
+    assert by_partition[-1] and all(key.startswith(f"{topic}/") for key in by_partition[-1])
+    assert set(by_partition[-1].values()) == {0}
+    assert max(sum(lag.values()) for lag in by_partition) > 0
     await source.wait_closed()
     assert status.completed
     assert dict(store.snapshot) == expected

@@ -153,6 +153,14 @@ function clip(text, max) {
   return s.length > max ? `${s.slice(0, max - 1)}…` : s;
 }
 
+/** Text cut in the middle: an error's type and its end (the reason) both stay. */
+function clipMiddle(text, max) {
+  const s = String(text ?? "");
+  if (s.length <= max) return s;
+  const head = Math.floor(max * 0.4);
+  return `${s.slice(0, head)}…${s.slice(s.length - (max - head - 1))}`;
+}
+
 const HEALTH_CLASS = {
   connected: "badge badge-ok",
   running: "badge badge-ok",
@@ -569,20 +577,22 @@ class GraphView {
 
 const STAGE_FIELDS = new Set(["name", "in", "out", "dropped", "dead_lettered", "errors", "last_error"]);
 
-/** Per-partition Kafka lag as [[partition, lag]], whatever shape the source reports. */
+/** Per-partition Kafka lag as [[partition, lag]] (lag null: not known yet), from the
+ * source's partition_lag ({"topic/partition": messages}) and its assignment. */
 function partitionLag(source) {
-  for (const name of ["lag_by_partition", "partition_lag", "lags", "partitions", "lag"]) {
+  const found = [];
+  for (const name of ["partition_lag", "lag_by_partition", "lag"]) {
     const value = source?.[name];
-    if (value && typeof value === "object") {
-      if (Array.isArray(value)) {
-        return value
-          .filter((v) => v && typeof v === "object")
-          .map((v) => [String(v.partition ?? v.name ?? v.topic_partition ?? "?"), v.lag]);
-      }
-      return Object.entries(value).map(([k, v]) => [k, v]);
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      found.push(...Object.entries(value));
+      break;
     }
   }
-  return [];
+  const known = new Set(found.map(([partition]) => partition));
+  for (const partition of Array.isArray(source?.assignment) ? source.assignment : []) {
+    if (!known.has(String(partition))) found.push([String(partition), null]);
+  }
+  return found;
 }
 
 class PipelineView {
@@ -726,7 +736,7 @@ class PipelineView {
     syncRows(
       this.stageRows,
       rows,
-      (row) => (row.source ? SOURCE : row.stage),
+      (row) => (row.source ? "(source)" : row.stage),
       (row) => {
         if (row.source) {
           const spark = this.sparkFor(SOURCE);
@@ -743,7 +753,7 @@ class PipelineView {
             "",
             { text: `${fmtInt(flow.in_flight ?? 0)}/${fmtInt(flow.capacity ?? 0)}`, cls: "num" },
             "",
-            { text: clip(sourceDown ? src.health?.last_error ?? src.last_error ?? "" : "", 80), cls: "error-text", title: sourceDown ? String(src.health?.last_error ?? "") : "" },
+            { text: clipMiddle(sourceDown ? src.health?.last_error ?? src.last_error ?? "" : "", 90), cls: "error-text", title: sourceDown ? String(src.health?.last_error ?? "") : "" },
           ];
         }
         const { stage, m } = row;
@@ -767,7 +777,7 @@ class PipelineView {
           { text: fmtInt(m.errors ?? 0), cls: m.errors ? "num bad" : "num" },
           { text: "running" in sink ? fmtInt((sink.running ?? 0) + (sink.queued ?? 0)) : "", cls: "num" },
           { text: clip(extra, 80), cls: "small muted", title: extra },
-          { text: clip(m.last_error ?? "", 80), cls: "error-text", title: m.last_error ?? "" },
+          { text: clipMiddle(m.last_error ?? "", 90), cls: "error-text", title: m.last_error ?? "" },
         ];
       },
       {
@@ -815,7 +825,7 @@ class PipelineView {
       ([label]) => label,
       ([label, value, cls]) => [
         { text: label, cls: "muted" },
-        { text: clip(value, 90), cls, title: String(value) },
+        { text: clipMiddle(value, 90), cls, title: String(value) },
       ],
       { testid: "source-field", columns: ["name", "value"] },
     );
@@ -886,6 +896,9 @@ let latest = null;
 let latestTime = -Infinity;
 let framePending = false;
 let lastReceived = 0;
+/** What the page did, for tests and for a look in the console. */
+const stats = { snapshots: 0, renders: 0, lastRenderMs: 0, maxRenderMs: 0, totalRenderMs: 0 };
+window.rxagentDashboard = stats;
 
 function ingest(snap) {
   if (!snap || typeof snap !== "object" || typeof snap.pipelines !== "object") return;
@@ -895,11 +908,18 @@ function ingest(snap) {
   lastReceived = performance.now();
   record(snap, t);
   latest = snap;
+  stats.snapshots += 1;
   if (!framePending) {
     framePending = true;
     requestAnimationFrame(() => {
       framePending = false;
+      const started = performance.now();
       render(latest);
+      const took = performance.now() - started;
+      stats.renders += 1;
+      stats.lastRenderMs = took;
+      stats.totalRenderMs += took;
+      if (took > stats.maxRenderMs) stats.maxRenderMs = took;
     });
   }
 }
@@ -950,7 +970,7 @@ function renderDeadLetters(letters) {
       { text: fmtClock(d.time), cls: "small" },
       d.pipeline ?? "",
       d.stage ?? "",
-      { text: clip(d.reason ?? "", 90), cls: "bad reason", title: String(d.reason ?? "") },
+      { text: clipMiddle(d.reason ?? "", 110), cls: "bad reason", title: String(d.reason ?? "") },
       { text: compact(d.value, 80), cls: "value", title: compact(d.value, 2000) },
     ],
     { cap: MAX_DEAD_LETTERS, testid: "dead-letter-row", columns: ["time", "pipeline", "stage", "reason", "value"] },
