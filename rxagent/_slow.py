@@ -60,4 +60,5 @@ def note(ctx: PipelineContext, stage: str, started: float, events: int) -> None:
         seconds,
         events,
         per_event,
+        extra={"pipeline": ctx.pipeline, "stage": stage},
     )

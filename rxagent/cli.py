@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -531,11 +533,125 @@ def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: in
     return code
 
 
+@dataclass
+class _Http:
+    """The operations HTTP server of ``rxagent run`` (``--http`` or ``settings.http``)."""
+
+    host: str
+    port: int
+    token: str | None = None
+    mcp: bool = False
+    allowed_hosts: list[str] = dataclasses.field(default_factory=list)
+    allowed_origins: list[str] = dataclasses.field(default_factory=list)
+    health_threshold: float = 5.0
+    #: Say where it serves on stderr (text logs); JSON logs carry it as a record.
+    announce: bool = True
+
+
+def _http_options(
+    config: Config,
+    listen: str | None,
+    token_env: str,
+    mcp: bool,
+    allowed_hosts: Sequence[str],
+    allowed_origins: Sequence[str],
+) -> _Http | None:
+    """``--http`` and its options over ``settings.http``; None: no HTTP server."""
+    import os
+
+    from .observe.http import parse_listen
+
+    settings = config.model.settings.http
+    if listen is None and settings is None:
+        if mcp:
+            _fail(USAGE, "--mcp serves MCP on the --http server: give --http HOST:PORT too")
+        return None
+    host, port = parse_listen(listen if listen is not None else settings.listen)  # type: ignore[union-attr]
+    token = os.environ.get(token_env) or (settings.token if settings is not None else None)
+    http = _Http(
+        host,
+        port,
+        token=token or None,
+        mcp=mcp or (settings is not None and settings.mcp),
+        allowed_hosts=[*(settings.allow_hosts if settings else ()), *allowed_hosts],
+        allowed_origins=[*(settings.allow_origins if settings else ()), *allowed_origins],
+        health_threshold=float(settings.health_threshold) if settings else 5.0,
+    )
+    if http.mcp and not http.token:
+        _fail(
+            USAGE,
+            f"--mcp needs a bearer token: set one in ${token_env} (--http-token-env) or in "
+            "settings.http.token; clients send 'Authorization: Bearer <token>'",
+        )
+    return http
+
+
+@contextlib.asynccontextmanager
+async def _serving(built: BuiltApp, http: _Http | None) -> Any:
+    """The HTTP server of ``http`` (metrics, health, dashboard; MCP when asked) while
+    the block runs; nothing when ``http`` is None."""
+    if http is None:
+        yield None
+        return
+    from .observe import serve
+
+    async with contextlib.AsyncExitStack() as stack:
+        mcp = None
+        if http.mcp:
+            from .mcp.server import RxAgentMCP
+
+            model = built.config.model
+            mcp = await stack.enter_async_context(
+                RxAgentMCP(
+                    stores=built.stores,
+                    tools=built.tools,
+                    app=built.app,
+                    name=built.app.name,
+                    descriptions={n: d.description if d else None for n, d in model.state.items()},
+                    dead_letters=built.dead_letters,
+                )
+            )
+        server = await stack.enter_async_context(
+            serve(
+                built.app,
+                http.host,
+                http.port,
+                stores=built.stores,
+                tools=built.tools,
+                token=http.token,
+                allowed_hosts=http.allowed_hosts,
+                allowed_origins=http.allowed_origins,
+                mcp=mcp,
+                health_threshold=http.health_threshold,
+            )
+        )
+        if http.announce:
+            click.echo(
+                f"rxagent: serving {server.url}/ (dashboard), /metrics, /healthz, /ready"
+                + (", /mcp" if mcp is not None else ""),
+                err=True,
+            )
+        yield server
+
+
 async def _run_app(
-    built: BuiltApp, *, duration: float | None, live: bool, drain_timeout: float
+    built: BuiltApp,
+    *,
+    duration: float | None,
+    live: bool,
+    drain_timeout: float,
+    http: _Http | None = None,
 ) -> int:
     """Run until every pipeline stopped, ``duration`` passed, or SIGINT/SIGTERM;
-    drain, print the final state, return the exit code."""
+    drain, print the final state, return the exit code. With ``http``, serve the
+    operations endpoints meanwhile (until the final state is printed)."""
+    async with _serving(built, http):
+        return await _run_watched(built, duration=duration, live=live, drain_timeout=drain_timeout)
+
+
+async def _run_watched(
+    built: BuiltApp, *, duration: float | None, live: bool, drain_timeout: float
+) -> int:
     from ._signals import sleep_or_stop, stop_on_signals
 
     app = built.app
@@ -587,9 +703,13 @@ async def _run_app(
     return _final(built, statuses)
 
 
-def _execute(built: BuiltApp, *, duration: float | None, live: bool) -> None:
+def _execute(
+    built: BuiltApp, *, duration: float | None, live: bool, http: _Http | None = None
+) -> None:
     drain_timeout = built.config.model.settings.drain_timeout
-    code = asyncio.run(_run_app(built, duration=duration, live=live, drain_timeout=drain_timeout))
+    code = asyncio.run(
+        _run_app(built, duration=duration, live=live, drain_timeout=drain_timeout, http=http)
+    )
     if code:
         raise _Exit(code)
 
@@ -620,6 +740,42 @@ def _execute(built: BuiltApp, *, duration: float | None, live: bool) -> None:
     show_default=True,
     help="Run N processes in one Kafka consumer group; each holds the state of its partitions.",
 )
+@click.option(
+    "--http",
+    "listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz, /ready and the dashboard there (docs/operations.md; "
+    "default: settings.http, else none). With --workers, worker i serves PORT+i.",
+)
+@click.option(
+    "--http-token-env",
+    default="RXAGENT_HTTP_TOKEN",
+    show_default=True,
+    metavar="VAR",
+    help="Environment variable holding the bearer token HTTP requests must carry "
+    "(unset: settings.http.token, else no token).",
+)
+@click.option("--mcp", is_flag=True, help="Also serve MCP over HTTP at /mcp (needs a token).")
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="HOST[:PORT|:*]",
+    help="A Host header value to accept (repeat); required when --http is not a loopback address.",
+)
+@click.option(
+    "--allow-origin",
+    "allowed_origins",
+    multiple=True,
+    metavar="URL",
+    help="An Origin header value to accept (repeat; browsers on other origins).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text (default) or one JSON object per line.",
+)
 def run(
     file: str,
     pipelines: tuple[str, ...],
@@ -627,6 +783,12 @@ def run(
     live: bool | None,
     state_dir: str | None,
     workers: int,
+    listen: str | None,
+    http_token_env: str,
+    mcp: bool,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
+    log_format: str | None,
 ) -> None:
     """Run FILE's pipelines until their sources end, --duration passes, or Ctrl-C /
     SIGTERM (which drain the pipelines first), then print the final state.
@@ -635,14 +797,40 @@ def run(
     restored on start; with --workers N, worker i uses <state dir>/worker-<i> and
     sees RXAGENT_WORKER=i (for a source's instance_id: orders-${RXAGENT_WORKER})."""
     with _guard(_verbosity()):
+        _log_format(log_format)
         config = _read(file)
         names = _pick(config, pipelines)
         where = _state_dir(config, file, state_dir)
+        http = _http_options(config, listen, http_token_env, mcp, allowed_hosts, allowed_origins)
+        if http is not None:
+            http.announce = log_format != "json"
         if workers > 1:
             _check_workers(config, names, workers)
-            raise _Exit(_run_workers(file, pipelines, duration, where, workers))
+            extra = [] if log_format is None else ["--log-format", log_format]
+            for name in allowed_hosts:
+                extra += ["--allow-host", name]
+            for name in allowed_origins:
+                extra += ["--allow-origin", name]
+            if mcp:
+                extra.append("--mcp")
+            extra += ["--http-token-env", http_token_env]
+            raise _Exit(_run_workers(file, pipelines, duration, where, workers, http, extra))
         built = config.build(pipelines=names, state_dir=where)
-        _execute(built, duration=duration, live=sys.stdout.isatty() if live is None else live)
+        _execute(
+            built,
+            duration=duration,
+            live=(sys.stdout.isatty() if live is None else live) and log_format != "json",
+            http=http,
+        )
+
+
+def _log_format(log_format: str | None) -> None:
+    """``--log-format``: log as text (what ``main`` set up) or JSON lines."""
+    if log_format is None:
+        return
+    from .observe.logs import configure_logging
+
+    configure_logging(logging.getLogger().level, log_format)
 
 
 def _state_dir(config: Config, file: str, option: str | None) -> Path:
@@ -672,7 +860,13 @@ def _check_workers(config: Config, names: Sequence[str], workers: int) -> None:
 
 
 def _run_workers(
-    file: str, pipelines: tuple[str, ...], duration: float | None, where: Path, workers: int
+    file: str,
+    pipelines: tuple[str, ...],
+    duration: float | None,
+    where: Path,
+    workers: int,
+    http: _Http | None = None,
+    extra: Sequence[str] = (),
 ) -> int:
     """Start ``workers`` ``rxagent run`` processes, prefix their output with the worker,
     pass SIGINT/SIGTERM on, and return the first non-zero exit code."""
@@ -690,7 +884,11 @@ def _run_workers(
     children: list[subprocess.Popen[str]] = []
     for i in range(workers):
         env = {**os.environ, "RXAGENT_WORKER": str(i)}
-        child_args = [*args, "--no-live", "--state-dir", str(where / f"worker-{i}")]
+        child_args = [*args, "--no-live", "--state-dir", str(where / f"worker-{i}"), *extra]
+        if http is not None:  # one server per worker: PORT+i (0: each picks a free port)
+            port = http.port + i if http.port else 0
+            host = f"[{http.host}]" if ":" in http.host else http.host
+            child_args += ["--http", f"{host}:{port}"]
         children.append(
             subprocess.Popen(
                 child_args,
@@ -958,7 +1156,7 @@ def dry_run_command(
     which tool would have fired, when, with which arguments, and what was
     suppressed and why (throttled, in cooldown, dropped while busy, ...)."""
     from .sources.replay import ReplaySource
-    from .tools.dryrun import dry_run_report
+    from .testing.dryrun import dry_run_report
 
     with _guard(_verbosity()):
         config = _read(file)

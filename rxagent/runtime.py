@@ -274,7 +274,12 @@ class Pipeline:
             self._checkpoint_every(self.checkpoint_interval), name=f"rxagent-checkpoint-{self.name}"
         )
         self.state = PipelineState.RUNNING
-        log.info("pipeline %r started (source %s)", self.name, self.source.describe())
+        log.info(
+            "pipeline %r started (source %s)",
+            self.name,
+            self.source.describe(),
+            extra={"pipeline": self.name, "source": self.source.name},
+        )
 
     async def _each_sink(self, hook: Callable[[Sink], Awaitable[None]]) -> None:
         """Await ``hook(sink)`` for every sink in turn; an error fails the pipeline
@@ -413,6 +418,7 @@ class Pipeline:
             repr(stage) if stage else "the stream",
             type(error).__name__,
             error,
+            extra={"pipeline": self.name, "stage": stage},
         )
         self._set_stopped(PipelineState.FAILED)
         if self._source_task is not None and not self._source_task.done():
@@ -462,7 +468,12 @@ class Pipeline:
         if self.state is not PipelineState.RUNNING:
             return self.status()
         self.state = PipelineState.DRAINING
-        log.info("pipeline %r draining (timeout %.1fs)", self.name, timeout)
+        log.info(
+            "pipeline %r draining (timeout %.1fs)",
+            self.name,
+            timeout,
+            extra={"pipeline": self.name},
+        )
         task = self._source_task
         if task is not None and not task.done():
             task.cancel()

@@ -32,12 +32,49 @@ from .kinds import Duration, Params, PythonRef
 
 __all__ = [
     "DocumentModel",
+    "HttpModel",
     "PipelineModel",
     "SettingsModel",
     "StateModel",
     "TestCaseModel",
     "ToolModel",
 ]
+
+
+class HttpModel(Params):
+    """The operations HTTP server of ``rxagent run`` (docs/operations.md): metrics,
+    health, readiness and the dashboard, and MCP at ``/mcp`` when asked."""
+
+    listen: str = Field(
+        "127.0.0.1:8000", description="HOST:PORT to serve on (a loopback address by default)"
+    )
+    token: str | None = Field(
+        None,
+        description="bearer token every request must carry (use ${VAR}); none: no token",
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values to accept; required when listen is not a loopback address",
+    )
+    allow_origins: list[str] = Field(
+        default_factory=list, description="Origin header values to accept (browsers elsewhere)"
+    )
+    mcp: bool = Field(False, description="also serve MCP over HTTP at /mcp (needs token)")
+    health_threshold: Duration = Field(
+        5.0, description="/healthz fails when the event loop was blocked longer than this"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        from ..exceptions import ConfigurationError
+        from ..observe.http import parse_listen
+
+        try:
+            parse_listen(value)
+        except ConfigurationError as error:
+            raise ValueError(str(error)) from None
+        return value
 
 
 class SettingsModel(Params):
@@ -56,6 +93,11 @@ class SettingsModel(Params):
     )
     checkpoint_interval: Duration = Field(
         1.0, description="how often durable stores write their changes (and offsets follow)"
+    )
+    http: HttpModel | None = Field(
+        None,
+        description="serve metrics, health, readiness and the dashboard over HTTP while "
+        "`rxagent run` runs (docs/operations.md)",
     )
 
 

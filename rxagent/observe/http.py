@@ -464,7 +464,7 @@ async def serve(
         started.cancel()
         if serving.done():
             serving.result()  # raises what stopped it
-        log.info("serving metrics, health and the dashboard on %s", url)
+        log.info("serving metrics, health and the dashboard on %s", url, extra={"url": url})
         if ready is not None:
             result = ready(url)
             if asyncio.iscoroutine(result):

@@ -23,7 +23,17 @@ __all__ = ["CONTEXT_FIELDS", "JsonFormatter", "LogFormat", "configure_logging"]
 LogFormat = Literal["text", "json"]
 
 #: Record attributes (set with ``extra=``) a JSON line carries when present.
-CONTEXT_FIELDS = ("pipeline", "stage", "source", "sink", "store", "tool", "key", "position")
+CONTEXT_FIELDS = (
+    "pipeline",
+    "stage",
+    "source",
+    "sink",
+    "store",
+    "tool",
+    "key",
+    "position",
+    "url",
+)
 
 #: The text format of ``rxagent`` commands.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
