@@ -114,7 +114,7 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return _secrets.redact_config(config)
 
 
-def _value_decoder(
+def value_decoder(
     decode: Decoder, model: Any, where: str = "kafka source"
 ) -> Callable[[bytes], Any]:
     from ..decoding import json_loads, type_adapter
@@ -123,7 +123,7 @@ def _value_decoder(
         adapter = type_adapter(model, where)
         if decode == "json":
             return adapter.validate_json
-        inner = _value_decoder(decode, None, where)
+        inner = value_decoder(decode, None, where)
         return lambda raw: adapter.validate_python(inner(raw))
     if callable(decode):
         return decode
@@ -143,7 +143,7 @@ def _value_decoder(
     )
 
 
-def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
+def key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
     if callable(decode):
         return decode
     if decode == "text":
@@ -170,16 +170,16 @@ def _key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
     )
 
 
-def _decode_column(decode: Callable[[bytes], _T], raws: list[bytes | None]) -> list[_T | None]:
+def decode_column(decode: Callable[[bytes], _T], raws: list[bytes | None]) -> list[_T | None]:
     """``decode`` over a column of message bytes; ``None`` (a tombstone) stays ``None``."""
     if raws.count(None):
         return [None if raw is None else decode(raw) for raw in raws]
     return list(map(decode, raws))  # type: ignore[arg-type]
 
 
-def _key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hashable] | None]:
+def key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hashable] | None]:
     """The key decoder over a column of keys (``None`` for a batch without keys)."""
-    one = _key_decoder(decode)
+    one = key_decoder(decode)
 
     def keys(raws: list[bytes | None]) -> list[Hashable] | None:
         nones = raws.count(None)
@@ -190,6 +190,6 @@ def _key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hash
                 return list(map(bytes.decode, raws))  # type: ignore[arg-type]
             except UnicodeDecodeError:
                 pass
-        return _decode_column(one, raws)
+        return decode_column(one, raws)
 
     return keys

@@ -1,5 +1,5 @@
-"""The Kafka source's consumer thread: ``_Consumer`` (fetch, pause and resume,
-rebalance callbacks, commits, dead letters) and ``_Rows``, one partition's messages of
+"""The Kafka source's consumer thread: ``ConsumerThread`` (fetch, pause and resume,
+rebalance callbacks, commits, dead letters) and ``PartitionRows``, one partition's messages of
 a hop decoded into columns.
 
 Private to :mod:`rxagent.kafka.source`, whose docstring states the guarantees this
@@ -27,12 +27,12 @@ from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
 from ..sources.base import Emitter
 from ..sources.health import SourceHealth
-from .common import KafkaPartition, _decode_column, client_config, resolve_config
+from .common import KafkaPartition, client_config, decode_column, resolve_config
 
 if TYPE_CHECKING:
     from .transaction import KafkaTransactions
 
-__all__ = ["ConsumerSettings", "ConsumerStats", "_Consumer", "_Rows"]
+__all__ = ["ConsumerSettings", "ConsumerStats", "ConsumerThread", "PartitionRows"]
 
 log = logging.getLogger("rxagent")
 
@@ -111,7 +111,7 @@ class ConsumerStats:
     unattended_polls: int = 0
 
 
-class _Rows:
+class PartitionRows:
     """One partition's messages of one hop, decoded, in columns."""
 
     __slots__ = ("bad", "headers", "keys", "nbytes", "partition", "positions", "times", "values")
@@ -129,14 +129,14 @@ class _Rows:
         self.nbytes = 0  # the values' raw size, charged against the flow's byte credit
 
 
-class _Offsets(list[Any]):
+class EpochOffsets(list[Any]):
     """Offsets to commit, computed by the loop while the assignment was ``epoch``."""
 
     epoch = 0
 
 
-def _offsets(offsets: list[Any], epoch: int) -> _Offsets:
-    result = _Offsets(offsets)
+def epoch_offsets(offsets: list[Any], epoch: int) -> EpochOffsets:
+    result = EpochOffsets(offsets)
     result.epoch = epoch
     return result
 
@@ -148,7 +148,7 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class _Consumer:
+class ConsumerThread:
     """The confluent-kafka consumer and everything that runs on its thread.
 
     Methods named ``*_`` run on the loop; the others on the consumer thread,
@@ -420,7 +420,9 @@ class _Consumer:
         self.stash.clear()
         self._subscribe()
 
-    def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> tuple[list[_Rows], bool]:
+    def fetch(
+        self, n: int, timeout: float, commits: list[Any] | None
+    ) -> tuple[list[PartitionRows], bool]:
         """Up to ``n`` messages, decoded; and whether every partition is read to its end
         (decided here, with the messages, so nothing read is left behind at the end)."""
         consumer = self.consumer
@@ -480,7 +482,7 @@ class _Consumer:
                 # and duplicates are filtered by offset in _decode
                 log.debug("kafka source %r: seek %s@%d: %s", self.settings.name, p, offset, error)
 
-    def _decode(self, messages: list[Any]) -> list[_Rows]:
+    def _decode(self, messages: list[Any]) -> list[PartitionRows]:
         """Split a hop's messages by partition and decode each partition's run.
 
         The per-message work is kept in C where possible (``map`` over the unbound
@@ -560,18 +562,18 @@ class _Consumer:
         if high is not None and high >= 0:
             self.stats.lag[p] = max(0, high - last.offset() - 1)
 
-    def _columns(self, p: KafkaPartition, batch: list[Any]) -> _Rows:
+    def _columns(self, p: KafkaPartition, batch: list[Any]) -> PartitionRows:
         from confluent_kafka import Message
 
         settings = self.settings
-        rows = _Rows(p)
+        rows = PartitionRows(p)
         raws: list[Any] = list(map(Message.value, batch))
         raw_keys: list[Any] = (
             list(map(Message.key, batch)) if settings.read_keys else [None] * len(batch)
         )
         try:
             # the whole batch at once; row by row only when something fails
-            values = _decode_column(settings.decode_value, raws)
+            values = decode_column(settings.decode_value, raws)
             keys = settings.decode_keys(raw_keys)
         except Exception:
             decode_value, decode_key = settings.decode_value, settings.decode_key
@@ -873,7 +875,7 @@ class _Consumer:
 
     # -- event loop -----------------------------------------------------------------------
 
-    def emit(self, out: Emitter, groups: list[_Rows]) -> int:
+    def emit(self, out: Emitter, groups: list[PartitionRows]) -> int:
         """Emit each partition's rows as a batch (bad rows dead-lettered in order)."""
         used = 0
         if self.remove_listener is None:
@@ -894,7 +896,7 @@ class _Consumer:
         self.stats.emitted += used
         return used
 
-    def _emit_rows(self, out: Emitter, rows: _Rows, start: int, end: int) -> None:
+    def _emit_rows(self, out: Emitter, rows: PartitionRows, start: int, end: int) -> None:
         if start == 0 and end == len(rows.values):
             out.emit(
                 rows.values,
@@ -916,7 +918,7 @@ class _Consumer:
             nbytes=rows.nbytes * (end - start) // len(rows.values),
         )
 
-    def _emit_with_bad(self, out: Emitter, rows: _Rows) -> int:
+    def _emit_with_bad(self, out: Emitter, rows: PartitionRows) -> int:
         start = 0
         for before, message, error in rows.bad:
             if before > start:
@@ -985,7 +987,7 @@ class _Consumer:
             if mark is not None and mark > self.committed.get(p, -1):
                 self.committed[p] = mark
                 offsets.append(TopicPartition(p.topic, p.partition, mark))
-        return _offsets(offsets, epoch) if offsets else None
+        return epoch_offsets(offsets, epoch) if offsets else None
 
     async def checkpointed_commits_(self, out: Emitter) -> list[Any] | None:
         """On the loop: the offsets due (:meth:`due_commits`), returned only once every

@@ -52,12 +52,19 @@ from .common import (
     Decoder,
     KafkaPartition,
     KeyDecoder,
-    _key_columns,
-    _key_decoder,
-    _value_decoder,
+    key_columns,
+    key_decoder,
     redact,
+    value_decoder,
 )
-from .consumer import ConsumerSettings, ConsumerStats, _Consumer, _Offsets, _offsets, _Rows
+from .consumer import (
+    ConsumerSettings,
+    ConsumerStats,
+    ConsumerThread,
+    EpochOffsets,
+    PartitionRows,
+    epoch_offsets,
+)
 from .transaction import KafkaTransactions
 
 __all__ = ["KafkaPartition", "KafkaSource", "ProcessingGuarantee", "kafka"]
@@ -217,10 +224,10 @@ class KafkaSource(Source):
         if self.transactions is not None:
             # what a transaction did not commit is never read (librdkafka's default)
             self.config["isolation.level"] = "read_committed"
-        self.decode_value = _value_decoder(decode, model, f"kafka source {self.name!r}")
+        self.decode_value = value_decoder(decode, model, f"kafka source {self.name!r}")
         self.read_keys = key_decode is not None
-        self.decode_key = _key_decoder(key_decode or "bytes")
-        self.decode_keys = _key_columns(key_decode or "bytes")
+        self.decode_key = key_decoder(key_decode or "bytes")
+        self.decode_keys = key_columns(key_decode or "bytes")
         self.read_timestamps = timestamps
         self.read_headers = headers
         self.assign = assign
@@ -243,7 +250,7 @@ class KafkaSource(Source):
         self.stats = ConsumerStats()
         #: since when the source holds no partition (a wall-clock time), or None
         self.waiting_since: float | None = None
-        self._consumer: _Consumer | None = None
+        self._consumer: ConsumerThread | None = None
         self._closing: asyncio.Task[None] | None = None
         self._logged_wait = 0.0
 
@@ -379,7 +386,7 @@ class KafkaSource(Source):
             )
         return None
 
-    def _note_assignment(self, consumer: _Consumer) -> None:
+    def _note_assignment(self, consumer: ConsumerThread) -> None:
         """Log, every 10 s, that the source holds no partition and why that may be."""
         now = time.time()
         if consumer.assigned or self.assign:
@@ -442,7 +449,7 @@ class KafkaSource(Source):
 
     async def run(self, out: Emitter) -> None:
         loop = asyncio.get_running_loop()
-        consumer = _Consumer(self._settings(), self.stats, out, loop)
+        consumer = ConsumerThread(self._settings(), self.stats, out, loop)
         self._consumer = consumer
         try:
             await consumer.call(consumer.open)
@@ -452,12 +459,12 @@ class KafkaSource(Source):
                 consumer.close_after(out), name=f"rxagent-kafka-close-{self.name}"
             )
 
-    async def _read(self, out: Emitter, consumer: _Consumer) -> None:
+    async def _read(self, out: Emitter, consumer: ConsumerThread) -> None:
         loop = asyncio.get_running_loop()
         next_commit = loop.time() + self.commit_interval
         waiting: asyncio.Future[int] | None = None
         # one hop ahead: the thread reads the next batch while the loop emits this one
-        ahead: asyncio.Future[tuple[list[_Rows], bool]] | None = None
+        ahead: asyncio.Future[tuple[list[PartitionRows], bool]] | None = None
         ahead_credit = 0
         checkpointing: asyncio.Future[list[Any] | None] | None = None
         try:
@@ -528,7 +535,7 @@ def _newest(*batches: list[Any] | None) -> list[Any] | None:
     """Offsets to commit from several checkpoints: the highest per partition (of the
     oldest assignment epoch among them: stale ones are dropped by the consumer)."""
     best: dict[tuple[str, int], Any] = {}
-    epochs = [batch.epoch for batch in batches if isinstance(batch, _Offsets)]
+    epochs = [batch.epoch for batch in batches if isinstance(batch, EpochOffsets)]
     for batch in batches:
         for tp in batch or ():
             key = (tp.topic, tp.partition)
@@ -536,7 +543,7 @@ def _newest(*batches: list[Any] | None) -> list[Any] | None:
                 best[key] = tp
     if not best:
         return None
-    return _offsets(list(best.values()), min(epochs)) if epochs else list(best.values())
+    return epoch_offsets(list(best.values()), min(epochs)) if epochs else list(best.values())
 
 
 def kafka(

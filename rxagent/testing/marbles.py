@@ -310,7 +310,7 @@ def _format_seconds(seconds: float) -> str:
     return f"{ms:.6g}ms"
 
 
-def _progression_text(frames: int, frame: float) -> str | None:
+def progression_text(frames: int, frame: float) -> str | None:
     """``frames`` as a time progression that parses back to exactly ``frames``."""
     text = _format_seconds(frames * frame)
     try:
@@ -366,7 +366,7 @@ class _Legend:
 
 def _fill(gap: int, frame: float, long: bool) -> str:
     if long and gap > _DASH_LIMIT:
-        text = _progression_text(gap, frame)
+        text = progression_text(gap, frame)
         if text is not None:
             return f" {text} "
     return "-" * gap

@@ -29,7 +29,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from ..events import Event
-from .marbles import DEFAULT_FRAME, _progression_text
+from .marbles import DEFAULT_FRAME, progression_text
 from .virtual import TimedEvent
 
 __all__ = [
@@ -119,7 +119,7 @@ def marble_diagrams(
         )
     if progressions:
         options.append(
-            st.integers(1, 50).map(lambda k: f" {_progression_text(k, frame) or '-' * k} ")
+            st.integers(1, 50).map(lambda k: f" {progression_text(k, frame) or '-' * k} ")
         )
     token = st.one_of(options)
 

@@ -17,8 +17,8 @@ from rxagent.exceptions import ConfigurationError
 from rxagent.recording import encode_event, encode_header
 from rxagent.sinks import ToolSink
 from rxagent.sources import replay
+from rxagent.testing.dryrun import dry_run, dry_run_report
 from rxagent.tools import tool
-from rxagent.tools.dryrun import dry_run, dry_run_report
 
 called: list[Any] = []
 
