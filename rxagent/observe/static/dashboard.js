@@ -345,9 +345,9 @@ function syncRows(
 
 // -- the pipeline graph ---------------------------------------------------------------------
 
-const NODE_W = 150;
+const NODE_W = 146;
 const NODE_H = 80;
-const GAP_X = 46;
+const GAP_X = 56;
 const ROW_H = NODE_H + 46;
 const PAD = 12;
 let markerCount = 0;
@@ -802,8 +802,9 @@ class PipelineView {
     const add = (label, value, cls = "") => {
       if (value !== undefined && value !== null && value !== "") fields.push([label, value, cls]);
     };
+    const down = state !== "connected" && state !== "stopped";
     if (isEpoch(health.since)) add("since", `${fmtClock(health.since)} (${fmtAgo(health.since, now)})`);
-    if (health.attempt) add("attempt", fmtInt(health.attempt), "warn");
+    if (down && health.attempt) add("attempt", fmtInt(health.attempt), "warn");
     add("url", src.url);
     if (Array.isArray(src.topics)) add("topics", src.topics.join(", "));
     add("group", src.group_id);
@@ -817,7 +818,6 @@ class PipelineView {
     if (src.lag !== undefined && src.lag !== null && typeof src.lag !== "object") add("lag", fmtInt(src.lag));
     add("waiting", src.waiting, "warn");
     if (src.restoring) add("restoring", `${fmtInt(src.restoring)} partitions`, "warn");
-    const down = state !== "connected" && state !== "stopped";
     add(down ? "last error" : "previous error", health.last_error ?? src.last_error, down ? "bad" : "muted");
     syncRows(
       this.sourceFields,
@@ -909,6 +909,10 @@ function ingest(snap) {
   record(snap, t);
   latest = snap;
   stats.snapshots += 1;
+  scheduleRender();
+}
+
+function scheduleRender() {
   if (!framePending) {
     framePending = true;
     requestAnimationFrame(() => {
@@ -979,7 +983,7 @@ function renderDeadLetters(letters) {
 
 // -- tools and the activation timeline ---------------------------------------------------------
 
-const timeline = { lanes: new Map(), bars: new Map(), axis: null, width: 0 };
+const timeline = { lanes: new Map(), bars: new Map(), axis: null, width: 0, available: 0 };
 const LANE_H = 20;
 const LABEL_W = 130;
 
@@ -1002,7 +1006,8 @@ function renderTools(tools, activations, now) {
   );
 
   const svg = $("activations-timeline");
-  const width = Math.max(320, svg.parentElement.clientWidth - 2);
+  // the panel's width comes from a ResizeObserver: reading it here would force a layout
+  const width = Math.max(320, Math.floor(timeline.available) - 2);
   const lanes = [...new Set([...Object.keys(tools), ...activations.map((a) => String(a.tool))])];
   const height = Math.max(1, lanes.length) * LANE_H + 18;
   if (width !== timeline.width || svg.getAttribute("height") !== String(height)) {
@@ -1247,7 +1252,7 @@ connect();
 setInterval(() => {
   if (performance.now() - lastReceived > SILENCE_MS) poll();
 }, 1000);
-window.addEventListener("resize", () => {
-  timeline.width = 0;
-  if (latest) render(latest);
-});
+new ResizeObserver((entries) => {
+  for (const entry of entries) timeline.available = entry.contentRect.width;
+  if (latest) scheduleRender();
+}).observe($("activations-timeline").parentElement);
