@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
 from test_backpressure import slow
-from test_timewindows import Row, batch_sizes, feed, indices, timed_rows
+from test_windows_timed import Row, batch_sizes, feed, indices, timed_rows
 
 from rxagent import Backoff
 from rxagent import clock as clocks
