@@ -13,10 +13,10 @@ The format is documented in docs/yaml.md and published as JSON Schema by
 plugins' entry points in the group ``rxagent.kinds``).
 """
 
+from .document import ConfigFileError, Location, Problem
 from .kinds import default_registry
 from .loader import BuiltApp, Config, PipelineSpec, StageSpec, load, loads
 from .registry import ENTRY_POINT_GROUP, BuildContext, Kind, Registry
-from .document import ConfigFileError, Location, Problem
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -32,9 +32,6 @@ from pydantic import BaseModel, ValidationError
 
 from .._secrets import redact
 from ..exceptions import ConfigurationError
-from .kinds import default_registry, import_ref
-from .model import DocumentModel, PipelineModel, ToolModel
-from .registry import BuildContext, Kind, Registry, Role
 from .document import (
     MAX_FILE_BYTES,
     ConfigFileError,
@@ -44,6 +41,9 @@ from .document import (
     parse,
     size_problem,
 )
+from .kinds import default_registry, import_ref
+from .model import DocumentModel, PipelineModel, ToolModel
+from .registry import BuildContext, Kind, Registry, Role
 
 if TYPE_CHECKING:
     from reactivex import abc

@@ -64,8 +64,8 @@ from ..testing.marbles import (
     parse_marbles,
 )
 from ..testing.virtual import MarbleSink, VirtualSource, marble_source
-from .registry import BuildContext
 from .document import Problem
+from .registry import BuildContext
 
 if TYPE_CHECKING:
     from ..context import PipelineContext
