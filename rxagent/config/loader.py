@@ -54,7 +54,15 @@ if TYPE_CHECKING:
     from ..state import StateStore
     from ..tools.tool_registry import ToolRegistry
 
-__all__ = ["BuiltApp", "Config", "PipelineSpec", "StageSpec", "load", "loads"]
+__all__ = [
+    "BuiltApp",
+    "Config",
+    "PipelineSpec",
+    "StageSpec",
+    "load",
+    "loads",
+    "tool_from_declaration",
+]
 
 Path_ = tuple[str | int, ...]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -131,7 +139,7 @@ class Config:
         tools: dict[str, Any] = {}
         for name, decl in self.model.tools.items():
             try:
-                tools[name] = _make_tool(name, decl)
+                tools[name] = tool_from_declaration(name, decl)
             except (ConfigurationError, ValueError, TypeError) as error:
                 problems.append(
                     locations.problem(("tools", name), f"not usable as a tool: {error}")
@@ -257,7 +265,7 @@ class Config:
         registry = ToolRegistry()
         tools: dict[str, Tool] = {}
         for name, decl in self.model.tools.items():
-            tools[name] = registry.register(_make_tool(name, decl))
+            tools[name] = registry.register(tool_from_declaration(name, decl))
         app = App(name=Path(self.file).stem)
         built = BuiltApp(self, app, {}, stores, registry, dead_letters)
         for name in names:
@@ -306,7 +314,9 @@ def _first_line(error: BaseException) -> str:
     return text.split("\n")[0]
 
 
-def _make_tool(name: str, decl: ToolModel) -> Any:
+def tool_from_declaration(name: str, decl: ToolModel) -> Any:
+    """The :class:`~rxagent.tools.Tool` a file's ``tools:`` entry declares (its
+    function imported, its options applied); MCP serves a file's tools with it too."""
     from ..tools.tool import Tool
 
     obj = import_ref(decl.function)

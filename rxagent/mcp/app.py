@@ -106,13 +106,13 @@ async def serve_file(
     _check_transport(transport, token, host, allowed_hosts, allowed_origins)
     config = load(file)
     if from_changelog:
-        from ..config.loader import _make_tool
+        from ..config.loader import tool_from_declaration
         from ..tools.tool_registry import ToolRegistry
 
         views = changelog_views(config, pipelines=pipelines)
         tools = ToolRegistry()  # the file's tools; no pipeline and no store of its own
         for tool_name, decl in config.model.tools.items():
-            tools.register(_make_tool(tool_name, decl))
+            tools.register(tool_from_declaration(tool_name, decl))
         await serve_views(
             views,
             transport=transport,
