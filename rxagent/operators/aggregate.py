@@ -27,7 +27,16 @@ __all__ = [
 
 
 class Aggregation:
-    """A named function from a window's list of values to one result."""
+    """A named function from a window's list of values to one result.
+
+    Windows take one (``agg=mean("px")``) or a mapping of names to them (the
+    window's value is then a dict). Make your own with :func:`reduce`, or with
+    ``Aggregation("spread", lambda values: max(values) - min(values))``.
+
+    Args:
+        name: how the aggregation shows in reprs and graphs (``mean(px)``).
+        fn: the function from the window's list of values to its result.
+    """
 
     __slots__ = ("fn", "name")
 
@@ -50,15 +59,29 @@ def _field(field: str | int | None) -> Callable[[list[Any]], Any]:
 
 
 def count() -> Aggregation:
+    """The number of events in the window."""
     return Aggregation("count", len)
 
 
 def sum_(field: str | int | None = None) -> Aggregation:
+    """The sum of the values (or of one field of each); 0 for an empty window.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     pick = _field(field)
     return Aggregation(f"sum({field})", lambda values: sum(pick(values)))
 
 
 def mean(field: str | int | None = None) -> Aggregation:
+    """The arithmetic mean of the values (or of one field of each); None for an
+    empty window.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     pick = _field(field)
     return Aggregation(
         f"mean({field})", lambda values: sum(pick(values)) / len(values) if values else None
@@ -66,16 +89,36 @@ def mean(field: str | int | None = None) -> Aggregation:
 
 
 def min_(field: str | int | None = None) -> Aggregation:
+    """The smallest value (or field of a value); None for an empty window.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     pick = _field(field)
     return Aggregation(f"min({field})", lambda values: min(pick(values), default=None))
 
 
 def max_(field: str | int | None = None) -> Aggregation:
+    """The largest value (or field of a value); None for an empty window.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     pick = _field(field)
     return Aggregation(f"max({field})", lambda values: max(pick(values), default=None))
 
 
 def first(field: str | int | None = None) -> Aggregation:
+    """The window's first value in window order (or its field); None when empty.
+
+    The opening price of an OHLC bar, for instance: ``first("px")``.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     getter = None if field is None else itemgetter(field)
     return Aggregation(
         f"first({field})",
@@ -84,6 +127,14 @@ def first(field: str | int | None = None) -> Aggregation:
 
 
 def last(field: str | int | None = None) -> Aggregation:
+    """The window's last value in window order (or its field); None when empty.
+
+    The closing price of an OHLC bar, for instance: ``last("px")``.
+
+    Args:
+        field: the key or index read from each value (``value[field]``); None
+            (default) uses the values themselves.
+    """
     getter = None if field is None else itemgetter(field)
     return Aggregation(
         f"last({field})",
@@ -94,11 +145,23 @@ def last(field: str | int | None = None) -> Aggregation:
 
 
 def collect() -> Aggregation:
+    """The list of the window's values, in window order (what windows emit by
+    default, when given no ``agg``)."""
     return Aggregation("collect", list)
 
 
 def reduce(fn: Callable[[Any, Any], Any], initial: Any) -> Aggregation:
-    """A custom fold: ``fn(acc, value)`` from ``initial`` over the window's values."""
+    """A custom fold: ``fn(acc, value)`` from ``initial`` over the window's values.
+
+    For what the built-ins do not cover, e.g. a volume-weighted price:
+    ``reduce(lambda acc, t: (acc[0] + t["px"] * t["qty"], acc[1] + t["qty"]), (0.0, 0))``.
+
+    Args:
+        fn: called with the accumulator and each value in window order; returns
+            the next accumulator (the last one is the window's result).
+        initial: the accumulator before the first value (and an empty window's
+            result); shared by every window, so prefer immutable values.
+    """
 
     def run(values: list[Any]) -> Any:
         acc = initial

@@ -562,6 +562,22 @@ def buffer(
 
         -abcde----|   buffer(2, "drop_newest", in_flight=1), downstream busy 3 frames a row
         -a--b--c--|   d and e found a and b... waiting full: dropped
+
+    Args:
+        capacity: most rows waiting here (for ``latest``: most keys waiting);
+            at least 1.
+        policy: what happens to rows arriving while downstream holds
+            ``in_flight``: ``"block"`` (default; they wait, and the source
+            pauses once its credit is all held: no loss), ``"drop_newest"`` /
+            ``"drop_oldest"`` (a full buffer drops the arriving / the oldest
+            waiting row) or ``"latest"`` (each key keeps only its newest row).
+        in_flight: most rows downstream holds at once (default: ``capacity``).
+        key: ``latest`` only: what groups rows, a field name or a function of
+            the value (default: the event's key).
+        scheduler: where waiting rows are sent on once downstream ends some
+            (default: the one the stage is subscribed with).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``buffer``, numbered when a pipeline has several: ``buffer#2``).
     """
     op = "buffer"
     positive_int(op, "capacity", capacity)

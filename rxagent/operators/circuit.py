@@ -314,6 +314,22 @@ def circuit_breaker(
 
         -a-b-c-d-------e-|   circuit_breaker(fetch, failure_threshold=2, reset_timeout=0.005)
         ---------------x-|   fetch fails on a and b: c and d are rejected; e is a trial
+
+    Args:
+        call: a function of the value whose result replaces the value, or an
+            rxagent operator run as an inner stage.
+        failure_threshold: failures in a row that open the circuit (default 5;
+            only with a new breaker, not with ``breaker``).
+        reset_timeout: seconds an open circuit waits before letting a trial
+            call through (default 30; only with a new breaker).
+        success_threshold: successful trial calls that close a half-open
+            circuit (default 1; only with a new breaker).
+        breaker: an existing :class:`CircuitBreaker` to share (with a tool sink
+            or another stage); default: a new one named after the stage.
+        scheduler: the clock when the breaker has none, and where the half-open
+            timer runs (default: the one the stream is subscribed with).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``circuit_breaker``, numbered when a pipeline has several: ``circuit_breaker#2``).
     """
     if breaker is not None:
         if not isinstance(breaker, CircuitBreaker):

@@ -50,6 +50,17 @@ def decode(
 
         --a--b--c--|   decode(Tick)     a, c valid JSON ticks; b is not
         --A-----C--|   A, C are Tick instances; b is dead-lettered
+
+    Args:
+        model: what each decoded value is validated into: a pydantic model, or
+            any type pydantic validates (``list[int]``, a ``TypedDict``); None
+            (default) keeps the decoded value as it is.
+        format: how a raw value is read: ``"json"`` (text or bytes, at most
+            ``MAX_JSON_DEPTH`` levels deep), ``"text"`` (bytes as UTF-8),
+            ``"bytes"`` (text encoded as UTF-8), or ``"python"`` (already
+            decoded; only validated).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``decode``, numbered when a pipeline has several: ``decode#2``).
     """
     load = loader(format)
     where = f"decode {name!r}" if name else "decode"

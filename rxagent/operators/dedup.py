@@ -231,24 +231,30 @@ def dedup(
 ) -> Operator:
     """Let each id through once within the horizon; end and count the repeats.
 
-    - ``id``: a field name or function giving the event's id (a message id, or a
-      sequence number); by default the value itself.
-    - ``key``: ids are unique per key: a field name or function, by default the
-      event's key (``key_by``); events without a key share one scope. Per-key
-      sequence numbers dedup as ``dedup("seq", key="sensor")``.
-    - ``horizon``: remember the last ``horizon`` ids let through (all keys
-      together, so memory stays bounded); ``ttl``: remember each for ``ttl``
-      seconds after it was let through. Give one or both: memory must be bounded.
-
-    A repeat is dropped when its id was let through within the horizon; a repeat
-    does not extend it. ``ttl`` is processing time on ``scheduler`` (default: the
-    pipeline's clock). An id function that raises, or an unhashable id, sends
-    that event to dead letters.
+    Give ``horizon``, ``ttl`` or both: memory must be bounded. Per-key sequence
+    numbers dedup as ``dedup("seq", key="sensor")``. A repeat is dropped when its
+    id was let through within the horizon; a repeat does not extend it. An id
+    function that raises, or an unhashable id, sends that event to dead letters.
 
     ::
 
         -a-b-a-c-a-|   dedup(horizon=2)
         -a-b---c-a-|   (the last a: b and c were let through since)
+
+    Args:
+        id: a field name or a function of the value giving the event's id (a
+            message id, a sequence number); None (default): the value itself.
+        key: ids are unique per key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without a key share
+            one scope).
+        horizon: remember the last this many ids let through, all keys together
+            (so memory stays bounded); None: no count bound (give ``ttl``).
+        ttl: remember each id this many seconds after it was let through, in
+            processing time; None: no time bound (give ``horizon``).
+        scheduler: the clock ``ttl`` runs on (default: the pipeline's; a test's
+            virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``dedup``, numbered when a pipeline has several: ``dedup#2``).
     """
     id_fn = optional_key_function("dedup", "id", id, takes="a field name or a function")
     key_fn = optional_key_function("dedup", "key", key, takes="a field name or a function")

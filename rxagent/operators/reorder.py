@@ -568,27 +568,38 @@ def reorder(
 ) -> ReorderOperator:
     """Emit each key's events in ``seq`` order, holding early ones up to ``max_delay``.
 
-    - ``seq``: a field name or function giving the event's sequence number (an int).
-    - ``max_delay``: seconds an event may wait for the numbers before it; then a
-      :class:`Gap` is published and the stream moves on. ``0`` never waits.
-    - ``key``: sequences are per key: a field name or function, by default the
-      event's key (``key_by``); events without a key share one sequence.
-    - ``start``: the first number of every key's sequence; by default a key's
-      first event starts it (an earlier number arriving later is dropped).
-    - ``emit_gaps``: also put each :class:`Gap` in the main stream (see the module
-      docstring); gaps are always on the returned operator's ``gaps`` stream.
-    - ``key_idle``: seconds after which a key with nothing held is forgotten
-      (``None``: never); ``max_keys``: most keys remembered (``None``: no bound).
-      Evictions are counted in ``keys_evicted`` (see the module docstring).
-
-    On completion, held events are emitted in order (with their gaps). On
-    disposal they are ended. A ``seq`` function that raises or returns a
-    non-int sends that event to dead letters.
+    When a number is still missing after ``max_delay``, a :class:`Gap` is
+    published and the stream moves on. Evictions of idle keys are counted in
+    ``keys_evicted`` (see the module docstring). On completion, held events are
+    emitted in order (with their gaps). On disposal they are ended. A ``seq``
+    function that raises or returns a non-int sends that event to dead letters.
 
     ::
 
         -a-c-b-e---------|   reorder("n", max_delay=0.005, emit_gaps=True)
         -a---(bc)---(ge)-|   a, b, c, e have n = 1, 2, 3, 5; g = Gap(None, 4, 5)
+
+    Args:
+        seq: a field name or a function of the value giving the event's sequence
+            number (an int).
+        max_delay: seconds an event may wait for the numbers before it; then a
+            :class:`Gap` is published and the stream moves on (``0``: never wait).
+        key: sequences are per key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without a key share one
+            sequence).
+        start: the first number of every key's sequence; None (default): a
+            key's first event starts it (an earlier number arriving later is
+            dropped).
+        emit_gaps: also put each :class:`Gap` in the main stream (default: only
+            on the returned operator's ``gaps`` stream).
+        key_idle: seconds after which a key with nothing held is forgotten
+            (default 600; None: never).
+        max_keys: most keys remembered, the longest idle forgotten first
+            (default 100,000; None: no bound).
+        scheduler: the clock ``max_delay`` and ``key_idle`` run on (default: the
+            pipeline's; a test's virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``reorder``, numbered when a pipeline has several: ``reorder#2``).
     """
     op = "reorder"
     seq_fn = key_function(op, "seq", seq, takes=_FIELD_OR_FUNCTION)

@@ -127,6 +127,20 @@ def retry(
         source, per subscription:  -a-#
         retry(Backoff(initial=0.002, factor=1, jitter="none", max_attempts=3))
         output:                    -a----a----a-#    (1 ms frames)
+
+    Args:
+        backoff: the delays between resubscriptions, when to give up
+            (``max_attempts``, ``max_elapsed``) and which errors to retry
+            (``retry_on``); see :class:`~rxagent.Backoff`.
+        reset_after: seconds without an error after a resubscription that end a
+            run of failures, so the next failure starts from ``backoff``'s first
+            delay again (default None: a run never ends).
+        rng: the random source of the jitter (default: one shared by the
+            process); give a seeded ``random.Random`` for reproducible delays.
+        scheduler: where the delays run (default: the one the stream is
+            subscribed with; a test's virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``retry``, numbered when a pipeline has several: ``retry#2``).
     """
     if not isinstance(backoff, Backoff):
         raise ConfigurationError(f"retry: backoff must be a Backoff, got {backoff!r}")

@@ -70,6 +70,13 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
 
         --1--2--3--4--|   filter(lambda v: v % 2 == 0)
         -----2-----4--|
+
+    Args:
+        predicate: a function of the value; a truthy result keeps the event, a
+            falsy one ends it (counted in ``dropped``), and a raising one sends the
+            event to dead letters with the error.
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``filter#2``).
     """
     return filter_stage(predicate, name)
 
@@ -116,6 +123,12 @@ def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
 
         --1--2--3--|   map(lambda v: v * 10)
         --a--b--c--|   a=10, b=20, c=30
+
+    Args:
+        fn: a function of the value giving the new value; one that raises sends
+            the event to dead letters with the error.
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``map#2``).
     """
 
     return per_row_stage("map", fn, Batch.with_values, name)
@@ -125,6 +138,13 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
     """Set each event's key from its value: a field name or a function.
 
     Keys drive the per-key operators (windows, throttles, dedup) and state stores.
+
+    Args:
+        key: a field name or index (read with ``value[key]``, in C) or a function of
+            the value giving a hashable key; a missing field or a raising function
+            sends the event to dead letters.
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``key_by#2``).
     """
     key_fn = to_key_function(key)
 
@@ -132,7 +152,16 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
 
 
 def event_time(time: str | Callable[[Any], float | None], *, name: str | None = None) -> Operator:
-    """Set each event's event time (epoch seconds) from its value."""
+    """Set each event's event time (epoch seconds) from its value.
+
+    Event-time windows (``time="event"``) and their watermarks read it.
+
+    Args:
+        time: a field name or a function of the value giving the time in epoch
+            seconds (any number; ``None`` leaves the event without a time).
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``event_time#2``).
+    """
     time_fn = to_key_function(time)
 
     return per_row_stage(
@@ -147,6 +176,13 @@ def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> 
     """Replace each event by zero or more events with the values ``fn(value)`` yields.
 
     The outputs of one input share its hold: the input ends when all of them have.
+
+    Args:
+        fn: a function of the value returning an iterable of new values; an empty
+            one ends the event (counted in ``dropped``), a raising one sends it to
+            dead letters.
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``flat_map#2``).
     """
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
@@ -190,6 +226,11 @@ def tap(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
     """Call ``fn(value)`` for its side effect; events pass unchanged.
 
     A raising ``fn`` sends that event to dead letters.
+
+    Args:
+        fn: called with each value; its result is ignored.
+        name: the stage's name in status, metrics and dead letters (default:
+            the operator's kind, numbered when a pipeline has several: ``tap#2``).
     """
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:

@@ -19,6 +19,7 @@ __all__ = [
     "context_line",
     "fit",
     "iso_time",
+    "key_count",
     "key_text",
     "omitted_line",
     "recent_entries",
@@ -53,9 +54,14 @@ def recent_entries(snap: Snapshot) -> list[Entry]:
     return entries
 
 
+def key_count(count: int) -> str:
+    """``1 key``, ``2 keys``: a count of keys in words."""
+    return f"{count} key" if count == 1 else f"{count} keys"
+
+
 def context_header(name: str, snap: Snapshot, now: float) -> str:
     """The first line of a store's prompt text: name, version, size, freshness."""
-    head = f"state {name!r} v{snap.version}, {len(snap)} keys"
+    head = f"state {name!r} v{snap.version}, {key_count(len(snap))}"
     if snap.version:
         head += f", updated {ago(max(0.0, now - snap.wall_time))}"
     return head + ":"
@@ -69,7 +75,7 @@ def context_line(entry: Entry, now: float) -> str:
 
 def omitted_line(count: int) -> str:
     """The last line of a prompt text that left ``count`` keys out."""
-    return f"... {count} more keys omitted"
+    return f"... {count} more {'key' if count == 1 else 'keys'} omitted"
 
 
 def fit(text: str, max_chars: int) -> str:

@@ -12,7 +12,7 @@ Every strategy takes plain parameters, so they compose with hypothesis's own::
 
 Random choices shrink towards the plain case (regular gaps, in order, on time,
 no duplicates), so a failing example reads as simply as it can. Needs
-``hypothesis`` (``pip install hypothesis``).
+``hypothesis`` (``pip install 'rxagent[testing]'``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:
     from hypothesis.errors import InvalidArgument
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rxagent.testing.strategies needs hypothesis: pip install hypothesis"
+        "rxagent.testing.strategies needs hypothesis: pip install 'rxagent[testing]'"
     ) from error
 
 from ..events import Event

@@ -62,13 +62,13 @@ def test_the_budget_keeps_the_most_recent_entries_across_stores_and_names_the_re
         'AAPL: "above 190" (9.0s ago)',
         "state 'prices' v2, 2 keys, updated 8.0s ago:",
         'MSFT: {"px":410.0} (8.0s ago)',
-        "... 1 more keys omitted",
+        "... 1 more key omitted",
     ]
     tight = build_context([prices, alerts], max_chars=180)
     assert tight.splitlines() == [
         "state 'alerts' v2, 2 keys, updated 7.0s ago:",
         'MSFT: "below 420" (7.0s ago)',
-        "... 1 more keys omitted",
+        "... 1 more key omitted",
         "state 'prices' v2, 2 keys, updated 8.0s ago:",
         "... 2 more keys omitted",
     ]

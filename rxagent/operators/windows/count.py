@@ -214,6 +214,19 @@ def count_window(
 
         --a--b--c--d--e--|   count_window(2)
         -----x-----y-----(z|)   x=[a,b], y=[c,d], z=[e]
+
+    Args:
+        size: events per window (at least 1).
+        key: windows per this key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without keys share
+            one window).
+        agg: what a window's ``value`` is: an aggregation (``mean("px")``), a
+            mapping of names to aggregations (the value is a dict), or a
+            function of the list of values; None (default): the list itself.
+        emit_partial: on completion, emit the windows not yet full (default
+            True); False drops them.
+        name: the stage's name in status, metrics and dead letters (default:
+            ``count_window``, numbered when a pipeline has several).
     """
     if size < 1:
         raise ConfigurationError(f"count_window size must be >= 1, got {size}")

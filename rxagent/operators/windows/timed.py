@@ -164,6 +164,35 @@ def tumbling_window(
 
         -a-b--c---d-|   tumbling_window(0.004)   (1 ms frames)
         ----x---y---(z|)   x=[a, b], y=[c], z=[d]
+
+    Args:
+        size: each window's length, in seconds or a ``timedelta``.
+        time: ``"processing"`` (default: the scheduler's clock when an event
+            arrives) or ``"event"`` (the events' times, set by ``event_time``).
+        key: windows per this key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without keys share
+            one window).
+        agg: what a window's ``value`` is: an aggregation (``mean("px")``), a
+            mapping of names to aggregations (the value is a dict), or a
+            function of the list of values; None (default): the list itself.
+        offset: windows start at multiples of ``size`` plus this many seconds
+            (default 0; e.g. ``18000`` for daily windows from midnight UTC-5).
+        allowed_lateness: event time: seconds the watermark stays behind the
+            largest event time seen, so a window waits this long for stragglers
+            (default 0).
+        late: event time: what becomes of an event for a window already closed:
+            ``"drop"`` (None, the default: ended and counted in ``dropped``),
+            ``"dead_letter"``, or ``"stream"`` (to the operator's ``late``
+            stream).
+        idle_timeout: event time: close the open windows after this many
+            seconds without an event, on the scheduler clock (default None:
+            never; otherwise only new events move the watermark).
+        emit_partial: on completion, emit the windows still open (default
+            True); False drops them.
+        scheduler: the clock of processing time and of the timers (default:
+            the pipeline's; a test's virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``tumbling_window``, numbered when a pipeline has several).
     """
     where = _where("tumbling_window", name)
     width = _seconds(size, where, "size")
@@ -210,6 +239,36 @@ def sliding_window(
 
         -a--b---c----|   sliding_window(0.004, 0.002)   (1 ms frames)
         --v-w-x-y-z-u|   v=[a], w=[a], x=[b], y=[b], z=[c], u=[c]
+
+    Args:
+        size: each window's length, in seconds or a ``timedelta``.
+        slide: how often a window starts (at most ``size``).
+        time: ``"processing"`` (default: the scheduler's clock when an event
+            arrives) or ``"event"`` (the events' times, set by ``event_time``).
+        key: windows per this key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without keys share
+            one window).
+        agg: what a window's ``value`` is: an aggregation (``mean("px")``), a
+            mapping of names to aggregations (the value is a dict), or a
+            function of the list of values; None (default): the list itself.
+        offset: windows start at multiples of ``slide`` plus this many seconds
+            (default 0; e.g. ``18000`` for daily windows from midnight UTC-5).
+        allowed_lateness: event time: seconds the watermark stays behind the
+            largest event time seen, so a window waits this long for stragglers
+            (default 0).
+        late: event time: what becomes of an event for a window already closed:
+            ``"drop"`` (None, the default: ended and counted in ``dropped``),
+            ``"dead_letter"``, or ``"stream"`` (to the operator's ``late``
+            stream).
+        idle_timeout: event time: close the open windows after this many
+            seconds without an event, on the scheduler clock (default None:
+            never; otherwise only new events move the watermark).
+        emit_partial: on completion, emit the windows still open (default
+            True); False drops them.
+        scheduler: the clock of processing time and of the timers (default:
+            the pipeline's; a test's virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``sliding_window``, numbered when a pipeline has several).
     """
     where = _where("sliding_window", name)
     width = _seconds(size, where, "size")
@@ -267,6 +326,34 @@ def session_window(
 
         -a-b-----c-|   session_window(0.003)   (1 ms frames)
         ------x----(y|)   x=[a, b], y=[c]
+
+    Args:
+        gap: a key's session closes after this many seconds (or ``timedelta``)
+            without an event of that key.
+        time: ``"processing"`` (default: the scheduler's clock when an event
+            arrives) or ``"event"`` (the events' times, set by ``event_time``).
+        key: windows per this key: a field name or a function of the value
+            (default: the event's key, ``key_by``; events without keys share
+            one window).
+        agg: what a window's ``value`` is: an aggregation (``mean("px")``), a
+            mapping of names to aggregations (the value is a dict), or a
+            function of the list of values; None (default): the list itself.
+        allowed_lateness: event time: seconds the watermark stays behind the
+            largest event time seen, so a window waits this long for stragglers
+            (default 0).
+        late: event time: what becomes of an event for a window already closed:
+            ``"drop"`` (None, the default: ended and counted in ``dropped``),
+            ``"dead_letter"``, or ``"stream"`` (to the operator's ``late``
+            stream).
+        idle_timeout: event time: close the open windows after this many
+            seconds without an event, on the scheduler clock (default None:
+            never; otherwise only new events move the watermark).
+        emit_partial: on completion, emit the windows still open (default
+            True); False drops them.
+        scheduler: the clock of processing time and of the timers (default:
+            the pipeline's; a test's virtual time).
+        name: the stage's name in status, metrics and dead letters (default:
+            ``session_window``, numbered when a pipeline has several).
     """
     where = _where("session_window", name)
     width = _seconds(gap, where, "gap")
