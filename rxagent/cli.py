@@ -87,6 +87,26 @@ def _verbosity() -> int:
     return int(root.params.get("verbose", 0) or 0)
 
 
+def _add_python_path(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    from .config.loader import add_import_paths
+
+    add_import_paths(value)
+
+
+#: ``--path DIR`` (repeatable) for every command that reads pipeline files: python
+#: references also import from DIR (besides the file's folder and the current directory).
+_python_path = click.option(
+    "--path",
+    "python_path",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    expose_value=False,
+    is_eager=True,
+    callback=_add_python_path,
+    help="Also import the file's python references from DIR (repeatable).",
+)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="rxagent")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -176,6 +196,7 @@ def _plural(n: int, word: str) -> str:
 
 
 @main.command()
+@_python_path
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 def validate(files: tuple[str, ...]) -> None:
     """Check pipeline files: YAML, kinds, parameters, state stores, tools and test
@@ -222,6 +243,7 @@ def validate(files: tuple[str, ...]) -> None:
 
 
 @main.command()
+@_python_path
 @click.argument("file")
 @click.option(
     "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
@@ -715,6 +737,7 @@ def _execute(
 
 
 @main.command()
+@_python_path
 @click.argument("file")
 @click.option(
     "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
@@ -928,6 +951,7 @@ def _run_workers(
 
 
 @main.command("state")
+@_python_path
 @click.argument("file")
 @click.argument("store", required=False)
 @click.option(
@@ -1103,6 +1127,7 @@ def replay(recording: str, target: str, speed: float | None) -> None:
 
 
 @main.command("test")
+@_python_path
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 def test_command(files: tuple[str, ...]) -> None:
     """Run the marble test cases under tests: in each FILE, in virtual time; print
@@ -1130,6 +1155,7 @@ def test_command(files: tuple[str, ...]) -> None:
 
 
 @main.command("dry-run")
+@_python_path
 @click.argument("file")
 @click.option(
     "--pipeline", "pipelines", multiple=True, metavar="NAME", help="Only this pipeline (repeat)."
@@ -1189,6 +1215,7 @@ def dry_run_command(
 
 
 @main.command("mcp")
+@_python_path
 @click.argument("file")
 @click.option("--http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -59,6 +60,7 @@ __all__ = [
     "Config",
     "PipelineSpec",
     "StageSpec",
+    "add_import_paths",
     "load",
     "loads",
     "tool_from_declaration",
@@ -351,13 +353,30 @@ def _build(stage: StageSpec, ctx: BuildContext, config: Config) -> Any:
 # -- loading ---------------------------------------------------------------------------
 
 
+def add_import_paths(paths: Iterable[str | Path]) -> None:
+    """Let python references import modules from ``paths`` (a pipeline file's
+    folder, the current directory, ``--path``): each is appended to ``sys.path``
+    once, after the installed packages, so a file beside the pipeline cannot shadow
+    the standard library or an installed package of the same name."""
+    for path in paths:
+        entry = str(Path(path).expanduser().resolve())
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
 def load(
     path: str | Path,
     *,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
+    python_path: Iterable[str | Path] = (),
 ) -> Config:
-    """Read, parse and validate the pipeline file at ``path``."""
+    """Read, parse and validate the pipeline file at ``path``.
+
+    Python references in the file (``package.module:attribute``) import from the
+    installed packages, then the file's folder, the current directory and each
+    of ``python_path`` (``rxagent run --path DIR``): see :func:`add_import_paths`.
+    """
     p = Path(path)
     try:
         with p.open("rb") as file:  # bounded: /dev/zero is not a pipeline file
@@ -374,7 +393,12 @@ def load(
     except UnicodeDecodeError as error:
         raise ConfigurationError(f"{p}: not UTF-8 text ({error.reason})") from None
     return loads(
-        text, file=str(path), base_dir=p.parent.resolve(), environ=environ, registry=registry
+        text,
+        file=str(path),
+        base_dir=p.parent.resolve(),
+        environ=environ,
+        registry=registry,
+        python_path=python_path,
     )
 
 
@@ -385,9 +409,14 @@ def loads(
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
+    python_path: Iterable[str | Path] = (),
 ) -> Config:
-    """Parse and validate pipeline file ``text`` (``file`` names it in errors)."""
+    """Parse and validate pipeline file ``text`` (``file`` names it in errors).
+
+    Python references import from the installed packages, then ``base_dir`` (the
+    file's folder), the current directory and ``python_path``."""
     registry = registry or default_registry()
+    add_import_paths([*(() if base_dir is None else (base_dir,)), Path.cwd(), *python_path])
     doc = parse(text, file=file, environ=environ, base_dir=base_dir)
     locations = doc.locations
     problems: list[Problem] = []
@@ -414,13 +443,14 @@ def loads(
                 )
     pipelines: dict[str, PipelineSpec] = {}
     stages: list[StageSpec] = []  # every stage that validated, for the cross-checks
+    unverified: set[str] = set()  # stores named by writers that failed to validate
     raw_pipelines = data.get("pipelines")
     for name, raw in raw_pipelines.items() if isinstance(raw_pipelines, dict) else ():
         try:  # its own errors, if any, are among the document's already
             pipeline = PipelineModel.model_validate(raw)
         except ValidationError:
             continue
-        spec = _pipeline(name, pipeline, raw, registry, locations, problems, stages)
+        spec = _pipeline(name, pipeline, raw, registry, locations, problems, stages, unverified)
         if spec is not None:
             pipelines[name] = spec
     state, tools = data.get("state"), data.get("tools")
@@ -430,6 +460,7 @@ def loads(
         stages,
         locations,
         problems,
+        unverified,
     )
     _replayed_and_truncated(stages, doc.base_dir, locations, problems)
     if model is None:
@@ -458,6 +489,7 @@ def _pipeline(
     locations: Locations,
     problems: list[Problem],
     stages: list[StageSpec],
+    unverified: set[str],
 ) -> PipelineSpec | None:
     base: Path_ = ("pipelines", name)
     before = len(problems)
@@ -475,6 +507,7 @@ def _pipeline(
             registry,
             locations,
             problems,
+            unverified,
         )
         for i, sink in enumerate(model.sinks)
     ]
@@ -500,7 +533,11 @@ def _stage(
     registry: Registry,
     locations: Locations,
     problems: list[Problem],
+    unverified: set[str] | None = None,
 ) -> StageSpec | None:
+    """The validated stage, or None with its problems reported. A stage writing a
+    store that fails to validate adds the store to ``unverified``: the cross-check
+    then does not report the store as never written (a follow-on error)."""
     names = registry.names(role)
     shape = f"{{kind: parameters}} with one kind of: {', '.join(names)}"
     if isinstance(raw, str) and registry.get(role, raw) is not None:
@@ -546,6 +583,9 @@ def _stage(
         value = kind.params.model_validate(params)
     except ValidationError as error:
         problems.extend(_pydantic_problems(error, kpath, locations, kind.params, params, kind=kind))
+        store = params.get(kind.writes_store) if kind.writes_store else None
+        if unverified is not None and isinstance(store, str):
+            unverified.add(store)
         return None
     return StageSpec(kind, value, path)
 
@@ -556,8 +596,9 @@ def _cross_check(
     stages: list[StageSpec],
     locations: Locations,
     problems: list[Problem],
+    unverified: Iterable[str] = (),
 ) -> None:
-    written: set[str] = set()
+    written: set[str] = set(unverified)
     reads: list[tuple[str, Path_]] = []
     for stage in stages:
         kind = stage.kind

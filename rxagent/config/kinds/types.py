@@ -132,6 +132,14 @@ def import_ref(ref: str) -> Any:
     module_name, _, attr = ref.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        hint = ""
+        if error.name is not None and module_name.startswith(error.name):
+            hint = (
+                " (modules are imported from the installed packages, the pipeline file's "
+                "folder, the current directory and --path DIR)"
+            )
+        raise ValueError(f"cannot import module {module_name!r}: {error}{hint}") from None
     except Exception as error:
         raise ValueError(
             f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
