@@ -129,8 +129,19 @@ def main(verbose: int) -> None:
     "--threshold", type=float, default=0.3, show_default=True, help="Alert on a move of this %."
 )
 @click.option("--live/--no-live", default=None, help="Live table (default: when on a terminal).")
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Also serve the dashboard, /metrics, /healthz and /ready there (docs/operations.md).",
+)
 def demo(
-    duration: float, rate: float, seed: int, window: float, threshold: float, live: bool | None
+    duration: float,
+    rate: float,
+    seed: int,
+    window: float,
+    threshold: float,
+    live: bool | None,
+    http: str | None,
 ) -> None:
     """Run the market-feed demo: a simulated feed served on 127.0.0.1 (no outside network)
     read over WebSocket, deduplicated, reordered, throttled and windowed into live state,
@@ -148,6 +159,7 @@ def demo(
                 live=live,
                 window=window,
                 threshold=threshold,
+                http=http,
             )
         )
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C

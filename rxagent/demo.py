@@ -298,7 +298,12 @@ async def run_demo(
     live: bool,
     window: float = 5.0,
     threshold: float = 0.3,
+    http: str | None = None,
 ) -> PipelineStatus:
+    """Run the demo; ``http`` (``HOST:PORT``) also serves its metrics, health and
+    dashboard there (docs/operations.md)."""
+    import contextlib
+
     from rich.console import Console
     from rich.live import Live
 
@@ -310,6 +315,16 @@ async def run_demo(
         pipeline = build_demo_pipeline(server.url, store, dead, window=window)
         alerts_pipeline, alerts, moves = build_alert_pipeline(store, threshold, cooldown=window)
         alerts.results.subscribe(lambda r: fired.append(str(r.value)) if r.ok else None)
+        serving = contextlib.AsyncExitStack()
+        if http is not None:
+            from .observe import parse_listen, serve
+            from .runtime import App
+
+            host, port = parse_listen(http)
+            observed = await serving.enter_async_context(
+                serve(App([pipeline, alerts_pipeline], name="demo"), host, port)
+            )
+            console.print(f"dashboard: {observed.url}/  metrics: {observed.url}/metrics")
         await alerts_pipeline.start()
         await pipeline.start()
         deadline = time.monotonic() + duration
@@ -337,6 +352,7 @@ async def run_demo(
         status = await pipeline.drain(timeout=5)
         moves.complete()
         await alerts_pipeline.drain(timeout=5)
+        await serving.aclose()
     console.print(_table(store, status, dead, alerts, fired))
     console.print("LLM context:\n" + store.context(600), soft_wrap=True, markup=False)
     if dead.total:
