@@ -100,18 +100,6 @@ def _clock_text(t: float) -> str:
 class CircuitBreaker:
     """The circuit-breaker state machine: pure, driven by the times it is given.
 
-    - ``failure_threshold``: failures in a row that open a closed circuit.
-    - ``reset_timeout``: seconds an open circuit stays open before it lets
-      trial calls through (half-open).
-    - ``success_threshold``: successes in a row, while half-open, that close it.
-    - ``half_open_max_calls``: trial calls allowed at once while half-open.
-    - ``clock``: seconds, for methods called without ``now`` (default
-      :func:`time.time`, the wall clock a pipeline reads on the asyncio
-      scheduler). Everyone sharing a breaker must use one clock: rxagent's
-      operator, sources and sinks pass ``now`` from the pipeline's clock
-      (virtual under a ``TestScheduler``) unless ``clock`` is set, so a breaker
-      shared between them and code of yours calling without ``now`` agrees.
-
     Usage around any call::
 
         breaker = CircuitBreaker("quotes-api", failure_threshold=3, reset_timeout=10)
@@ -127,6 +115,20 @@ class CircuitBreaker:
     A call allowed while closed that reports while half-open counts as a trial's
     result: the breaker does not tell calls apart. Listeners (``on_transition``)
     are called synchronously; one that raises is logged and skipped.
+
+    Args:
+        name: names the breaker in status, logs and rejections.
+        failure_threshold: failures in a row that open a closed circuit (default 5).
+        reset_timeout: seconds an open circuit stays open before it lets trial calls
+            through (half-open; default 30).
+        success_threshold: successes in a row, while half-open, that close it
+            (default 1).
+        half_open_max_calls: trial calls allowed at once while half-open (default 1).
+        clock: seconds, for methods called without ``now`` (default
+            :func:`time.time`, the wall clock a pipeline reads on the asyncio
+            scheduler). Everyone sharing a breaker must use one clock: rxagent's
+            operator, sources and sinks pass ``now`` from the pipeline's clock
+            (virtual under a ``TestScheduler``) unless ``clock`` is set.
     """
 
     __slots__ = (

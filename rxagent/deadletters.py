@@ -112,6 +112,13 @@ class MemoryDeadLetters:
     total, ``dropped`` counts letters evicted by either bound.
 
     ``subscribe(callback)`` calls back on every new letter (as kept), from the loop.
+
+    Args:
+        maxlen: most letters kept; the oldest go first past it (None: no bound).
+        max_bytes: most approximate bytes kept; the oldest go first past it (None:
+            no bound).
+        max_payload: longest ``str``/``bytes`` value kept whole; a longer one is
+            cut to this many characters or bytes (None: keep values whole).
     """
 
     def __init__(
@@ -222,6 +229,9 @@ class JsonlDeadLetters:
 
     Values that JSON cannot represent are written as their ``repr``. Each line is
     flushed at once: dead letters are rare, and a crash must not lose them.
+
+    Args:
+        path: the JSON-lines file letters are appended to (created when missing).
     """
 
     def __init__(self, path: str | Path) -> None:

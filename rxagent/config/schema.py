@@ -3,8 +3,9 @@
 Editors with a YAML language server complete and check pipeline files against
 it (``# yaml-language-server: $schema=../docs/rxagent.schema.json``).
 ``rxagent schema`` prints it; docs/rxagent.schema.json is the checked-in copy
-and docs/yaml.md's reference is generated from the same kinds (a test checks
-both are current).
+and docs/yaml.md's reference is generated from the same kinds by
+:mod:`.reference` (``reference_markdown`` is re-exported here for old imports;
+tests check both are current).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from .kinds import default_registry
 from .model import DocumentModel
+from .reference import reference_markdown
 from .registry import Kind, Registry, Role
 
 __all__ = ["SCHEMA_ID", "json_schema", "kind_schema", "reference_markdown"]
@@ -128,63 +130,3 @@ def _with_variables(node: Any) -> Any:
         out.get("type") == "string" and ("enum" in out or "pattern" in out)
     )
     return {"anyOf": [out, _VARIABLE]} if typed else out
-
-
-def _type_text(prop: dict[str, Any]) -> str:
-    if "$ref" in prop:
-        return str(prop["$ref"]).rsplit("/", 1)[-1].removesuffix("Params")
-    if "enum" in prop:
-        return " \\| ".join(f"`{v}`" for v in prop["enum"])
-    if "const" in prop:
-        return f"`{prop['const']}`"
-    if "anyOf" in prop:
-        parts = [_type_text(p) for p in prop["anyOf"]]
-        return " \\| ".join(p for p in parts if p)
-    kind = prop.get("type")
-    if kind == "array":
-        return f"list of {_type_text(prop.get('items', {})) or 'any'}"
-    if kind == "object":
-        extra = prop.get("additionalProperties")
-        return f"mapping to {_type_text(extra)}" if isinstance(extra, dict) else "mapping"
-    if kind == "null":
-        return "null"
-    return str(kind or "any")
-
-
-def _default_text(name: str, kind: Kind) -> str:
-    info = kind.params.model_fields[name]
-    if info.is_required():
-        return "**required**"
-    default = info.get_default(call_default_factory=True)
-    if isinstance(default, dict | list) and not default:
-        return "empty"
-    if default is None:
-        return "-"
-    if hasattr(default, "model_dump"):
-        return "defaults"
-    return f"`{default!r}`"
-
-
-def reference_markdown(registry: Registry | None = None) -> str:
-    """The kinds reference of docs/yaml.md, generated from the registry."""
-    registry = registry or default_registry()
-    lines: list[str] = []
-    titles = {"source": "Sources", "operator": "Steps (operators)", "sink": "Sinks"}
-    for role in ("source", "operator", "sink"):
-        lines += [f"### {titles[role]}", ""]
-        for kind in registry.kinds(role):
-            params = kind.params.model_json_schema(ref_template="#/$defs/{model}")
-            props = params.get("properties", {})
-            short = f" Shorthand: `{kind.name}: <{kind.shorthand}>`." if kind.shorthand else ""
-            lines += [f"#### `{kind.name}`", "", f"{kind.doc}{short}", ""]
-            if not props:
-                lines += ["No parameters.", ""]
-                continue
-            lines += ["| parameter | type | default | description |", "|---|---|---|---|"]
-            for name, prop in props.items():
-                desc = (prop.get("description") or "").replace("|", "\\|").replace("\n", " ")
-                lines.append(
-                    f"| `{name}` | {_type_text(prop)} | {_default_text(name, kind)} | {desc} |"
-                )
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

@@ -88,12 +88,24 @@ def _key_bytes(key: Hashable) -> bytes | None:
 class KafkaSink(Sink):
     """Produces each event's value to ``topic``.
 
-    ``key``: the event's key by default; a field name or a function of the value
-    picks another (str keys are UTF-8, others JSON). ``headers``: a mapping added
-    to every message, or a function of the event returning one. ``encode``:
-    ``"json"`` (pydantic models dumped as JSON), ``"text"``, ``"bytes"`` or a
-    function of the value. ``config`` passes through to the producer (``"${NAME}"``
-    values read from the environment, secrets never shown).
+    Each event ends once the broker confirmed its delivery, so a source commits
+    an offset only after what came of the events before it is written.
+
+    Args:
+        topic: the topic produced to.
+        bootstrap_servers: the brokers, ``host:port[,host:port...]``.
+        key: the message key: a field name or a function of the value (default:
+            the event's key); str keys are UTF-8, others JSON.
+        headers: a mapping added to every message, or a function of the event
+            returning one (default: no headers).
+        encode: ``"json"`` (default; pydantic models dumped as JSON), ``"text"``,
+            ``"bytes"``, or a function of the value returning bytes.
+        config: librdkafka settings passed through (``{"security.protocol": ...}``); a
+            value written ``"${NAME}"`` is read from the environment variable
+            ``NAME``, and values of secret-looking keys are never shown.
+        name: the sink's name in status and dead letters (default: ``kafka``).
+        flush_timeout: seconds the sink waits on stop for outstanding deliveries
+            (what is left is logged).
     """
 
     kind = "kafka"
@@ -418,6 +430,13 @@ class KafkaDeadLetters:
     event, ``source``, ``partition`` and ``offset`` otherwise. ``put`` never blocks:
     it queues the message in librdkafka; a failed delivery is logged and counted in
     ``failed`` (the event itself has ended already: dead-lettering ends it).
+
+    Args:
+        topic: the dead-letter topic.
+        bootstrap_servers: the brokers, ``host:port[,host:port...]``.
+        config: librdkafka settings passed through (``{"security.protocol": ...}``); a
+            value written ``"${NAME}"`` is read from the environment variable
+            ``NAME``, and values of secret-looking keys are never shown.
     """
 
     def __init__(

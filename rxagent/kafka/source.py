@@ -128,6 +128,55 @@ class KafkaSource(Source):
     reader sees each input's outputs exactly once (:mod:`rxagent.kafka.transaction`,
     docs/state.md "Exactly-once"). It needs a consumer group (not ``assign=True``)
     and a stable ``transactional_id``, by default ``rxagent.<group_id>.<instance_id>``.
+
+    Args:
+        topics: a topic or several.
+        bootstrap_servers: the brokers, ``host:port[,host:port...]``.
+        group_id: the consumer group whose committed offsets the source starts from
+            and commits to.
+        config: librdkafka settings passed through (``{"security.protocol": ...}``); a
+            value written ``"${NAME}"`` is read from the environment variable
+            ``NAME``, and values of secret-looking keys are never shown.
+        decode: ``"json"`` (default; orjson when installed), ``"text"``,
+            ``"bytes"``, or a function of the value's bytes.
+        model: a pydantic model (or type) validating each decoded value; a message
+            that fails goes to dead letters (default None: no validation).
+        key_decode: how keys are decoded, as ``decode`` (default ``"text"``;
+            undecodable keys stay bytes); None: events get no keys (saves work).
+        timestamps: give events the message timestamp as event time (default True).
+        headers: give events the message headers as a dict of bytes (default True).
+        assign: take every partition of the topics without a group rebalance
+            (instant; offsets are still committed for the group); default False:
+            subscribe, and the group spreads partitions over its members.
+        until_eof: end the stream once every assigned partition is read to its end
+            (batch jobs and tests); default False: run until stopped.
+        dead_letter_topic: also produce undecodable messages to this topic, with
+            ``error``, ``stage``, ``topic``, ``partition`` and ``offset`` headers
+            (default None: dead letters only go to the pipeline's sink).
+        changelog: durable stores written from this source keep a compacted
+            changelog topic, so their state follows partitions across workers and
+            restarts (default True); False keeps it local only.
+        instance_id: a static group membership id (``group.instance.id``): a
+            restarted worker gets its partitions back without a rebalance; also
+            names the default ``transactional_id``.
+        name: the source's name in positions, status and dead letters (default:
+            ``kafka``).
+        credit: most events in flight from this source; beyond it every assigned
+            partition is paused (polling goes on, so the group never evicts it).
+        batch_size: most messages read in one hop off the loop.
+        commit_interval: seconds between commits of the completed offsets (> 0).
+        poll_timeout: seconds one poll waits for a first message.
+        revoke_timeout: seconds a revoked partition's events in flight are waited
+            for before its offsets are committed and it is let go.
+        close_timeout: seconds the events in flight are waited for on stop before
+            the last commit.
+        auth_retries: refusals of the credentials by the brokers before the source
+            fails (default 3; None: retry forever).
+        processing_guarantee: ``"at_least_once"`` (default) or ``"exactly_once"``:
+            the pipeline's Kafka sinks, durable stores' changelogs and the offsets
+            written in one transaction per commit (needs a group, not ``assign``).
+        transactional_id: exactly once: the producer's stable id (default
+            ``rxagent.<group_id>.<instance_id>``, so ``instance_id`` or this is needed).
     """
 
     kind = "kafka"

@@ -76,7 +76,7 @@ def filter(predicate: Callable[[Any], Any], *, name: str | None = None) -> Opera
             falsy one ends it (counted in ``dropped``), and a raising one sends the
             event to dead letters with the error.
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``filter#2``).
+            ``filter``, numbered when a pipeline has several: ``filter#2``).
     """
     return filter_stage(predicate, name)
 
@@ -128,7 +128,7 @@ def map(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
         fn: a function of the value giving the new value; one that raises sends
             the event to dead letters with the error.
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``map#2``).
+            ``map``, numbered when a pipeline has several: ``map#2``).
     """
 
     return per_row_stage("map", fn, Batch.with_values, name)
@@ -144,7 +144,7 @@ def key_by(key: str | int | Callable[[Any], Hashable], *, name: str | None = Non
             the value giving a hashable key; a missing field or a raising function
             sends the event to dead letters.
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``key_by#2``).
+            ``key_by``, numbered when a pipeline has several: ``key_by#2``).
     """
     key_fn = to_key_function(key)
 
@@ -160,7 +160,7 @@ def event_time(time: str | Callable[[Any], float | None], *, name: str | None = 
         time: a field name or a function of the value giving the time in epoch
             seconds (any number; ``None`` leaves the event without a time).
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``event_time#2``).
+            ``event_time``, numbered when a pipeline has several: ``event_time#2``).
     """
     time_fn = to_key_function(time)
 
@@ -182,7 +182,7 @@ def flat_map(fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> 
             one ends the event (counted in ``dropped``), a raising one sends it to
             dead letters.
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``flat_map#2``).
+            ``flat_map``, numbered when a pipeline has several: ``flat_map#2``).
     """
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
@@ -230,7 +230,7 @@ def tap(fn: Callable[[Any], Any], *, name: str | None = None) -> Operator:
     Args:
         fn: called with each value; its result is ignored.
         name: the stage's name in status, metrics and dead letters (default:
-            the operator's kind, numbered when a pipeline has several: ``tap#2``).
+            ``tap``, numbered when a pipeline has several: ``tap#2``).
     """
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:

@@ -38,6 +38,10 @@ class Sink(abc.ABC):
             for value in batch.values:
                 print(value)
             batch.end_all()
+
+    Args:
+        name: the sink's name in status and dead letters (default: the class's
+            ``kind``).
     """
 
     kind = "sink"
@@ -101,7 +105,11 @@ class Sink(abc.ABC):
 
 
 class ListSink(Sink):
-    """Collects the events it receives (for tests and notebooks)."""
+    """Collects the events it receives (for tests and notebooks).
+
+    Args:
+        name: the sink's name in status (default: ``list``).
+    """
 
     kind = "list"
 
@@ -123,7 +131,13 @@ class ListSink(Sink):
 
 
 class CallbackSink(Sink):
-    """Calls ``fn(value)`` for every event; a raising call dead-letters that event."""
+    """Calls ``fn(value)`` for every event; a raising call dead-letters that event.
+
+    Args:
+        fn: called with each event's value; its result is ignored, and each event
+            ends when the call returns.
+        name: the sink's name in status and dead letters (default: ``callback``).
+    """
 
     kind = "callback"
 

@@ -51,6 +51,16 @@ class RecordSink(Sink):
     Rows are ended once their batch is written and flushed to the operating
     system, so with a Kafka source an offset is committed only after the events
     before it are in the file.
+
+    Args:
+        path: the JSON-lines file the recording is written to.
+        name: the sink's name in status and dead letters (default: ``record``).
+        default: converts values JSON cannot hold, like :func:`json.dumps`'s
+            ``default`` (default None: such an event goes to dead letters).
+        append: add a session to an existing file (default True); False replaces it.
+        clock: the time recorded as each line's ``t`` (default: the pipeline's clock,
+            virtual in tests).
+        meta: extra fields of the session's header line (``{"run": "nightly"}``).
     """
 
     kind = "record"

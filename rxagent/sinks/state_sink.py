@@ -22,7 +22,24 @@ __all__ = ["StateSink"]
 
 
 class StateSink(Sink):
-    """Folds each event into a :class:`StateStore` (one version per batch) and ends it."""
+    """Folds each event into a :class:`StateStore` (one version per batch) and ends it.
+
+    Usually made by ``store.sink(...)``. An event whose key or reducer fails goes
+    to dead letters; the others of its batch are applied.
+
+    Args:
+        store: the :class:`StateStore` written to.
+        key: the entry each event updates: a field name or a function of the value
+            (default: the event's key, ``key_by``; an event without one goes to dead
+            letters).
+        reducer: ``reducer(old, event) -> new`` folds the event into the entry's old
+            value (None when absent; return ``rxagent.DELETE`` to remove the key);
+            default: the entry becomes the new value.
+        value: what is stored (instead of a reducer): a field name or a function of
+            the value (default: the whole value).
+        name: the sink's name in status and dead letters (default:
+            ``state:<store name>``).
+    """
 
     kind = "state"
 

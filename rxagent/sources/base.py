@@ -129,6 +129,15 @@ class Source(abc.ABC):
                     k = await out.credit(n)
                     out.emit(list(range(n, n - k, -1)))
                     n -= k
+
+    Args:
+        name: the source's name in positions, status and dead letters (default:
+            the class's ``kind``).
+        credit: most events in flight from this source at once (read but not yet
+            ended by every sink); the source waits for credit beyond it.
+        batch_size: most events in one emission (a batch).
+        credit_bytes: most payload bytes in flight, for sources that charge them
+            (WebSocket, Kafka); None: no byte limit.
     """
 
     kind = "source"

@@ -21,6 +21,20 @@ class MemorySource(Source):
 
     Reading follows credit: a slow pipeline slows the iteration itself, so a
     generator producing events lazily is never run ahead of the pipeline.
+
+    Args:
+        items: the values to emit: any iterable (read lazily, as credit allows) or
+            async iterable.
+        name: the source's name in positions, status and dead letters (default:
+            ``memory``).
+        key: a function of the value giving each event's key (default: none; set
+            one later with ``key_by``).
+        credit: most events in flight from this source at once (read but not yet
+            ended by every sink); the source waits for credit beyond it.
+        batch_size: most events in one emission (a batch).
+        overflow: an :class:`~rxagent.sources.Overflow` makes the source lossy: it
+            never waits for credit and queues or drops by that policy instead
+            (default None: wait for credit, lose nothing).
     """
 
     kind = "memory"
@@ -118,6 +132,15 @@ class PushSource(Source):
     producer that awaits is slowed by the pipeline. ``push(value)`` never waits:
     past ``max_buffer`` it raises :class:`BufferError`. ``complete()`` ends the
     stream once the buffer is drained; ``error(exc)`` fails it.
+
+    Args:
+        name: the source's name in positions, status and dead letters (default:
+            ``push``).
+        credit: most events in flight from this source at once (read but not yet
+            ended by every sink); the source waits for credit beyond it.
+        batch_size: most events in one emission (a batch).
+        max_buffer: most values pushed but not yet emitted; ``send`` waits and
+            ``push`` raises beyond it.
     """
 
     kind = "push"

@@ -45,6 +45,14 @@ class Overflow:
     ``key`` (a function of the value) groups rows for ``latest``; without it the
     row's own key is used. Call :meth:`offer` from a source's read loop, and
     :meth:`close` when the source stops.
+
+    Args:
+        policy: what a full queue does: ``"drop_newest"`` drops the arriving row,
+            ``"drop_oldest"`` the oldest waiting one, ``"latest"`` keeps only the
+            newest row per key.
+        capacity: most rows waiting (for ``latest``: most keys); default 1024.
+        key: a function of the value grouping rows for ``latest`` (default: the
+            row's own key).
     """
 
     def __init__(

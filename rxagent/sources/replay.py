@@ -78,6 +78,27 @@ class ReplaySource(Source):
     :class:`~rxagent.recording.RecordingError` naming the file and line
     (``"raise"``), or goes to dead letters with the reason while the replay goes
     on (``"dead_letter"``).
+
+    Args:
+        path: the recording (a JSON-lines file written by
+            :class:`~rxagent.sinks.RecordSink`).
+        speed: None (default): as fast as credit allows; a number: the recorded
+            gaps divided by it (``1`` is real time, ``10`` ten times faster).
+        virtual: schedule the emissions on the pipeline's scheduler, at their
+            recorded times (``speed`` defaults to 1 then).
+        drive: with ``virtual`` and a virtual-time scheduler, advance that
+            scheduler's clock to each emission (default True); False leaves the
+            clock to the test.
+        name: the source's name (default: the one in the recording's header, so
+            positions are those of the live run).
+        source: whose events to replay when the file holds several sources
+            (default: the header's; ``"*"``: all of them).
+        on_error: a line that cannot be read: ``"raise"`` (default) stops the replay
+            with a ``RecordingError`` naming file and line; ``"dead_letter"`` sends it
+            to dead letters and goes on.
+        credit: most events in flight from this source at once (read but not yet
+            ended by every sink); the source waits for credit beyond it.
+        batch_size: most events in one emission (a batch).
     """
 
     kind = "replay"

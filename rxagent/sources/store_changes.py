@@ -36,6 +36,17 @@ class StateChangesSource(Source):
         prices = StateStore("prices")
         moves = Pipeline("alerts", StateChangesSource(prices)).pipe(
             ops.filter(lambda v: abs(v["move_pct"]) > 0.5)).to(alert_sink)
+
+    Args:
+        store: the :class:`~rxagent.StateStore` whose changes are read.
+        deletes: also emit deletions, with value ``None`` (default False).
+        initial: first emit the store's current entries, so a pipeline started
+            after the store was written misses nothing (default True).
+        name: the source's name in positions, status and dead letters (default:
+            ``state``).
+        credit: most events in flight from this source at once (read but not yet
+            ended by every sink); the source waits for credit beyond it.
+        batch_size: most events in one emission (a batch).
     """
 
     kind = "state"

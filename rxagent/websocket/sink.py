@@ -79,10 +79,39 @@ def _encoder(encode: Encode) -> Callable[[Any], str | bytes]:
 class WebSocketSink(Sink):
     """Sends each event's value to the WebSocket at ``url`` (see the module docstring).
 
-    ``headers``, ``token_provider`` (called on every connect, may be async),
-    ``ssl`` or the TLS files ``ca_file``, ``cert_file``, ``key_file`` and
-    ``key_password``, ``compression``, ``ping_interval``, ``ping_timeout``, ``open_timeout``
-    and ``close_timeout`` mean what they mean for the source.
+    Args:
+        url: the ``ws://`` or ``wss://`` address.
+        encode: how a value becomes a message: ``"json"`` (default), ``"text"``,
+            ``"bytes"``, or a function of the value returning str or bytes.
+        headers: extra HTTP headers of the handshake.
+        token_provider: a function (may be async) returning a token, called on every
+            connect (so a refreshed token is used on reconnect); sent as
+            ``token_header: token_prefix + token``.
+        token_header: the header carrying the token (default ``Authorization``).
+        token_prefix: what precedes the token in it (default ``"Bearer "``).
+        ssl: an :class:`ssl.SSLContext` for ``wss://`` (default: the system's,
+            verifying); or give the TLS files below where a configuration cannot
+            hold a context. Verification is always on.
+        ca_file: the certificate authorities to trust, instead of the system's.
+        cert_file: a client certificate, for servers that require one.
+        key_file: the client certificate's private key.
+        key_password: an encrypted key's password: the password, ``"${NAME}"`` to
+            read it from the environment, or a function returning it; never stored
+            or logged. The files are read when the object is built; a problem with
+            one is a :class:`ConfigurationError` naming it.
+        ping_interval: seconds between keepalive pings (None: no pings).
+        ping_timeout: seconds a ping waits for its pong before the connection is
+            considered lost (None: forever).
+        compression: ``"deflate"`` to negotiate per-message compression, or None.
+        open_timeout: seconds the connection and handshake may take (None: no limit).
+        close_timeout: seconds the closing handshake may take (None: no limit).
+        backoff: the delays between reconnection attempts (default: from 0.5 s,
+            doubling up to 30 s, equal jitter, never giving up).
+        stable_after: seconds a connection must stay up before the attempt count
+            resets (so a server that accepts and closes at once meets growing
+            delays).
+        rng: the random source of the backoff's jitter (for reproducible tests).
+        name: the sink's name in status and dead letters (default: ``websocket``).
     """
 
     kind = "websocket"

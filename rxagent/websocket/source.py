@@ -198,36 +198,63 @@ class _Decoder:
 class WebSocketSource(Source):
     """Emits the messages of the WebSocket at ``url`` (see the module docstring).
 
-    - ``subscribe``: messages sent on every (re)connect, or a callable of the
-      last sequence seen returning them; a dict or list is sent as JSON.
-    - ``sequence``: a function of a decoded value giving its sequence number
-      (what ``subscribe`` receives as ``last_seq``; ``None`` before any). Ints
-      that increase along the stream are the messages' positions and make the
-      resume position durable: a restart resumes after the last message whose
-      processing ended, as stored with the state (see the module docstring).
-    - ``headers`` and ``token_provider`` (called on every connect, may be async;
-      sent as ``token_header: token_prefix + token``).
-    - ``ssl``: an :class:`ssl.SSLContext` for ``wss://`` (default: the system's,
-      verifying); or, where a configuration cannot hold a context, files:
-      ``ca_file`` (the CAs to trust, instead of the system's), ``cert_file`` and
-      ``key_file`` (a client certificate, for servers that require one) and
-      ``key_password`` (an encrypted key's password: the password, ``"${NAME}"``
-      to read it from the environment, or a function returning it; never
-      stored or logged). The files are read when the source is built; a problem
-      with one is a :class:`ConfigurationError` naming it. Verification is always on.
-    - ``decode``: ``"json"`` (default), ``"text"``, ``"bytes"``,
-      ``"raw"`` (str or bytes as received), or a pydantic model / type.
-    - ``ping_interval``, ``ping_timeout``, ``compression`` (``None`` or
-      ``"deflate"``), ``max_size`` (bytes per message), ``max_queue`` (frames
-      buffered before the client stops reading), ``open_timeout``, ``close_timeout``.
-    - ``backoff``, ``stable_after`` (seconds up before the attempt count resets),
-      ``auth_retries`` (handshakes refused with HTTP 401/403 retried before the
-      source fails, default 3; ``None`` retries forever),
-      ``circuit`` (a :class:`CircuitBreaker`), ``rng`` (jitter, for tests).
-    - ``overflow``: an :class:`~rxagent.sources.overflow.Overflow` makes the source
-      lossy: it reads as fast as the server sends and never waits for credit; what
-      credit cannot take at once is queued or dropped by the policy (``latest``
-      keeps the newest message per key). Keepalive never starves then.
+    Args:
+        url: the ``ws://`` or ``wss://`` address (credentials in it are redacted
+            in logs and status).
+        subscribe: messages sent on every (re)connect, or a function of the last
+            sequence seen (None before any) returning them; a dict or list is sent as
+            JSON (default None: send nothing).
+        sequence: a function of a decoded value giving its sequence number, which
+            ``subscribe`` receives to resume from. Ints that increase along the
+            stream become the messages' positions and make the resume point durable
+            (a restart resumes after the last message whose processing ended).
+        headers: extra HTTP headers of the handshake.
+        token_provider: a function (may be async) returning a token, called on every
+            connect (so a refreshed token is used on reconnect); sent as
+            ``token_header: token_prefix + token``.
+        token_header: the header carrying the token (default ``Authorization``).
+        token_prefix: what precedes the token in it (default ``"Bearer "``).
+        ssl: an :class:`ssl.SSLContext` for ``wss://`` (default: the system's,
+            verifying); or give the TLS files below where a configuration cannot
+            hold a context. Verification is always on.
+        ca_file: the certificate authorities to trust, instead of the system's.
+        cert_file: a client certificate, for servers that require one.
+        key_file: the client certificate's private key.
+        key_password: an encrypted key's password: the password, ``"${NAME}"`` to
+            read it from the environment, or a function returning it; never stored
+            or logged. The files are read when the object is built; a problem with
+            one is a :class:`ConfigurationError` naming it.
+        decode: ``"json"`` (default), ``"text"``, ``"bytes"``, ``"raw"`` (str or bytes
+            as received), or a pydantic model / type to validate JSON into.
+        ping_interval: seconds between keepalive pings (None: no pings).
+        ping_timeout: seconds a ping waits for its pong before the connection is
+            considered lost (None: forever).
+        compression: ``"deflate"`` to negotiate per-message compression, or None.
+        max_size: most bytes in one message (None: no limit); a larger one closes
+            the connection.
+        max_queue: frames buffered by the client before it stops reading the socket.
+        open_timeout: seconds the connection and handshake may take (None: no limit).
+        close_timeout: seconds the closing handshake may take (None: no limit).
+        backoff: the delays between reconnection attempts (default: from 0.5 s,
+            doubling up to 30 s, equal jitter, never giving up).
+        stable_after: seconds a connection must stay up before the attempt count
+            resets (so a server that accepts and closes at once meets growing
+            delays).
+        auth_retries: handshakes refused with HTTP 401/403 retried before the source
+            fails (default 3; None: forever).
+        circuit: a :class:`~rxagent.circuit.CircuitBreaker` that holds reconnects
+            back while open (default None).
+        rng: the random source of the backoff's jitter (for reproducible tests).
+        name: the source's name in positions, status and dead letters (default:
+            ``websocket``).
+        overflow: an :class:`~rxagent.sources.Overflow` makes the source lossy: it
+            reads as fast as the server sends and never waits for credit; what credit
+            cannot take at once is queued or dropped by the policy (``latest`` keeps
+            the newest message per key), and keepalive never starves (default None:
+            wait for credit, lose nothing).
+        credit: most events in flight from this source at once; reading pauses
+            beyond it (backpressure to the server through TCP).
+        batch_size: most events in one emission (a batch).
     """
 
     kind = "websocket"
