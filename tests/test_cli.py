@@ -454,7 +454,7 @@ def test_bad_cases_are_located_problems() -> None:
         "t.yaml:8:25: tests[0].pipeline: no pipeline named 'nope'; the file has p",
         "t.yaml:11:12: tests[1].input: bad marble diagram: " + str(_marble_error("a-(b|")),
         "t.yaml:12:14: tests[1].expect.3: pipeline 'p' has no sink '3' (by index, name, or "
-        "kind when unique: 0 (state); or state.STORE)",
+        "kind when unique: 0 (state); or state.STORE, activations.TOOL, dead_letters)",
         "t.yaml:12:23: tests[1].expect.state.other: unknown state store 'other' (declared: prices)",
         "t.yaml:12:45: tests[1].expect.0: expected a marble diagram of what the sink "
         "receives, e.g. '-a-b|'",

@@ -15,6 +15,9 @@ receive, frame by frame, and what a state store must hold at the end::
         expect:
           alert: a-----b|              # what the sink named "alert" (or index 0) receives
           state.prices: {AAPL: 2.0}    # the store's snapshot after the run
+          activations.notify: n-----n  # the tool's calls, after its policy and cooldown
+          dead_letters:                # every dead letter, in order (stage, error, value)
+            - {stage: price, error: ZeroDivisionError}
 
 How a case runs:
 
@@ -33,7 +36,15 @@ How a case runs:
   stores are what ``state.NAME`` checks); other sinks (tools, Kafka, WebSocket,
   record, log) do not run: a test never calls a tool nor touches the network,
   it checks what the sink *would* receive (for a tool sink: the events that
-  would activate it, before its policy and cooldown);
+  reach it, before its policy and cooldown);
+- ``activations.TOOL`` checks the calls a tool *would* get: its tool sinks run
+  for real in dry-run mode (the machinery of ``rxagent dry-run``), so the
+  policy, cooldown and concurrency apply in virtual time, and each activation is
+  a notification at its frame with the call's arguments as its value; no
+  completion is drawn (``n-----n``);
+- ``dead_letters`` lists the run's dead letters in order, each a mapping of what
+  to check: ``stage``, ``error`` (the error's type, or text its ``Type: message``
+  contains) and ``value``;
 - values reaching a sink are compared as plain data: a window is the mapping
   ``{key, value, count, start, end}``;
 - an input ending in ``|`` completes the pipeline (windows flush, timers due
@@ -45,6 +56,7 @@ How a case runs:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +68,7 @@ from ..events import Batch
 from ..exceptions import ConfigurationError
 from ..plain import plain
 from ..sinks.base import Sink
+from ..sinks.tools import ToolSink
 from ..testing.marbles import (
     MarbleError,
     Notification,
@@ -65,13 +78,14 @@ from ..testing.marbles import (
 )
 from ..testing.virtual import MarbleSink, VirtualSource, marble_source
 from .document import Problem
+from .loader import tool_from_declaration
 from .registry import BuildContext
 
 if TYPE_CHECKING:
     from ..context import PipelineContext
     from ..runtime import Pipeline
     from ..state import StateStore
-    from .loader import Config, PipelineSpec
+    from .loader import Config, PipelineSpec, StageSpec
     from .model import TestCaseModel
 
 __all__ = ["CaseResult", "check_cases", "run_case", "run_cases"]
@@ -104,6 +118,9 @@ class CaseResult:
 
 
 # -- checking the cases (rxagent validate) -------------------------------------------------
+
+#: What an expected dead letter may check.
+_DEAD_LETTER_FIELDS = frozenset({"stage", "error", "value"})
 
 
 def _sink_index(spec: PipelineSpec, label: str) -> int | None:
@@ -166,6 +183,45 @@ def check_cases(config: Config) -> list[Problem]:
             )
         for label, expected in case.expect.items():
             path = (*base, "expect", label)
+            if label == "dead_letters":
+                if not isinstance(expected, list) or not all(
+                    isinstance(e, dict) and set(e) <= _DEAD_LETTER_FIELDS for e in expected
+                ):
+                    problems.append(
+                        locations.problem(
+                            path,
+                            "expected a list of dead letters, each a mapping of "
+                            f"{', '.join(sorted(_DEAD_LETTER_FIELDS))} (e.g. "
+                            "[{stage: price, error: ZeroDivisionError}])",
+                        )
+                    )
+                continue
+            if label.startswith("activations."):
+                tool = label.removeprefix("activations.")
+                users = [s for s in spec.sinks if s.kind.uses_tool is not None]
+                used = {getattr(s.params, s.kind.uses_tool or "") for s in users}
+                if tool not in used:
+                    problems.append(
+                        locations.problem(
+                            path,
+                            f"pipeline {case.pipeline!r} calls no tool {tool!r} (its tool "
+                            f"sinks call: {', '.join(sorted(map(str, used))) or 'none'})",
+                            key=True,
+                        )
+                    )
+                    continue
+                if not isinstance(expected, str):
+                    problems.append(
+                        locations.problem(
+                            path, "expected a marble diagram of the tool's calls, e.g. 'n---n'"
+                        )
+                    )
+                    continue
+                try:
+                    parse_marbles(expected, case.values, frame=case.tick)
+                except MarbleError as error:
+                    problems.append(locations.problem(path, f"bad marble diagram: {error}"))
+                continue
             if label.startswith("state."):
                 store = label.removeprefix("state.")
                 if store not in config.model.state:
@@ -187,7 +243,8 @@ def check_cases(config: Config) -> list[Problem]:
                     locations.problem(
                         path,
                         f"pipeline {case.pipeline!r} has no sink {label!r} (by index, name, or "
-                        f"kind when unique: {_sink_names(spec)}; or state.STORE)",
+                        f"kind when unique: {_sink_names(spec)}; or state.STORE, "
+                        "activations.TOOL, dead_letters)",
                         key=True,
                     )
                 )
@@ -254,9 +311,9 @@ class _Observed(MarbleSink):
 def _max_frame(case: TestCaseModel) -> int:
     frames = [n.frame for n in parse_marbles(case.input, case.values, frame=case.tick)]
     for label, expected in case.expect.items():
-        if not label.startswith("state.") and isinstance(expected, str):
+        if label != "dead_letters" and not label.startswith("state.") and isinstance(expected, str):
             frames += [n.frame for n in parse_marbles(expected, case.values, frame=case.tick)]
-    return max(frames, default=0)
+    return math.ceil(max(frames, default=0))
 
 
 def _build(
@@ -299,12 +356,74 @@ def _build(
     pipeline.pipe(*(step.kind.build(step.params, context(step.name)) for step in spec.steps))
     observed: dict[int, _Observed] = {}
     for i, sink in enumerate(spec.sinks):
-        inner = sink.kind.build(sink.params, context(sink.name)) if sink.kind.writes_store else None
+        inner: Sink | None = None
+        if sink.kind.writes_store:
+            inner = sink.kind.build(sink.params, context(sink.name))
+        elif sink.kind.uses_tool is not None and _expects_calls(case, sink):
+            # the real tool sink, recording instead of calling (as rxagent dry-run does)
+            tools_ctx = context(sink.name)
+            tool = getattr(sink.params, sink.kind.uses_tool)
+            tools_ctx.tools = {tool: tool_from_declaration(tool, config.model.tools[tool])}
+            built = sink.kind.build(sink.params, tools_ctx)
+            if isinstance(built, ToolSink):
+                built.dry_run = True
+                inner = built
         observed[i] = _Observed(
             inner.name if inner is not None else sink.label, inner, frame=case.tick
         )
     pipeline.to(*observed.values())
     return pipeline, source, observed, stores
+
+
+def _expects_calls(case: TestCaseModel, sink: StageSpec) -> bool:
+    """Whether the case checks the calls of the tool ``sink`` calls."""
+    tool = getattr(sink.params, sink.kind.uses_tool or "", None)
+    return f"activations.{tool}" in case.expect
+
+
+def _activations(observed: Mapping[int, _Observed], tool: str, tick: float) -> list[Notification]:
+    """The calls the dry-run tool sinks of ``tool`` recorded, as notifications at
+    their frames (the pipeline clock's seconds over the tick), in order."""
+    fired = [
+        activation
+        for sink in observed.values()
+        if isinstance(sink.inner, ToolSink)
+        for activation in sink.inner.recorded
+        if activation.fired and activation.tool == tool
+    ]
+    fired.sort(key=lambda a: a.at)
+    return [Notification(round(a.at / tick), "N", plain(a.arguments), a.key) for a in fired]
+
+
+def _compare_dead_letters(letters: list[Any], expected: list[dict[str, Any]]) -> str | None:
+    """None when ``letters`` match ``expected`` one by one; else what differs."""
+    lines: list[str] = []
+    for i in range(max(len(letters), len(expected))):
+        if i >= len(letters):
+            lines.append(f"  - {expected[i]} (missing: only {len(letters)} dead letters)")
+            continue
+        letter = letters[i]
+        got = {
+            "stage": letter.stage,
+            "error": f"{letter.error_type}: {letter.message}",
+            "value": plain(letter.event.value),
+        }
+        if i >= len(expected):
+            lines.append(f"  + {got} (unexpected)")
+            continue
+        want = expected[i]
+        wrong = [
+            name
+            for name, value in want.items()
+            if not (
+                (got["error"].startswith(f"{value}:") or str(value) in got["error"])
+                if name == "error"
+                else got[name] == value
+            )
+        ]
+        if wrong:
+            lines.append(f"  ~ #{i}: expected {want}, got {got}")
+    return "dead letters differ:\n" + "\n".join(lines) if lines else None
 
 
 async def _play(
@@ -388,7 +507,22 @@ async def run_case(config: Config, case: TestCaseModel) -> CaseResult:
     if status.last_error and status.state.value == "failed":
         where = f" in {status.failed_stage!r}" if status.failed_stage else ""
         result.failures.append(config.redact(f"the pipeline failed{where}: {status.last_error}"))
+    dead = pipeline.dead_letters
+    letters = list(getattr(dead, "letters", []))
     for label, expected in case.expect.items():
+        if label == "dead_letters":
+            problem = _compare_dead_letters(letters, expected)
+            if problem:
+                result.failures.append(config.redact(problem))
+            continue
+        if label.startswith("activations."):
+            tool = label.removeprefix("activations.")
+            calls = _activations(observed, tool, case.tick)
+            try:
+                assert_notifications(calls, expected, case.values, frame=case.tick)
+            except AssertionError as error:
+                result.failures.append(config.redact(f"calls of tool {tool}: {error}"))
+            continue
         if label.startswith("state."):
             store = stores[label.removeprefix("state.")]
             problem = _compare_state(store, expected)
@@ -404,9 +538,7 @@ async def run_case(config: Config, case: TestCaseModel) -> CaseResult:
             result.failures.append(
                 config.redact(f"sink {label} ({spec.sinks[index].label}): {error}")
             )
-    dead = pipeline.dead_letters
-    letters = getattr(dead, "letters", [])
-    if letters and not result.passed:
+    if letters and not result.passed and "dead_letters" not in case.expect:
         first = letters[0]
         result.failures.append(
             config.redact(
