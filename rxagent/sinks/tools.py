@@ -265,7 +265,7 @@ class _Outcome:
 
 
 class ToolSink(Sink):
-    """Activates ``tool`` once per event.
+    """Activates ``tool`` (a :class:`Tool`, or a function made one) once per event.
 
     - ``args(value)`` (or ``event_args(event)``) returns the call's arguments: a
       dict or a model instance, validated by the tool like an LLM's call; without
@@ -286,6 +286,9 @@ class ToolSink(Sink):
       reported to it. Its clock is its own if it has one, else the pipeline's.
     - ``dry_run``: record activations (:attr:`recorded`, at most
       ``max_recorded``) instead of calling the tool.
+    - ``name``: the sink's name in status, metrics and dead letters (default
+      ``"tool:<the tool's name>"``); ``rng``: the random source of the retry
+      jitter (seed one for repeatable tests).
     - ``state_dir``: keep a durable record of the activations that ended, in
       ``<state_dir>/tools.<pipeline>.<sink>.sqlite3`` (names made safe for file
       names), written at each checkpoint and loaded when the pipeline starts; an

@@ -25,23 +25,27 @@ never raises: its answer says what went wrong, as JSON
 ``"unknown_tool"``, ``"invalid_arguments"``, ``"timeout"`` or ``"tool_error"``,
 so the model can correct itself. A successful result is its text when the tool
 returned a ``str``, else compact JSON (pydantic models and dataclasses dumped).
+The running is :mod:`rxagent.tools.calls`'s, shared with Anthropic's format
+(:mod:`rxagent.tools.anthropic`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..exceptions import ConfigurationError, ToolArgumentsError, ToolTimeoutError, UnknownToolError
-from ..plain import plain
-from .tool_registry import ToolRegistry
+from .calls import (
+    CallOutcome,
+    ToolLookup,
+    as_mapping,
+    check_call_limits,
+    error_outcome,
+    result_text,
+    run_calls,
+)
 
-__all__ = ["ToolCall", "parse_tool_call", "run_tool_calls"]
-
-ErrorKind = Literal["malformed_call", "unknown_tool", "invalid_arguments", "timeout", "tool_error"]
+__all__ = ["ToolCall", "parse_tool_call", "result_text", "run_tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ def parse_tool_call(call: Any) -> ToolCall:
 
     Raises :class:`ValueError` saying what is missing or of the wrong type.
     """
-    data = _as_mapping(call)
+    data = as_mapping(call)
     if data is None:
         raise _MalformedCall(
             f"a tool call must be a mapping or an SDK object, got {type(call).__name__}", "", "chat"
@@ -96,7 +100,7 @@ def parse_tool_call(call: Any) -> ToolCall:
         call_id = data.get("id")
         api = "chat"
         kind = data.get("type", "function")
-        function = _as_mapping(data.get("function"))
+        function = as_mapping(data.get("function"))
         if kind != "function" or function is None:
             raise _MalformedCall(
                 f"tool call {call_id!r}: only function calls can be run (type 'function' with a "
@@ -124,7 +128,7 @@ def parse_tool_call(call: Any) -> ToolCall:
 
 
 async def run_tool_calls(
-    registry: ToolRegistry,
+    registry: ToolLookup,
     tool_calls: Iterable[Any] | Mapping[str, Any],
     *,
     timeout: float | None = None,
@@ -144,96 +148,25 @@ async def run_tool_calls(
 
     Never raises for one bad call (see the module docstring for the error
     answers); cancelling the caller cancels every call.
+    :meth:`ToolRegistry.call_openai` is the same as a method.
     """
-    if timeout is not None and not timeout > 0:
-        raise ConfigurationError(f"run_tool_calls: timeout must be > 0 seconds, got {timeout!r}")
-    if max_concurrency is not None and (
-        isinstance(max_concurrency, bool)
-        or not isinstance(max_concurrency, int)
-        or max_concurrency < 1
-    ):
-        raise ConfigurationError(
-            f"run_tool_calls: max_concurrency must be an int >= 1, got {max_concurrency!r}"
-        )
+    check_call_limits("run_tool_calls", timeout, max_concurrency)
     if isinstance(tool_calls, Mapping):
         tool_calls = tool_calls.get("tool_calls") or []
     items = [c for c in tool_calls if not _is_other_output_item(c)]
-    slots = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
-
-    async def one(item: Any) -> dict[str, Any]:
+    answering: list[ToolCall] = []  # who answers each call: the call, or a stand-in
+    calls: list[ToolCall | CallOutcome] = []
+    for item in items:
         try:
             call = parse_tool_call(item)
         except _MalformedCall as error:
-            return _error_answer(
-                ToolCall(error.call_id, "", None, error.api), "malformed_call", error
-            )
-        if slots is None:
-            return await _run_one(registry, call, timeout)
-        async with slots:
-            return await _run_one(registry, call, timeout)
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-async def _run_one(registry: ToolRegistry, call: ToolCall, timeout: float | None) -> dict[str, Any]:
-    try:
-        tool = registry.get(call.name)
-    except UnknownToolError as error:
-        return _error_answer(call, "unknown_tool", error)
-    arguments = call.arguments
-    if isinstance(arguments, str | bytes) and not arguments.strip():
-        arguments = None  # "" for a call without arguments: as "{}"
-    try:
-        args = tool.validate(arguments)
-    except ToolArgumentsError as error:
-        return _error_answer(call, "invalid_arguments", error)
-    try:
-        async with asyncio.timeout(timeout) as scope:
-            result = await tool.call(args)
-    except ToolTimeoutError as error:
-        return _error_answer(call, "timeout", error)
-    except TimeoutError as error:
-        if scope.expired():
-            message = f"tool {tool.name!r} ran past the call timeout of {timeout:g}s"
-            return _error_answer(call, "timeout", message)
-        return _error_answer(call, "tool_error", error)
-    except Exception as error:
-        return _error_answer(call, "tool_error", error)
-    try:
-        return call.answer(result_text(result))
-    except Exception as error:  # a result JSON cannot carry
-        return _error_answer(call, "tool_error", f"the result could not be encoded: {error}")
-
-
-def result_text(result: Any) -> str:
-    """A tool's result as message content: a ``str`` as is, anything else as
-    compact JSON (models and dataclasses dumped, unknown types by ``str``)."""
-    if isinstance(result, str):
-        return result
-    return json.dumps(
-        plain(result, str_keys=True), separators=(",", ":"), ensure_ascii=False, default=str
-    )
-
-
-def _error_answer(call: ToolCall, kind: ErrorKind, error: BaseException | str) -> dict[str, Any]:
-    if isinstance(error, str):
-        message = error
-    elif kind == "tool_error":
-        message = f"tool {call.name!r} failed: {type(error).__name__}: {error}"
-    else:
-        message = str(error)
-    return call.answer(json.dumps({"error": kind, "message": message}, ensure_ascii=False))
-
-
-def _as_mapping(value: Any) -> Mapping[str, Any] | None:
-    if isinstance(value, Mapping):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        dumped = dump()
-        if isinstance(dumped, Mapping):
-            return dumped
-    return None
+            answering.append(ToolCall(error.call_id, "", None, error.api))
+            calls.append(error_outcome("malformed_call", error))
+        else:
+            answering.append(call)
+            calls.append(call)
+    outcomes = await run_calls(registry, calls, timeout=timeout, max_concurrency=max_concurrency)
+    return [call.answer(outcome.text) for call, outcome in zip(answering, outcomes, strict=True)]
 
 
 def _is_other_output_item(item: Any) -> bool:
@@ -241,7 +174,7 @@ def _is_other_output_item(item: Any) -> bool:
     reasoning): it has neither a ``call_id`` nor a ``function``. Chat tool calls
     of other types are answered as malformed instead, since the API expects an
     answer for every tool call id."""
-    data = _as_mapping(item)
+    data = as_mapping(item)
     if data is None:
         return False
     kind = data.get("type")
