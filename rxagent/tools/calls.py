@@ -56,7 +56,9 @@ class ToolLookup(Protocol):
     """What the call path needs of a registry: the tool by name, raising
     :class:`UnknownToolError` for a name it does not know."""
 
-    def get(self, name: str) -> Tool: ...
+    def get(self, name: str) -> Tool:
+        """The tool called ``name``; :class:`UnknownToolError` when there is none."""
+        ...
 
 
 class NamedCall(Protocol):
@@ -64,10 +66,14 @@ class NamedCall(Protocol):
     text, a mapping or ``None``)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The name of the tool to call."""
+        ...
 
     @property
-    def arguments(self) -> Any: ...
+    def arguments(self) -> Any:
+        """The arguments as the model gave them: JSON text, a mapping or ``None``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
