@@ -114,7 +114,8 @@ async def test_n_events_fold_into_the_expected_state_and_offsets_are_committed(
     assert max(x for x in lags if x is not None) > 0
     assert lags[-1] == 0
     # and per partition, as the dashboard shows it: "topic/partition" -> messages behind
-    assert by_partition[-1] and all(key.startswith(f"{topic}/") for key in by_partition[-1])
+    assert by_partition[-1]
+    assert all(key.startswith(f"{topic}/") for key in by_partition[-1])
     assert set(by_partition[-1].values()) == {0}
     assert max(sum(lag.values()) for lag in by_partition) > 0
     await source.wait_closed()

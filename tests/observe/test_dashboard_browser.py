@@ -178,6 +178,8 @@ async def test_the_dashboard_shows_a_live_pipeline_in_chromium(tmp_path: Path) -
         ) as url,
         chromium_page() as page,
     ):
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
         await page.goto(url)
         await expect(page.get_by_test_id("connection")).to_have_text("live", timeout=WAIT_MS)
         await expect(page.get_by_test_id("app-name")).to_have_text("trades")
@@ -269,6 +271,15 @@ async def test_the_dashboard_shows_a_live_pipeline_in_chromium(tmp_path: Path) -
         assert distinct > 64, distinct
         assert nonzero > 0.01, nonzero
         assert page.problems == []
+        # it works offline: nothing fetched but the server's own page, files and api/
+        assert requests
+        assert [r for r in requests if not r.startswith(url)] == []
+        assert {r.removeprefix(url).split("?")[0] for r in requests} >= {
+            "",
+            "static/dashboard.js",
+            "static/dashboard.css",
+            "api/events",
+        }
 
 
 def test_a_blank_screenshot_is_told_apart() -> None:
