@@ -84,6 +84,8 @@ Listener = Callable[[CircuitTransition], None]
 
 
 def error_text(error: BaseException | str | None) -> str | None:
+    """An error as the one line breakers and transitions keep (``KeyError: 'x'``); a string or None
+    as it is."""
     if error is None or isinstance(error, str):
         return error
     return f"{type(error).__name__}: {error}"

@@ -68,12 +68,17 @@ class DeadLetter:
         cls, event: Event, stage: str, error: BaseException | str, *, pipeline: str | None = None
     ) -> DeadLetter:
         # the message (an expression's text, a URL) is shown and written: redacted
+        """The letter for ``event`` failing at ``stage``: an exception gives its type and
+        (redacted) message; a string is a rejection reason (``error_type`` ``Rejected``).
+        """
         if isinstance(error, BaseException):
             message = redact(str(error) or repr(error))
             return cls(event, stage, type(error).__name__, message, pipeline)
         return cls(event, stage, "Rejected", redact(error), pipeline)
 
     def to_json(self) -> dict[str, Any]:
+        """The letter as JSON-ready data: time, pipeline, stage, error type and message, and the
+        event's value, key, time, position and headers."""
         ev = self.event
         pos = ev.position
         return {
@@ -98,7 +103,8 @@ class DeadLetter:
 class DeadLetterSink(Protocol):
     """Anything with ``put(letter)``; it must not block the event loop."""
 
-    def put(self, letter: DeadLetter) -> None: ...
+    def put(self, letter: DeadLetter) -> None:
+        """Keep ``letter``; called on the loop, so it must not block (queue slow writes)."""
 
 
 class MemoryDeadLetters:
@@ -149,6 +155,8 @@ class MemoryDeadLetters:
         self._lock = threading.Lock()
 
     def put(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` (its payload cut to ``max_payload``), evicting the oldest past ``maxlen``
+        or ``max_bytes``, and call the subscribers."""
         if self.max_payload is not None:
             letter = letter.truncated(self.max_payload)
         size = letter_size(letter)
@@ -171,11 +179,14 @@ class MemoryDeadLetters:
             callback(letter)
 
     def subscribe(self, callback: Callable[[DeadLetter], None]) -> Callable[[], None]:
+        """Call ``callback`` with each new letter (as kept), on the loop; returns the function that
+        unsubscribes it."""
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback)
 
     @property
     def letters(self) -> list[DeadLetter]:
+        """The letters kept, oldest first (a copy)."""
         with self._lock:
             return list(self._letters)
 
@@ -186,6 +197,7 @@ class MemoryDeadLetters:
         return iter(self.letters)
 
     def clear(self) -> None:
+        """Forget every letter kept (``total`` and ``dropped`` stay)."""
         with self._lock:
             self._letters.clear()
             self._sizes.clear()
@@ -241,6 +253,8 @@ class JsonlDeadLetters:
         self.total = 0
 
     def put(self, letter: DeadLetter) -> None:
+        """Append ``letter`` as one JSON line (values JSON cannot hold as their ``repr``; messages
+        redacted) and flush it."""
         data = letter.to_json()
         data["message"] = redact(str(data["message"]))
         try:
@@ -263,6 +277,7 @@ class JsonlDeadLetters:
         self.total += 1
 
     def close(self) -> None:
+        """Close the file; letters put afterwards are an error."""
         self._file.close()
 
     def __enter__(self) -> JsonlDeadLetters:

@@ -106,10 +106,13 @@ class Batch:
     # -- reading rows ---------------------------------------------------------
 
     def hold(self, i: int) -> Hold:
+        """What row ``i`` holds of its source's credit (ended when the row's processing ends)."""
         holds = self.holds
         return self.ticket if holds is None else holds[i]
 
     def position(self, i: int) -> Position | None:
+        """Row ``i``'s source position (source, partition, offset), or None when its source gives
+        none."""
         positions = self.positions
         if positions is None:
             return None
@@ -128,9 +131,12 @@ class Batch:
         )
 
     def events(self, *, take: bool = False) -> list[Event]:
+        """The rows as :class:`Event` objects; ``take=True`` moves each row's hold into its event
+        (who takes it must end it)."""
         return [self.event(i, take=take) for i in range(len(self.values))]
 
     def hold_list(self) -> list[Hold]:
+        """Every row's hold, in row order (the batch's ticket repeated when rows share it)."""
         holds = self.holds
         if holds is None:
             return [self.ticket] * len(self.values)
@@ -143,9 +149,13 @@ class Batch:
         return self._derive(values, self.keys, self.times, self.positions, self.headers, self.holds)
 
     def with_keys(self, keys: list[Hashable]) -> Batch:
+        """The same rows with ``keys`` as their keys (one per row); values, times, positions and
+        holds stay."""
         return self._derive(self.values, keys, self.times, self.positions, self.headers, self.holds)
 
     def with_times(self, times: list[float | None]) -> Batch:
+        """The same rows with ``times`` as their event times (one per row, None for none); the rest
+        stays."""
         return self._derive(self.values, self.keys, times, self.positions, self.headers, self.holds)
 
     def select(self, mask: Sequence[Any]) -> Batch:
@@ -272,6 +282,8 @@ class Batch:
                         ticket.end(count * times)
 
     def end_row(self, i: int) -> None:
+        """End row ``i``'s processing: its credit returns to the source once nothing
+        else holds it."""
         end_hold(self.hold(i))
 
     def retain(self, extra: int) -> None:
@@ -318,6 +330,8 @@ class RevokeWatch:
             self.removers.append(flow.on_revoke(self.release))
 
     def close(self) -> None:
+        """Stop watching: unregister from every flow watched, so revoked partitions no longer call
+        back."""
         for remove in self.removers:
             remove()
         self.removers.clear()

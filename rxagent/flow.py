@@ -175,6 +175,7 @@ class FlowStats:
         self.waits = flow.waits
 
     def as_dict(self) -> dict[str, int]:
+        """The counters as a dict, for status and metrics."""
         return {name: getattr(self, name) for name in self.__slots__}
 
 
@@ -297,6 +298,7 @@ class Flow:
 
     @property
     def in_flight(self) -> int:
+        """Events holding credit now: emitted, not yet ended."""
         return self.capacity - self.free
 
     # -- tickets and completion ----------------------------------------------
@@ -357,6 +359,8 @@ class Flow:
         return self._watermarks.get(partition)
 
     def watermarks(self) -> dict[Partition, int]:
+        """Each partition's completion watermark: the offset after the longest run of events whose
+        processing ended (what a source may commit)."""
         return dict(self._watermarks)
 
     def busy(self, partition: Partition) -> bool:
@@ -401,6 +405,7 @@ class Flow:
             await self._idle
 
     def stats(self) -> FlowStats:
+        """A snapshot of the flow's counters (credit, in flight, emitted, ended)."""
         return FlowStats(self)
 
     def __repr__(self) -> str:

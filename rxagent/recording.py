@@ -399,6 +399,10 @@ class RecordingReader:
         self.headers: list[Header] = []
 
     def feed(self, lines: Iterable[bytes | str]) -> list[Header | Record | RecordingError]:
+        """Read the next ``lines`` of a recording (the reader counts lines across calls);
+        returns the headers and records decoded, and a :class:`RecordingError` in place
+        of each line that could not be (a last line cut short says so).
+        """
         out: list[Header | Record | RecordingError] = []
         for text in lines:
             self.line += 1

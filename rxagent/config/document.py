@@ -98,6 +98,8 @@ class Locations:
         self._keys: dict[Path_, Location] = {}
 
     def add(self, path: Path_, mark: Any, *, key_mark: Any = None) -> None:
+        """Remember where the value at ``path`` starts (``mark``, from the YAML parser) and, for a
+        mapping entry, where its key does (``key_mark``)."""
         self._values[path] = Location(self.file, mark.line + 1, mark.column + 1)
         if key_mark is not None:
             self._keys[path] = Location(self.file, key_mark.line + 1, key_mark.column + 1)
@@ -121,6 +123,8 @@ class Locations:
             probe = probe[:-1]
 
     def problem(self, path: Path_, message: str, *, key: bool = False) -> Problem:
+        """A :class:`Problem` with ``message`` located at the value at ``path`` (or at its key, with
+        ``key=True``), for errors that point at the cause."""
         return Problem(self.of(path, key=key), tuple(path), message)
 
 
@@ -139,6 +143,7 @@ class SourceDocument:
 
     @property
     def file(self) -> str:
+        """The name of the file the document was read from, as errors show it."""
         return self.locations.file
 
     def redact(self, text: str) -> str:

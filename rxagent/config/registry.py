@@ -131,14 +131,20 @@ class Registry:
         return kind
 
     def get(self, role: Role, name: str) -> Kind | None:
+        """The kind named ``name`` in ``role`` (plugins' kinds included), or None when there is
+        none."""
         self._load_plugins()
         return self._kinds[role].get(name)
 
     def names(self, role: Role) -> list[str]:
+        """The names of ``role``'s kinds, sorted (what error messages suggest and the reference
+        lists)."""
         self._load_plugins()
         return sorted(self._kinds[role])
 
     def kinds(self, role: Role) -> Iterator[Kind]:
+        """``role``'s kinds in name order, plugins' kinds included (what the schema and the
+        reference are made from)."""
         self._load_plugins()
         for name in sorted(self._kinds[role]):
             yield self._kinds[role][name]

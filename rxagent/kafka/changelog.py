@@ -467,6 +467,8 @@ class KafkaChangelog:
         return sorted(topic.partitions)
 
     def close(self) -> None:
+        """Flush what is still being produced (up to ``delivery_timeout``) and close
+        the producer."""
         if self._producer is not None:
             self._producer.flush(self.delivery_timeout)
             self._producer = None

@@ -211,11 +211,15 @@ class ConsumerThread:
         self.txn_lock: asyncio.Lock | None = None
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the consumer's own thread (librdkafka's callbacks need it) and await
+        its result from the loop."""
         return await self.loop.run_in_executor(self.executor, fn, *args)
 
     # -- consumer thread ----------------------------------------------------------------
 
     def open(self) -> None:
+        """Create the consumer (and the dead-letter producer and transactions, when configured) and
+        subscribe to or assign the topics; runs on the consumer thread."""
         from confluent_kafka import Consumer, TopicPartition
 
         settings = self.settings
@@ -860,6 +864,8 @@ class ConsumerThread:
         )
 
     def close(self, offsets: list[Any]) -> None:
+        """Commit ``offsets`` (if still of the current assignment), leave the group and close the
+        consumer and producers; runs on the consumer thread."""
         if self.consumer is None:
             return
         if offsets and getattr(offsets, "epoch", self.epoch) == self.epoch:
@@ -1158,6 +1164,7 @@ class ConsumerThread:
         return []
 
     def at_end(self) -> bool:
+        """True when partitions are assigned and every one was read to its end (``until_eof``)."""
         return bool(self.assigned) and self.assigned <= self.eof
 
     async def close_after(self, out: Emitter) -> None:

@@ -458,6 +458,8 @@ class KafkaDeadLetters:
         self._encode = _encoder("json")
 
     def put(self, letter: DeadLetter) -> None:
+        """Produce ``letter`` to the topic without blocking (queued in librdkafka); a failed
+        delivery is logged and counted in ``failed``."""
         if self._producer is None:
             from confluent_kafka import Producer
 

@@ -78,9 +78,13 @@ class BatchHandler(abc.ABC):
         """Handle one batch: pass rows on with ``emit``, end them, or fold them."""
 
     def on_completed(self, emit: Emit) -> None:
+        """The upstream completed: emit what the handler still holds (windows, held events) through
+        ``emit`` before completion goes on. Default: nothing."""
         return None
 
     def dispose(self) -> None:
+        """The subscription ended: cancel timers and end what the handler still holds. Default:
+        nothing."""
         return None
 
 

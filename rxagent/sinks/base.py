@@ -98,6 +98,8 @@ class Sink(abc.ABC):
         """Cancel whatever work is left (called when a drain times out or on stop)."""
 
     def describe(self) -> dict[str, Any]:
+        """What status and the dashboard show of this sink: its kind and name, and its own counters
+        and settings in subclasses (secrets redacted)."""
         return {"kind": self.kind, "name": self.name}
 
     def __repr__(self) -> str:
@@ -127,6 +129,7 @@ class ListSink(Sink):
 
     @property
     def values(self) -> list[Any]:
+        """The values of the events received, in order."""
         return [ev.value for ev in self.events]
 
 

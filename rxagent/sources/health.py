@@ -63,6 +63,7 @@ class SourceHealth:
             self.last_error = error
 
     def as_dict(self) -> dict[str, Any]:
+        """The health as status shows it: state, reconnect attempt, last error and since when."""
         return {
             "state": self.state,
             "attempt": self.attempt,

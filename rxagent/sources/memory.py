@@ -169,12 +169,16 @@ class PushSource(Source):
     # -- producer side ---------------------------------------------------------
 
     async def send(self, value: Any) -> None:
+        """Push ``value``, waiting while ``max_buffer`` values are waiting (so an awaiting producer
+        is slowed by the pipeline)."""
         while len(self._buffer) >= self.max_buffer:
             self._writable.clear()
             await self._writable.wait()
         self._put(value)
 
     def push(self, value: Any) -> None:
+        """Push ``value`` without waiting; a :class:`BufferError` when ``max_buffer`` values are
+        waiting already (use ``send`` to wait)."""
         if len(self._buffer) >= self.max_buffer:
             raise BufferError(
                 f"push source {self.name!r} holds {self.max_buffer} values already; "
@@ -189,22 +193,27 @@ class PushSource(Source):
         self._readable.set()
 
     def complete(self) -> None:
+        """End the stream once the values pushed so far are emitted."""
         self._done = True
         self._readable.set()
 
     def error(self, error: BaseException) -> None:
+        """Fail the stream with ``error`` once the values pushed so far are emitted."""
         self._error = error
         self._done = True
         self._readable.set()
 
     # reactivex observer protocol, so ``observable.subscribe(source)`` works
     def on_next(self, value: Any) -> None:
+        """As an Rx observer: :meth:`push` the value."""
         self.push(value)
 
     def on_completed(self) -> None:
+        """As an Rx observer: :meth:`complete` the stream."""
         self.complete()
 
     def on_error(self, error: Exception) -> None:
+        """As an Rx observer: fail the stream with ``error``."""
         self.error(error)
 
     # -- pipeline side -----------------------------------------------------------

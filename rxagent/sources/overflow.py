@@ -79,6 +79,7 @@ class Overflow:
 
     @property
     def waiting(self) -> int:
+        """Rows waiting for credit now (for ``latest``: keys)."""
         return len(self._latest) if self.policy == "latest" else len(self._fifo)
 
     def offer(

@@ -64,9 +64,11 @@ class Codec(Protocol):
 
     name: str
 
-    def dumps(self, obj: Any) -> bytes: ...
+    def dumps(self, obj: Any) -> bytes:
+        """``obj`` as bytes, for the store's backend and changelog."""
 
-    def loads(self, data: bytes) -> Any: ...
+    def loads(self, data: bytes) -> Any:
+        """The value ``dumps`` made ``data`` from."""
 
 
 class PickleCodec:
@@ -75,9 +77,11 @@ class PickleCodec:
     name = "pickle"
 
     def dumps(self, obj: Any) -> bytes:
+        """``obj`` pickled (protocol 5): any picklable value round-trips."""
         return pickle.dumps(obj, protocol=5)
 
     def loads(self, data: bytes) -> Any:
+        """The value pickled in ``data`` (only read stores you wrote: unpickling runs code)."""
         return pickle.loads(data)
 
 
@@ -104,13 +108,17 @@ class JsonCodec:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
 
     def dumps(self, obj: Any) -> bytes:
+        """``obj`` as UTF-8 JSON (pydantic models and dataclasses as their fields)."""
         return self._encoder.encode(obj).encode()
 
     def loads(self, data: bytes) -> Any:
+        """The JSON value in ``data`` (models come back as dicts)."""
         return json.loads(data)
 
 
 def codec_for(codec: CodecName | Codec) -> Codec:
+    """The codec ``codec`` names (``"pickle"`` or ``"json"``), or ``codec`` itself
+    when it is one."""
     if not isinstance(codec, str):
         return codec
     if codec == "pickle":
@@ -281,6 +289,7 @@ class SQLiteBackend:
         db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the database; the store is written no more."""
         if self._db is not None:
             self._db.close()
             self._db = None

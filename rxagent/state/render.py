@@ -27,6 +27,8 @@ __all__ = [
 
 
 def compact_json(value: Any) -> str:
+    """``value`` as JSON without spaces (models and dataclasses as their fields, anything else as
+    ``str``): the cheapest text for a prompt."""
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
     elif hasattr(value, "__dataclass_fields__"):
@@ -37,6 +39,8 @@ def compact_json(value: Any) -> str:
 
 
 def ago(seconds: float) -> str:
+    """How long ``seconds`` is, as prompts show ages: ``250ms ago``, ``4.2s ago``, ``3min ago``,
+    ``2.5h ago``."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms ago"
     if seconds < 120:

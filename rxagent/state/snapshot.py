@@ -84,6 +84,8 @@ class ChangeSet:
         return bool(self.changed or self.deleted)
 
     def to_json(self) -> dict[str, Any]:
+        """The change set as JSON-ready data: store, versions, changed values by key text, deleted
+        keys."""
         return {
             "store": self.store,
             "since": self.since,
@@ -131,9 +133,11 @@ class Snapshot(Mapping[Hashable, Any]):
         return key in self._entries
 
     def entry(self, key: Hashable) -> Entry | None:
+        """The entry of ``key`` (value, version, times, position), or None."""
         return self._entries.get(key)
 
     def entries(self) -> list[Entry]:
+        """Every entry, in key insertion order."""
         return list(self._entries.values())
 
     def iter_entries(self) -> Iterator[Entry]:
@@ -142,6 +146,7 @@ class Snapshot(Mapping[Hashable, Any]):
         return iter(self._entries.values())
 
     def to_dict(self) -> dict[Hashable, Any]:
+        """The values by key, as a plain dict."""
         return {k: e.value for k, e in self._entries.items()}
 
     def staleness(self, key: Hashable | None = None, *, now: float | None = None) -> float | None:

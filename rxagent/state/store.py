@@ -134,9 +134,11 @@ class StateStore:
 
     @property
     def version(self) -> int:
+        """The current version: it grows by one per applied batch of updates."""
         return self._snapshot.version
 
     def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value of ``key`` now, or ``default``."""
         entry = self._snapshot.entry(key)
         return default if entry is None else entry.value
 
@@ -216,6 +218,7 @@ class StateStore:
         return bool(self.apply([(key, value, event_time, position)]))
 
     def delete(self, key: Hashable) -> bool:
+        """Remove ``key``; True if it was there."""
         return bool(self.apply([(key, DELETE, None, None)]))
 
     def apply(
@@ -229,6 +232,11 @@ class StateStore:
         self,
         updates: Iterable[tuple[Hashable, Callable[[Any], Any], float | None, Position | None]],
     ) -> list[StateChange]:
+        """Apply ``updates`` (key, function of the old value, event time, position) as one
+        new version and return the changes; an update whose position is not newer than
+        the entry's is skipped (a replay), and a function returning ``DELETE`` removes
+        the key. What sinks write through.
+        """
         with self._lock:
             snap = self._snapshot
             version = snap.version + 1

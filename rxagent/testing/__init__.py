@@ -78,10 +78,12 @@ class RunResult:
 
     @property
     def values(self) -> list[Any]:
+        """The values of the events that reached the sink, in order."""
         return [ev.value for ev in self.events]
 
     @property
     def keys(self) -> list[Any]:
+        """The keys of the events that reached the sink, in order."""
         return [ev.key for ev in self.events]
 
 

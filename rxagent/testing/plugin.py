@@ -46,6 +46,8 @@ def parse_frame(text: str) -> float:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ini option setting the length of one frame of the ``marbles`` fixture (default 1
+    ms)."""
     parser.addini(
         _FRAME_INI,
         "length of one marble frame for the rxagent `marbles` fixture (default: 1ms)",

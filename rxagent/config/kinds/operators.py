@@ -323,6 +323,9 @@ def _count_window(p: CountWindowParams, ctx: BuildContext) -> Any:
 
 
 class TimeWindowParams(StageParams):
+    """The parameters the time-window kinds (``tumbling_window``, ``sliding_window``,
+    ``session_window``) share."""
+
     time: Literal["processing", "event"] = Field(
         "processing", description="processing time (arrival) or event time (event_time step)"
     )
@@ -343,6 +346,8 @@ class TimeWindowParams(StageParams):
     emit_partial: bool = Field(True, description="emit the open windows when the stream ends")
 
     def common(self, ctx: BuildContext) -> dict[str, Any]:
+        """The shared parameters as keyword arguments of the window operator functions, with the
+        build context's scheduler."""
         return {
             "time": self.time,
             "key": None if self.key is None else key_arg(self.key),

@@ -379,6 +379,8 @@ class WindowHandler(BatchHandler):
     # -- closing -----------------------------------------------------------------------
 
     def push(self, order: Any, key: Hashable, target: Any) -> None:
+        """Schedule ``target`` of ``key`` at ``order`` (a due time or watermark) on the handler's
+        heap; ties keep their insertion order."""
         self.seq += 1
         heappush(self.heap, (order, self.seq, key, target))
 

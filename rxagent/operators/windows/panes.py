@@ -51,9 +51,12 @@ class Panes:
         self._dues: dict[int, float] = {}
 
     def index(self, t: float) -> int:
+        """The pane holding time ``t`` (times on a bound belong to the later pane, to the
+        microsecond)."""
         return math.floor((t - self.offset) / self.pane + SNAP)
 
     def indices(self, times: Sequence[float]) -> list[int]:
+        """The pane of each of ``times``, computed in C over the whole list."""
         if self.offset:
             times = list(map(sub, times, repeat(self.offset)))
         quotients = map(add, map(truediv, times, repeat(self.pane)), repeat(SNAP))
@@ -73,9 +76,11 @@ class Panes:
         return j * self.S + self.W
 
     def start(self, j: int) -> float:
+        """When window ``j`` starts."""
         return self.offset + j * self.S * self.pane
 
     def end(self, j: int) -> float:
+        """When window ``j`` ends (exclusive)."""
         return self.offset + (j * self.S + self.W) * self.pane
 
     def due(self, c: int) -> float:

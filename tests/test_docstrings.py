@@ -1,0 +1,117 @@
+"""Every public name has a docstring (issue 15): ``help()`` and the generated
+references say what it does.
+
+Public names are those in ``rxagent.__all__`` and in the ``__all__`` of every
+module of the package that are classes or functions (constants and type aliases
+cannot carry one), and the public methods and properties of those classes
+(their own, not inherited from outside the package; dunder methods and
+pydantic/dataclass machinery excepted).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Iterator
+from typing import Any
+
+import rxagent
+
+
+def _modules() -> Iterator[Any]:
+    yield rxagent
+    for info in pkgutil.walk_packages(rxagent.__path__, "rxagent."):
+        if info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        try:
+            yield importlib.import_module(info.name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+
+
+def _own_members(cls: type) -> Iterator[tuple[str, Any]]:
+    """The class's own public methods and properties, as looked up on the class
+    (an override without a docstring of its own shows its base's, as ``help()``
+    does)."""
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(member, staticmethod | classmethod):
+            member = member.__func__
+        if isinstance(member, property) or inspect.isfunction(member):
+            yield name, member
+
+
+def _public() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for module in _modules():
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name, None)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not getattr(obj, "__module__", "").startswith("rxagent"):
+                continue
+            found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
+            if inspect.isclass(obj):
+                for attr, member in _own_members(obj):
+                    found.setdefault(f"{obj.__module__}.{obj.__qualname__}.{attr}", member)
+    return found
+
+
+def _documented(obj: Any) -> bool:
+    doc = obj.__doc__ if inspect.isclass(obj) else inspect.getdoc(obj)
+    return bool(doc and doc.strip())
+
+
+#: Known gaps, exactly (a name documented since fails too, so the list only
+#: shrinks): modules being reworked while this test was written (issue 15).
+KNOWN: set[str] = {
+    "rxagent.config.kinds.types.BackoffParams.build",
+    "rxagent.config.kinds.types.SinkParams",
+    "rxagent.config.kinds.types.SourceParams",
+    "rxagent.config.kinds.types.StageParams",
+    "rxagent.config.kinds.types.build_agg",
+    "rxagent.config.loader.Config.file",
+    "rxagent.config.loader.Config.location",
+    "rxagent.config.loader.StageSpec.label",
+    "rxagent.config.loader.StageSpec.name",
+    "rxagent.config.testing.CaseResult.passed",
+    "rxagent.context.PipelineContext.dead_letter_row",
+    "rxagent.context.PipelineContext.stage",
+    "rxagent.context.StageMetrics.as_dict",
+    "rxagent.observe.http.LoopHeartbeat.healthy",
+    "rxagent.observe.http.LoopHeartbeat.lag",
+    "rxagent.observe.http.LoopHeartbeat.max_lag",
+    "rxagent.observe.http.LoopHeartbeat.start",
+    "rxagent.observe.http.LoopHeartbeat.stop",
+    "rxagent.observe.metrics.Collector.describe",
+    "rxagent.observe.metrics.Observer.close",
+    "rxagent.observe.metrics.ToolActivity.quantile",
+    "rxagent.runtime.App.add",
+    "rxagent.runtime.App.drain",
+    "rxagent.runtime.App.start",
+    "rxagent.runtime.App.status",
+    "rxagent.runtime.App.wait",
+    "rxagent.runtime.Pipeline.error",
+    "rxagent.runtime.Pipeline.sinks",
+    "rxagent.runtime.Pipeline.stage_names",
+    "rxagent.runtime.Pipeline.status",
+    "rxagent.runtime.PipelineState",
+    "rxagent.runtime.PipelineStatus.as_dict",
+    "rxagent.sinks.tools.ToolResult.ok",
+    "rxagent.testing.marbles.MarbleRun.keys",
+    "rxagent.testing.marbles.MarbleRun.values",
+    "rxagent.testing.virtual.MarbleSink.values",
+    "rxagent.tools.tool.ToolStats.as_dict",
+}
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    public = _public()
+    assert len(public) > 300
+    missing = {name for name, obj in public.items() if not _documented(obj)}
+    fixed = sorted(KNOWN - missing)
+    assert not fixed, "documented now, remove from KNOWN:\n" + "\n".join(fixed)
+    new = sorted(missing - KNOWN)
+    assert not new, f"{len(new)} public names without a docstring:\n" + "\n".join(new)
