@@ -265,46 +265,17 @@ class _Outcome:
 
 
 class ToolSink(Sink):
-    """Activates ``tool`` (a :class:`Tool`, or a function made one) once per event.
+    """Activates ``tool`` once per event: the event's arguments are validated by
+    the tool like an LLM's call, and the call runs under a per-key policy, with
+    cooldowns, limits, retries and an optional circuit breaker.
 
-    - ``args(value)`` (or ``event_args(event)``) returns the call's arguments: a
-      dict or a model instance, validated by the tool like an LLM's call; without
-      either, the event's value is the arguments. Invalid arguments go to dead
-      letters.
-    - ``key``: a field name or function of the value giving the key the policy
-      works per; default the event's key (events without one share the key
-      ``None``, so under ``"queue"`` they run one at a time, in order).
-    - ``policy``: ``"queue"``, ``"latest"``, ``"drop_while_busy"`` or
-      ``"parallel"``; ``cooldown``: seconds of the pipeline clock (``ctx.now()``)
-      during which a key's events are dropped after it was activated.
-    - ``concurrency``: most calls running at once, across keys.
-    - ``timeout``: seconds per attempt (:class:`ToolTimeoutError` when exceeded).
-    - ``retry``: a :class:`Backoff` for failed attempts; ``None`` calls once.
-    - ``breaker``: a :class:`~rxagent.circuit.CircuitBreaker` asked when an
-      event arrives (after the policy): while it refuses, events are dropped
-      (reason ``"circuit_open"``); each call's final outcome (after retries) is
-      reported to it. Its clock is its own if it has one, else the pipeline's.
-    - ``dry_run``: record activations (:attr:`recorded`, at most
-      ``max_recorded``) instead of calling the tool.
-    - ``name``: the sink's name in status, metrics and dead letters (default
-      ``"tool:<the tool's name>"``); ``rng``: the random source of the retry
-      jitter (seed one for repeatable tests).
-    - ``state_dir``: keep a durable record of the activations that ended, in
-      ``<state_dir>/tools.<pipeline>.<sink>.sqlite3`` (names made safe for file
-      names), written at each checkpoint and loaded when the pipeline starts; an
-      event whose activation is recorded is not activated again (status
-      ``skipped``, reason ``"already_done"``). The record keeps the newest
-      ``max_done`` keys (see :class:`_ActivationRecord` for why a count).
-      A dry run reads the record but never writes it.
-    - ``trigger_id(event)``: what identifies an event's trigger, when the default
-      (:func:`trigger_of`: its source position, or a window's key and bounds) does
-      not fit, e.g. an order id in the value; it must give the same JSON-able
-      value for the same trigger after a restart. The idempotency key is derived
-      from it with the pipeline, sink and tool names (:func:`idempotency_key`).
-
-    Every activation's idempotency key reaches the tool through
+    Invalid arguments, and calls that fail for good (after retries), go to dead
+    letters. Events let go on purpose (cooldown, busy, replaced, circuit open) are
+    recorded with their reason in :meth:`suppressions`. Every activation's
+    idempotency key reaches the tool through
     :func:`rxagent.tools.current_activation` (also on its :class:`ToolResult` and
-    dry-run record).
+    dry-run record); every activation ends in exactly one :class:`ToolResult` on
+    :attr:`results`.
 
     Example::
 
@@ -312,6 +283,52 @@ class ToolSink(Sink):
                           key="sym", policy="latest", cooldown=30, timeout=5,
                           retry=Backoff(max_attempts=3, retry_on=(ConnectionError,)))
         alerts.results.subscribe(print)
+
+    Args:
+        tool: the :class:`Tool` to activate, or a function (made a tool as with
+            ``@tool``).
+        args: ``args(value)`` gives the call's arguments from the event's value: a
+            dict or a model instance (default: the value itself is the arguments).
+        event_args: ``event_args(event)`` gives them from the whole event (its key,
+            time, source position); give ``args`` or ``event_args``, not both.
+        key: the key the policy and cooldown work per: a field name or a function
+            of the value (default: the event's key; events without one share the
+            key ``None``, so under ``"queue"`` they run one at a time, in order).
+        policy: what a key's event does while the key's call runs:
+            ``"queue"`` (waits, calls run in arrival order), ``"latest"`` (cancels
+            that call and runs instead), ``"drop_while_busy"`` (is dropped,
+            counted) or ``"parallel"`` (runs too; only ``concurrency`` limits it).
+        cooldown: seconds of the pipeline clock (``ctx.now()``) after a key's
+            activation during which its events are dropped (reason ``"cooldown"``).
+        concurrency: the most calls running at once, across keys.
+        timeout: seconds per attempt (:class:`ToolTimeoutError` when exceeded).
+        retry: a :class:`Backoff` for failed attempts; ``None`` calls once.
+        breaker: a :class:`~rxagent.circuit.CircuitBreaker` asked when an event
+            arrives (after the policy): while it refuses, events are dropped
+            (reason ``"circuit_open"``); each call's final outcome (after retries)
+            is reported to it. Its clock is its own if it has one, else the
+            pipeline's.
+        dry_run: record activations (:attr:`recorded`) instead of calling the tool.
+        max_recorded: the most dry-run records kept; those past it are only
+            counted (``recorded_overflow``).
+        name: the sink's name in status, metrics and dead letters (default
+            ``"tool:<the tool's name>"``).
+        rng: the random source of the retry jitter (seed one for repeatable tests).
+        state_dir: keep a durable record of the activations that ended, in
+            ``<state_dir>/tools.<pipeline>.<sink>.sqlite3`` (names made safe for
+            file names), written at each checkpoint and loaded when the pipeline
+            starts; an event whose activation is recorded is not activated again
+            (status ``skipped``, reason ``"already_done"``). A dry run reads the
+            record but never writes it.
+        max_done: the most keys the durable record keeps (the newest): make it
+            larger than the number of triggers a restart can replay (a count,
+            since the sink is not told the source's commit positions).
+        trigger_id: ``trigger_id(event)`` identifies an event's trigger when the
+            default (:func:`trigger_of`: its source position, or a window's key and
+            bounds) does not fit, e.g. an order id in the value; it must give the
+            same JSON-able value for the same trigger after a restart. The
+            idempotency key is derived from it with the pipeline, sink and tool
+            names (:func:`idempotency_key`).
     """
 
     kind = "tool"
