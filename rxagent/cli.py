@@ -342,12 +342,35 @@ def _suppressed(status: PipelineStatus) -> str:
 
 
 def _last_error(status: PipelineStatus) -> str | None:
+    """The pipeline's failure, else its stages' most frequent error (not merely the
+    latest: a rare error must not hide the one hitting most events)."""
     if status.last_error:
         return status.last_error
+    best: tuple[int, str] | None = None
     for name, stage in status.stages.items():
-        if stage.get("last_error"):
-            return f"{name}: {stage['last_error']}"
-    return None
+        for top in stage.get("top_errors") or ():
+            if best is None or top["count"] > best[0]:
+                best = (top["count"], f"{name}: {top['error']} ({top['count']:,}x)")
+        if best is None and stage.get("last_error"):
+            best = (0, f"{name}: {stage['last_error']}")
+    return None if best is None else best[1]
+
+
+def _storms(status: PipelineStatus) -> list[str]:
+    """What to say of stages that dead-lettered most of what they received."""
+    lines = []
+    for name, stage in status.stages.items():
+        dead, received = stage.get("dead_lettered", 0), max(stage.get("in", 0), 1)
+        if dead and dead > 0.5 * received:
+            line = f"stage {name!r} dead-lettered {dead:,} of {max(received, dead):,} events"
+            tops = stage.get("top_errors") or []
+            if tops:
+                top = tops[0]
+                line += f"; most frequent: {top['error']} ({top['count']:,}x)"
+                if top.get("example") is not None:
+                    line += f", e.g. value {top['example']}"
+            lines.append(line)
+    return lines
 
 
 def _compact(value: Any, limit: int = 80) -> str:
@@ -549,6 +572,8 @@ def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: in
             where = f" in {status.failed_stage!r}" if status.failed_stage else ""
             line += f"; failed{where}: {status.last_error}"
         click.echo(redact(line))
+        for storm in _storms(status):
+            click.echo(redact(f"  {storm}"))
         suppressed = _suppressed(status)
         if suppressed:
             click.echo(redact(f"  held back: {suppressed}"))
@@ -811,6 +836,15 @@ def _execute(
     default=None,
     help="Log lines as text (default) or one JSON object per line.",
 )
+@click.option(
+    "--max-dead-letter-ratio",
+    "max_dead_letter_ratio",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="R",
+    help="Fail a pipeline whose stage dead-letters more than this share of what it receives "
+    "(after 100 dead letters; settings.max_dead_letter_ratio in YAML). Without: a warning.",
+)
 def run(
     file: str,
     pipelines: tuple[str, ...],
@@ -824,6 +858,7 @@ def run(
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     log_format: str | None,
+    max_dead_letter_ratio: float | None,
 ) -> None:
     """Run FILE's pipelines until their sources end, --duration passes, or Ctrl-C /
     SIGTERM (which drain the pipelines first), then print the final state.
@@ -848,9 +883,14 @@ def run(
                 extra += ["--allow-origin", name]
             if mcp:
                 extra.append("--mcp")
+            if max_dead_letter_ratio is not None:
+                extra += ["--max-dead-letter-ratio", str(max_dead_letter_ratio)]
             extra += ["--http-token-env", http_token_env]
             raise _Exit(_run_workers(file, pipelines, duration, where, workers, http, extra))
         built = config.build(pipelines=names, state_dir=where)
+        if max_dead_letter_ratio is not None:
+            for pipeline in built.pipelines.values():
+                pipeline.max_dead_letter_ratio = max_dead_letter_ratio
         _execute(
             built,
             duration=duration,

@@ -18,7 +18,7 @@ from reactivex.abc import SchedulerBase
 from .clock import is_virtual, scheduler_seconds
 from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from .envelope import Event
-from .exceptions import ConfigurationError, StageError
+from .exceptions import ConfigurationError, DeadLetterStormError, StageError
 
 __all__ = ["RECENT_DEAD_LETTERS", "PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
 
@@ -28,6 +28,14 @@ log = logging.getLogger("rxagent")
 RECENT_DEAD_LETTERS = 50
 #: A recent dead letter's ``str``/``bytes`` value is cut to this length.
 _RECENT_VALUE_LIMIT = 1000
+#: A stage that dead-lettered at least this many events, and more than
+#: :data:`STORM_SHARE` of what it received, is in a dead-letter storm: logged once.
+STORM_MIN_EVENTS = 100
+STORM_SHARE = 0.5
+#: Distinct errors a stage counts apart (the rest count as one "other").
+_ERROR_KINDS = 16
+#: An error's text and its example value are cut to this length in status.
+_ERROR_TEXT_LIMIT = 200
 
 
 class Rows(Protocol):
@@ -46,6 +54,7 @@ class StageMetrics:
     __slots__ = (
         "dead_lettered",
         "dropped",
+        "error_kinds",
         "errors",
         "events_in",
         "events_out",
@@ -53,6 +62,7 @@ class StageMetrics:
         "last_error",
         "last_error_time",
         "name",
+        "storm_reported",
     )
 
     def __init__(self, name: str) -> None:
@@ -65,11 +75,52 @@ class StageMetrics:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.extra: dict[str, int | float] = {}
+        #: error text -> [count, an example value's text]: what fails most, not only last
+        self.error_kinds: dict[str, list[Any]] = {}
+        self.storm_reported = False
 
-    def record_error(self, error: BaseException | str) -> None:
+    def record_error(self, error: BaseException | str, example: Any = None) -> None:
+        """Count ``error`` (its type and message); ``example`` is the value that
+        failed, kept (as cut text) for the first error of each kind."""
         self.errors += 1
-        self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.last_error = text
         self.last_error_time = time.time()
+        kinds = self.error_kinds
+        seen = kinds.get(text)
+        if seen is not None:
+            seen[0] += 1
+        elif len(kinds) < _ERROR_KINDS:
+            kinds[text] = [1, None if example is None else _cut(repr(example))]
+        else:
+            other = kinds.setdefault("(other errors)", [0, None])
+            other[0] += 1
+
+    def top_errors(self, n: int = 3) -> list[dict[str, Any]]:
+        """The ``n`` most frequent errors: ``error`` (type: message, cut), ``count``
+        and ``example`` (the first value that failed so, as cut text, or None)."""
+        ranked = sorted(self.error_kinds.items(), key=lambda item: -item[1][0])[:n]
+        return [
+            {"error": _cut(text), "count": count, "example": example}
+            for text, (count, example) in ranked
+        ]
+
+    def storm(self) -> str | None:
+        """What to say when most of what this stage received was dead-lettered
+        (at least :data:`STORM_MIN_EVENTS`), else None."""
+        received = max(self.events_in, self.dead_lettered)
+        if self.dead_lettered < STORM_MIN_EVENTS or self.dead_lettered <= STORM_SHARE * received:
+            return None
+        text = (
+            f"stage {self.name!r} dead-lettered {self.dead_lettered:,} of {received:,} events "
+            f"({100 * self.dead_lettered / received:.0f} %)"
+        )
+        top = self.top_errors(1)
+        if top:
+            text += f"; most frequent: {top[0]['error']} ({top[0]['count']:,}x)"
+            if top[0]["example"] is not None:
+                text += f", e.g. value {top[0]['example']}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +131,7 @@ class StageMetrics:
             "dead_lettered": self.dead_lettered,
             "errors": self.errors,
             "last_error": self.last_error,
+            "top_errors": self.top_errors(),
             **self.extra,
         }
 
@@ -264,8 +316,12 @@ class PipelineContext:
         on_failure: Callable[[BaseException, str | None], None] | None = None,
         clock: Callable[[], float] | None = None,
         suppressions: Suppressions | None = None,
+        max_dead_letter_ratio: float | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: A stage dead-lettering more than this share of what it received (after
+        #: :data:`STORM_MIN_EVENTS`) fails the pipeline (``--max-dead-letter-ratio``).
+        self.max_dead_letter_ratio = max_dead_letter_ratio
         self.scheduler = scheduler
         self.dead_letters: DeadLetterSink = (
             dead_letters if dead_letters is not None else MemoryDeadLetters()
@@ -316,7 +372,9 @@ class PipelineContext:
         """
         metrics = self.stage(stage)
         metrics.dead_lettered += 1
-        metrics.record_error(error)
+        metrics.record_error(error, event.value)
+        if metrics.dead_lettered >= STORM_MIN_EVENTS:
+            self._check_storm(metrics)
         if self.fail_fast:
             event.end()
             message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -335,6 +393,23 @@ class PipelineContext:
         finally:
             event.end()
 
+    def _check_storm(self, metrics: StageMetrics) -> None:
+        """Log a dead-letter storm once per stage; fail the pipeline past the limit."""
+        storm = metrics.storm()
+        if storm is None:
+            return
+        if not metrics.storm_reported:
+            metrics.storm_reported = True
+            log.warning("pipeline %r: %s", self.pipeline, storm)
+        limit = self.max_dead_letter_ratio
+        received = max(metrics.events_in, metrics.dead_lettered)
+        if limit is not None and metrics.dead_lettered > limit * received:
+            self.max_dead_letter_ratio = None  # once
+            self.fail(
+                DeadLetterStormError(f"{storm} (more than --max-dead-letter-ratio {limit:g})"),
+                metrics.name,
+            )
+
     def dead_letter_row(self, batch: Rows, i: int, stage: str, error: BaseException) -> None:
         self.dead_letter(batch.event(i, take=True), stage, error)
 
@@ -346,6 +421,10 @@ class PipelineContext:
             self._on_failure(error, stage)
         else:
             log.error("pipeline %r failed in stage %r: %r", self.pipeline, stage, error)
+
+
+def _cut(text: str, limit: int = _ERROR_TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def _nothing_to_checkpoint() -> None:

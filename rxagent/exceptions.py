@@ -5,7 +5,8 @@ The tree::
     RxAgentError
     ├── ConfigurationError       a pipeline, operator or sink was built with bad arguments
     ├── PipelineError            a pipeline failed while running (carries ``pipeline``, ``stage``)
-    │   └── StageError           a user function raised in ``fail_fast`` mode
+    │   ├── StageError           a user function raised in ``fail_fast`` mode
+    │   └── DeadLetterStormError a stage dead-lettered past ``max_dead_letter_ratio``
     ├── FlowError                credit or completion bookkeeping was misused
     ├── DecodeError              a message could not be decoded or validated at a source
     │   └── RecordingError       a line of a recording is unreadable (rxagent.recording)
@@ -29,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "DeadLetterStormError",
     "DecodeError",
     "FlowError",
     "PipelineError",
@@ -61,6 +63,11 @@ class PipelineError(RxAgentError):
 
 class StageError(PipelineError):
     """A user function raised inside a stage while the pipeline runs with ``fail_fast``."""
+
+
+class DeadLetterStormError(PipelineError):
+    """A stage dead-lettered more than the pipeline's ``max_dead_letter_ratio`` of
+    what it received: the run fails instead of quietly losing most events."""
 
 
 class FlowError(RxAgentError):

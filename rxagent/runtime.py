@@ -118,6 +118,11 @@ class Pipeline:
     their work durable (a durable store writes its changed keys); a Kafka source
     also checkpoints right before each commit, so committed offsets never run
     ahead of durable state (docs/state.md).
+
+    ``max_dead_letter_ratio``: a stage that dead-letters more than this share of
+    what it received (after 100 dead letters) fails the pipeline with a
+    :class:`~rxagent.exceptions.DeadLetterStormError`; without it, such a storm is
+    logged once per stage and shown in status (``top_errors``).
     """
 
     def __init__(
@@ -128,7 +133,13 @@ class Pipeline:
         dead_letters: DeadLetterSink | None = None,
         fail_fast: bool = False,
         checkpoint_interval: float = 1.0,
+        max_dead_letter_ratio: float | None = None,
     ) -> None:
+        if max_dead_letter_ratio is not None and not 0 <= max_dead_letter_ratio <= 1:
+            raise ConfigurationError(
+                f"pipeline {name!r}: max_dead_letter_ratio must be between 0 and 1, "
+                f"got {max_dead_letter_ratio}"
+            )
         if checkpoint_interval <= 0:
             raise ConfigurationError(
                 f"pipeline {name!r}: checkpoint_interval must be > 0, got {checkpoint_interval}"
@@ -140,6 +151,7 @@ class Pipeline:
         self.name = name
         self.source = source
         self.fail_fast = fail_fast
+        self.max_dead_letter_ratio = max_dead_letter_ratio
         self.dead_letters = dead_letters
         self.checkpoint_interval = checkpoint_interval
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -243,6 +255,7 @@ class Pipeline:
             dead_letters=self.dead_letters,
             fail_fast=self.fail_fast,
             on_failure=self._fail,
+            max_dead_letter_ratio=self.max_dead_letter_ratio,
         )
         self.dead_letters = ctx.dead_letters
         ctx.checkpoint = self._checkpoint

@@ -299,6 +299,7 @@ class Config:
                 dead_letters=dead_letters,
                 fail_fast=settings.fail_fast,
                 checkpoint_interval=settings.checkpoint_interval,
+                max_dead_letter_ratio=settings.max_dead_letter_ratio,
             )
             pipeline.pipe(*(_build(step, context(step), self) for step in spec.steps))
             sinks = [_build(sink, context(sink), self) for sink in spec.sinks]

@@ -94,6 +94,13 @@ class SettingsModel(Params):
     checkpoint_interval: Duration = Field(
         1.0, description="how often durable stores write their changes (and offsets follow)"
     )
+    max_dead_letter_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fail a pipeline whose stage dead-letters more than this share of what it "
+        "receives (after 100 dead letters; null: only warn)",
+    )
     http: HttpModel | None = Field(
         None,
         description="serve metrics, health, readiness and the dashboard over HTTP while "
