@@ -8,7 +8,9 @@
       assert result.values == [2, 3]
 
 * :mod:`~rxagent.testing.marbles`: RxJS marble diagrams, and
-  :func:`assert_marbles` to run an operator on one in virtual time.
+  :func:`assert_marbles` to run an operator on one in virtual time;
+  :func:`cold`, :func:`hot` and :func:`expect_observable` for tests with
+  several sources (a merge, inner observables).
 * :mod:`~rxagent.testing.virtual`: whole pipelines in virtual time
   (:func:`marble_source`, :func:`virtual_source`, :class:`MarbleSink`).
 * :mod:`~rxagent.testing.strategies`: hypothesis strategies (import it
@@ -31,12 +33,19 @@ from ..sinks.base import ListSink, Sink
 from ..sinks.deadletters import DeadLetter, MemoryDeadLetters
 from ..sources.memory import memory
 from .marbles import (
+    Expectation,
     MarbleError,
+    MarbleObservable,
     MarbleRun,
     Marbles,
     Notification,
+    SubscriptionExpectation,
     assert_marbles,
     assert_notifications,
+    cold,
+    expect_observable,
+    expect_subscriptions,
+    hot,
     marble_time,
     parse_marbles,
     parse_subscription,
@@ -46,16 +55,23 @@ from .marbles import (
 from .virtual import MarbleSink, TimedEvent, VirtualSource, marble_source, virtual_source
 
 __all__ = [
+    "Expectation",
     "MarbleError",
+    "MarbleObservable",
     "MarbleRun",
     "MarbleSink",
     "Marbles",
     "Notification",
     "RunResult",
+    "SubscriptionExpectation",
     "TimedEvent",
     "VirtualSource",
     "assert_marbles",
     "assert_notifications",
+    "cold",
+    "expect_observable",
+    "expect_subscriptions",
+    "hot",
     "marble_source",
     "marble_time",
     "parse_marbles",

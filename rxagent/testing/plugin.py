@@ -12,7 +12,10 @@ ask for:
 ``marbles``
     a :class:`~rxagent.testing.marbles.Marbles`: ``assert_marbles``, ``run``,
     ``parse``, ``time`` and ``render`` bound to ``test_scheduler`` and
-    ``marble_frame``.
+    ``marble_frame``; during the test it is the current kit, so
+    :func:`~rxagent.testing.cold`, :func:`~rxagent.testing.hot` and
+    :func:`~rxagent.testing.expect_observable` use it, and their assertions
+    run when the test function returns (as RxJS's ``run`` flushes at the end).
 
 Disable with ``pytest -p no:rxagent``.
 """
@@ -20,13 +23,22 @@ Disable with ``pytest -p no:rxagent``.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 from reactivex.testing import TestScheduler
 
 from .marbles import Marbles
 
-__all__ = ["marble_frame", "marbles", "parse_frame", "pytest_addoption", "scheduler_fixture"]
+__all__ = [
+    "marble_frame",
+    "marbles",
+    "parse_frame",
+    "pytest_addoption",
+    "pytest_runtest_call",
+    "scheduler_fixture",
+]
 
 _FRAME_INI = "rxagent_marble_frame"
 _FRAME = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m)?\s*")
@@ -69,6 +81,24 @@ def marble_frame(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
-def marbles(test_scheduler: TestScheduler, marble_frame: float) -> Marbles:
-    """The marble kit on ``test_scheduler`` with ``marble_frame``-long frames."""
-    return Marbles(test_scheduler, frame=marble_frame)
+def marbles(test_scheduler: TestScheduler, marble_frame: float) -> Generator[Marbles]:
+    """The marble kit on ``test_scheduler`` with ``marble_frame``-long frames,
+    current for the test (``cold()``, ``hot()`` and ``expect_observable()`` use it)."""
+    kit = Marbles(test_scheduler, frame=marble_frame)
+    kit.activate()
+    try:
+        yield kit
+    finally:
+        kit.deactivate()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    """After a test using the ``marbles`` fixture returns, flush the kit: the
+    ``to_be`` assertions it holds fail the test itself, not its teardown."""
+    result = yield
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    kit = funcargs.get("marbles")
+    if isinstance(kit, Marbles):
+        kit.close()
+    return result

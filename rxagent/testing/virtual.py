@@ -45,6 +45,7 @@ from .marbles import (
     assert_notifications,
     parse_letters,
     render_marbles,
+    source_exception,
 )
 
 __all__ = ["MarbleSink", "TimedEvent", "VirtualSource", "marble_source", "virtual_source"]
@@ -225,7 +226,7 @@ def virtual_source(
 
 def marble_source(
     diagram: str,
-    values: Mapping[str, Any] | None = None,
+    values: Mapping[Any, Any] | Sequence[Any] | None = None,
     *,
     frame: float = DEFAULT_FRAME,
     error: Any = None,
@@ -281,7 +282,7 @@ def marble_source(
             forever = False
             if n.kind == "E":
                 err = n.value
-                failure = err if isinstance(err, BaseException) else Exception(err or "error")
+                failure = source_exception(err)
     return VirtualSource(
         items,
         until=until,

@@ -138,10 +138,12 @@ def test_time_progression_needs_spaces_around_it_as_in_rxjs() -> None:
     assert frames("10ms") == []  # the start and end of a diagram count as spaces
 
 
-def test_time_progression_must_be_whole_frames() -> None:
-    with pytest.raises(MarbleError, match="not a whole number of frames"):
-        parse_marbles("a 1500ms b", frame=1.0)
+def test_time_progression_may_end_between_frames_as_in_rxjs() -> None:
+    # RxJS's '10.2ms a': frames are fractional where a progression says so
+    assert frames("a 1500ms b", frame=1.0) == [(0, "N", "a"), (2.5, "N", "b")]
     assert frames("a 1500ms b", frame=0.5) == [(0, "N", "a"), (4, "N", "b")]
+    with pytest.raises(MarbleError, match="finer than the virtual clock's microsecond"):
+        parse_marbles("a 0.0001ms b")
 
 
 def test_a_cold_source_cannot_have_a_subscription_point() -> None:
@@ -159,13 +161,15 @@ def test_subscription_marbles_follow_rxjs() -> None:
     assert parse_subscription("--(^!)") == (2, 2)
     assert parse_subscription("^ 10ms !") == (0, 11)
     assert parse_subscription("- ^-!") == (1, 3)  # spaces are ignored
+    # no '^': never subscribed (RxJS's Infinity), with or without a '!'
+    assert parse_subscription("---") == (None, None)
+    assert parse_subscription("---!") == (None, 3)
     for bad, reason in [
         ("^-^", "second '\\^'"),
         ("^!-!", "second '!'"),
         ("!-^", "before"),
         ("^-a-!", "found 'a'"),
         ("(^!", "not closed"),
-        ("---", "no '\\^'"),
     ]:
         with pytest.raises(MarbleError, match=reason):
             parse_subscription(bad)

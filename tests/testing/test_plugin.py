@@ -62,6 +62,35 @@ def test_the_fixtures_work_in_a_fresh_pytest_process(pytester: pytest.Pytester) 
     )
 
 
+def test_cold_and_hot_assert_when_the_test_returns(pytester: pytest.Pytester) -> None:
+    # the fixture makes its kit current: cold()/hot()/expect_observable() need no kit argument,
+    # and a wrong to_be fails the test itself (its call), not its teardown
+    ini(pytester)
+    pytester.makepyfile(
+        """
+        import reactivex as rx
+        from rxagent.testing import cold, expect_observable, expect_subscriptions, hot
+
+        def test_merge_passes(marbles):
+            a = cold("-a-c|")
+            b = hot("^-b-d|")
+            expect_observable(rx.merge(a, b)).to_be("-abcd|")
+            expect_subscriptions(a).to_be("^---!")
+
+        def test_merge_fails(marbles):
+            expect_observable(rx.merge(cold("-a|"), hot("^-b|"))).to_be("-ax|")
+
+        def test_forgotten_to_be_fails(marbles):
+            expect_observable(cold("-a|"))
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*^ frame 2: expected 'x', got 'b'*"])
+    result.stdout.fnmatch_lines(["*1 expect_observable(...) never given a .to_be(...)*"])
+    assert "error" not in result.stdout.lines[-1]  # no teardown errors
+
+
 def test_the_frame_comes_from_the_ini_file(pytester: pytest.Pytester) -> None:
     ini(pytester, "rxagent_marble_frame = 0.5s")
     pytester.makepyfile(
