@@ -9,8 +9,9 @@ The syntax is a subset of Python expressions, parsed by the standard library's
 
 An expression sees three variables: ``value``, the event's value; ``key``, its key
 (``None`` before a ``key_by``); ``time``, its event time in epoch seconds (or
-``None``). ``value.px`` and ``value["px"]`` both read the field ``px`` (item lookup,
-never Python attribute access, so ``value.__class__`` is just a missing field). An
+``None``). ``value.px`` and ``value["px"]`` both read the field ``px``: a mapping's
+item, or a pydantic model's field (by its field name; never any other attribute, so
+``value.__class__`` is just a missing field). An
 expression reading ``key`` or ``time`` is compiled a second time over ``(value,
 key, time)`` rows and the batch's three columns (:meth:`Expression.evaluate_event`,
 :meth:`Expression.evaluate_events`); one reading only ``value`` keeps the forms below.
@@ -34,6 +35,11 @@ the stages built here (:func:`expression_filter`, :func:`expression_map`,
 :func:`expression_key_by`) redo the batch row by row so only the failing events
 go to dead letters, with an :class:`ExpressionEvaluationError` naming the
 expression and the reason.
+
+Field access is compiled for mappings (a C ``itemgetter``). When a form fails, the
+expression is compiled once more with lookups that also read pydantic models (a
+Python function per lookup) and retried; if that succeeds, models flow here and the
+expression keeps the second forms from then on. Mappings alone never pay for it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from .._secrets import redact
 from ..events import Batch
@@ -102,6 +110,8 @@ _EVENT_VARIABLES = frozenset({"key", "time"})
 _Rows = Collection[Any]
 _Row = Callable[[Any], Any]
 _Col = Callable[[_Rows], list[Any]]
+#: An expression's row and column forms, then its event row and column forms (or None).
+_Forms = tuple[_Row, _Col, _Row | None, _Col | None]
 
 
 class ExpressionError(ConfigurationError):
@@ -199,17 +209,73 @@ def _pow(a: Any, b: Any) -> Any:
     return a**b
 
 
+class _NoField(KeyError):
+    """A pydantic model has no field of that name (a KeyError, as a mapping's)."""
+
+    def __init__(self, key: Any, model: type[BaseModel]) -> None:
+        super().__init__(key)
+        self.model = model
+
+
+def _model_has(model: BaseModel, key: Any) -> bool:
+    cls = type(model)
+    if not isinstance(key, str):
+        return False
+    if key in cls.model_fields or key in cls.model_computed_fields:
+        return True
+    extra = model.__pydantic_extra__
+    return extra is not None and key in extra
+
+
+def _field(obj: Any, key: Any) -> Any:
+    """``obj[key]``, or the field ``key`` of a pydantic model (its field names,
+    computed fields and extra fields; nothing else)."""
+    try:
+        return obj[key]
+    except TypeError:
+        if not isinstance(obj, BaseModel):
+            raise
+    if _model_has(obj, key):
+        return getattr(obj, key)
+    raise _NoField(key, type(obj))
+
+
+def _getter(key: Any) -> Callable[[Any], Any]:
+    return lambda obj: _field(obj, key)
+
+
 def _contains(container: Any, item: Any) -> bool:
+    if type(container) is not dict and isinstance(container, BaseModel):
+        # a model iterates over (name, value) pairs: refuse, the model-aware form retries
+        raise TypeError(f"'in' of a {type(container).__name__} model")
     return item in container
 
 
 def _not_contains(container: Any, item: Any) -> bool:
-    return item not in container
+    return not _contains(container, item)
+
+
+def _contains_any(container: Any, item: Any) -> bool:
+    """``in``: a pydantic model contains the names of its fields."""
+    if isinstance(container, BaseModel):
+        return _model_has(container, item)
+    return item in container
+
+
+def _not_contains_any(container: Any, item: Any) -> bool:
+    return not _contains_any(container, item)
 
 
 def _get(container: Any, key: Any, default: Any = None) -> Any:
     try:
         return container[key]
+    except (KeyError, IndexError):
+        return default
+
+
+def _get_any(container: Any, key: Any, default: Any = None) -> Any:
+    try:
+        return _field(container, key)
     except (KeyError, IndexError):
         return default
 
@@ -396,6 +462,7 @@ class _Compiler:
         *,
         variables: frozenset[str] = VARIABLES,
         event: bool = False,
+        models: bool = False,
     ) -> None:
         self.text = text
         self.offset = offset
@@ -404,6 +471,10 @@ class _Compiler:
         self.variables = variables  # the variables this expression may read
         # compiling for (value, key, time) rows and _Columns rather than for values
         self.event = event
+        # lookups that also read pydantic models (the second compilation)
+        self.models = models
+        # whether any node looks up a field (else the model-aware forms are the same)
+        self.lookups = False
 
     def column(self, node: ast.AST, *, end: bool = False) -> int | None:
         """The 0-based character offset in the text of ``node``'s start (or end)."""
@@ -475,14 +546,19 @@ class _Compiler:
     # -- field access ----------------------------------------------------------------------
 
     def _lookup(self, obj: _Node, key: Any) -> _Node:
-        get = itemgetter(key)
+        self.lookups = True
+        get = _getter(key) if self.models else itemgetter(key)
         if obj.var is not None and self.event:  # a variable of an event expression
             index = obj.var
             column = attrgetter(("values", "keys", "times")[index])
+            if self.models:
+                return _Node(lambda e: get(e[index]), lambda c: list(map(get, column(c))))
             return _Node(lambda e: e[index][key], lambda c: list(map(get, column(c))))
         if obj.var == 0:  # the value itself
             return _Node(get, lambda vs: list(map(get, vs)))
         orow, ocol = obj.row, obj.col
+        if self.models:
+            return _Node(lambda v: get(orow(v)), lambda vs: list(map(get, ocol(vs))))
         return _Node(lambda v: orow(v)[key], lambda vs: list(map(get, ocol(vs))))
 
     def _Attribute(self, node: ast.Attribute, depth: int) -> _Node:
@@ -504,10 +580,12 @@ class _Compiler:
             if isinstance(index.const, str) and index.const.startswith("__"):
                 raise self.error(node.slice, "field names starting with '__' are not allowed")
             return self._lookup(obj, index.const)
+        self.lookups = True
         orow, ocol, irow, icol = obj.row, obj.col, index.row, index.col
+        item = _field if self.models else operator.getitem
         return _Node(
-            lambda v: orow(v)[irow(v)],
-            lambda vs: list(map(operator.getitem, ocol(vs), icol(vs))),
+            lambda v: item(orow(v), irow(v)),
+            lambda vs: list(map(item, ocol(vs), icol(vs))),
         )
 
     # -- operators -------------------------------------------------------------------------
@@ -611,7 +689,11 @@ class _Compiler:
             node.ops, operands, operands[1:], sources, strict=False
         ):
             if isinstance(op, ast.In | ast.NotIn):
-                fn = _contains if isinstance(op, ast.In) else _not_contains
+                self.lookups = True
+                if self.models:
+                    fn = _contains_any if isinstance(op, ast.In) else _not_contains_any
+                else:
+                    fn = _contains if isinstance(op, ast.In) else _not_contains
                 # container first, so a literal container can be the constant argument
                 swapped = self._binary(fn, right, left, boolean=True)
                 steps.append(swapped)
@@ -743,6 +825,10 @@ class _Compiler:
                 + ", ".join(sorted(FUNCTIONS)),
             )
         fn, low, high, boolean = entry
+        if fn is _get:
+            self.lookups = True
+            if self.models:
+                fn = _get_any
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.error(node, f"{node.func.id}() takes positional arguments only")
         if not low <= len(node.args) <= high:
@@ -841,7 +927,7 @@ class Expression:
     (:attr:`uses_event`) is evaluated with :meth:`evaluate_event` or
     :meth:`evaluate_events`. Build with :func:`compile_expression`."""
 
-    __slots__ = ("_col", "_ecol", "_erow", "_names", "_row", "kind", "text")
+    __slots__ = ("_col", "_ecol", "_erow", "_models", "_names", "_row", "kind", "text")
 
     def __init__(
         self,
@@ -850,24 +936,40 @@ class Expression:
         node: _Node,
         names: frozenset[str],
         event: _Node | None = None,
+        *,
+        models: Callable[[], tuple[_Node, _Node | None]] | None = None,
     ) -> None:
         self.text = text
         self.kind = kind
         self._names = names
-        self._erow: _Row | None = None
-        self._ecol: _Col | None = None
-        if event is not None:
-            # reads key or time: the value-only forms cannot run, the event forms do
-            self._erow, self._ecol = _forms(kind, event)
-            self._row, self._col = _not_given(text, names)
-        else:
-            self._row, self._col = _forms(kind, node)
+        self._row, self._col, self._erow, self._ecol = _all_forms(text, kind, node, names, event)
+        # the forms whose lookups also read pydantic models, or what compiles them
+        # (None: the expression looks nothing up, or uses them already)
+        self._models: Callable[[], tuple[_Node, _Node | None]] | _Forms | None = models
 
     @property
     def uses_event(self) -> bool:
         """Whether the expression reads the event's ``key`` or ``time`` (then it needs
         :meth:`evaluate_event` / :meth:`evaluate_events`, not a value alone)."""
         return self._erow is not None
+
+    def _again(self, error: Exception, run: Callable[[_Forms], Any]) -> Any:
+        """``run`` with the model-aware forms after the mapping forms failed with
+        ``error``; if they succeed, models flow here: keep them from now on."""
+        models = self._models
+        if models is None:
+            raise _runtime_error(self.text, error) from error
+        if callable(models):  # compiled on the first failure, then kept
+            node, event = models()
+            models = self._models = _all_forms(self.text, self.kind, node, self._names, event)
+        forms = models
+        try:
+            result = run(forms)
+        except Exception as again:
+            raise _runtime_error(self.text, again) from again
+        self._row, self._col, self._erow, self._ecol = forms
+        self._models = None
+        return result
 
     def __call__(self, value: Any) -> Any:
         """The expression's result for one event value.
@@ -878,7 +980,7 @@ class Expression:
         try:
             return self._row(value)
         except Exception as error:
-            raise _runtime_error(self.text, error) from error
+            return self._again(error, lambda f: f[0](value))
 
     def evaluate_many(self, values: list[Any]) -> list[Any]:
         """The results for a whole batch, equal to ``[self(v) for v in values]``.
@@ -889,7 +991,8 @@ class Expression:
         try:
             return self._col(values)
         except Exception as error:
-            raise _runtime_error(self.text, error) from error
+            results: list[Any] = self._again(error, lambda f: f[1](values))
+            return results
 
     def evaluate_event(self, value: Any, key: Any, time: float | None) -> Any:
         """The result for one event: its value, key and time (``None`` when it has none).
@@ -899,7 +1002,9 @@ class Expression:
                 return self._row(value)
             return self._erow((value, key, time))
         except Exception as error:
-            raise _runtime_error(self.text, error) from error
+            return self._again(
+                error, lambda f: f[0](value) if f[2] is None else f[2]((value, key, time))
+            )
 
     def evaluate_events(
         self,
@@ -916,7 +1021,11 @@ class Expression:
                 return self._col(values)
             return self._ecol(_Columns(values, keys, times))
         except Exception as error:
-            raise _runtime_error(self.text, error) from error
+            results: list[Any] = self._again(
+                error,
+                lambda f: f[1](values) if f[3] is None else f[3](_Columns(values, keys, times)),
+            )
+            return results
 
     def names(self) -> frozenset[str]:
         """The variables the expression reads (a subset of :data:`VARIABLES`)."""
@@ -924,6 +1033,22 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"<expression {self.text!r}>"
+
+
+def _all_forms(
+    text: str,
+    kind: Literal["predicate", "value"],
+    node: _Node,
+    names: frozenset[str],
+    event: _Node | None,
+) -> _Forms:
+    if event is None:
+        row, col = _forms(kind, node)
+        return row, col, None, None
+    # reads key or time: the value-only forms cannot run, the event forms do
+    erow, ecol = _forms(kind, event)
+    row, col = _not_given(text, names)
+    return row, col, erow, ecol
 
 
 def _forms(kind: Literal["predicate", "value"], node: _Node) -> tuple[_Row, _Col]:
@@ -953,7 +1078,10 @@ def _add_terms(node: ast.BinOp) -> int:
 def _runtime_error(text: str, error: Exception) -> ExpressionEvaluationError:
     if isinstance(error, ExpressionEvaluationError):
         return error
-    if isinstance(error, KeyError):
+    if isinstance(error, _NoField):
+        fields = ", ".join(error.model.model_fields)
+        reason = f"{error.model.__name__} has no field {error.args[0]!r} (its fields: {fields})"
+    elif isinstance(error, KeyError):
         reason = f"no field {error.args[0]!r}" if error.args else "missing field"
     elif isinstance(error, IndexError):
         reason = "index out of range"
@@ -1009,20 +1137,36 @@ def compile_expression(
         raise ExpressionError(
             text, f"variables must include 'value' and be among {sorted(VARIABLES)}, got {allowed}"
         )
-    compiler = _Compiler(text, offset, line_starts, variables=allowed)
-    try:
+
+    def compiled(models: bool) -> tuple[_Node, _Node | None, _Compiler]:
+        compiler = _Compiler(text, offset, line_starts, variables=allowed, models=models)
         node = compiler.compile(tree.body)
-        names = frozenset(compiler.names)
         event = None
-        if names & _EVENT_VARIABLES:
+        if compiler.names & _EVENT_VARIABLES:
             # reads key or time: compiled again over (value, key, time) rows and columns, so
             # value-only expressions keep their forms (and their cost) unchanged
-            event = _Compiler(text, offset, line_starts, variables=allowed, event=True).compile(
-                tree.body
-            )
+            event = _Compiler(
+                text, offset, line_starts, variables=allowed, event=True, models=models
+            ).compile(tree.body)
+        return node, event, compiler
+
+    try:
+        node, event, compiler = compiled(False)
     except RecursionError:
         raise ExpressionError(text, f"nested deeper than {_MAX_DEPTH} levels") from None
-    return Expression(text, kind, node, names, event)
+
+    def models() -> tuple[_Node, _Node | None]:
+        node, event, _ = compiled(True)
+        return node, event
+
+    return Expression(
+        text,
+        kind,
+        node,
+        frozenset(compiler.names),
+        event,
+        models=models if compiler.lookups else None,
+    )
 
 
 def _shift_first_line(tree: ast.AST) -> None:

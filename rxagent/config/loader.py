@@ -45,6 +45,7 @@ from .document import (
 from .kinds import default_registry, import_ref
 from .model import DocumentModel, PipelineModel, ToolModel
 from .registry import BuildContext, Kind, Registry, Role
+from .shapes import check_pipelines
 
 if TYPE_CHECKING:
     from reactivex import abc
@@ -464,6 +465,16 @@ def loads(
         unverified,
     )
     _replayed_and_truncated(stages, doc.base_dir, locations, problems)
+    # types flow through each pipeline: expressions and tool arguments against the
+    # shapes the stages before them emit (docs/yaml.md, "Types flow through the file")
+    problems.extend(
+        check_pipelines(
+            pipelines,
+            locations,
+            text=text,
+            tool_model=lambda name: _tool_args_model(model, name),
+        )
+    )
     if model is None:
         raise ConfigFileError(_redacted(problems, doc))
     if not problems:
@@ -472,6 +483,19 @@ def loads(
     if problems:
         raise ConfigFileError(_redacted(problems, doc))
     return Config(doc, model, pipelines, registry)
+
+
+def _tool_args_model(model: DocumentModel | None, name: str) -> type[BaseModel] | None:
+    """The argument model of the file's tool ``name`` (None: not declared, or it
+    cannot be made, which the trial build reports)."""
+    decl = None if model is None else model.tools.get(name)
+    if decl is None:
+        return None
+    try:
+        args_model: type[BaseModel] = tool_from_declaration(name, decl).args_model
+    except Exception:
+        return None
+    return args_model
 
 
 def _redacted(problems: list[Problem], doc: SourceDocument) -> list[Problem]:

@@ -153,7 +153,7 @@ def test_constructor_checks_are_reported_at_load_with_the_location() -> None:
         """\
         pipelines:
           feed:
-            source: {memory: [1, 2]}
+            source: {memory: [{seq: 1}, {seq: 2}]}
             steps:
               - dedup: seq
             sinks: [log]

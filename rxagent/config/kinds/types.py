@@ -295,6 +295,11 @@ class SourceParams(Params):
         description="most bytes of messages in flight at once (null: no byte limit)",
     )
     batch_size: int = Field(512, ge=1, description="most events per batch")
+    value_schema: dict[str, Any] | None = Field(
+        None,
+        description="the values' shape for validate's type checks: a JSON Schema object "
+        "with properties (docs/yaml.md, types flow through the file); not enforced at run time",
+    )
 
 
 def tls_files(p: Any, ctx: BuildContext) -> dict[str, Any]:
