@@ -152,8 +152,10 @@ class Notification:
 
     def same_as(self, other: Notification) -> bool:
         """``other`` (what happened) matches this expectation: same frame and
-        kind, an equal value, and for errors the rule of :func:`error_matches`
-        (this notification's value is the expected error)."""
+        kind, an equal value, and for errors the expected error's rule: ``None``
+        matches any error, an exception type any error of that type, an
+        exception one of the same type with equal arguments, a string an error
+        with that message, another callable is a predicate."""
         if self.frame != other.frame or self.kind != other.kind:
             return False
         if self.kind == "N":
@@ -985,6 +987,12 @@ def _diagram_message(
     cut_off: float | None = None,
 ) -> str:
     source_notes = source_notes or []
+    diff = _first_difference(want, got)
+    # a periodic timer may have emitted thousands: show what it takes to see the difference
+    differs_at = len(got) if diff is None or diff[2] is None else got.index(diff[2])
+    shown = max(len(want), differs_at + 1) + 10
+    hidden = got[shown:]
+    got = got[:shown]
     source_chars = {v for n in source_notes if isinstance(v := n.value, str) and len(v) == 1}
     out_legend = _Legend(out_values, [want, got], avoid=source_chars | set(marble_values(values)))
     rows = [out_legend.tokens(want), out_legend.tokens(got)]
@@ -1004,7 +1012,6 @@ def _diagram_message(
         legend.update(in_legend.assigned)
     lines, columns, exact = _layout(rows, starts, frame)
     out = [f"marble diagrams differ (one frame = {_format_seconds(frame)})"]
-    diff = _first_difference(want, got)
     past = diff is not None and diff[1] is None and end is not None and diff[0] >= end
     if diff is not None and past:
         out.append(
@@ -1033,6 +1040,10 @@ def _diagram_message(
         )
     out.append(f"  expected frames: {[(n.frame, n.kind, n.value) for n in want]}")
     out.append(f"  actual frames:   {[(n.frame, n.kind, n.value) for n in got]}")
+    if hidden:
+        out.append(
+            f"  ... and {len(hidden)} more actual notifications, up to frame {hidden[-1].frame}"
+        )
     if cut_off is not None:
         out.append(
             f"  (the run stopped at frame {cut_off} with actions still scheduled: a periodic "

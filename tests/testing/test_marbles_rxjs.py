@@ -298,6 +298,16 @@ def test_expect_with_a_subscription_marble() -> None:
         expect_observable(source, subscribe).to_be(expected)
 
 
+def test_a_late_subscriber_to_a_finished_hot_source_ends_at_once() -> None:
+    # HotObservable.ts: a hot source is a Subject, so subscribing after its '|' (or '#') completes
+    # (or fails) the subscriber at once
+    with Marbles():
+        expect_observable(hot("-a|"), "---^").to_be("---|")
+        expect_observable(hot("-a#", error=ValueError("v")), "----^").to_be(
+            "----#", error=ValueError("v")
+        )
+
+
 # -- spec > jasmine helpers > expectSubscriptions() ------------------------------------------------
 
 
@@ -698,6 +708,18 @@ def test_a_subscription_mismatch_points_at_the_frame() -> None:
 def test_a_subscription_mismatch_among_several_names_which() -> None:
     with pytest.raises(AssertionError, match="subscription 1: expected subscribed at 4"):
         assert_marbles(rxops.retry(2), "-a-#", "-a--a-#", subscriptions=["^--!", "----^--!"])
+
+
+def test_endless_output_is_cut_off_and_the_message_stays_short() -> None:
+    m = Marbles()
+    ticks = rx.interval(0.001, scheduler=m.scheduler)
+    with pytest.raises(AssertionError) as info:
+        m.expect_observable(ticks).to_be("-abc", ["a", "b", "c"])
+    message = str(info.value)
+    assert "^ frame 1: expected 'a', got 0" in message
+    assert "more actual notifications, up to frame" in message
+    assert "the run stopped at frame" in message
+    assert len(message) < 2000
 
 
 def test_values_of_the_wrong_type_are_a_marble_error() -> None:
