@@ -646,6 +646,8 @@ def _check_text(text: str, value: ValueType) -> tuple[ValueType, list[_Finding]]
     """The type of a field-or-expression parameter and its certain failures."""
     if is_field(text):
         result, message = read_field(value, text)
+        if message is not None and text in ("key", "time"):
+            message += f" (a plain name is a field; the event's {text} is the expression ({text}))"
         findings = [] if message is None else [_Finding(message, None)]
         if message is None and value is not None:
             models = [t for t in value if isinstance(t, Shape) and t.access == "model"]
@@ -988,19 +990,20 @@ def _check_stage(
     report: _Report,
     tool_model: Callable[[str], type[BaseModel] | None],
 ) -> None:
-    if value is None or not _builtin(stage):
+    if not _builtin(stage):
         return
     kpath: Path_ = (*stage.path, stage.kind.name)
     args_path: Path_ = (*kpath, "args")
     tool_sink = stage.kind.role == "sink" and stage.kind.name == "tool"
-    for path, text in _expression_params(stage.params, kpath):
-        if tool_sink and path[: len(args_path)] == args_path:
-            continue  # checked with the tool's model below
-        for finding in _check_text(text, value)[1]:
-            report.finding(path, text, finding)
-    if stage.kind.name in _WINDOWS:
-        _check_agg(getattr(stage.params, "agg", None), value, (*kpath, "agg"), report)
-    if tool_sink:
+    if value is not None:
+        for path, text in _expression_params(stage.params, kpath):
+            if tool_sink and path[: len(args_path)] == args_path:
+                continue  # checked with the tool's model below
+            for finding in _check_text(text, value)[1]:
+                report.finding(path, text, finding)
+        if stage.kind.name in _WINDOWS:
+            _check_agg(getattr(stage.params, "agg", None), value, (*kpath, "agg"), report)
+    if tool_sink:  # argument names are checked even when the value's shape is unknown
         _check_tool_args(stage.params, value, kpath, report, tool_model)
 
 

@@ -280,6 +280,25 @@ def test_tool_arguments_against_the_tool_model(project: Path) -> None:
     ]
 
 
+def test_tool_argument_names_are_checked_when_the_value_is_unknown(project: Path) -> None:
+    (problem,) = _problems(
+        """\
+        tools:
+          notify: {function: "shapes_pkg.models:notify"}
+        pipelines:
+          feed:
+            source: {websocket: "ws://127.0.0.1:9/"}
+            sinks:
+              - tool: {tool: notify, args: {sym: value.s, px: value.p, nte: value.n}}
+        """,
+        base_dir=project,
+    )
+    assert problem == (
+        "p.yaml:7:64: pipelines.feed.sinks[0].tool.args.nte: tool 'notify' has no argument "
+        "'nte'; did you mean 'note'? (its arguments: sym, px, note?)"
+    )
+
+
 def test_a_source_declares_its_shape_with_a_json_schema() -> None:
     problems = _problems(
         """\
@@ -395,3 +414,13 @@ def test_generated_valid_pipelines_give_no_shape_errors(
         ]
     )
     loads(text, file="gen.yaml")
+
+
+def test_the_example_in_docs_yaml_is_what_validate_says() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "yaml.md").read_text(encoding="utf-8")
+    section = doc.split("## Types flow through the file", 1)[1].split("\n## ", 1)[0]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    text_block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    with pytest.raises(ConfigFileError) as info:
+        loads(yaml_block, file="trades.yaml")
+    assert [str(p) for p in info.value.problems] == text_block.strip().splitlines()
