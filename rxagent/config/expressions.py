@@ -217,24 +217,28 @@ class _NoField(KeyError):
         self.model = model
 
 
+#: Per pydantic model class, the names an expression may read: fields and computed fields.
+_MODEL_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
 def _model_has(model: BaseModel, key: Any) -> bool:
     cls = type(model)
-    if not isinstance(key, str):
-        return False
-    if key in cls.model_fields or key in cls.model_computed_fields:
+    names = _MODEL_FIELDS.get(cls)
+    if names is None:
+        names = frozenset(cls.model_fields) | frozenset(cls.model_computed_fields)
+        if len(_MODEL_FIELDS) < 4096:  # bounded: classes made at run time do not grow it
+            _MODEL_FIELDS[cls] = names
+    if key in names:
         return True
     extra = model.__pydantic_extra__
-    return extra is not None and key in extra
+    return extra is not None and isinstance(key, str) and key in extra
 
 
 def _field(obj: Any, key: Any) -> Any:
     """``obj[key]``, or the field ``key`` of a pydantic model (its field names,
     computed fields and extra fields; nothing else)."""
-    try:
+    if type(obj) is dict or not isinstance(obj, BaseModel):
         return obj[key]
-    except TypeError:
-        if not isinstance(obj, BaseModel):
-            raise
     if _model_has(obj, key):
         return getattr(obj, key)
     raise _NoField(key, type(obj))
@@ -242,6 +246,25 @@ def _field(obj: Any, key: Any) -> Any:
 
 def _getter(key: Any) -> Callable[[Any], Any]:
     return lambda obj: _field(obj, key)
+
+
+def _column_getter(key: Any) -> Callable[[_Rows], list[Any]]:
+    """A field of every object of a column: in C (``attrgetter``) when they are all
+    of one pydantic model class that has the field, else :func:`_field` per object."""
+    one = _getter(key)
+    attr = attrgetter(key) if isinstance(key, str) else None
+
+    def column(objs: _Rows) -> list[Any]:
+        classes = set(map(type, objs))
+        if attr is not None and len(classes) == 1:
+            (cls,) = classes
+            if cls is not dict and issubclass(cls, BaseModel):
+                names = _MODEL_FIELDS.get(cls)
+                if names is not None and key in names:
+                    return list(map(attr, objs))
+        return list(map(one, objs))
+
+    return column
 
 
 def _contains(container: Any, item: Any) -> bool:
@@ -552,13 +575,17 @@ class _Compiler:
             index = obj.var
             column = attrgetter(("values", "keys", "times")[index])
             if self.models:
-                return _Node(lambda e: get(e[index]), lambda c: list(map(get, column(c))))
+                many = _column_getter(key)
+                return _Node(lambda e: get(e[index]), lambda c: many(list(column(c))))
             return _Node(lambda e: e[index][key], lambda c: list(map(get, column(c))))
         if obj.var == 0:  # the value itself
+            if self.models:
+                return _Node(get, _column_getter(key))
             return _Node(get, lambda vs: list(map(get, vs)))
         orow, ocol = obj.row, obj.col
         if self.models:
-            return _Node(lambda v: get(orow(v)), lambda vs: list(map(get, ocol(vs))))
+            many = _column_getter(key)
+            return _Node(lambda v: get(orow(v)), lambda vs: many(ocol(vs)))
         return _Node(lambda v: orow(v)[key], lambda vs: list(map(get, ocol(vs))))
 
     def _Attribute(self, node: ast.Attribute, depth: int) -> _Node:
@@ -955,7 +982,9 @@ class Expression:
 
     def _again(self, error: Exception, run: Callable[[_Forms], Any]) -> Any:
         """``run`` with the model-aware forms after the mapping forms failed with
-        ``error``; if they succeed, models flow here: keep them from now on."""
+        ``error``; if they succeed, models flow here: keep them from now on. (The
+        callers build ``run`` in their except clause only, so the variables it reads
+        are not closure cells on the fast path.)"""
         models = self._models
         if models is None:
             raise _runtime_error(self.text, error) from error
@@ -980,7 +1009,7 @@ class Expression:
         try:
             return self._row(value)
         except Exception as error:
-            return self._again(error, lambda f: f[0](value))
+            return self._again(error, _run_row(value))
 
     def evaluate_many(self, values: list[Any]) -> list[Any]:
         """The results for a whole batch, equal to ``[self(v) for v in values]``.
@@ -991,7 +1020,7 @@ class Expression:
         try:
             return self._col(values)
         except Exception as error:
-            results: list[Any] = self._again(error, lambda f: f[1](values))
+            results: list[Any] = self._again(error, _run_many(values))
             return results
 
     def evaluate_event(self, value: Any, key: Any, time: float | None) -> Any:
@@ -1002,9 +1031,7 @@ class Expression:
                 return self._row(value)
             return self._erow((value, key, time))
         except Exception as error:
-            return self._again(
-                error, lambda f: f[0](value) if f[2] is None else f[2]((value, key, time))
-            )
+            return self._again(error, _run_event(value, key, time))
 
     def evaluate_events(
         self,
@@ -1021,10 +1048,7 @@ class Expression:
                 return self._col(values)
             return self._ecol(_Columns(values, keys, times))
         except Exception as error:
-            results: list[Any] = self._again(
-                error,
-                lambda f: f[1](values) if f[3] is None else f[3](_Columns(values, keys, times)),
-            )
+            results: list[Any] = self._again(error, _run_events(values, keys, times))
             return results
 
     def names(self) -> frozenset[str]:
@@ -1033,6 +1057,28 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"<expression {self.text!r}>"
+
+
+# How each entry point runs a set of forms (for Expression._again): built by a function
+# so that the entry points' own variables never become closure cells (a cost per call).
+
+
+def _run_row(value: Any) -> Callable[[_Forms], Any]:
+    return lambda f: f[0](value)
+
+
+def _run_many(values: list[Any]) -> Callable[[_Forms], Any]:
+    return lambda f: f[1](values)
+
+
+def _run_event(value: Any, key: Any, time: float | None) -> Callable[[_Forms], Any]:
+    return lambda f: f[0](value) if f[2] is None else f[2]((value, key, time))
+
+
+def _run_events(
+    values: list[Any], keys: list[Hashable] | None, times: list[float | None] | None
+) -> Callable[[_Forms], Any]:
+    return lambda f: f[1](values) if f[3] is None else f[3](_Columns(values, keys, times))
 
 
 def _all_forms(

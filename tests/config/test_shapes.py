@@ -137,6 +137,10 @@ def test_expressions_read_models_and_mappings_alike() -> None:
     assert expr.evaluate_many([{"sym": "A", "px": 3}]) == [True]  # mappings, the fast forms
     assert expr(tick) is True
     assert expr.evaluate_many([tick, {"sym": "A", "px": 0}]) == [True, False]  # mixed
+    low = Tick(sym="A", px=0.5)
+    assert expr.evaluate_many([tick, low, tick]) == [True, False, True]  # one model class
+    nested = compile_expression('{"px": value.px, "sym": value.sym}')
+    assert nested.evaluate_many([tick, low]) == [{"px": 2.0, "sym": "A"}, {"px": 0.5, "sym": "A"}]
     assert expr.evaluate_event(tick, "k", None) is True
     assert compile_expression('get(value, "nope", 5)')(tick) == 5
     assert compile_expression('"px" in value')(tick) is True
