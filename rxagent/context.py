@@ -345,6 +345,14 @@ class PipelineContext:
         #: ``None`` for one that holds none (a new or emptied store). Empty when no
         #: sink is durable. Valid once the sinks recovered, before the source runs.
         self.resume_meta: Callable[[], list[Mapping[str, Any] | None]] = list
+        #: Set by the pipeline when a *stop* begins (drain, SIGTERM, ``--duration``):
+        #: the stream completes because reading stopped, not because the input ended,
+        #: so windows still open are not final (docs/operators.md, "Windows and stops").
+        self.stopping = False
+        #: The source reads again, after a restart, what was not committed
+        #: (``Source.replays_uncommitted``; set by the pipeline): on a stop, open
+        #: windows give their events up uncommitted instead of flushing them.
+        self.replays_uncommitted = False
         self.metrics: dict[str, StageMetrics] = {}
         #: The latest dead letters, newest last, whatever the dead-letter sink keeps
         #: (appended once per dead letter; raw values cut to 1,000 items).
@@ -424,7 +432,12 @@ class PipelineContext:
 
 
 def _cut(text: str, limit: int = _ERROR_TEXT_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``text`` within ``limit`` characters, cut in the middle: an error's end (what
+    failed: "division by zero") matters as much as its start (where)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
 
 async def _nothing_to_checkpoint() -> None:

@@ -14,6 +14,13 @@ Lifecycle: ``created -> starting -> running -> (draining) -> stopped``, or
 ``failed`` with the error. A pipeline whose source is exhausted completes on its
 own once every event has ended. :meth:`Pipeline.drain` stops reading, lets the
 work in flight end within a timeout, then cancels what is left.
+
+A stop is not the end of the input: windows still open when a pipeline stops are
+given up uncommitted when the source replays them (Kafka), else emitted marked
+``partial`` (``ctx.stopping``; docs/operators.md, "Windows and stops").
+:meth:`App.drain` stops the pipelines writing a store before those reading its
+changes (a ``state`` source), so what the writers flush on the way out reaches
+the readers.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ from .histogram import Histogram
 from .operators.base import Operator
 from .sinks.base import Sink
 from .sinks.deadletters import DeadLetterSink
+from .sinks.state_sink import StateSink
 from .sources.base import Emitter, Source
+from .sources.store_changes import StateChangesSource
 
 __all__ = ["App", "Pipeline", "PipelineState", "PipelineStatus"]
 
@@ -264,6 +273,7 @@ class Pipeline:
         ctx.changelog_for = self.source.changelog_for
         ctx.transactions = self.source.transactions
         ctx.resume_meta = self._resume_meta
+        ctx.replays_uncommitted = bool(source.replays_uncommitted)
         self._meta_sinks = {id(sink) for sink in self._sinks if _takes_meta(sink)}
         self.latency = {sink.name: Histogram() for sink in self._sinks}
         for sink in self._sinks:
@@ -487,7 +497,18 @@ class Pipeline:
             timeout,
             extra={"pipeline": self.name},
         )
+        if self.ctx is not None:
+            # a stop, not the end of the input: open windows are not final
+            self.ctx.stopping = True
         task = self._source_task
+        if timeout > 0 and task is not None and not task.done():
+            # what the source already received goes out first (a state source's changes)
+            try:
+                await asyncio.wait_for(self.source.settle(), timeout)
+            except TimeoutError:
+                log.debug("pipeline %r: source did not settle within %.1fs", self.name, timeout)
+            except Exception:
+                log.exception("pipeline %r: settling source %r failed", self.name, self.source.name)
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -576,6 +597,16 @@ class Pipeline:
         return f"<Pipeline {self.name!r} {self.state}>"
 
 
+def _written_store(sink: Sink) -> object | None:
+    """The state store a sink writes (a state sink's), or None."""
+    return sink.store if isinstance(sink, StateSink) else None
+
+
+def _read_store(source: Source) -> object | None:
+    """The state store whose changes a source reads (a ``state`` source's), or None."""
+    return source.store if isinstance(source, StateChangesSource) else None
+
+
 def _takes_meta(sink: Sink) -> bool:
     """Whether ``sink.checkpoint`` takes ``meta`` (an override written before it
     existed may not: it is called without)."""
@@ -619,8 +650,42 @@ class App:
         return self.status()
 
     async def drain(self, timeout: float = 10.0) -> dict[str, PipelineStatus]:
-        await asyncio.gather(*(p.drain(timeout) for p in self.pipelines.values()))
+        """Drain every pipeline within ``timeout`` s, writers first: a pipeline that
+        reads a store's changes (a ``state`` source) is drained once every pipeline
+        writing that store has stopped, so what they flush on the way out (windows a
+        stop emits marked ``partial``) reaches it; the others drain together."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for wave in self.drain_order():
+            left = max(0.0, deadline - loop.time()) if timeout > 0 else 0.0
+            await asyncio.gather(*(p.drain(left) for p in wave))
         return self.status()
+
+    def drain_order(self) -> list[list[Pipeline]]:
+        """The pipelines in waves: each wave's pipelines read no store that a
+        pipeline of a later wave writes (a cycle of readers and writers shares one
+        wave)."""
+        writers: dict[int, set[str]] = {}  # id(store) -> the pipelines writing it
+        for p in self.pipelines.values():
+            for sink in p.sinks:
+                store = _written_store(sink)
+                if store is not None:
+                    writers.setdefault(id(store), set()).add(p.name)
+        after: dict[str, set[str]] = {}
+        for p in self.pipelines.values():
+            store = _read_store(p.source)
+            ups = set() if store is None else writers.get(id(store), set()) - {p.name}
+            after[p.name] = ups
+        waves: list[list[Pipeline]] = []
+        done: set[str] = set()
+        left = dict(self.pipelines)
+        while left:
+            ready = [n for n in left if after[n] <= done]
+            if not ready:  # a cycle: the rest together
+                ready = list(left)
+            waves.append([left.pop(n) for n in ready])
+            done.update(ready)
+        return waves
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to drain and return (what SIGINT and SIGTERM do)."""

@@ -28,13 +28,20 @@ def to_key_function(key: str | int | Callable[[Any], Any]) -> Callable[[Any], An
 @dataclass(frozen=True, slots=True)
 class Window:
     """What a window emits: its key, the aggregate ``value``, how many events it
-    held, and the (event or processing) time of its first and last event."""
+    held, and the (event or processing) time of its first and last event.
+
+    ``partial`` is True for a window a *stop* flushed before it closed (its source
+    cannot replay it: docs/operators.md, "Windows and stops"); a window that closed,
+    or that the end of a finite input flushed, has ``partial=False``. The field is
+    on every window, in Python and in its plain form (state, JSON, file tests).
+    """
 
     key: Hashable
     value: Any
     count: int
     start: float | None
     end: float | None
+    partial: bool = False
 
     def __getitem__(self, field: str) -> Any:
         """``window["value"]``: so field-name keys work on windows as on dicts."""

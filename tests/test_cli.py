@@ -395,8 +395,8 @@ def test_windows_compare_as_plain_mappings_at_a_tool_sink() -> None:
             expect:
               tool: -----x---(y|)  # x closes at 5 s, c (at 8 s) flushes at the end
             values:
-              x: {key: null, value: 2, count: 2, start: 0.0, end: 5.0}
-              y: {key: null, value: 1, count: 1, start: 5.0, end: 10.0}
+              x: {key: null, value: 2, count: 2, start: 0.0, end: 5.0, partial: false}
+              y: {key: null, value: 1, count: 1, start: 5.0, end: 10.0, partial: false}
         """
     )
     assert report == "PASS windows of 5 s (pipeline w)"
@@ -583,8 +583,8 @@ tests:
     expect:
       log: --x-(y|)
     values:
-      x: {key: null, value: 2, count: 2, start: 1000.0, end: 1010.0}
-      y: {key: null, value: 1, count: 1, start: 1010.0, end: 1020.0}
+      x: {key: null, value: 2, count: 2, start: 1000.0, end: 1010.0, partial: false}
+      y: {key: null, value: 1, count: 1, start: 1010.0, end: 1020.0, partial: false}
 """
 
 

@@ -46,11 +46,13 @@ How a case runs:
   to check: ``stage``, ``error`` (the error's type, or text its ``Type: message``
   contains) and ``value``;
 - values reaching a sink are compared as plain data: a window is the mapping
-  ``{key, value, count, start, end}``;
+  ``{key, value, count, start, end, partial}``;
 - an input ending in ``|`` completes the pipeline (windows flush, timers due
   after the end still fire); an input without ``|`` or ``#`` stays open like a
   live feed: recording stops at the end of the longest diagram, then the
-  pipeline is drained.
+  pipeline is drained, a stop: windows still open are flushed marked
+  ``partial: true``, or, when the file's source is Kafka, given up (a restart
+  replays them), as in a real run.
 """
 
 from __future__ import annotations
@@ -350,6 +352,9 @@ def _build(
         letter_times=case.times,
         name=spec.source.label,
     )
+    # a stop treats open windows as the file's source would: a Kafka source replays
+    # them after a restart (not flushed), the others flush them marked partial
+    source.replays_uncommitted = spec.source.kind.name == "kafka"
     pipeline = Pipeline(
         case.pipeline, source, dead_letters=dead, fail_fast=config.model.settings.fail_fast
     )

@@ -180,6 +180,9 @@ class KafkaSource(Source):
     """
 
     kind = "kafka"
+    #: uncommitted offsets are read again after a restart (on a stop, open windows
+    #: give their events up uncommitted instead of flushing them)
+    replays_uncommitted = True
     event_bytes_hint = 1 << 20  # byte credit expects messages of up to 1 MiB at first
 
     # what the consumer thread reports (self.stats), for describe() and tests

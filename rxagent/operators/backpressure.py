@@ -178,6 +178,7 @@ class _Lease(Ticket):
         self.rows = self.busy = self.pending = n
         self.folded = 0
         self.done = False
+        self.released = False  # some rows were given up (release): so are the rows' holds
         # the rows' holds: one shared ticket (the common case), or one per row
         self.origin: Ticket | None = batch.ticket if batch.holds is None else None
         self.holds: list[Hold] | None = batch.holds
@@ -199,7 +200,14 @@ class _Lease(Ticket):
         self._settle()
         if pending == 0:
             self.done = True
-            if self.holds is None:
+            if self.released:  # a window gave rows up on a stop: the source replays them
+                if self.holds is None:
+                    if self.origin is not None:
+                        self.origin.release(self.rows)
+                else:
+                    for hold in self.holds:
+                        _release_hold(hold)
+            elif self.holds is None:
                 if self.origin is not None:
                     self.origin.end(self.rows)
             else:
@@ -236,6 +244,15 @@ class _Lease(Ticket):
 
     def __repr__(self) -> str:
         return f"_Lease({self.owner.stage!r}, rows={self.rows}, busy={self.busy})"
+
+
+def _release_hold(hold: Hold) -> None:
+    """Give up what a row holds (:meth:`Ticket.release`): it ends uncommitted."""
+    if isinstance(hold, Ticket):
+        hold.release(1)
+    elif hold is not None:
+        for ticket, count in hold:
+            ticket.release(count)
 
 
 # -- the buffer ----------------------------------------------------------------------------

@@ -148,6 +148,12 @@ class Source(abc.ABC):
     #: what byte credit expects per event before the first batch is measured (the
     #: largest message, for sources that charge bytes; 0: no guess)
     event_bytes_hint = 0
+    #: whether events whose processing did not end are read again after a restart
+    #: (a Kafka consumer group's uncommitted offsets: True). On a stop, a pipeline's
+    #: windows give the events of their open windows up uncommitted when it is True,
+    #: and flush them marked ``partial`` when it is False (docs/operators.md,
+    #: "Windows and stops").
+    replays_uncommitted = False
     #: the transaction its pipeline's sinks write into (an exactly-once Kafka source's
     #: :class:`~rxagent.kafka.transaction.KafkaTransactions`); ``None``: none
     transactions: Any = None
@@ -181,6 +187,12 @@ class Source(abc.ABC):
         The pipeline awaits it last, after every event ended (or the drain timed
         out) and the sinks closed.
         """
+
+    async def settle(self) -> None:  # noqa: B027 - optional hook
+        """A stop begins: emit what was already received before :meth:`run` is
+        cancelled (a state source's pending changes, so a change its store got from
+        a pipeline stopped before this one still reaches this pipeline). The
+        pipeline bounds the wait by its drain timeout. Default: nothing."""
 
     def checkpoint_meta(self) -> Mapping[str, Any] | None:
         """What this source adds to each checkpoint of its pipeline's durable sinks

@@ -72,6 +72,7 @@ class StateChangesSource(Source):
         self.conflated = 0
         self._pending: dict[Hashable, Any] = {}
         self._readable: asyncio.Event | None = None
+        self._emptied: asyncio.Event | None = None  # set while nothing is pending
 
     def _on_changes(self, changes: list[StateChange]) -> None:
         pending = self._pending
@@ -83,9 +84,12 @@ class StateChangesSource(Source):
             pending[change.key] = _DELETED if change.deleted else change.new
         if pending and self._readable is not None:
             self._readable.set()
+            if self._emptied is not None:
+                self._emptied.clear()
 
     async def run(self, out: Emitter) -> None:
         self._readable = readable = asyncio.Event()
+        self._emptied = emptied = asyncio.Event()
         pending = self._pending
         if self.initial:  # the snapshot, then every change after it (same loop turn)
             for key, value in self.store.snapshot.items():
@@ -95,8 +99,10 @@ class StateChangesSource(Source):
         try:
             while True:
                 while not pending:
+                    emptied.set()
                     readable.clear()
                     await readable.wait()
+                emptied.clear()
                 granted = await out.credit(min(self.batch_size, len(pending)))
                 take = min(granted, len(pending))
                 keys = list(pending)[:take]
@@ -109,6 +115,16 @@ class StateChangesSource(Source):
         finally:
             subscription.dispose()
             self._readable = None
+            self._emptied = None
+            emptied.set()
+
+    async def settle(self) -> None:
+        """Wait until every change received so far was emitted (a stop drains the
+        pipelines writing the store first: what they flushed reaches this one)."""
+        emptied = self._emptied
+        if emptied is not None and self._pending:
+            emptied.clear()  # set again once run() emitted them (or ended)
+            await emptied.wait()
 
     def describe(self) -> dict[str, Any]:
         return {

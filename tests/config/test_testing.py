@@ -60,9 +60,9 @@ tests:
     expect:
       log: {expect}
     values:
-      x: {{key: null, value: 2, count: 2, start: 1000.0, end: 1010.0}}
-      y: {{key: null, value: 1, count: 1, start: 1010.0, end: 1020.0}}
-      z: {{key: null, value: 1, count: 1, start: 1020.0, end: 1030.0}}
+      x: {{key: null, value: 2, count: 2, start: 1000.0, end: 1010.0, partial: false}}
+      y: {{key: null, value: 1, count: 1, start: 1010.0, end: 1020.0, partial: false}}
+      z: {{key: null, value: 1, count: 1, start: 1020.0, end: 1030.0, partial: false}}
 """
 
 

@@ -309,7 +309,12 @@ class CountWindowParams(StageParams):
         None, description="windows per this key (default: the event's key)"
     )
     agg: Agg = Field(None, description="what a window emits (default: the list of its values)")
-    emit_partial: bool = Field(True, description="emit the unfinished windows when the stream ends")
+    emit_partial: bool | Literal["auto"] = Field(
+        "auto",
+        description="open windows at the end of the input: emitted unless false; on a stop, "
+        "auto: given up uncommitted if the source replays them (Kafka), else emitted with "
+        "partial: true; true: always emitted (partial: true); false: never",
+    )
 
 
 def _count_window(p: CountWindowParams, ctx: BuildContext) -> Any:
@@ -343,7 +348,12 @@ class TimeWindowParams(StageParams):
     idle_timeout: Duration | None = Field(
         None, description="close open windows after this long without events"
     )
-    emit_partial: bool = Field(True, description="emit the open windows when the stream ends")
+    emit_partial: bool | Literal["auto"] = Field(
+        "auto",
+        description="open windows at the end of the input: emitted unless false; on a stop, "
+        "auto: given up uncommitted if the source replays them (Kafka), else emitted with "
+        "partial: true; true: always emitted (partial: true); false: never",
+    )
 
     def common(self, ctx: BuildContext) -> dict[str, Any]:
         """The shared parameters as keyword arguments of the window operator functions, with the

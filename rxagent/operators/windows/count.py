@@ -25,6 +25,7 @@ from ...values import Window, to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import BatchHandler, Emit, Operator, batch_stage
 from ..toolkit import apply, group_rows
+from .engine import EmitPartial, at_end, check_emit_partial, give_up
 
 __all__ = ["CountWindowHandler", "count_window"]
 
@@ -57,7 +58,7 @@ class CountWindowHandler(BatchHandler):
         size: int,
         key_fn: Callable[[Any], Hashable] | None,
         aggregation: Aggregation,
-        emit_partial: bool,
+        emit_partial: EmitPartial,
     ) -> None:
         self.stage = stage
         self.size = size
@@ -146,8 +147,10 @@ class CountWindowHandler(BatchHandler):
             metrics.events_out += len(out)
             emit(self._batch(batch, out))
 
-    def _close(self, k: Hashable, w: _KeyWindow) -> tuple[Window, Hold, int | None]:
-        result = Window(k, self.aggregation(w.values), len(w.values), w.start, w.end)
+    def _close(
+        self, k: Hashable, w: _KeyWindow, partial: bool = False
+    ) -> tuple[Window, Hold, int | None]:
+        result = Window(k, self.aggregation(w.values), len(w.values), w.start, w.end, partial)
         row = (result, w.hold(), w.position)
         w.values = []
         w.tickets = {}
@@ -180,12 +183,24 @@ class CountWindowHandler(BatchHandler):
         like = self.last_batch
         if like is None:
             return
-        rows = [self._close(k, w) for k, w in self.windows.items() if w.values]
+        ending = at_end(self.emit_partial, like.ctx)
+        metrics = like.ctx.stage(self.stage)
+        if ending == "release":
+            # a stop, and the source replays what was not committed: the open
+            # windows' events are given up, so a restart reads them again
+            released = sum(give_up(w.tickets) for w in self.windows.values())
+            self.windows.clear()
+            metrics.extra["released_at_stop"] = metrics.extra.get("released_at_stop", 0) + released
+            return
+        partial = ending == "partial"
+        rows = [self._close(k, w, partial) for k, w in self.windows.items() if w.values]
         self.windows.clear()
         if not rows:
             return
-        if self.emit_partial:
-            like.ctx.stage(self.stage).events_out += len(rows)
+        if ending != "drop":
+            metrics.events_out += len(rows)
+            if partial:
+                metrics.extra["partial"] = metrics.extra.get("partial", 0) + len(rows)
             # one batch per source partition the windows' events came from
             holds = [row[1] for row in rows]
             for partition, a, b in partition_runs(holds, like.partition):
@@ -200,15 +215,16 @@ def count_window(
     *,
     key: str | int | Callable[[Any], Hashable] | None = None,
     agg: Aggregation | Mapping[str, Aggregation] | None = None,
-    emit_partial: bool = True,
+    emit_partial: EmitPartial = "auto",
     name: str | None = None,
 ) -> Operator:
     """Count windows of ``size`` events per key; each emits a :class:`Window`
     whose ``value`` is ``agg`` over the window's values (default: the list).
 
     ``key`` is a field name or function of the value; without it the event's key
-    is used (``key_by``), and events without keys share one window. On completion
-    the partial windows are emitted unless ``emit_partial=False``.
+    is used (``key_by``), and events without keys share one window. At the end
+    of a finite input the windows not yet full are emitted unless
+    ``emit_partial=False``; on a stop, see ``emit_partial`` below.
 
     ::
 
@@ -223,8 +239,12 @@ def count_window(
         agg: what a window's ``value`` is: an aggregation (``mean("px")``), a
             mapping of names to aggregations (the value is a dict), or a
             function of the list of values; None (default): the list itself.
-        emit_partial: on completion, emit the windows not yet full (default
-            True); False drops them.
+        emit_partial: what the windows not yet full become when the stream
+            completes. At the end of a finite input they are emitted (their final
+            value) unless False. On a stop: ``"auto"`` (default) gives their events
+            up uncommitted when the source replays them (Kafka: recomputed after a
+            restart) and otherwise emits them with ``partial=True``; True always
+            emits them (``partial=True``); False never does.
         name: the stage's name in status, metrics and dead letters (default:
             ``count_window``, numbered when a pipeline has several).
     """
@@ -232,6 +252,8 @@ def count_window(
         raise ConfigurationError(f"count_window size must be >= 1, got {size}")
     aggregation = resolve_aggregation(agg) if agg is not None else collect()
     key_fn = None if key is None else to_key_function(key)
+    where = f"count_window({name!r})" if name else "count_window"
+    emit_partial = check_emit_partial(emit_partial, where)
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         return batch_stage(

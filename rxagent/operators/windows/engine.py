@@ -13,7 +13,10 @@ what they share, so each decision is written once:
 - *output*: one batch per batch in (or per timer), windows in close order,
   each row holding the events folded into it;
 - *partition release*: a revoked partition's events leave the open windows
-  (:meth:`WindowHandler.release`, through a :class:`~rxagent.events.RevokeWatch`).
+  (:meth:`WindowHandler.release`, through a :class:`~rxagent.events.RevokeWatch`);
+- *the end*: what the windows still open become when the stream completes
+  (:func:`at_end`): final at the end of the input; on a stop, given up uncommitted
+  (a source that replays them) or emitted marked ``partial``.
 
 Timer callbacks never raise into the scheduler's loop: an error becomes the
 stream's ``on_error``.
@@ -27,12 +30,13 @@ from collections.abc import Callable, Hashable, Sequence
 from heapq import heappop, heappush
 from itertools import islice
 from operator import itemgetter, le
-from typing import Any, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
 from reactivex import abc
 from reactivex.subject import Subject
 
 from ...clock import scheduler_clock, snap
+from ...context import PipelineContext
 from ...events import (
     Batch,
     Event,
@@ -50,7 +54,19 @@ from ..aggregate import Aggregation
 from ..base import BatchHandler, Emit
 from ..toolkit import apply
 
-__all__ = ["SNAP", "Late", "Out", "WindowHandler", "WindowSpec", "pick"]
+__all__ = [
+    "SNAP",
+    "EmitPartial",
+    "Ending",
+    "Late",
+    "Out",
+    "WindowHandler",
+    "WindowSpec",
+    "at_end",
+    "check_emit_partial",
+    "give_up",
+    "pick",
+]
 
 #: A time within this fraction of a pane below a pane boundary counts as on it:
 #: ``0.009 / 0.003`` is ``2.9999999999999996`` in floats, and an event at 9 ms
@@ -62,6 +78,53 @@ SNAP = 1e-9
 Out: TypeAlias = tuple[float, int, Window, Hold, float | None, int | None]
 #: A late row and the watermark (or window end) it fell behind.
 Late: TypeAlias = list[tuple[int, float]]
+#: A window operator's ``emit_partial``: ``"auto"`` (the default), True (always) or False.
+EmitPartial: TypeAlias = bool | Literal["auto"]
+#: What a window still open when its stream completes becomes (see :func:`at_end`).
+Ending: TypeAlias = Literal["final", "partial", "release", "drop"]
+
+
+def at_end(emit_partial: EmitPartial, ctx: PipelineContext) -> Ending:
+    """What the windows still open when the stream completes become.
+
+    At the end of the input (a finite source ran out, ``until_eof``): ``"final"``,
+    emitted as they are, which is their final value (``"drop"`` with
+    ``emit_partial=False``: ended without output). On a *stop*
+    (``ctx.stopping``: drain, SIGTERM, ``--duration``, ``App.stop``):
+
+    - ``"auto"``: ``"release"`` when the source replays what was not committed
+      (``ctx.replays_uncommitted``, Kafka): the events are given up uncommitted and
+      recomputed after a restart; otherwise ``"partial"``: emitted with
+      ``partial=True``;
+    - True: ``"partial"`` always (the events end: a Kafka source commits them);
+    - False: ``"release"`` when the source replays them, else ``"drop"``.
+    """
+    if not ctx.stopping:
+        return "drop" if emit_partial is False else "final"
+    if emit_partial is True:
+        return "partial"
+    if ctx.replays_uncommitted:
+        return "release"
+    return "drop" if emit_partial is False else "partial"
+
+
+def check_emit_partial(value: Any, where: str) -> EmitPartial:
+    """``value`` if it is ``"auto"``, True or False; else a ConfigurationError."""
+    if value is True or value is False or value == "auto":
+        return cast(EmitPartial, value)
+    raise ConfigurationError(f"{where}: emit_partial must be 'auto', true or false, got {value!r}")
+
+
+def give_up(tickets: dict[Ticket, int]) -> int:
+    """Release what a window holds (:meth:`~rxagent.flow.Ticket.release`): its events
+    end without counting as done, so the watermark stops before them and a source
+    that replays what was not committed reads them again. Returns how many."""
+    n = 0
+    for ticket, count in tickets.items():
+        ticket.release(count)
+        n += count
+    tickets.clear()
+    return n
 
 
 class WindowSpec:
@@ -90,7 +153,7 @@ class WindowSpec:
         lateness: float,
         late: str,
         idle: float | None,
-        emit_partial: bool,
+        emit_partial: EmitPartial,
         scheduler: abc.SchedulerBase | None,
     ) -> None:
         self.kind = kind
@@ -174,7 +237,7 @@ class WindowHandler(BatchHandler):
         self.wm_floor: float | None = None  # event time: raised by idle closes
         self.clock_floor = -math.inf  # processing time: the clock never goes back
         self.last_arrival = -math.inf
-        self.discard = False
+        self.ending: Ending | None = None  # set when the stream completes (at_end)
         self.stopped = False
         self.close_timer: _Timer | None = None
         self.idle_timer: _Timer | None = None
@@ -410,17 +473,29 @@ class WindowHandler(BatchHandler):
         hold: Hold = tuple(tickets.items()) if tickets else None
         assert self.like is not None
         ctx = self.like.ctx
-        if self.discard:
+        ending = self.ending
+        if ending == "drop":
             ctx.stage(self.stage).dropped += len(values)
             end_hold(hold)
             return
+        if ending == "release":
+            metrics = ctx.stage(self.stage)
+            metrics.extra["released_at_stop"] = metrics.extra.get("released_at_stop", 0) + give_up(
+                tickets
+            )
+            return
+        partial = ending == "partial"
         try:
             value = self.spec.aggregation(values)
         except Exception as error:
-            window = Window(key, values, len(values), start, end)
+            window = Window(key, values, len(values), start, end, partial)
             ctx.dead_letter(Event(window, key, time, hold=hold), self.stage, error)
             return
-        out.append((order, seq, Window(key, value, len(values), start, end), hold, time, position))
+        if partial:
+            metrics = ctx.stage(self.stage)
+            metrics.extra["partial"] = metrics.extra.get("partial", 0) + 1
+        window = Window(key, value, len(values), start, end, partial)
+        out.append((order, seq, window, hold, time, position))
 
     def _emit(self, out: list[Out], emit: Emit) -> None:
         like = self.like
@@ -516,8 +591,15 @@ class WindowHandler(BatchHandler):
 
     def on_completed(self, emit: Emit) -> None:
         self.dispose()
-        self.discard = not self.spec.emit_partial
+        like = self.like
         out: list[Out] = []
+        stopping = like is not None and like.ctx.stopping
+        if stopping and self.clock is not None and not self.spec.event:
+            # processing time: windows whose end has passed are complete, whatever
+            # their timer: they close as usual before the stop decides on the rest
+            now = max(self.clock(), self.clock_floor)
+            self.sweep(self.limit(now), out)
+        self.ending = "final" if like is None else at_end(self.spec.emit_partial, like.ctx)
         self.sweep(math.inf, out)
         self._emit(out, emit)
 

@@ -52,13 +52,22 @@ starts or extends a session backwards behind the watermark. That rule, with no
 per-key memory of closed sessions, keeps every emitted session of a key at
 least ``gap`` away from the others.
 
+**Stops.** When the stream completes because the pipeline stops (drain,
+SIGTERM, ``--duration``), windows still open are not final: with the default
+``emit_partial="auto"`` their events are given up uncommitted when the source
+replays what was not committed (Kafka: a restart recomputes them), and are
+emitted with ``partial=True`` otherwise (:func:`.engine.at_end`). At the end of
+a finite input they are emitted as they are: that is their final value.
+
 **Disposing** the subscription (or an upstream error) drops open windows
 *without* ending their events: they were never processed, so the commit
 watermark stays before them and a restart replays them (at-least-once).
 
 **Metrics** (``status().stages``): ``in``, ``out`` (windows), ``dropped`` (late
 events dropped, and partial windows' events with ``emit_partial=False``),
-``dead_lettered``, and in ``extra``: ``late``, ``open_windows``, ``idle_closes``.
+``dead_lettered``, and in ``extra``: ``late``, ``open_windows``, ``idle_closes``,
+``partial`` (windows a stop emitted) and ``released_at_stop`` (events a stop gave
+up uncommitted).
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ from ...exceptions import ConfigurationError
 from ...values import to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import Operator, batch_stage
-from .engine import WindowHandler, WindowSpec
+from .engine import EmitPartial, WindowHandler, WindowSpec, check_emit_partial
 from .panes import PaneHandler, Panes
 from .sessions import SessionHandler
 
@@ -137,7 +146,7 @@ def tumbling_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: bool = True,
+    emit_partial: EmitPartial = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
@@ -154,8 +163,9 @@ def tumbling_window(
     ``allowed_lateness``) passes its end. ``late`` says what becomes of events
     for closed windows: ``"drop"`` (default, counted), ``"dead_letter"``, or
     ``"stream"`` to :attr:`WindowOperator.late`. ``idle_timeout`` closes the
-    open windows after that many quiet seconds on the scheduler clock. On
-    completion, open windows are emitted unless ``emit_partial=False``.
+    open windows after that many quiet seconds on the scheduler clock. At the
+    end of a finite input, open windows are emitted unless
+    ``emit_partial=False``; on a stop see ``emit_partial`` below.
 
     ``key`` is a field name or a function of the value; without it the event's
     key (``key_by``) is used. Durations are seconds or ``timedelta``.
@@ -187,8 +197,12 @@ def tumbling_window(
         idle_timeout: event time: close the open windows after this many
             seconds without an event, on the scheduler clock (default None:
             never; otherwise only new events move the watermark).
-        emit_partial: on completion, emit the windows still open (default
-            True); False drops them.
+        emit_partial: what the windows still open become when the stream
+            completes. At the end of a finite input they are emitted (their final
+            value) unless False. On a stop: ``"auto"`` (default) gives their events
+            up uncommitted when the source replays them (Kafka: recomputed after a
+            restart) and otherwise emits them with ``partial=True``; True always
+            emits them (``partial=True``); False never does.
         scheduler: the clock of processing time and of the timers (default:
             the pipeline's; a test's virtual time).
         name: the stage's name in status, metrics and dead letters (default:
@@ -223,7 +237,7 @@ def sliding_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: bool = True,
+    emit_partial: EmitPartial = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
@@ -263,8 +277,12 @@ def sliding_window(
         idle_timeout: event time: close the open windows after this many
             seconds without an event, on the scheduler clock (default None:
             never; otherwise only new events move the watermark).
-        emit_partial: on completion, emit the windows still open (default
-            True); False drops them.
+        emit_partial: what the windows still open become when the stream
+            completes. At the end of a finite input they are emitted (their final
+            value) unless False. On a stop: ``"auto"`` (default) gives their events
+            up uncommitted when the source replays them (Kafka: recomputed after a
+            restart) and otherwise emits them with ``partial=True``; True always
+            emits them (``partial=True``); False never does.
         scheduler: the clock of processing time and of the timers (default:
             the pipeline's; a test's virtual time).
         name: the stage's name in status, metrics and dead letters (default:
@@ -308,7 +326,7 @@ def session_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: bool = True,
+    emit_partial: EmitPartial = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
@@ -348,8 +366,12 @@ def session_window(
         idle_timeout: event time: close the open windows after this many
             seconds without an event, on the scheduler clock (default None:
             never; otherwise only new events move the watermark).
-        emit_partial: on completion, emit the windows still open (default
-            True); False drops them.
+        emit_partial: what the windows still open become when the stream
+            completes. At the end of a finite input they are emitted (their final
+            value) unless False. On a stop: ``"auto"`` (default) gives their events
+            up uncommitted when the source replays them (Kafka: recomputed after a
+            restart) and otherwise emits them with ``partial=True``; True always
+            emits them (``partial=True``); False never does.
         scheduler: the clock of processing time and of the timers (default:
             the pipeline's; a test's virtual time).
         name: the stage's name in status, metrics and dead letters (default:
@@ -405,7 +427,7 @@ def _spec(
     allowed_lateness: Duration,
     late: str | None,
     idle_timeout: Duration | None,
-    emit_partial: bool,
+    emit_partial: EmitPartial,
     scheduler: abc.SchedulerBase | None,
 ) -> WindowSpec:
     if time not in ("processing", "event"):
@@ -434,7 +456,7 @@ def _spec(
         lateness=lateness,
         late=late or "drop",
         idle=None if idle_timeout is None else _seconds(idle_timeout, where, "idle_timeout"),
-        emit_partial=emit_partial,
+        emit_partial=check_emit_partial(emit_partial, where),
         scheduler=scheduler,
     )
 
