@@ -81,7 +81,7 @@ pipelines:
     source:
       memory: [{items}]
     steps:
-      - filter: value.qty > 0
+      - filter: value.px / value.zero > 0
     sinks: [log]
 """
 
@@ -89,7 +89,7 @@ pipelines:
 @pytest.mark.parametrize("limit", [None, "0.5"])
 def test_rxagent_run_says_so_and_fails_past_the_limit(tmp_path: Path, limit: str | None) -> None:
     path = tmp_path / "feed.yaml"
-    path.write_text(FILE.format(items=", ".join("{px: 1}" for _ in range(300))))
+    path.write_text(FILE.format(items=", ".join("{px: 1, zero: 0}" for _ in range(300))))
     args = [EXE, "run", str(path), "--no-live"]
     if limit is not None:
         args += ["--max-dead-letter-ratio", limit]
@@ -97,7 +97,7 @@ def test_rxagent_run_says_so_and_fails_past_the_limit(tmp_path: Path, limit: str
     output = done.stdout + done.stderr
     assert "dead-lettered 300 of 300 events" in output or "dead-lettered" in output, output
     assert "most frequent:" in output, output
-    assert "e.g. value {'px': 1}" in output, output
+    assert "e.g. value {'px': 1, 'zero': 0}" in output, output
     if limit is None:
         assert done.returncode == 0, output
     else:
