@@ -123,6 +123,8 @@ class StageMetrics:
         return text
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as JSON-friendly data: in, out, dropped, dead_lettered,
+        errors, last_error, top_errors and the stage's own extras."""
         return {
             "name": self.name,
             "in": self.events_in,
@@ -368,6 +370,7 @@ class PipelineContext:
             self.now = time.time
 
     def stage(self, name: str) -> StageMetrics:
+        """The counters of stage ``name`` (made on first use)."""
         metrics = self.metrics.get(name)
         if metrics is None:
             metrics = self.metrics[name] = StageMetrics(name)
@@ -419,6 +422,7 @@ class PipelineContext:
             )
 
     def dead_letter_row(self, batch: Rows, i: int, stage: str, error: BaseException) -> None:
+        """Dead-letter row ``i`` of ``batch`` (see :meth:`dead_letter`)."""
         self.dead_letter(batch.event(i, take=True), stage, error)
 
     def fail(self, error: BaseException, stage: str | None = None) -> None:

@@ -62,6 +62,10 @@ RxOperator = Callable[[Observable[Any]], Observable[Any]]
 
 
 class PipelineState(enum.StrEnum):
+    """Where a pipeline is in its life: created, starting, running, draining, then
+    stopped (by a stop or the end of its input) or failed (an error it could not
+    route)."""
+
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
@@ -100,6 +104,7 @@ class PipelineStatus:
                 object.__setattr__(self, name, _secrets.redact_data(value))
 
     def as_dict(self) -> dict[str, Any]:
+        """The status as JSON-friendly data (what MCP status and the dashboard show)."""
         return {
             "name": self.name,
             "state": str(self.state),
@@ -215,6 +220,7 @@ class Pipeline:
 
     @property
     def sinks(self) -> list[Sink]:
+        """The pipeline's sinks, in the order given to :meth:`to`."""
         return list(self._sinks)
 
     @property
@@ -224,6 +230,8 @@ class Pipeline:
 
     @property
     def stage_names(self) -> list[str]:
+        """Every stage's name (operators, then sinks): the names status and dead
+        letters use."""
         names = [op.name or op.kind for op in self._operators if isinstance(op, Operator)]
         return names + [s.name for s in self._sinks]
 
@@ -569,9 +577,11 @@ class Pipeline:
 
     @property
     def error(self) -> BaseException | None:
+        """What failed the pipeline, or None while it has not failed."""
         return self._error
 
     def status(self) -> PipelineStatus:
+        """Its state and counters now (cheap: read from counters kept per batch)."""
         ctx = self.ctx
         stages: dict[str, dict[str, Any]] = {}
         if ctx is not None:
@@ -632,6 +642,7 @@ class App:
         self._stop_requested: asyncio.Event | None = None
 
     def add(self, pipeline: Pipeline) -> Pipeline:
+        """Add ``pipeline`` (names are unique within an app); returns it."""
         if pipeline.name in self.pipelines:
             raise ConfigurationError(f"app {self.name!r} has a pipeline {pipeline.name!r} already")
         self.pipelines[pipeline.name] = pipeline
@@ -642,10 +653,12 @@ class App:
         return self.add(Pipeline(name, source, **options))
 
     async def start(self) -> None:
+        """Start every pipeline (each restores its state, then its source runs)."""
         for p in self.pipelines.values():
             await p.start()
 
     async def wait(self) -> dict[str, PipelineStatus]:
+        """Wait until every pipeline stopped or failed; returns their statuses."""
         await asyncio.gather(*(p.wait() for p in self.pipelines.values()))
         return self.status()
 
@@ -725,4 +738,5 @@ class App:
                 loop.remove_signal_handler(sig)
 
     def status(self) -> dict[str, PipelineStatus]:
+        """Every pipeline's :class:`PipelineStatus`, by name."""
         return {name: p.status() for name, p in self.pipelines.items()}

@@ -108,6 +108,7 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
+        """True when every expectation was met."""
         return not self.failures
 
     def report(self) -> str:

@@ -92,6 +92,7 @@ class LoopHeartbeat:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start beating on the running loop (idempotent)."""
         if self._task is None:
             self._last = time.monotonic()
             self._task = asyncio.get_running_loop().create_task(
@@ -99,6 +100,7 @@ class LoopHeartbeat:
             )
 
     async def stop(self) -> None:
+        """Stop beating and wait for the task to end."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -120,17 +122,21 @@ class LoopHeartbeat:
 
     @property
     def lag(self) -> float:
+        """Seconds the loop is late now: the last beat's lateness, or how overdue
+        the next beat is while the loop is blocked."""
         overdue = time.monotonic() - self._last - self.interval
         return round(max(self._latest, overdue, 0.0), 4)
 
     @property
     def max_lag(self) -> float:
+        """The worst lateness within the last ``window`` seconds (or now)."""
         horizon = time.monotonic() - self.window
         worst = max((late for when, late in list(self._beats) if when >= horizon), default=0.0)
         return round(max(worst, self.lag), 4)
 
     @property
     def healthy(self) -> bool:
+        """Whether the loop kept up: no lateness past ``threshold`` in the window."""
         return self.max_lag < self.threshold
 
 

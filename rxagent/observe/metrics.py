@@ -87,6 +87,8 @@ class ToolActivity:
         self.activations = 0
 
     def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of the recent call durations in seconds, or None
+        before the first call."""
         recent = sorted(self.durations)
         if not recent:
             return None
@@ -167,6 +169,7 @@ class Observer:
             self._subscriptions.append(sink.results.subscribe(on_next=self._on_result))
 
     def close(self) -> None:
+        """Stop following the tool sinks' results."""
         for subscription in self._subscriptions:
             subscription.dispose()
         self._subscriptions.clear()
@@ -403,6 +406,7 @@ class Collector(_CollectorBase):
         self.loop_lag = loop_lag
 
     def describe(self) -> list[Metric]:
+        """No fixed families: they follow the pipelines (see :meth:`collect`)."""
         return []  # families are dynamic: registration must not call collect()
 
     def collect(self) -> Iterator[Metric]:

@@ -70,6 +70,7 @@ class ToolStats:
     running: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """The counters as a dict (status, MCP, the dashboard)."""
         return {
             "calls": self.calls,
             "ok": self.ok,
