@@ -333,10 +333,12 @@ class MarbleSink(Sink):
     def values(self) -> list[Any]:
         return [e.value for e in self.events]
 
-    def diagram(self, values: Mapping[str, Any] | None = None) -> str:
+    def diagram(self, values: Mapping[Any, Any] | Sequence[Any] | None = None) -> str:
         """What arrived, as a marble diagram."""
         return render_marbles(self.notifications, values, frame=self.frame)[0]
 
-    def assert_marbles(self, expected: str, values: Mapping[str, Any] | None = None) -> None:
+    def assert_marbles(
+        self, expected: str, values: Mapping[Any, Any] | Sequence[Any] | None = None
+    ) -> None:
         """Assert that what arrived matches ``expected`` (frames from the start)."""
         assert_notifications(self.notifications, expected, values, frame=self.frame)
