@@ -551,7 +551,7 @@ def _durability(info: dict[str, Any]) -> str:
         return f" - restoring {info['restoring']}: {info.get('restore_read', 0)} changes read"
     last = info.get("last_checkpoint")
     if last is None:
-        return f" - durable, restored {info.get('restored', 0)} keys"
+        return f" - durable, restored {_plural(int(info.get('restored', 0)), 'key')}"
     return f" - checkpoint {max(0.0, time.time() - last):.1f}s ago"
 
 
@@ -585,7 +585,7 @@ def _final(built: BuiltApp, statuses: dict[str, PipelineStatus], max_entries: in
         for key, value in entries[:max_entries]:
             click.echo(redact(f"  {key}: {_compact(value, 200)}"))
         if len(entries) > max_entries:
-            click.echo(f"  ... {len(entries) - max_entries} more keys")
+            click.echo(f"  ... {_plural(len(entries) - max_entries, 'more key')}")
     total = getattr(built.dead_letters, "total", None)
     if total is not None:
         click.echo(f"dead letters: {total}")

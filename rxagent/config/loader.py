@@ -569,7 +569,8 @@ def _stage(
         raw = {raw: None}  # a kind without parameters: ``- count_window`` style
     if not isinstance(raw, dict) or len(raw) != 1:
         got = (
-            f"a mapping with {len(raw)} keys ({', '.join(map(str, raw))})"
+            f"a mapping with {len(raw)} key{'' if len(raw) == 1 else 's'} "
+            f"({', '.join(map(str, raw))})"
             if isinstance(raw, dict)
             else _describe(raw)
         )

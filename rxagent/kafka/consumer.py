@@ -699,7 +699,8 @@ class ConsumerThread:
                 error,
                 "retrying forever (auth_retries=None)"
                 if retries is None
-                else f"the source fails after {retries} more refusals (auth_retries={retries})",
+                else f"the source fails after {retries} more refusal{'' if retries == 1 else 's'} "
+                f"(auth_retries={retries})",
             )
         if retries is not None and stats.auth_refusals > retries and self.failure is None:
             from confluent_kafka import KafkaException

@@ -646,7 +646,8 @@ class WebSocketSource(Source):
                 refused,
                 "retrying forever (auth_retries=None)"
                 if retries is None
-                else f"the source fails after {retries} more refusals (auth_retries={retries})",
+                else f"the source fails after {retries} more refusal{'' if retries == 1 else 's'} "
+                f"(auth_retries={retries})",
             )
         if retries is not None and self._refused_in_a_row > retries:
             raise WebSocketError(
