@@ -81,11 +81,13 @@ class StageSpec:
 
     @property
     def name(self) -> str | None:
+        """The ``name:`` the file gave the stage, if any."""
         value = getattr(self.params, "name", None)
         return value if isinstance(value, str) else None
 
     @property
     def label(self) -> str:
+        """The stage's name, else its kind's."""
         return self.name or self.kind.name
 
 
@@ -122,6 +124,7 @@ class Config:
 
     @property
     def file(self) -> str:
+        """The file's name as errors show it."""
         return self.document.file
 
     def redact(self, text: str) -> str:
@@ -129,6 +132,7 @@ class Config:
         return self.document.redact(text)
 
     def location(self, path: Path_) -> str:
+        """``file:line:column`` of the value at ``path`` in the file."""
         return str(self.document.locations.of(path))
 
     def trial_build(self) -> list[Problem]:

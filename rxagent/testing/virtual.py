@@ -331,6 +331,7 @@ class MarbleSink(Sink):
 
     @property
     def values(self) -> list[Any]:
+        """The values that reached the sink, in order."""
         return [e.value for e in self.events]
 
     def diagram(self, values: Mapping[Any, Any] | Sequence[Any] | None = None) -> str:

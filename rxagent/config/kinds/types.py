@@ -256,6 +256,8 @@ class Params(BaseModel):
 
 
 class StageParams(Params):
+    """Base of an operator kind's parameters: every step may be named."""
+
     name: str | None = Field(None, description="the stage's name in status and dead letters")
 
 
@@ -276,6 +278,7 @@ class BackoffParams(Params):
     )
 
     def build(self) -> Backoff:
+        """The :class:`~rxagent.backoff.Backoff` these parameters describe."""
         return Backoff(
             initial=self.initial,
             factor=self.factor,
@@ -287,6 +290,8 @@ class BackoffParams(Params):
 
 
 class SourceParams(Params):
+    """Base of a source kind's parameters: its name, credit and batch size."""
+
     name: str | None = Field(None, description="the source's name (default: its kind)")
     credit: int = Field(4096, ge=1, description="most events in flight at once")
     credit_bytes: int | None = Field(
@@ -316,6 +321,8 @@ def tls_files(p: Any, ctx: BuildContext) -> dict[str, Any]:
 
 
 class SinkParams(Params):
+    """Base of a sink kind's parameters: every sink may be named."""
+
     name: str | None = Field(None, description="the sink's name in status")
 
 
@@ -371,6 +378,8 @@ def _one_agg(spec: Any) -> ops.Aggregation:
 
 
 def build_agg(spec: Any) -> Any:
+    """The aggregation (or mapping of output name -> aggregation) an ``agg:``
+    value describes; None for none (a window then emits its list of values)."""
     if spec is None:
         return None
     if isinstance(spec, str) or (
