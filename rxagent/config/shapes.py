@@ -96,6 +96,7 @@ class Shape:
         return [key for key, _ in self.fields]
 
     def has(self, name: str) -> bool:
+        """Whether the record lists the field ``name``."""
         return any(key == name for key, _ in self.fields)
 
 
