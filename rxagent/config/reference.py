@@ -85,7 +85,8 @@ PYTHON_REFERENCE: tuple[Section, ...] = (
     ),
     Section(
         "Windows",
-        "Each emits a `Window(key, value, count, start, end)` per window and key.",
+        "Each emits a `Window(key, value, count, start, end, partial)` per window and key "
+        '(`partial`: flushed by a stop, see "Windows and stops" above).',
         _ops("count_window", "tumbling_window", "sliding_window", "session_window"),
     ),
     Section(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal
 
 from reactivex import Observable
 
@@ -215,7 +215,7 @@ def count_window(
     *,
     key: str | int | Callable[[Any], Hashable] | None = None,
     agg: Aggregation | Mapping[str, Aggregation] | None = None,
-    emit_partial: EmitPartial = "auto",
+    emit_partial: bool | Literal["auto"] = "auto",
     name: str | None = None,
 ) -> Operator:
     """Count windows of ``size`` events per key; each emits a :class:`Window`

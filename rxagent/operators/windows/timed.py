@@ -146,7 +146,7 @@ def tumbling_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: EmitPartial = "auto",
+    emit_partial: bool | Literal["auto"] = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
@@ -237,7 +237,7 @@ def sliding_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: EmitPartial = "auto",
+    emit_partial: bool | Literal["auto"] = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
@@ -326,7 +326,7 @@ def session_window(
     allowed_lateness: Duration = 0.0,
     late: LatePolicy | None = None,
     idle_timeout: Duration | None = None,
-    emit_partial: EmitPartial = "auto",
+    emit_partial: bool | Literal["auto"] = "auto",
     scheduler: abc.SchedulerBase | None = None,
     name: str | None = None,
 ) -> WindowOperator:
