@@ -434,6 +434,7 @@ class StateView(StateStore):
             # never behind a version the writers recorded, so entry versions <= view version
             version = max(snap.version + 1, recorded)
             wall = snap.wall_time
+            assert isinstance(snap._entries, immutables.Map)
             entries = snap._entries.mutate()
             tombstones = snap._tombstones.mutate()
             applied = snap.applied.mutate()

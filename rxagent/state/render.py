@@ -53,9 +53,7 @@ def ago(seconds: float) -> str:
 def recent_entries(snap: Snapshot) -> list[Entry]:
     """A snapshot's entries, most recently changed first; entries changed in the
     same version in key order, so prompts repeat."""
-    entries = sorted(snap._entries.values(), key=lambda e: key_text(e.key))
-    entries.sort(key=lambda e: e.version, reverse=True)
-    return entries
+    return list(snap.iter_recent())
 
 
 def key_count(count: int) -> str:

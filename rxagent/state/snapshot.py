@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import immutables
 
@@ -23,6 +23,8 @@ from ..exceptions import StateError
 from .durable import hashable
 
 __all__ = [
+    "LOG_KEYS",
+    "ChangeLog",
     "ChangeSet",
     "Entry",
     "Snapshot",
@@ -95,27 +97,94 @@ class ChangeSet:
         }
 
 
+#: Distinct keys a store's change log keeps (the most recently changed ones): a
+#: reader asking for changes since a version before them gets a full scan.
+LOG_KEYS: Final = 1 << 17
+
+
+class _Lineage:
+    """What the snapshots of one change log share: the version below which the log
+    does not reach (``floor``), and the entries changed at or below it, most
+    recent first, once a prompt needed them: ``(version, entries)``, computed from
+    the snapshot of that version (later snapshots hold a subset of them: what was
+    written since has a newer version; readers check each entry is still theirs)."""
+
+    __slots__ = ("below", "floor")
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.below: tuple[int, list[Entry]] | None = None
+
+
+class ChangeLog:
+    """Which keys each recent version changed, oldest first: ``batches[:end]`` of a
+    list the store only appends to (so readers on other threads read it safely),
+    complete for every version above ``lineage.floor``: a key changed after it is
+    in the batch of its last change. What makes :meth:`Snapshot.iter_recent` and
+    ``changes_since`` cost what they return, not the size of the store."""
+
+    __slots__ = ("batches", "end", "lineage")
+
+    def __init__(
+        self, batches: list[tuple[int, tuple[Hashable, ...]]], end: int, lineage: _Lineage
+    ) -> None:
+        self.batches = batches
+        self.end = end
+        self.lineage = lineage
+
+    @classmethod
+    def empty(cls, floor: int) -> ChangeLog:
+        """A log holding nothing: every entry is at or below ``floor``."""
+        return cls([], 0, _Lineage(floor))
+
+    @property
+    def floor(self) -> int:
+        """The newest version the log does not cover."""
+        return self.lineage.floor
+
+    def keys_since(self, version: int) -> dict[Hashable, None]:
+        """The keys changed after ``version`` (which must be >= ``floor``), newest first."""
+        keys: dict[Hashable, None] = {}
+        batches = self.batches
+        for i in range(self.end - 1, -1, -1):
+            at, changed = batches[i]
+            if at <= version:
+                break
+            keys.update(dict.fromkeys(changed))
+        return keys
+
+
+def _recent_order(entries: Iterator[Entry] | list[Entry]) -> list[Entry]:
+    out = sorted(entries, key=lambda e: key_text(e.key))
+    out.sort(key=lambda e: e.version, reverse=True)
+    return out
+
+
 class Snapshot(Mapping[Hashable, Any]):
     """An immutable version of a store: a read-only mapping of key to value."""
 
-    __slots__ = ("_clock", "_entries", "_tombstones", "store", "version", "wall_time")
+    __slots__ = ("_clock", "_entries", "_log", "_tombstones", "store", "version", "wall_time")
 
     def __init__(
         self,
         store: str,
         version: int,
-        entries: immutables.Map[Hashable, Entry],
+        entries: Mapping[Hashable, Entry],
         tombstones: immutables.Map[Hashable, int],
         wall_time: float,
         clock: Callable[[], float] | None = None,
+        log: ChangeLog | None = None,
     ) -> None:
         self.store = store
         #: The store's clock (:meth:`StateStore.now`): what ``staleness`` counts to.
         self._clock = clock
         self.version = version
+        #: key -> Entry: a :class:`~rxagent.state.levels.Levels` (or any read-only mapping)
         self._entries = entries
         self._tombstones = tombstones
         self.wall_time = wall_time
+        #: which keys recent versions changed (None: not known, readers scan everything)
+        self._log = log
 
     def __getitem__(self, key: Hashable) -> Any:
         try:
@@ -144,6 +213,38 @@ class Snapshot(Mapping[Hashable, Any]):
         """The entries one by one, in no set order (a reader that stops early pays
         for what it read, not for the whole store)."""
         return iter(self._entries.values())
+
+    def iter_recent(self) -> Iterator[Entry]:
+        """The entries, most recently changed first (those changed in one version in
+        key order, so prompts repeat), one by one: with a change log, a reader that
+        stops early pays for what it read (the newest keys), not for the store."""
+        log = self._log
+        entries = self._entries
+        if log is None:
+            yield from _recent_order(iter(entries.values()))
+            return
+        lineage = log.lineage
+        floor = lineage.floor
+        batches = log.batches
+        for i in range(log.end - 1, -1, -1):
+            version, keys = batches[i]
+            if version <= floor:
+                break
+            got = [e for k in keys if (e := entries.get(k)) is not None and e.version == version]
+            if len(got) > 1:
+                got.sort(key=lambda e: key_text(e.key))
+            yield from got
+        # entries no batch of the log names: changed at or below the floor
+        cached = lineage.below  # (version computed at, entries): one reference, thread-safe
+        if cached is not None and cached[0] <= self.version:
+            below = cached[1]
+        else:
+            below = _recent_order([e for e in entries.values() if e.version <= floor])
+            if cached is None:
+                lineage.below = (self.version, below)
+        for entry in below:
+            if entries.get(entry.key) is entry:
+                yield entry
 
     def to_dict(self) -> dict[Hashable, Any]:
         """The values by key, as a plain dict."""

@@ -1,10 +1,11 @@
 """The state store: keyed state folded from events, readable by the LLM and by code.
 
 Writes happen on the event loop, one batch at a time; each applied batch makes
-a new immutable :class:`Snapshot` (a persistent hash map from the ``immutables``
-package, so a new version shares almost everything with the old one) and swaps
-it in with one reference assignment. A reader, on the loop or on another thread,
-takes ``store.snapshot`` and never sees half an update.
+a new immutable :class:`Snapshot` (its entries in :class:`~.levels.Levels`, a
+persistent map of a few plain dicts, so a new version shares almost everything
+with the old one) and swaps it in with one reference assignment. A reader, on
+the loop or on another thread, takes ``store.snapshot`` and never sees half an
+update.
 
 Updates are idempotent: each entry remembers the source position of the last
 event applied to it, and an event from the same source and partition whose
@@ -42,14 +43,23 @@ from .durable import (
     gc_paused,
     store_path,
 )
+from .levels import GONE, Levels
 from .render import (
     context_header,
     context_line,
     fit,
     omitted_line,
-    recent_entries,
 )
-from .snapshot import ChangeSet, Entry, Snapshot, StateChange, entry_from_record, entry_record
+from .snapshot import (
+    LOG_KEYS,
+    ChangeLog,
+    ChangeSet,
+    Entry,
+    Snapshot,
+    StateChange,
+    entry_from_record,
+    entry_record,
+)
 
 __all__ = [
     "DELETE",
@@ -100,7 +110,12 @@ class StateStore:
         self._pipeline_clock: Callable[[], float] | None = None
         self._clock: Callable[[], float] = self.now  # what subclasses read time with
         self._lock = threading.Lock()  # writers only; readers take the snapshot reference
-        self._snapshot = Snapshot(name, 0, immutables.Map(), immutables.Map(), 0.0, self.now)
+        # which keys each recent version changed (appended to; replaced when compacted)
+        self._log: list[tuple[int, tuple[Hashable, ...]]] = []
+        self._log_keys = 0  # keys in self._log, counted with repeats
+        self._snapshot = Snapshot(
+            name, 0, Levels(), immutables.Map(), 0.0, self.now, ChangeLog.empty(0)
+        )
         self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
         self._updates: Subject[list[StateChange]] = Subject()
         self.ignored = 0  # idempotent replays skipped
@@ -163,10 +178,28 @@ class StateStore:
 
     def changes_since(self, version: int) -> ChangeSet:
         """What changed after ``version`` (0: everything). Pass the returned
-        ``version`` next time to get only what is new."""
+        ``version`` next time to get only what is new.
+
+        Costs what it returns while ``version`` is within the store's change log
+        (the last :data:`~rxagent.state.snapshot.LOG_KEYS` keys changed); older
+        than that, every entry is scanned."""
         snap = self._snapshot
-        changed = {k: e for k, e in snap._entries.items() if e.version > version}
-        deleted = [k for k, v in snap._tombstones.items() if v > version]
+        entries = snap._entries
+        tombstones = snap._tombstones
+        log = snap._log
+        if log is None or version < log.floor:
+            changed = {k: e for k, e in entries.items() if e.version > version}
+            deleted = [k for k, v in tombstones.items() if v > version]
+            return ChangeSet(self.name, version, snap.version, changed, deleted)
+        changed = {}
+        deleted = []
+        for key in log.keys_since(version):
+            entry = entries.get(key)
+            if entry is not None:
+                if entry.version > version:
+                    changed[key] = entry
+            elif tombstones.get(key, 0) > version:
+                deleted.append(key)
         return ChangeSet(self.name, version, snap.version, changed, deleted)
 
     def context(
@@ -179,29 +212,32 @@ class StateStore:
         """A compact text of the state for an LLM prompt, at most ``max_chars`` long.
 
         Most recently updated keys come first; what does not fit is named in a
-        last line (``... 12 more keys omitted``), which always fits too.
+        last line (``... 12 more keys omitted``), which always fits too. Renders
+        only what it shows (newest first, from the store's change log), whatever
+        the size of the store.
         """
         snap = self._snapshot
         now = self.now() if now is None else now
         if keys is None:
-            entries = recent_entries(snap)
+            entries: Iterable[Entry] = snap.iter_recent()
+            total = len(snap)
         else:
-            entries = [e for e in (snap.entry(k) for k in keys) if e is not None]
+            chosen = [e for e in (snap.entry(k) for k in keys) if e is not None]
+            entries, total = chosen, len(chosen)
         lines = [context_header(self.name, snap, now)]
         used = len(lines[0])
-        omitted: list[Hashable] = []
+        omitted = 0
+        # keep room for the omission line should anything after an entry be left out
+        reserve = len(omitted_line(total)) + 1
         for i, entry in enumerate(entries):
             line = context_line(entry, now)
-            remaining = len(entries) - i - 1
-            # keep room for the omission line should anything after this be left out
-            reserve = len(omitted_line(len(entries))) + 1 if remaining else 0
-            if used + 1 + len(line) + reserve > max_chars or omitted:
-                omitted.append(entry.key)
-                continue
+            if used + 1 + len(line) + (reserve if i < total - 1 else 0) > max_chars:
+                omitted = total - i  # this one and everything after it
+                break
             lines.append(line)
             used += 1 + len(line)
         if omitted:
-            lines.append(omitted_line(len(omitted)))
+            lines.append(omitted_line(omitted))
         return fit("\n".join(lines), max_chars)
 
     # -- writing -----------------------------------------------------------------
@@ -241,54 +277,102 @@ class StateStore:
             snap = self._snapshot
             version = snap.version + 1
             wall = self.now()
-            entries = snap._entries.mutate()
+            entries = snap._entries
+            assert isinstance(entries, Levels)
             tombstones = snap._tombstones
+            length = len(entries)
+            written: dict[Hashable, Any] = {}  # this batch: key -> new Entry or GONE
             changes: list[StateChange] = []
             for key, compute, event_time, position in updates:
-                old = entries.get(key)
+                old = written.get(key, _UNSEEN)
+                if old is _UNSEEN:
+                    old = entries.get(key)
+                elif old is GONE:
+                    old = None
                 if position is not None and old is not None and _not_newer(position, old.position):
                     self.ignored += 1
                     continue
                 new_value = compute(None if old is None else old.value)
                 if new_value is DELETE:
                     if old is not None:
-                        del entries[key]
+                        written[key] = GONE
+                        length -= 1
                         tombstones = tombstones.set(key, version)
                         changes.append(
                             StateChange(key, old.value, None, version, event_time, wall, True)
                         )
                     continue
-                entries[key] = Entry(
-                    key,
-                    new_value,
-                    version,
-                    1 if old is None else old.updates + 1,
-                    event_time,
-                    wall,
-                    position,
+                if old is None:
+                    length += 1
+                    if key in tombstones:
+                        tombstones = tombstones.delete(key)
+                    changes.append(StateChange(key, None, new_value, version, event_time, wall))
+                    written[key] = Entry(key, new_value, version, 1, event_time, wall, position)
+                    continue
+                written[key] = Entry(
+                    key, new_value, version, old.updates + 1, event_time, wall, position
                 )
-                if key in tombstones:
-                    tombstones = tombstones.delete(key)
-                changes.append(
-                    StateChange(
-                        key,
-                        None if old is None else old.value,
-                        new_value,
-                        version,
-                        event_time,
-                        wall,
-                    )
-                )
+                changes.append(StateChange(key, old.value, new_value, version, event_time, wall))
             if not changes:
                 return changes
+            new_entries = entries.updated(written, length)
             self._snapshot = new = Snapshot(
-                self.name, version, entries.finish(), tombstones, wall, self.now
+                self.name,
+                version,
+                new_entries,
+                tombstones,
+                wall,
+                self.now,
+                self._logged(version, tuple(written), new_entries, snap._log),
             )
             if self._dirty is not None:
-                self._dirty.update([c.key for c in changes])
+                self._dirty.update(written)
         self._changes.on_next(new)
         self._updates.on_next(changes)
         return changes
+
+    def _logged(
+        self,
+        version: int,
+        keys: tuple[Hashable, ...],
+        entries: Levels[Entry],
+        log: ChangeLog | None,
+    ) -> ChangeLog:
+        """The change log of a new ``version`` that changed ``keys`` (under the lock).
+        Past ``2 * LOG_KEYS`` keys it is compacted: only the last change of each key
+        kept (what readers use), then the oldest batches dropped until ``LOG_KEYS``
+        distinct keys remain (the floor rises: older readers scan)."""
+        lineage = ChangeLog.empty(0).lineage if log is None else log.lineage
+        batches = self._log
+        batches.append((version, keys))
+        self._log_keys += len(keys)
+        if self._log_keys <= 2 * LOG_KEYS:
+            return ChangeLog(batches, len(batches), lineage)
+        seen: set[Hashable] = set()
+        kept: list[tuple[int, tuple[Hashable, ...]]] = []
+        floor = lineage.floor
+        count = 0
+        for at, changed in reversed(batches):
+            fresh = tuple(k for k in changed if k not in seen)
+            if count + len(fresh) > LOG_KEYS:
+                floor = at  # this batch and older ones are not in the log any more
+                break
+            seen.update(fresh)
+            count += len(fresh)
+            if fresh:
+                kept.append((at, fresh))
+        kept.reverse()
+        self._log = kept
+        self._log_keys = count
+        if floor != lineage.floor:
+            lineage = ChangeLog.empty(floor).lineage
+        return ChangeLog(kept, len(kept), lineage)
+
+    def _new_log(self, floor: int) -> ChangeLog:
+        """An empty change log: everything is at or below ``floor`` (under the lock)."""
+        self._log = []
+        self._log_keys = 0
+        return ChangeLog.empty(floor)
 
     # -- durability ----------------------------------------------------------------
 
@@ -389,9 +473,17 @@ class StateStore:
             snap = self._snapshot
             version = max(snap.version + 1, max(e.version for e in restored.values()))
             wall = self.now()
-            entries = snap._entries.update(restored)
+            entries = snap._entries
+            assert isinstance(entries, Levels)
+            # restored entries keep their versions: the log starts over above them
             self._snapshot = new = Snapshot(
-                self.name, version, entries, snap._tombstones, wall, self.now
+                self.name,
+                version,
+                entries.merged(restored),
+                snap._tombstones,
+                wall,
+                self.now,
+                self._new_log(version),
             )
         self._changes.on_next(new)
         if self._updates.observers:
@@ -409,23 +501,35 @@ class StateStore:
             return
         with self._lock:
             snap = self._snapshot
-            with snap._entries.mutate() as entries:
-                for key in keys:
-                    entries.pop(key, None)
-                kept = entries.finish()
+            entries = snap._entries
+            assert isinstance(entries, Levels)
             self._snapshot = new = Snapshot(
-                self.name, snap.version + 1, kept, snap._tombstones, self.now(), self.now
+                self.name,
+                snap.version + 1,
+                entries.without(keys),
+                snap._tombstones,
+                self.now(),
+                self.now,
+                snap._log,  # released keys are skipped by readers (no entry, no tombstone)
             )
             if self._dirty is not None:
                 self._dirty.difference_update(keys)
         self._changes.on_next(new)
 
-    def _restore(self, entries: immutables.Map[Hashable, Entry], version: int) -> None:
+    def _restore(self, entries: Mapping[Hashable, Entry], version: int) -> None:
         """Replace the contents with restored ``entries`` (on the loop, before any write)."""
         with self._lock:
             wall = self.now()
+            # restored entries keep their versions: the log starts above them
+            version = max(version, max((e.version for e in entries.values()), default=0))
             self._snapshot = new = Snapshot(
-                self.name, version, entries, immutables.Map(), wall, self.now
+                self.name,
+                version,
+                entries if isinstance(entries, Levels) else Levels(entries),
+                immutables.Map(),
+                wall,
+                self.now,
+                self._new_log(version),
             )
         self._changes.on_next(new)
         if entries and self._updates.observers:
@@ -462,6 +566,8 @@ class StateStore:
     def __repr__(self) -> str:
         return f"<StateStore {self.name!r} v{self.version} keys={len(self)}>"
 
+
+_UNSEEN: Final[Any] = object()
 
 #: What :meth:`StateStore.sink` builds: :mod:`rxagent.sinks.state_sink` registers
 #: ``StateSink`` here when it is imported (``import rxagent`` does).
@@ -551,7 +657,7 @@ class _Durable:
         self.restore_read = 0  # changelog records read by the restore running now (progress)
         self.released = 0
         # the entries as of the last checkpoint: where a deleted key's tombstone goes
-        self.last_entries: immutables.Map[Hashable, Entry] = immutables.Map()
+        self.last_entries: Levels[Entry] = Levels()
         # the file's metadata as of open() and the last checkpoint (stored_meta())
         self.stored: dict[str, Any] | None = None
         # exactly-once: checkpoints whose changelog records are in a transaction not
@@ -606,7 +712,7 @@ class _Durable:
                 self.restore_seconds,
             )
 
-    def _load(self) -> tuple[immutables.Map[Hashable, Entry], int]:
+    def _load(self) -> tuple[Levels[Entry], int]:
         meta = self.backend.open()
         self.stored = dict(meta)
         version = int(meta.get("version", 0))
@@ -620,12 +726,11 @@ class _Durable:
                     "(another consumer group or store): use another state directory"
                 )
             self.offsets = {k: int(v) for k, v in (meta.get("changelog") or {}).items()}
-            return immutables.Map(), version
-        entries: immutables.Map[Hashable, Entry] = immutables.Map()
-        with gc_paused(), entries.mutate() as building:
-            for key, _part, record in self.backend.rows():
-                building[key] = entry_from_record(key, record)
-            entries = building.finish()
+            return Levels(), version
+        with gc_paused():
+            entries: Levels[Entry] = Levels(
+                {key: entry_from_record(key, record) for key, _part, record in self.backend.rows()}
+            )
         self.last_entries = entries
         return entries, version
 
@@ -640,7 +745,7 @@ class _Durable:
         restored, changes = await self.run(self._restore_parts, mine)
         self.owned.update(mine)
         self.store._merge(restored)
-        self.last_entries = self.last_entries.update(restored)
+        self.last_entries = self.last_entries.merged(restored)
         seconds = time.monotonic() - started
         self.restored += len(restored)
         self.restored_changes += changes
@@ -726,10 +831,7 @@ class _Durable:
         snap = self.store._snapshot
         keys = await self.run(_keys_of, snap, texts)
         self.store._release(keys)
-        with self.last_entries.mutate() as trimmed:
-            for key in keys:
-                trimmed.pop(key, None)
-            self.last_entries = trimmed.finish()
+        self.last_entries = self.last_entries.without(keys)
         self.released += len(keys)
         log.info(
             "state %r: released %s (%d keys)",
@@ -767,6 +869,7 @@ class _Durable:
                 assert store._dirty is not None
                 store._dirty |= dirty or set()
                 raise
+            assert isinstance(snap._entries, Levels)
             self.last_entries = snap._entries
             if meta and self.stored is not None:
                 self.stored.update(meta)

@@ -1,0 +1,135 @@
+"""Reads that cost what they return (issue 16): ``context()`` and ``changes_since()``
+read the store's change log instead of scanning every entry, and its entries live
+in :class:`~rxagent.state.levels.Levels`. Each is checked against the full-scan
+implementation it replaced (kept here, tiny) for random update sequences, with
+the log and the levels made small so that compaction, trimming (the floor rising)
+and merges between levels all happen."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rxagent.state.levels as levels_module
+import rxagent.state.store as store_module
+from rxagent import DELETE, StateStore
+from rxagent.state import Snapshot
+from rxagent.state.levels import GONE, Levels
+from rxagent.state.render import context_header, context_line, fit, key_text, omitted_line
+from rxagent.state.snapshot import ChangeSet, Entry
+
+# -- the full-scan reference ---------------------------------------------------------------
+
+
+def reference_recent(snap: Snapshot) -> list[Entry]:
+    entries = sorted(snap._entries.values(), key=lambda e: key_text(e.key))
+    entries.sort(key=lambda e: e.version, reverse=True)
+    return entries
+
+
+def reference_changes(snap: Snapshot, version: int) -> ChangeSet:
+    changed = {k: e for k, e in snap._entries.items() if e.version > version}
+    deleted = [k for k, v in snap._tombstones.items() if v > version]
+    return ChangeSet(snap.store, version, snap.version, changed, deleted)
+
+
+def reference_context(snap: Snapshot, max_chars: int, now: float) -> str:
+    entries = reference_recent(snap)
+    lines = [context_header(snap.store, snap, now)]
+    used = len(lines[0])
+    omitted: list[Hashable] = []
+    for i, entry in enumerate(entries):
+        line = context_line(entry, now)
+        remaining = len(entries) - i - 1
+        reserve = len(omitted_line(len(entries))) + 1 if remaining else 0
+        if used + 1 + len(line) + reserve > max_chars or omitted:
+            omitted.append(entry.key)
+            continue
+        lines.append(line)
+        used += 1 + len(line)
+    if omitted:
+        lines.append(omitted_line(len(omitted)))
+    return fit("\n".join(lines), max_chars)
+
+
+# the patch is the same for every example: safe to share across hypothesis inputs
+@pytest.fixture
+def small(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "LOG_KEYS", 3)
+    monkeypatch.setattr(levels_module, "BASE", 2)
+    monkeypatch.setattr(levels_module, "RATIO", 2)
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f", 1, 2, ("t", 3)])
+#: one batch: (key, value or None to delete)
+BATCH = st.lists(st.tuples(KEYS, st.one_of(st.none(), st.integers(0, 999))), max_size=6)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(BATCH, max_size=25), budget=st.integers(0, 160))
+def test_context_and_changes_since_match_the_full_scan(
+    small: None, batches: list[list[tuple[Any, int | None]]], budget: int
+) -> None:
+    store = StateStore("s", clock=lambda: 1000.0)
+    held: list[tuple[Snapshot, dict[Hashable, Any]]] = []
+    for batch in batches:
+        store.apply([(k, DELETE if v is None else v, None, None) for k, v in batch])
+        snap = store.snapshot
+        held.append((snap, snap.to_dict()))
+        assert store.context(budget, now=1000.0) == reference_context(snap, budget, 1000.0)
+        assert list(snap.iter_recent()) == reference_recent(snap)
+        for since in range(snap.version + 1):
+            got, want = store.changes_since(since), reference_changes(snap, since)
+            assert (got.since, got.version, got.changed) == (want.since, want.version, want.changed)
+            assert sorted(map(repr, got.deleted)) == sorted(map(repr, want.deleted))
+    # snapshots readers held are the versions they were, whatever came after
+    for snap, values in held:
+        assert snap.to_dict() == values
+        assert len(snap) == len(values)
+        assert all(snap[k] == v for k, v in values.items())
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(BATCH, max_size=30))
+def test_levels_are_a_persistent_dict(small: None, batches: list[list[tuple[Any, Any]]]) -> None:
+    levels: Levels[Any] = Levels()
+    plain: dict[Hashable, Any] = {}
+    versions: list[tuple[Levels[Any], dict[Hashable, Any]]] = []
+    for batch in batches:
+        changes: dict[Hashable, Any] = {}
+        for k, v in batch:
+            if v is None:
+                plain.pop(k, None)
+                changes[k] = GONE
+            else:
+                plain[k] = v
+                changes[k] = v
+        levels = levels.updated(changes, len(plain))
+        versions.append((levels, dict(plain)))
+        assert levels.to_dict() == plain
+    for version, values in versions:
+        assert dict(version.items()) == values
+        assert len(version) == len(values)
+        assert all(version.get(k) == values.get(k) for k in ["a", "b", "c", "d", "e", "f", 1, 2])
+        assert all((k in version) == (k in values) for k in ["a", "b", "c", 1, ("t", 3)])
+
+
+def test_a_restored_store_and_released_keys_read_the_same(small: None) -> None:
+    store = StateStore("s", clock=lambda: 1000.0)
+    store._restore({k: Entry(k, i, i, 1, None, 999.0) for i, k in enumerate("abcdef", 1)}, 6)
+    store.set("z", 0)
+    store.set("a", 9)
+    store._release(["b", "z"])
+    snap = store.snapshot
+    for budget in (0, 40, 80, 200):
+        assert store.context(budget, now=1000.0) == reference_context(snap, budget, 1000.0)
+    for since in range(snap.version + 1):
+        assert store.changes_since(since).changed == reference_changes(snap, since).changed
