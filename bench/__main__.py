@@ -14,6 +14,7 @@ BENCHMARKS = [
     "kafka",
     "state_engines",
     "durable_state",
+    "activations",
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import math
@@ -133,6 +134,8 @@ class Tool:
         summary, arg_docs = parse_docstring(inspect.getdoc(fn) or "")
         self.description: str = description if description is not None else summary
         self._signature = _signature(fn, tool_name)
+        # per argument model class: its fields by position and by keyword (_bind)
+        self._bind_plans: dict[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         if allow_inf_nan is None and args_model is not None:
             allow_inf_nan = args_model.model_config.get("allow_inf_nan") is True
         #: Whether NaN and infinity are accepted in the arguments (refused by default).
@@ -258,6 +261,19 @@ class Tool:
         stats = self.stats
         stats.calls += 1
         stats.running += 1
+        if self.timeout is None and self.is_async:  # the common call: no timeout scope
+            try:
+                result = await self.fn(*positional, **keywords)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                stats.failed += 1
+                raise
+            else:
+                stats.ok += 1
+                return result
+            finally:
+                stats.running -= 1
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
@@ -313,17 +329,29 @@ class Tool:
     def _bind(self, args: BaseModel) -> tuple[list[Any], dict[str, Any]]:
         if self._pass_model:
             return [args], {}
-        positional: list[Any] = []
-        keywords: dict[str, Any] = {}
+        cls = type(args)
+        plan = self._bind_plans.get(cls)
+        if plan is None:
+            plan = self._bind_plans[cls] = self._bind_plan(cls)
+        positional_names, keyword_names = plan
+        return (
+            [getattr(args, name) for name in positional_names],
+            {name: getattr(args, name) for name in keyword_names},
+        )
+
+    def _bind_plan(self, cls: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Which of the model's fields go in by position and which by keyword, in the
+        signature's order: worked out once per model class, not per call."""
+        positional: list[str] = []
+        keywords: list[str] = []
         for param in self._signature.parameters.values():
-            if param.name not in type(args).model_fields:
+            if param.name not in cls.model_fields:
                 continue  # a parameter with a default that the model leaves out
-            value = getattr(args, param.name)
             if param.kind is inspect.Parameter.POSITIONAL_ONLY:
-                positional.append(value)
+                positional.append(param.name)
             else:
-                keywords[param.name] = value
-        return positional, keywords
+                keywords.append(param.name)
+        return tuple(positional), tuple(keywords)
 
     def __repr__(self) -> str:
         return f"<Tool {getattr(self, 'name', '?')!r}>"
@@ -545,6 +573,12 @@ def _arguments_error(tool_name: str, error: ValidationError) -> ToolArgumentsErr
 _MAX_DEPTH = 64
 
 
+@functools.lru_cache(maxsize=1024)
+def _field_names(cls: type[BaseModel]) -> tuple[str, ...]:
+    """A model class's field names (``model_fields`` is a costly property to read per value)."""
+    return tuple(cls.model_fields)
+
+
 def _non_finite(
     value: Any, loc: tuple[Any, ...], found: list[tuple[tuple[Any, ...], Any]], depth: int
 ) -> None:
@@ -561,7 +595,7 @@ def _non_finite(
     elif depth >= _MAX_DEPTH or isinstance(value, str | bytes | bytearray | int):
         return
     elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
+        for name in _field_names(type(value)):
             _non_finite(getattr(value, name, None), (*loc, name), found, depth + 1)
         for name, item in (value.__pydantic_extra__ or {}).items():
             _non_finite(item, (*loc, name), found, depth + 1)
