@@ -251,6 +251,8 @@ class ConsumerThread:
             consumer.assign(parts)
             self.assigned = {KafkaPartition(tp.topic, tp.partition) for tp in parts}
             self._restore(sorted(self.assigned))
+            # no group to join: the metadata answered and the partitions are ours
+            self.stats.health.set("connected")
         else:
             self._subscribe()
         threading.Thread(

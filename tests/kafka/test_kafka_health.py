@@ -162,3 +162,24 @@ async def test_a_slow_reducer_blocking_the_loop_does_not_get_the_consumer_evicte
     assert described["assignments"] == 1, described
     assert sorted(seen) == list(range(total)), "an event was read twice or lost"
     assert described["unattended_polls"] > 0, described
+
+
+async def test_a_source_that_assigns_its_partitions_is_connected_without_a_group(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Callable[..., None]
+) -> None:
+    """assign=True joins no group, so no rebalance ever says "assigned": the health
+    is connected once the metadata answered and the partitions are taken."""
+    topic = kafka_topic(2)
+    kafka_produce(topic, [(b"k", b'{"n": 1}')])
+    source = KafkaSource(
+        topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}", assign=True
+    )
+    sink = ListSink()
+    pipeline = Pipeline("assigned", source).to(sink)
+    await pipeline.start()
+    try:
+        await until(lambda: len(sink.values) == 1, 20)
+        assert source.describe()["health"]["state"] == "connected"
+    finally:
+        await pipeline.drain(timeout=5)
+        await source.wait_closed()
