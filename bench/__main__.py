@@ -15,6 +15,7 @@ BENCHMARKS = [
     "state_engines",
     "durable_state",
     "activations",
+    "many_keys",
 ]
 
 
