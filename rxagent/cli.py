@@ -700,12 +700,45 @@ async def _run_app(
     live: bool,
     drain_timeout: float,
     http: _Http | None = None,
+    otel: Any = None,
 ) -> int:
     """Run until every pipeline stopped, ``duration`` passed, or SIGINT/SIGTERM;
     drain, print the final state, return the exit code. With ``http``, serve the
-    operations endpoints meanwhile (until the final state is printed)."""
-    async with _serving(built, http):
+    operations endpoints meanwhile (until the final state is printed); with ``otel``
+    (a TracerProvider), trace tool activations with it."""
+    async with _serving(built, http), _tracing(built, otel):
         return await _run_watched(built, duration=duration, live=live, drain_timeout=drain_timeout)
+
+
+def _otel_provider(app_name: str) -> Any:
+    """``--otel``: an OpenTelemetry SDK TracerProvider configured from the ``OTEL_*``
+    variables (docs/operations.md), made the global one (for the tools' own spans)."""
+    try:
+        from opentelemetry import trace
+
+        from .observe.otel import tracer_provider_from_env
+
+        provider = tracer_provider_from_env(service_name=app_name)
+    except ImportError as error:
+        _fail(USAGE, f"--otel: {error}")
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+@contextlib.asynccontextmanager
+async def _tracing(built: BuiltApp, provider: Any) -> Any:
+    """One span per tool activation while the block runs (``provider``: None, none);
+    then the provider's last spans are flushed, off the event loop."""
+    if provider is None:
+        yield None
+        return
+    from .observe.otel import trace_activations
+
+    try:
+        with trace_activations(built.app, provider):
+            yield provider
+    finally:
+        await asyncio.to_thread(provider.shutdown)
 
 
 async def _run_watched(
@@ -763,11 +796,18 @@ async def _run_watched(
 
 
 def _execute(
-    built: BuiltApp, *, duration: float | None, live: bool, http: _Http | None = None
+    built: BuiltApp,
+    *,
+    duration: float | None,
+    live: bool,
+    http: _Http | None = None,
+    otel: Any = None,
 ) -> None:
     drain_timeout = built.config.model.settings.drain_timeout
     code = asyncio.run(
-        _run_app(built, duration=duration, live=live, drain_timeout=drain_timeout, http=http)
+        _run_app(
+            built, duration=duration, live=live, drain_timeout=drain_timeout, http=http, otel=otel
+        )
     )
     if code:
         raise _Exit(code)
@@ -845,6 +885,13 @@ def _execute(
     help="Fail a pipeline whose stage dead-letters more than this share of what it receives "
     "(after 100 dead letters; settings.max_dead_letter_ratio in YAML). Without: a warning.",
 )
+@click.option(
+    "--otel",
+    is_flag=True,
+    help="Export one OpenTelemetry span per tool activation, configured by the OTEL_* "
+    "variables (OTEL_TRACES_EXPORTER=otlp|console|none; needs rxagent[otel]; "
+    "docs/operations.md).",
+)
 def run(
     file: str,
     pipelines: tuple[str, ...],
@@ -859,6 +906,7 @@ def run(
     allowed_origins: tuple[str, ...],
     log_format: str | None,
     max_dead_letter_ratio: float | None,
+    otel: bool,
 ) -> None:
     """Run FILE's pipelines until their sources end, --duration passes, or Ctrl-C /
     SIGTERM (which drain the pipelines first), then print the final state.
@@ -885,6 +933,8 @@ def run(
                 extra.append("--mcp")
             if max_dead_letter_ratio is not None:
                 extra += ["--max-dead-letter-ratio", str(max_dead_letter_ratio)]
+            if otel:
+                extra.append("--otel")
             extra += ["--http-token-env", http_token_env]
             raise _Exit(_run_workers(file, pipelines, duration, where, workers, http, extra))
         built = config.build(pipelines=names, state_dir=where)
@@ -896,6 +946,7 @@ def run(
             duration=duration,
             live=(sys.stdout.isatty() if live is None else live) and log_format != "json",
             http=http,
+            otel=_otel_provider(built.app.name) if otel else None,
         )
 
 

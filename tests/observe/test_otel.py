@@ -7,10 +7,12 @@ position, the activation's own times, ERROR on the failure, and no secret shown.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +190,78 @@ def test_rxagent_imports_without_opentelemetry(monkeypatch: pytest.MonkeyPatch) 
         trace_activations(_app())
     with pytest.raises(ImportError, match=r"opentelemetry-sdk.*rxagent\[otel\]"):
         tracer_provider_from_env()
+
+
+PIPELINE = """\
+tools:
+  alert: alerts_tool:alert
+pipelines:
+  orders:
+    source:
+      memory:
+        name: orders
+        items:
+          - {sym: AAPL, px: 1.0}
+          - {sym: "${CANARY}", px: -2.0}
+          - {sym: MSFT, px: 3.0}
+    steps:
+      - key_by: sym
+    sinks:
+      - tool: {tool: alert, args: {sym: sym, px: px}, name: alerts}
+"""
+
+TOOL = """\
+async def alert(sym: str, px: float) -> str:
+    \"\"\"Alert on a price.\"\"\"
+    if px < 0:
+        raise ValueError(f"negative price for {sym}")
+    return f"{sym} {px}"
+"""
+
+
+def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "orders.yaml").write_text(PIPELINE, encoding="utf-8")
+    (tmp_path / "alerts_tool.py").write_text(TOOL, encoding="utf-8")
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("rxagent")), "run", "orders.yaml", "--no-live", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "CANARY": CANARY, **env},
+    )
+
+
+def test_run_otel_exports_a_span_per_activation_on_the_console(tmp_path: Path) -> None:
+    proc = _cli(tmp_path, "--otel", OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="orders")
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    assert CANARY_ID not in out
+    assert out.count('"name": "execute_tool alert"') == 3, out
+    assert '"rxagent.source": "orders"' in out
+    assert '"rxagent.offset": 1' in out
+    assert '"status_code": "ERROR"' in out
+    assert '"description": "negative price for ***"' in out
+    assert '"service.name": "orders"' in out
+
+
+def test_run_otel_without_an_otlp_exporter_warns_and_runs(tmp_path: Path) -> None:
+    try:
+        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+    except ImportError:
+        installed = False
+    else:  # pragma: no cover - the dev extra does not bring it
+        installed = True
+    # where nothing listens, on 127.0.0.1 (were the OTLP exporter installed)
+    proc = _cli(
+        tmp_path,
+        "--otel",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    if not installed:
+        assert "pip install opentelemetry-exporter-otlp-proto-http" in proc.stderr
+    assert "execute_tool" not in proc.stderr  # nothing printed: spans go to OTLP or nowhere
