@@ -358,19 +358,13 @@ def _last_error(status: PipelineStatus) -> str | None:
 
 def _storms(status: PipelineStatus) -> list[str]:
     """What to say of stages that dead-lettered most of what they received."""
-    lines = []
-    for name, stage in status.stages.items():
-        dead, received = stage.get("dead_lettered", 0), max(stage.get("in", 0), 1)
-        if dead and dead > 0.5 * received:
-            line = f"stage {name!r} dead-lettered {dead:,} of {max(received, dead):,} events"
-            tops = stage.get("top_errors") or []
-            if tops:
-                top = tops[0]
-                line += f"; most frequent: {top['error']} ({top['count']:,}x)"
-                if top.get("example") is not None:
-                    line += f", e.g. value {top['example']}"
-            lines.append(line)
-    return lines
+    from .context import dead_letter_summary
+
+    return [
+        dead_letter_summary(name, dead, stage.get("in", 0), stage.get("top_errors") or [])
+        for name, stage in status.stages.items()
+        if (dead := stage.get("dead_lettered", 0)) and dead > 0.5 * max(stage.get("in", 0), 1)
+    ]
 
 
 def _compact(value: Any, limit: int = 80) -> str:

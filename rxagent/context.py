@@ -20,7 +20,14 @@ from .deadletters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from .envelope import Event
 from .exceptions import ConfigurationError, DeadLetterStormError, StageError
 
-__all__ = ["RECENT_DEAD_LETTERS", "PipelineContext", "StageMetrics", "Suppression", "Suppressions"]
+__all__ = [
+    "RECENT_DEAD_LETTERS",
+    "PipelineContext",
+    "StageMetrics",
+    "Suppression",
+    "Suppressions",
+    "dead_letter_summary",
+]
 
 log = logging.getLogger("rxagent")
 
@@ -111,16 +118,14 @@ class StageMetrics:
         received = max(self.events_in, self.dead_lettered)
         if self.dead_lettered < STORM_MIN_EVENTS or self.dead_lettered <= STORM_SHARE * received:
             return None
-        text = (
-            f"stage {self.name!r} dead-lettered {self.dead_lettered:,} of {received:,} events "
-            f"({100 * self.dead_lettered / received:.0f} %)"
+        return self.dead_letter_summary()
+
+    def dead_letter_summary(self) -> str:
+        """How many events this stage dead-lettered of those it received, and its
+        most frequent error with an example (:func:`dead_letter_summary`)."""
+        return dead_letter_summary(
+            self.name, self.dead_lettered, self.events_in, self.top_errors(1)
         )
-        top = self.top_errors(1)
-        if top:
-            text += f"; most frequent: {top[0]['error']} ({top[0]['count']:,}x)"
-            if top[0]["example"] is not None:
-                text += f", e.g. value {top[0]['example']}"
-        return text
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as JSON-friendly data: in, out, dropped, dead_lettered,
@@ -405,19 +410,20 @@ class PipelineContext:
             event.end()
 
     def _check_storm(self, metrics: StageMetrics) -> None:
-        """Log a dead-letter storm once per stage; fail the pipeline past the limit."""
-        storm = metrics.storm()
-        if storm is None:
-            return
-        if not metrics.storm_reported:
-            metrics.storm_reported = True
-            log.warning("pipeline %r: %s", self.pipeline, storm)
-        limit = self.max_dead_letter_ratio
+        """Log a dead-letter storm once per stage; fail the pipeline past the limit.
+        Called per dead letter once a stage has :data:`STORM_MIN_EVENTS`: two
+        comparisons, the text only when something is said."""
         received = max(metrics.events_in, metrics.dead_lettered)
+        if not metrics.storm_reported and metrics.dead_lettered > STORM_SHARE * received:
+            metrics.storm_reported = True
+            log.warning("pipeline %r: %s", self.pipeline, metrics.dead_letter_summary())
+        limit = self.max_dead_letter_ratio
         if limit is not None and metrics.dead_lettered > limit * received:
             self.max_dead_letter_ratio = None  # once
             self.fail(
-                DeadLetterStormError(f"{storm} (more than --max-dead-letter-ratio {limit:g})"),
+                DeadLetterStormError(
+                    f"{metrics.dead_letter_summary()} (more than --max-dead-letter-ratio {limit:g})"
+                ),
                 metrics.name,
             )
 
@@ -433,6 +439,25 @@ class PipelineContext:
             self._on_failure(error, stage)
         else:
             log.error("pipeline %r failed in stage %r: %r", self.pipeline, stage, error)
+
+
+def dead_letter_summary(
+    stage: str, dead_lettered: int, received: int, top_errors: list[dict[str, Any]]
+) -> str:
+    """``stage 'x' dead-lettered N of M events (P %); most frequent: E (Kx), e.g.
+    value V``: the one text of a dead-letter storm, for logs, errors and
+    ``rxagent run``'s summary (``top_errors`` as :meth:`StageMetrics.top_errors`)."""
+    received = max(received, dead_lettered, 1)
+    text = (
+        f"stage {stage!r} dead-lettered {dead_lettered:,} of {received:,} events "
+        f"({100 * dead_lettered / received:.0f} %)"
+    )
+    if top_errors:
+        top = top_errors[0]
+        text += f"; most frequent: {top['error']} ({top['count']:,}x)"
+        if top.get("example") is not None:
+            text += f", e.g. value {top['example']}"
+    return text
 
 
 def _cut(text: str, limit: int = _ERROR_TEXT_LIMIT) -> str:

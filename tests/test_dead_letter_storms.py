@@ -103,3 +103,17 @@ def test_rxagent_run_says_so_and_fails_past_the_limit(tmp_path: Path, limit: str
     else:
         assert done.returncode != 0, output
         assert "max-dead-letter-ratio" in output, output
+
+
+async def test_a_limit_below_half_fails_without_a_storm() -> None:
+    """40 % of the events dead-lettered is no storm to log, but past a 0.3 limit."""
+    items = [{"n": i} | ({} if i % 10 in (1, 2, 3, 4) else {"price": 1.0}) for i in range(400)]
+    pipeline = (
+        Pipeline("feed", memory(items, batch_size=50), max_dead_letter_ratio=0.3)
+        .pipe(ops.map(price, name="price"))
+        .to(ListSink())
+    )
+    await App([pipeline]).run(duration=2.0)
+    assert pipeline.status().state.value == "failed"
+    assert isinstance(pipeline.error, DeadLetterStormError)
+    assert "more than --max-dead-letter-ratio 0.3" in str(pipeline.error)
