@@ -112,14 +112,6 @@ class StageMetrics:
             for text, (count, example) in ranked
         ]
 
-    def storm(self) -> str | None:
-        """What to say when most of what this stage received was dead-lettered
-        (at least :data:`STORM_MIN_EVENTS`), else None."""
-        received = max(self.events_in, self.dead_lettered)
-        if self.dead_lettered < STORM_MIN_EVENTS or self.dead_lettered <= STORM_SHARE * received:
-            return None
-        return self.dead_letter_summary()
-
     def dead_letter_summary(self) -> str:
         """How many events this stage dead-lettered of those it received, and its
         most frequent error with an example (:func:`dead_letter_summary`)."""
