@@ -358,12 +358,13 @@ def _last_error(status: PipelineStatus) -> str | None:
 
 def _storms(status: PipelineStatus) -> list[str]:
     """What to say of stages that dead-lettered most of what they received."""
-    from .context import dead_letter_summary
+    from .context import STORM_SHARE, dead_letter_summary
 
     return [
         dead_letter_summary(name, dead, stage.get("in", 0), stage.get("top_errors") or [])
         for name, stage in status.stages.items()
-        if (dead := stage.get("dead_lettered", 0)) and dead > 0.5 * max(stage.get("in", 0), 1)
+        if (dead := stage.get("dead_lettered", 0))
+        and dead > STORM_SHARE * max(stage.get("in", 0), 1)
     ]
 
 

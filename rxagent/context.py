@@ -22,6 +22,8 @@ from .exceptions import ConfigurationError, DeadLetterStormError, StageError
 
 __all__ = [
     "RECENT_DEAD_LETTERS",
+    "STORM_MIN_EVENTS",
+    "STORM_SHARE",
     "PipelineContext",
     "StageMetrics",
     "Suppression",
