@@ -14,7 +14,7 @@ from typing import Any
 
 from ..events import Batch, Position
 from ..exceptions import ConfigurationError, StateError
-from ..state.store import Reducer, StateStore, Update, constant_update, register_sink
+from ..state.store import Reducer, StateStore, Update, register_sink
 from ..values import to_key_function
 from .base import Sink
 
@@ -127,7 +127,8 @@ class StateSink(Sink):
 
     def _replace_newest(self, batch: Batch, metrics: Any) -> bool:
         """Without a reducer only each key's newest row of the batch matters: apply
-        those alone (one update per key, not per event). False: take the general path
+        those alone (one update per key, not per event), through the store's lean
+        :meth:`~rxagent.state.StateStore.write_values`. False: take the general path
         (no keys, a None key, or a key or value function that raised)."""
         values = batch.values
         try:
@@ -138,23 +139,25 @@ class StateSink(Sink):
             value_fn = self.value_fn
             times = batch.times
             positions = batch.positions
-            source, partition = batch.source, batch.partition
-            updates: list[Update] = []
-            for k, i in newest.items():
-                value = values[i] if value_fn is None else value_fn(values[i])
-                offset = None if positions is None else positions[i]
-                updates.append(
-                    (
-                        k,
-                        constant_update(value),
-                        None if times is None else times[i],
-                        None if offset is None else Position(source, partition, offset),
-                    )
-                )
+            if len(newest) == len(values):  # every key once: the rows as they are
+                rows = values if value_fn is None else list(map(value_fn, values))
+                chosen = keys
+            else:
+                index = list(newest.values())
+                chosen = list(newest)
+                rows = [values[i] for i in index]
+                if value_fn is not None:
+                    rows = list(map(value_fn, rows))
+                if times is not None:
+                    times = [times[i] for i in index]
+                if positions is not None:
+                    positions = [positions[i] for i in index]
         except Exception:
             return False
-        changes = self.store.apply_updates(updates)
-        metrics.events_out += len(changes)
+        changed = self.store.write_values(
+            chosen, rows, times, batch.source, batch.partition, positions
+        )
+        metrics.events_out += changed
         batch.end_all()
         return True
 

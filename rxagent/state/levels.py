@@ -90,6 +90,11 @@ class Levels(Mapping[Hashable, _V], Generic[_V]):
     def __contains__(self, key: object) -> bool:
         return self.get(key, _MISSING) is not _MISSING
 
+    def dicts(self) -> tuple[dict[Hashable, Any], ...]:
+        """The levels, newest first, for a writer's inlined lookups: the first level
+        holding a key has its value (:data:`GONE`: deleted); never change them."""
+        return self._levels
+
     def __len__(self) -> int:
         return self._len
 

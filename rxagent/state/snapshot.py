@@ -26,11 +26,16 @@ __all__ = [
     "LOG_KEYS",
     "ChangeLog",
     "ChangeSet",
+    "Entries",
     "Entry",
+    "Record",
     "Snapshot",
     "StateChange",
     "entry_from_record",
+    "entry_of",
     "entry_record",
+    "record_from_durable",
+    "record_of",
     "iso_time",
     "key_text",
 ]
@@ -57,6 +62,96 @@ class Entry:
     event_time: float | None
     wall_time: float
     position: Position | None = None
+
+
+#: How a store keeps an entry: a plain tuple ``(key, value, version, updates,
+#: event_time, wall_time, source, partition, offset)`` (the position flattened;
+#: ``source`` None for none). An exact tuple of atomic values (strings, numbers,
+#: None, tuples of them) is untracked by CPython's garbage collector at its first
+#: young collection, so a million stored keys add nothing to the full collections
+#: that a million :class:`Entry` and :class:`Position` objects made slow
+#: (docs/architecture.md, "Many keys"). ``record[1:]`` is the durable form
+#: (:func:`entry_record`).
+Record = tuple[Any, ...]
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__ (~850 ns for
+# an Entry in 3.11); its slots' own setters do the same in under half the time.
+_new = object.__new__
+_SET_ENTRY = tuple(
+    getattr(Entry, f).__set__
+    for f in ("key", "value", "version", "updates", "event_time", "wall_time", "position")
+)
+_SET_POSITION = tuple(getattr(Position, f).__set__ for f in ("source", "partition", "offset"))
+
+
+def entry_of(record: Record) -> Entry:
+    """The :class:`Entry` a store's :data:`Record` stands for (built when read)."""
+    k, v, ver, upd, et, wall, pos = _SET_ENTRY
+    entry = _new(Entry)
+    k(entry, record[0])
+    v(entry, record[1])
+    ver(entry, record[2])
+    upd(entry, record[3])
+    et(entry, record[4])
+    wall(entry, record[5])
+    source = record[6]
+    if source is None:
+        pos(entry, None)
+    else:
+        set_source, set_partition, set_offset = _SET_POSITION
+        position = _new(Position)
+        set_source(position, source)
+        set_partition(position, record[7])
+        set_offset(position, record[8])
+        pos(entry, position)
+    return entry
+
+
+def record_of(entry: Entry) -> Record:
+    """An entry as the :data:`Record` a store keeps."""
+    pos = entry.position
+    if pos is None:
+        return (entry.key, entry.value, entry.version, entry.updates, entry.event_time,
+                entry.wall_time, None, None, None)  # fmt: skip
+    return (entry.key, entry.value, entry.version, entry.updates, entry.event_time,
+            entry.wall_time, pos.source, pos.partition, pos.offset)  # fmt: skip
+
+
+class Entries(Mapping[Hashable, Entry]):
+    """A store's entries as a read-only mapping of key to :class:`Entry`, over the
+    :class:`~rxagent.state.levels.Levels` of :data:`Record` tuples the store keeps
+    (``records``): each entry is built when read, so reading costs what it reads."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: Mapping[Hashable, Record]) -> None:
+        self.records = records
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        record = self.records.get(key)
+        return default if record is None else entry_of(record)
+
+    def __getitem__(self, key: Hashable) -> Entry:
+        record = self.records.get(key)
+        if record is None:
+            raise KeyError(key)
+        return entry_of(record)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.records
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def values(self) -> Any:
+        return [entry_of(r) for r in self.records.values()]
+
+    def items(self) -> Any:
+        return [(r[0], entry_of(r)) for r in self.records.values()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +199,16 @@ LOG_KEYS: Final = 1 << 17
 
 class _Lineage:
     """What the snapshots of one change log share: the version below which the log
-    does not reach (``floor``), and the entries changed at or below it, most
-    recent first, once a prompt needed them: ``(version, entries)``, computed from
+    does not reach (``floor``), and the records changed at or below it, most
+    recent first, once a prompt needed them: ``(version, records)``, computed from
     the snapshot of that version (later snapshots hold a subset of them: what was
-    written since has a newer version; readers check each entry is still theirs)."""
+    written since has a newer version; readers check each record is still theirs)."""
 
     __slots__ = ("below", "floor")
 
     def __init__(self, floor: int) -> None:
         self.floor = floor
-        self.below: tuple[int, list[Entry]] | None = None
+        self.below: tuple[int, list[Record]] | None = None
 
 
 class ChangeLog:
@@ -163,7 +258,16 @@ def _recent_order(entries: Iterator[Entry] | list[Entry]) -> list[Entry]:
 class Snapshot(Mapping[Hashable, Any]):
     """An immutable version of a store: a read-only mapping of key to value."""
 
-    __slots__ = ("_clock", "_entries", "_log", "_tombstones", "store", "version", "wall_time")
+    __slots__ = (
+        "_clock",
+        "_entries",
+        "_log",
+        "_records",
+        "_tombstones",
+        "store",
+        "version",
+        "wall_time",
+    )
 
     def __init__(
         self,
@@ -179,18 +283,28 @@ class Snapshot(Mapping[Hashable, Any]):
         #: The store's clock (:meth:`StateStore.now`): what ``staleness`` counts to.
         self._clock = clock
         self.version = version
-        #: key -> Entry: a :class:`~rxagent.state.levels.Levels` (or any read-only mapping)
+        #: key -> Entry: :class:`Entries` over a store's records (or any read-only mapping)
         self._entries = entries
+        #: key -> :data:`Record` when ``entries`` is :class:`Entries` (a store's), else None
+        self._records: Mapping[Hashable, Record] | None = (
+            entries.records if isinstance(entries, Entries) else None
+        )
         self._tombstones = tombstones
         self.wall_time = wall_time
         #: which keys recent versions changed (None: not known, readers scan everything)
-        self._log = log
+        self._log = log if self._records is not None else None
 
     def __getitem__(self, key: Hashable) -> Any:
-        try:
-            return self._entries[key].value
-        except KeyError:
-            raise StateError(f"state {self.store!r} has no key {key!r}") from None
+        records = self._records
+        if records is not None:
+            record = records.get(key)
+            if record is not None:
+                return record[1]
+        else:
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry.value
+        raise StateError(f"state {self.store!r} has no key {key!r}")
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(self._entries)
@@ -205,6 +319,15 @@ class Snapshot(Mapping[Hashable, Any]):
         """The entry of ``key`` (value, version, times, position), or None."""
         return self._entries.get(key)
 
+    def value(self, key: Hashable, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` (no :class:`Entry` built)."""
+        records = self._records
+        if records is not None:
+            record = records.get(key)
+            return default if record is None else record[1]
+        entry = self._entries.get(key)
+        return default if entry is None else entry.value
+
     def entries(self) -> list[Entry]:
         """Every entry, in key insertion order."""
         return list(self._entries.values())
@@ -212,6 +335,9 @@ class Snapshot(Mapping[Hashable, Any]):
     def iter_entries(self) -> Iterator[Entry]:
         """The entries one by one, in no set order (a reader that stops early pays
         for what it read, not for the whole store)."""
+        records = self._records
+        if records is not None:
+            return map(entry_of, records.values())
         return iter(self._entries.values())
 
     def iter_recent(self) -> Iterator[Entry]:
@@ -219,9 +345,9 @@ class Snapshot(Mapping[Hashable, Any]):
         key order, so prompts repeat), one by one: with a change log, a reader that
         stops early pays for what it read (the newest keys), not for the store."""
         log = self._log
-        entries = self._entries
-        if log is None:
-            yield from _recent_order(iter(entries.values()))
+        records = self._records
+        if log is None or records is None:
+            yield from _recent_order(iter(self._entries.values()))
             return
         lineage = log.lineage
         floor = lineage.floor
@@ -230,24 +356,31 @@ class Snapshot(Mapping[Hashable, Any]):
             version, keys = batches[i]
             if version <= floor:
                 break
-            got = [e for k in keys if (e := entries.get(k)) is not None and e.version == version]
+            got = [r for k in keys if (r := records.get(k)) is not None and r[2] == version]
             if len(got) > 1:
-                got.sort(key=lambda e: key_text(e.key))
-            yield from got
-        # entries no batch of the log names: changed at or below the floor
-        cached = lineage.below  # (version computed at, entries): one reference, thread-safe
+                got.sort(key=lambda r: key_text(r[0]))
+            for record in got:
+                yield entry_of(record)
+        # records no batch of the log names: changed at or below the floor
+        cached = lineage.below  # (version computed at, records): one reference, thread-safe
         if cached is not None and cached[0] <= self.version:
             below = cached[1]
         else:
-            below = _recent_order([e for e in entries.values() if e.version <= floor])
+            below = sorted(
+                (r for r in records.values() if r[2] <= floor), key=lambda r: key_text(r[0])
+            )
+            below.sort(key=lambda r: r[2], reverse=True)
             if cached is None:
                 lineage.below = (self.version, below)
-        for entry in below:
-            if entries.get(entry.key) is entry:
-                yield entry
+        for record in below:
+            if records.get(record[0]) is record:
+                yield entry_of(record)
 
     def to_dict(self) -> dict[Hashable, Any]:
         """The values by key, as a plain dict."""
+        records = self._records
+        if records is not None:
+            return {k: r[1] for k, r in records.items()}
         return {k: e.value for k, e in self._entries.items()}
 
     def staleness(self, key: Hashable | None = None, *, now: float | None = None) -> float | None:
@@ -298,6 +431,10 @@ def entry_record(entry: Entry) -> tuple[Any, ...]:
 
 def entry_from_record(key: Hashable, record: tuple[Any, ...]) -> Entry:
     """The entry of ``key`` a durable record (:func:`entry_record`) holds."""
+    return entry_of(record_from_durable(key, record))
+
+
+def record_from_durable(key: Hashable, record: tuple[Any, ...]) -> Record:
+    """The :data:`Record` of ``key`` a durable record (:func:`entry_record`) holds."""
     value, version, updates, event_time, wall, source, partition, offset = record
-    position = None if source is None else Position(source, hashable(partition), offset)
-    return Entry(key, value, version, updates, event_time, wall, position)
+    return (key, value, version, updates, event_time, wall, source, hashable(partition), offset)

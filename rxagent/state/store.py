@@ -25,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from itertools import filterfalse
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -54,11 +55,14 @@ from .snapshot import (
     LOG_KEYS,
     ChangeLog,
     ChangeSet,
+    Entries,
     Entry,
+    Record,
     Snapshot,
     StateChange,
-    entry_from_record,
-    entry_record,
+    entry_of,
+    record_from_durable,
+    record_of,
 )
 
 __all__ = [
@@ -114,7 +118,7 @@ class StateStore:
         self._log: list[tuple[int, tuple[Hashable, ...]]] = []
         self._log_keys = 0  # keys in self._log, counted with repeats
         self._snapshot = Snapshot(
-            name, 0, Levels(), immutables.Map(), 0.0, self.now, ChangeLog.empty(0)
+            name, 0, Entries(Levels()), immutables.Map(), 0.0, self.now, ChangeLog.empty(0)
         )
         self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
         self._updates: Subject[list[StateChange]] = Subject()
@@ -184,20 +188,23 @@ class StateStore:
         (the last :data:`~rxagent.state.snapshot.LOG_KEYS` keys changed); older
         than that, every entry is scanned."""
         snap = self._snapshot
-        entries = snap._entries
+        records = snap._records
         tombstones = snap._tombstones
         log = snap._log
-        if log is None or version < log.floor:
-            changed = {k: e for k, e in entries.items() if e.version > version}
+        if log is None or records is None or version < log.floor:
+            if records is None:
+                changed = {k: e for k, e in snap._entries.items() if e.version > version}
+            else:
+                changed = {k: entry_of(r) for k, r in records.items() if r[2] > version}
             deleted = [k for k, v in tombstones.items() if v > version]
             return ChangeSet(self.name, version, snap.version, changed, deleted)
         changed = {}
         deleted = []
         for key in log.keys_since(version):
-            entry = entries.get(key)
-            if entry is not None:
-                if entry.version > version:
-                    changed[key] = entry
+            record = records.get(key)
+            if record is not None:
+                if record[2] > version:
+                    changed[key] = entry_of(record)
             elif tombstones.get(key, 0) > version:
                 deleted.append(key)
         return ChangeSet(self.name, version, snap.version, changed, deleted)
@@ -271,35 +278,46 @@ class StateStore:
         """Apply ``updates`` (key, function of the old value, event time, position) as one
         new version and return the changes; an update whose position is not newer than
         the entry's is skipped (a replay), and a function returning ``DELETE`` removes
-        the key. What sinks write through.
+        the key. What sinks with a reducer write through.
         """
         with self._lock:
             snap = self._snapshot
             version = snap.version + 1
             wall = self.now()
-            entries = snap._entries
-            assert isinstance(entries, Levels)
+            records = snap._records
+            assert isinstance(records, Levels)
             tombstones = snap._tombstones
-            length = len(entries)
-            written: dict[Hashable, Any] = {}  # this batch: key -> new Entry or GONE
+            length = len(records)
+            written: dict[Hashable, Any] = {}  # this batch: key -> new Record or GONE
             changes: list[StateChange] = []
             for key, compute, event_time, position in updates:
                 old = written.get(key, _UNSEEN)
                 if old is _UNSEEN:
-                    old = entries.get(key)
+                    old = records.get(key)
                 elif old is GONE:
                     old = None
-                if position is not None and old is not None and _not_newer(position, old.position):
-                    self.ignored += 1
-                    continue
-                new_value = compute(None if old is None else old.value)
+                if position is None:
+                    source = partition = offset = None
+                else:
+                    source, partition, offset = position.source, position.partition, position.offset
+                    if (
+                        old is not None
+                        and offset is not None
+                        and old[8] is not None
+                        and offset <= old[8]
+                        and source == old[6]
+                        and partition == old[7]
+                    ):
+                        self.ignored += 1
+                        continue
+                new_value = compute(None if old is None else old[1])
                 if new_value is DELETE:
                     if old is not None:
                         written[key] = GONE
                         length -= 1
                         tombstones = tombstones.set(key, version)
                         changes.append(
-                            StateChange(key, old.value, None, version, event_time, wall, True)
+                            StateChange(key, old[1], None, version, event_time, wall, True)
                         )
                     continue
                 if old is None:
@@ -307,37 +325,152 @@ class StateStore:
                     if key in tombstones:
                         tombstones = tombstones.delete(key)
                     changes.append(StateChange(key, None, new_value, version, event_time, wall))
-                    written[key] = Entry(key, new_value, version, 1, event_time, wall, position)
+                    written[key] = (
+                        key, new_value, version, 1, event_time, wall, source, partition, offset
+                    )  # fmt: skip
                     continue
-                written[key] = Entry(
-                    key, new_value, version, old.updates + 1, event_time, wall, position
-                )
-                changes.append(StateChange(key, old.value, new_value, version, event_time, wall))
+                written[key] = (
+                    key, new_value, version, old[3] + 1, event_time, wall, source, partition,
+                    offset,
+                )  # fmt: skip
+                changes.append(StateChange(key, old[1], new_value, version, event_time, wall))
             if not changes:
                 return changes
-            new_entries = entries.updated(written, length)
-            self._snapshot = new = Snapshot(
-                self.name,
-                version,
-                new_entries,
-                tombstones,
-                wall,
-                self.now,
-                self._logged(version, tuple(written), new_entries, snap._log),
-            )
-            if self._dirty is not None:
-                self._dirty.update(written)
+            new = self._publish(snap, version, wall, written, length, tombstones)
         self._changes.on_next(new)
         self._updates.on_next(changes)
         return changes
 
-    def _logged(
+    def write_values(
         self,
+        keys: Sequence[Hashable],
+        values: Sequence[Any],
+        times: Sequence[float | None] | None,
+        source: str,
+        partition: Hashable,
+        offsets: Sequence[int | None] | None,
+    ) -> int:
+        """Set ``keys[i]`` to ``values[i]`` (distinct keys; event time ``times[i]``,
+        position ``(source, partition, offsets[i])``; a value of ``DELETE`` removes
+        the key) as one version, skipping replays; returns how many keys changed.
+        What the state sink without a reducer writes through: the lean form of
+        :meth:`apply_updates` (no update functions, no :class:`Position` objects,
+        :class:`StateChange` objects only when something subscribed to :attr:`updates`)."""
+        with self._lock:
+            snap = self._snapshot
+            version = snap.version + 1
+            wall = self.now()
+            records = snap._records
+            assert isinstance(records, Levels)
+            levels = records.dicts()
+            tombstones = snap._tombstones
+            length = len(records)
+            written: dict[Hashable, Any] = {}
+            n = len(keys)
+            if times is None:
+                times = [None] * n
+            if offsets is None:
+                offsets = [None] * n
+            # each key's old record, looked up a level at a time in C (newest first)
+            olds: dict[Hashable, Any] = {}
+            pending = set(keys)
+            for level in levels:
+                if level:
+                    hit = level.keys() & pending
+                    if hit:
+                        olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
+                        pending -= hit
+                        if not pending:
+                            break
+            get_old = olds.get
+            added = 0
+            ignored = 0
+            deleted: dict[Hashable, float | None] = {}  # a value of DELETE: key -> event time
+            for key, value, event_time, offset in zip(keys, values, times, offsets, strict=True):
+                old = get_old(key)
+                if old is None or old is GONE:
+                    if value is DELETE:
+                        continue
+                    added += 1
+                    written[key] = (
+                        key, value, version, 1, event_time, wall,
+                        None if offset is None else source, partition, offset,
+                    )  # fmt: skip
+                    continue
+                if (
+                    offset is not None
+                    and old[8] is not None
+                    and offset <= old[8]
+                    and source == old[6]
+                    and partition == old[7]
+                ):
+                    ignored += 1
+                    continue
+                if value is DELETE:
+                    written[key] = GONE
+                    deleted[key] = event_time
+                    continue
+                written[key] = (
+                    key, value, version, old[3] + 1, event_time, wall,
+                    None if offset is None else source, partition, offset,
+                )  # fmt: skip
+            self.ignored += ignored
+            if not written:
+                return 0
+            if (added and tombstones) or deleted:
+                mutation = tombstones.mutate()
+                if added:
+                    for key, record in written.items():
+                        if record is not GONE:
+                            mutation.pop(key, None)
+                for key in deleted:
+                    mutation[key] = version
+                tombstones = mutation.finish()
+            listening = bool(self._updates.observers)
+            new = self._publish(
+                snap, version, wall, written, length + added - len(deleted), tombstones
+            )
+        self._changes.on_next(new)
+        if listening:
+            told: list[StateChange] = []
+            for k, r in written.items():
+                o = get_old(k)
+                old_value = None if o is None or o is GONE else o[1]
+                if r is GONE:
+                    told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
+                else:
+                    told.append(StateChange(k, old_value, r[1], version, r[4], wall))
+            self._updates.on_next(told)
+        return len(written)
+
+    def _publish(
+        self,
+        snap: Snapshot,
         version: int,
-        keys: tuple[Hashable, ...],
-        entries: Levels[Entry],
-        log: ChangeLog | None,
-    ) -> ChangeLog:
+        wall: float,
+        written: dict[Hashable, Any],
+        length: int,
+        tombstones: immutables.Map[Hashable, int],
+    ) -> Snapshot:
+        """Swap in the version that wrote ``written`` (records, or GONE) over ``snap``
+        (under the lock); returns it."""
+        records = snap._records
+        assert isinstance(records, Levels)
+        new_records = records.updated(written, length)
+        self._snapshot = new = Snapshot(
+            self.name,
+            version,
+            Entries(new_records),
+            tombstones,
+            wall,
+            self.now,
+            self._logged(version, tuple(written), snap._log),
+        )
+        if self._dirty is not None:
+            self._dirty.update(written)
+        return new
+
+    def _logged(self, version: int, keys: tuple[Hashable, ...], log: ChangeLog | None) -> ChangeLog:
         """The change log of a new ``version`` that changed ``keys`` (under the lock).
         Past ``2 * LOG_KEYS`` keys it is compacted: only the last change of each key
         kept (what readers use), then the oldest batches dropped until ``LOG_KEYS``
@@ -353,7 +486,7 @@ class StateStore:
         floor = lineage.floor
         count = 0
         for at, changed in reversed(batches):
-            fresh = tuple(k for k in changed if k not in seen)
+            fresh = tuple(filterfalse(seen.__contains__, changed))
             if count + len(fresh) > LOG_KEYS:
                 floor = at  # this batch and older ones are not in the log any more
                 break
@@ -465,21 +598,22 @@ class StateStore:
         durable = self._durable
         return durable is None or durable.changelog is None or durable.owns(partition)
 
-    def _merge(self, restored: Mapping[Hashable, Entry]) -> None:
-        """Add restored entries (a partition assigned here) as one version."""
+    def _merge(self, restored: Mapping[Hashable, Entry | Record]) -> None:
+        """Add restored entries or records (a partition assigned here) as one version."""
         if not restored:
             return
+        records = _records(restored)
         with self._lock:
             snap = self._snapshot
-            version = max(snap.version + 1, max(e.version for e in restored.values()))
+            version = max(snap.version + 1, max(r[2] for r in records.values()))
             wall = self.now()
-            entries = snap._entries
-            assert isinstance(entries, Levels)
+            old = snap._records
+            assert isinstance(old, Levels)
             # restored entries keep their versions: the log starts over above them
             self._snapshot = new = Snapshot(
                 self.name,
                 version,
-                entries.merged(restored),
+                Entries(old.merged(records)),
                 snap._tombstones,
                 wall,
                 self.now,
@@ -488,10 +622,7 @@ class StateStore:
         self._changes.on_next(new)
         if self._updates.observers:
             self._updates.on_next(
-                [
-                    StateChange(e.key, None, e.value, version, e.event_time, e.wall_time)
-                    for e in restored.values()
-                ]
+                [StateChange(r[0], None, r[1], version, r[4], r[5]) for r in records.values()]
             )
 
     def _release(self, keys: list[Hashable]) -> None:
@@ -501,12 +632,12 @@ class StateStore:
             return
         with self._lock:
             snap = self._snapshot
-            entries = snap._entries
-            assert isinstance(entries, Levels)
+            records = snap._records
+            assert isinstance(records, Levels)
             self._snapshot = new = Snapshot(
                 self.name,
                 snap.version + 1,
-                entries.without(keys),
+                Entries(records.without(keys)),
                 snap._tombstones,
                 self.now(),
                 self.now,
@@ -516,28 +647,27 @@ class StateStore:
                 self._dirty.difference_update(keys)
         self._changes.on_next(new)
 
-    def _restore(self, entries: Mapping[Hashable, Entry], version: int) -> None:
-        """Replace the contents with restored ``entries`` (on the loop, before any write)."""
+    def _restore(self, entries: Mapping[Hashable, Entry | Record], version: int) -> None:
+        """Replace the contents with restored ``entries`` (or records; on the loop, before
+        any write)."""
+        records = entries if isinstance(entries, Levels) else Levels(_records(entries))
         with self._lock:
             wall = self.now()
             # restored entries keep their versions: the log starts above them
-            version = max(version, max((e.version for e in entries.values()), default=0))
+            version = max(version, max((r[2] for r in records.values()), default=0))
             self._snapshot = new = Snapshot(
                 self.name,
                 version,
-                entries if isinstance(entries, Levels) else Levels(entries),
+                Entries(records),
                 immutables.Map(),
                 wall,
                 self.now,
                 self._new_log(version),
             )
         self._changes.on_next(new)
-        if entries and self._updates.observers:
+        if records and self._updates.observers:
             self._updates.on_next(
-                [
-                    StateChange(e.key, None, e.value, e.version, e.event_time, e.wall_time)
-                    for e in entries.values()
-                ]
+                [StateChange(r[0], None, r[1], r[2], r[4], r[5]) for r in records.values()]
             )
 
     def sink(
@@ -568,6 +698,12 @@ class StateStore:
 
 
 _UNSEEN: Final[Any] = object()
+
+
+def _records(entries: Mapping[Hashable, Entry | Record]) -> dict[Hashable, Record]:
+    """Entries (or records already) as records."""
+    return {k: e if isinstance(e, tuple) else record_of(e) for k, e in entries.items()}
+
 
 #: What :meth:`StateStore.sink` builds: :mod:`rxagent.sinks.state_sink` registers
 #: ``StateSink`` here when it is imported (``import rxagent`` does).
@@ -657,7 +793,7 @@ class _Durable:
         self.restore_read = 0  # changelog records read by the restore running now (progress)
         self.released = 0
         # the entries as of the last checkpoint: where a deleted key's tombstone goes
-        self.last_entries: Levels[Entry] = Levels()
+        self.last_entries: Levels[Record] = Levels()
         # the file's metadata as of open() and the last checkpoint (stored_meta())
         self.stored: dict[str, Any] | None = None
         # exactly-once: checkpoints whose changelog records are in a transaction not
@@ -712,7 +848,7 @@ class _Durable:
                 self.restore_seconds,
             )
 
-    def _load(self) -> tuple[Levels[Entry], int]:
+    def _load(self) -> tuple[Levels[Record], int]:
         meta = self.backend.open()
         self.stored = dict(meta)
         version = int(meta.get("version", 0))
@@ -728,8 +864,11 @@ class _Durable:
             self.offsets = {k: int(v) for k, v in (meta.get("changelog") or {}).items()}
             return Levels(), version
         with gc_paused():
-            entries: Levels[Entry] = Levels(
-                {key: entry_from_record(key, record) for key, _part, record in self.backend.rows()}
+            entries: Levels[Record] = Levels(
+                {
+                    key: record_from_durable(key, record)
+                    for key, _part, record in self.backend.rows()
+                }
             )
         self.last_entries = entries
         return entries, version
@@ -759,11 +898,11 @@ class _Durable:
             seconds,
         )
 
-    def _restore_parts(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Entry], int]:
+    def _restore_parts(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Record], int]:
         with gc_paused():
             return self._restore_parts_now(partitions)
 
-    def _restore_parts_now(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Entry], int]:
+    def _restore_parts_now(self, partitions: list[Hashable]) -> tuple[dict[Hashable, Record], int]:
         changelog = self.changelog
         assert changelog is not None
         backend = self.backend
@@ -801,10 +940,10 @@ class _Durable:
             for _, chunk in changelog.read({number: None}):
                 changes += self._apply_changelog(text, chunk)
                 self.restore_read = changes
-        restored: dict[Hashable, Entry] = {}
+        restored: dict[Hashable, Record] = {}
         for partition in numbers:
             for key, _part, record in backend.rows(part_text(partition)):
-                restored[key] = entry_from_record(key, record)
+                restored[key] = record_from_durable(key, record)
         self.restoring = None
         return restored, changes
 
@@ -869,8 +1008,8 @@ class _Durable:
                 assert store._dirty is not None
                 store._dirty |= dirty or set()
                 raise
-            assert isinstance(snap._entries, Levels)
-            self.last_entries = snap._entries
+            assert isinstance(snap._records, Levels)
+            self.last_entries = snap._records
             if meta and self.stored is not None:
                 self.stored.update(meta)
             self.checkpoints += 1
@@ -881,7 +1020,8 @@ class _Durable:
             return True
 
     def _write(self, snap: Snapshot, dirty: set[Hashable], meta: dict[str, Any]) -> int:
-        entries = snap._entries
+        entries = snap._records
+        assert entries is not None
         previous = self.last_entries
         backend = self.backend
         encoded: list[tuple[bytes, str | None, bytes]] = []
@@ -893,18 +1033,17 @@ class _Durable:
                 key_bytes = backend.codec.dumps(key)
                 deletes.append(key_bytes)
                 old = previous.get(key)
-                if old is not None and old.position is not None:
-                    number = self.input_partition(old.position.partition)
+                if old is not None and old[6] is not None:
+                    number = self.input_partition(old[7])
                     if number is not None:
                         records.append((number, key_bytes, None))
                 continue
-            pos = entry.position
-            key_bytes, entry_bytes = backend.encode(key, entry_record(entry))
-            encoded.append(
-                (key_bytes, None if pos is None else part_text(pos.partition), entry_bytes)
-            )
-            if pos is not None:
-                number = self.input_partition(pos.partition)
+            # entry[1:] is the durable record (snapshot.entry_record); entry[6] the source
+            key_bytes, entry_bytes = backend.encode(key, entry[1:])
+            has_position = entry[6] is not None
+            encoded.append((key_bytes, part_text(entry[7]) if has_position else None, entry_bytes))
+            if has_position:
+                number = self.input_partition(entry[7])
                 if number is not None:
                     records.append((number, key_bytes, entry_bytes))
         txn = None if self.changelog is None else getattr(self.changelog, "transactions", None)
@@ -1022,8 +1161,6 @@ class _Durable:
 
 def _keys_of(snap: Snapshot, parts: set[str]) -> list[Hashable]:
     """The keys of ``snap`` whose last event came from one of ``parts``."""
-    return [
-        k
-        for k, e in snap._entries.items()
-        if e.position is not None and part_text(e.position.partition) in parts
-    ]
+    records = snap._records
+    assert records is not None
+    return [k for k, r in records.items() if r[6] is not None and part_text(r[7]) in parts]

@@ -7,6 +7,7 @@ and merges between levels all happen."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Hashable
 from typing import Any
 
@@ -16,11 +17,11 @@ from hypothesis import strategies as st
 
 import rxagent.state.levels as levels_module
 import rxagent.state.store as store_module
-from rxagent import DELETE, StateStore
+from rxagent import DELETE, Position, StateStore
 from rxagent.state import Snapshot
 from rxagent.state.levels import GONE, Levels
 from rxagent.state.render import context_header, context_line, fit, key_text, omitted_line
-from rxagent.state.snapshot import ChangeSet, Entry
+from rxagent.state.snapshot import ChangeSet, Entry, StateChange
 
 # -- the full-scan reference ---------------------------------------------------------------
 
@@ -133,3 +134,72 @@ def test_a_restored_store_and_released_keys_read_the_same(small: None) -> None:
         assert store.context(budget, now=1000.0) == reference_context(snap, budget, 1000.0)
     for since in range(snap.version + 1):
         assert store.changes_since(since).changed == reference_changes(snap, since).changed
+
+
+# -- records: what a store keeps per key (issue 16) -------------------------------------------
+
+#: one batch of the sink's fast path: distinct keys, (value or None to delete, offset or None)
+ROWS = st.dictionaries(
+    KEYS,
+    st.tuples(st.one_of(st.none(), st.integers(0, 9)), st.one_of(st.none(), st.integers(0, 5))),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.tuples(st.sampled_from([0, 1]), ROWS), max_size=20))
+def test_write_values_is_apply_without_its_objects(
+    small: None, batches: list[tuple[int, dict[Any, tuple[int | None, int | None]]]]
+) -> None:
+    """``write_values`` (the state sink without a reducer) leaves the same entries and
+    tombstones, skips the same replays and tells ``updates`` subscribers the same
+    changes as ``apply`` with positions."""
+    lean, full = StateStore("s", clock=lambda: 1000.0), StateStore("s", clock=lambda: 1000.0)
+    told: dict[str, list[StateChange]] = {"lean": [], "full": []}
+    lean.updates.subscribe(told["lean"].extend)
+    full.updates.subscribe(told["full"].extend)
+    for partition, rows in batches:
+        keys = list(rows)
+        values = [DELETE if v is None else v for v, _ in rows.values()]
+        offsets = [o for _, o in rows.values()]
+        times = [float(i) for i in range(len(keys))]
+        changed = lean.write_values(keys, values, times, "src", partition, offsets)
+        applied = full.apply(
+            [
+                (k, v, t, None if o is None else Position("src", partition, o))
+                for k, v, t, o in zip(keys, values, times, offsets, strict=True)
+            ]
+        )
+        assert changed == len(applied)
+        assert lean.ignored == full.ignored
+        assert lean.version == full.version
+        assert len(lean) == len(full)
+    a, b = lean.snapshot, full.snapshot
+    assert a.to_dict() == b.to_dict()
+    assert {k: a.entry(k) for k in a} == {k: b.entry(k) for k in b}
+    assert dict(a._tombstones) == dict(b._tombstones)
+    assert told["lean"] == told["full"]
+    for since in range(a.version + 1):
+        x, y = lean.changes_since(since), full.changes_since(since)
+        assert x.changed == y.changed
+        assert sorted(map(repr, x.deleted)) == sorted(map(repr, y.deleted))
+
+
+def test_stored_records_are_untracked_by_the_garbage_collector() -> None:
+    """Entries of atomic values cost the collector nothing: the store keeps exact tuples
+    (CPython untracks them), and builds the ``Entry`` (with its ``Position``) when read."""
+    store = StateStore("s", clock=lambda: 1000.0)
+    store.write_values([f"k{i}" for i in range(100)], list(range(100)), None, "src", 3, range(100))
+    store.apply([(("t", 1), 2.5, 7.0, Position("src", ("topic", 0), 9))])
+    gc.collect()
+    records = store.snapshot._records
+    assert records is not None
+    assert len(records) == 101
+    assert not any(gc.is_tracked(r) for r in records.values())
+    assert store.snapshot.entry("k7") == Entry("k7", 7, 1, 1, None, 1000.0, Position("src", 3, 7))
+    assert store.snapshot.entry(("t", 1)) == Entry(
+        ("t", 1), 2.5, 2, 1, 7.0, 1000.0, Position("src", ("topic", 0), 9)
+    )
+    assert store.snapshot.value("k7") == store["k7"] == store.get("k7") == 7
+    assert store.snapshot.value("nope", "-") == "-"
