@@ -11,6 +11,7 @@ BENCHMARKS = [
     "expressions",
     "backpressure",
     "websocket",
+    "websocket_latency",
     "kafka",
     "state_engines",
     "durable_state",

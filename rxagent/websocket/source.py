@@ -13,7 +13,11 @@ Memory stays bounded by ``credit + max_queue`` messages of at most
 
 **Batching.** After the first message of a batch, the messages already queued
 in the client are taken without awaiting the network, up to the granted credit,
-and leave as one batch: a burst costs one loop hop, not one per message.
+and leave as one batch: a burst costs one loop hop, not one per message. Nothing
+waits to fill a batch, so a lone message leaves at once. Free credit is taken
+without an await, and the loop's other work runs between batches: through the
+next ``recv()``, which waits for the network when nothing is queued, or an
+explicit yield when messages remain queued (a burst larger than the batch).
 
 **Reconnects.** A closed or failed connection is retried on the ``backoff``
 schedule. The attempt count is reset only once a connection stayed up
@@ -690,29 +694,40 @@ class WebSocketSource(Source):
     async def _read(self, ws: ClientConnection, out: Emitter) -> None:
         """Read and emit until the connection closes (``ConnectionClosed``)."""
         frames = _frame_queue(ws)
+        recv = ws.recv
+        flow = out.flow
+        want = self.batch_size
         while True:
             if not self._held:
-                self._held = await out.credit(self.batch_size)
-            batch = [await ws.recv()]
+                # credit that is free is taken without an await (no coroutine per batch)
+                self._held = flow.try_acquire(want) or await out.credit(want)
+            batch = [await recv()]
             # what is already queued leaves with it, without awaiting the network
-            await _take_queued(ws, frames, batch, self._held)
+            if frames:
+                await _take_queued(ws, frames, batch, self._held)
             # the rows emitted keep their credit; dead-lettered ones give it back
             self._held -= len(batch)
             out.give_back(self._held + len(batch) - self._emit(out, batch))
             self._held = 0
-            # let timers, sinks and other pipelines run between batches
-            await asyncio.sleep(0)
+            # let timers, sinks and other pipelines run between batches; when nothing
+            # is queued the next recv() waits for the network, which lets them run
+            # without a loop turn of its own per batch
+            if frames is None or frames:
+                await asyncio.sleep(0)
 
     async def _read_lossy(self, ws: ClientConnection, out: Emitter, overflow: Overflow) -> None:
         """Read as fast as the server sends, never waiting for credit: the
         ``overflow`` policy emits what credit allows and queues or drops the rest."""
         frames = _frame_queue(ws)
+        recv = ws.recv
         limit = self.batch_size
         while True:
-            batch = [await ws.recv()]
-            await _take_queued(ws, frames, batch, limit)
+            batch = [await recv()]
+            if frames:
+                await _take_queued(ws, frames, batch, limit)
             self._emit(out, batch, overflow)
-            await asyncio.sleep(0)
+            if frames is None or frames:  # as in _read: recv() lets the others run
+                await asyncio.sleep(0)
 
     def _emit(self, out: Emitter, raws: list[Message], overflow: Overflow | None = None) -> int:
         """Decode ``raws``, emit the good ones, dead-letter the rest; returns the count emitted."""

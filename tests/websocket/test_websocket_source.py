@@ -173,6 +173,53 @@ async def test_queued_messages_leave_as_one_batch() -> None:
     assert len(sizes) <= 2, sizes  # not one loop hop per message
 
 
+async def test_other_tasks_run_between_batches_of_a_queued_burst() -> None:
+    """A burst larger than ``batch_size`` leaves in several batches, and the loop
+    runs other work between them (the source yields while messages remain queued;
+    when none remain, its next ``recv()`` waits for the network, which yields)."""
+    release = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        for i in range(40):
+            await ws.send(json.dumps({"seq": i}))
+        release.set()
+        await ws.wait_closed()
+
+    sizes: list[int] = []
+    seen: list[int] = []  # how many batches had arrived, at each turn of another task
+
+    class Sizes(Sink):
+        def on_batch(self, batch: Batch) -> None:
+            sizes.append(len(batch))
+            batch.end_all()
+
+    async def other_task() -> None:
+        while True:
+            seen.append(len(sizes))
+            await asyncio.sleep(0)
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=["hi"], max_queue=64, batch_size=5)
+        original = source._read
+
+        async def delayed_read(ws: Any, out: Any) -> None:
+            await release.wait()
+            await asyncio.sleep(0.05)  # every message is in the client's queue by now
+            await original(ws, out)
+
+        source._read = delayed_read  # type: ignore[method-assign]
+        pipeline = Pipeline("ws", source).to(Sizes())
+        await pipeline.start()
+        other = asyncio.create_task(other_task())
+        await until(lambda: sum(sizes) == 40)
+        other.cancel()
+        await pipeline.stop()
+    assert sizes == [5] * 8
+    # the other task ran after each batch but the last (and maybe after it too)
+    assert set(range(1, 8)) <= set(seen), seen
+
+
 # -- reconnects -----------------------------------------------------------------------------
 
 
