@@ -19,6 +19,18 @@ without an await, and the loop's other work runs between batches: through the
 next ``recv()``, which waits for the network when nothing is queued, or an
 explicit yield when messages remain queued (a burst larger than the batch).
 
+**Latency or CPU.** At a moderate rate (10,000 messages a second on a local
+feed) messages arrive one at a time, so each batch holds about one, and the
+fixed cost of a batch through the pipeline is paid per message. ``batch_wait``
+trades latency for CPU: after a batch's first message the source waits up to
+that long for more to queue (it stops waiting once ``batch_size`` or
+``max_queue`` are reached), so a batch gathers about ``rate * batch_wait``
+messages and each message waits half of it on average. Default 0: no wait.
+While the source waits the connection goes on being read into the client's
+queue, so a connection carries at most about ``max_queue`` messages per quarter
+of ``batch_wait``: raise ``max_queue`` with it for fast feeds. On a stop during
+the wait, what was received is emitted first.
+
 **Reconnects.** A closed or failed connection is retried on the ``backoff``
 schedule. The attempt count is reset only once a connection stayed up
 ``stable_after`` seconds, so a server that accepts and closes at once meets
@@ -259,6 +271,9 @@ class WebSocketSource(Source):
         credit: most events in flight from this source at once; reading pauses
             beyond it (backpressure to the server through TCP).
         batch_size: most events in one emission (a batch).
+        batch_wait: seconds a batch waits after its first message for more to
+            queue (default 0: emit what is queued at once). Trades latency for
+            CPU per message at moderate rates (see the module docstring).
     """
 
     kind = "websocket"
@@ -296,6 +311,7 @@ class WebSocketSource(Source):
         overflow: Overflow | None = None,
         credit: int = 4096,
         batch_size: int = 512,
+        batch_wait: float = 0.0,
     ) -> None:
         super().__init__(name, credit=credit, batch_size=batch_size)
         _secrets.register_url(url, owner=self)
@@ -312,6 +328,10 @@ class WebSocketSource(Source):
             raise ConfigurationError(f"{where}: max_queue must be >= 1, got {max_queue}")
         if stable_after < 0:
             raise ConfigurationError(f"{where}: stable_after must be >= 0, got {stable_after}")
+        if not 0 <= batch_wait < float("inf"):
+            raise ConfigurationError(
+                f"{where}: batch_wait must be a number of seconds >= 0, got {batch_wait!r}"
+            )
         if auth_retries is not None and (isinstance(auth_retries, bool) or auth_retries < 0):
             raise ConfigurationError(
                 f"{where}: auth_retries must be >= 0 or None (retry forever), got {auth_retries!r}"
@@ -348,6 +368,7 @@ class WebSocketSource(Source):
         self.circuit = circuit
         self.rng = rng
         self.overflow = overflow
+        self.batch_wait = batch_wait
         #: Lifecycle events (see :class:`WebSocketLifecycle`).
         self.lifecycle: Subject[WebSocketLifecycle] = Subject()
         self.last_seq: Any = None
@@ -402,6 +423,7 @@ class WebSocketSource(Source):
             "last_error": self.last_error,
             "health": self.health.as_dict(),
             "auth_refusals": self.auth_refusals,
+            "batch_wait": self.batch_wait,
             "backoff": self.backoff.describe(),
             "circuit": None if self.circuit is None else str(self.circuit.state),
         }
@@ -697,11 +719,13 @@ class WebSocketSource(Source):
         recv = ws.recv
         flow = out.flow
         want = self.batch_size
+        wait = self.batch_wait > 0 and frames is not None
         while True:
             if not self._held:
                 # credit that is free is taken without an await (no coroutine per batch)
                 self._held = flow.try_acquire(want) or await out.credit(want)
             batch = [await recv()]
+            stopping = wait and await self._linger(frames, self._held - 1)
             # what is already queued leaves with it, without awaiting the network
             if frames:
                 await _take_queued(ws, frames, batch, self._held)
@@ -709,6 +733,8 @@ class WebSocketSource(Source):
             self._held -= len(batch)
             out.give_back(self._held + len(batch) - self._emit(out, batch))
             self._held = 0
+            if stopping:
+                raise asyncio.CancelledError
             # let timers, sinks and other pipelines run between batches; when nothing
             # is queued the next recv() waits for the network, which lets them run
             # without a loop turn of its own per batch
@@ -721,13 +747,32 @@ class WebSocketSource(Source):
         frames = _frame_queue(ws)
         recv = ws.recv
         limit = self.batch_size
+        wait = self.batch_wait > 0 and frames is not None
         while True:
             batch = [await recv()]
+            stopping = wait and await self._linger(frames, limit - 1)
             if frames:
                 await _take_queued(ws, frames, batch, limit)
             self._emit(out, batch, overflow)
+            if stopping:
+                raise asyncio.CancelledError
             if frames is None or frames:  # as in _read: recv() lets the others run
                 await asyncio.sleep(0)
+
+    async def _linger(self, frames: Any, more: int) -> bool:
+        """Wait up to ``batch_wait`` until ``more`` messages are queued (or ``max_queue``
+        frames, where the client stops reading), looking four times; True when the
+        wait was cancelled (a stop): the caller emits what it has, then stops."""
+        step = self.batch_wait / 4
+        full = self.max_queue
+        try:
+            for _ in range(4):
+                if len(frames) >= full or _complete_messages_queued(frames, more) >= more:
+                    break
+                await asyncio.sleep(step)
+        except asyncio.CancelledError:
+            return True
+        return False
 
     def _emit(self, out: Emitter, raws: list[Message], overflow: Overflow | None = None) -> int:
         """Decode ``raws``, emit the good ones, dead-letter the rest; returns the count emitted."""

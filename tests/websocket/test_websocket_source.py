@@ -220,6 +220,65 @@ async def test_other_tasks_run_between_batches_of_a_queued_burst() -> None:
     assert set(range(1, 8)) <= set(seen), seen
 
 
+async def test_batch_wait_gathers_a_trickle_into_few_batches() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        for i in range(20):
+            await ws.send(json.dumps({"seq": i}))
+            await asyncio.sleep(0.002)
+        await ws.wait_closed()
+
+    sizes: list[int] = []
+    values: list[Any] = []
+
+    class Sizes(Sink):
+        def on_batch(self, batch: Batch) -> None:
+            sizes.append(len(batch))
+            values.extend(batch.values)
+            batch.end_all()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=["hi"], batch_wait=0.2)
+        pipeline = Pipeline("ws", source).to(Sizes())
+        await pipeline.start()
+        await until(lambda: len(values) == 20)
+        status = await pipeline.stop()
+    assert values == [{"seq": i} for i in range(20)]
+    # 20 messages over ~40 ms; each batch waits up to 200 ms for more after its first
+    assert len(sizes) <= 2, sizes
+    assert status.source["batch_wait"] == 0.2
+
+
+async def test_a_stop_during_batch_wait_emits_what_was_received() -> None:
+    sent = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(json.dumps({"seq": 0}))
+        sent.set()
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        source = WebSocketSource(url, subscribe=["hi"], batch_wait=30.0)
+        sink = ListSink()
+        pipeline = Pipeline("ws", source).to(sink)
+        await pipeline.start()
+        await sent.wait()
+        await asyncio.sleep(0.1)  # received, and waiting (30 s) for more
+        assert sink.values == []
+        started = time.monotonic()
+        status = await pipeline.stop()
+    assert time.monotonic() - started < 5
+    assert sink.values == [{"seq": 0}]
+    assert status.source["received"] == 1
+
+
+@pytest.mark.parametrize("bad", [-0.001, float("nan"), float("inf")])
+def test_batch_wait_must_be_seconds_at_least_zero(bad: float) -> None:
+    with pytest.raises(ConfigurationError, match="websocket source 'websocket': batch_wait must"):
+        WebSocketSource("ws://127.0.0.1:1/feed", batch_wait=bad)
+
+
 # -- reconnects -----------------------------------------------------------------------------
 
 

@@ -120,6 +120,11 @@ class WebSocketParams(SourceParams):
         1 << 20, ge=1, description="largest message in bytes (null: no limit)"
     )
     max_queue: int = Field(64, ge=1, description="frames buffered before the client stops reading")
+    batch_wait: Duration = Field(
+        0.0,
+        description="how long a batch waits after its first message for more (0: not at "
+        "all); trades latency for CPU per message at moderate rates",
+    )
     open_timeout: Duration | None = Field(
         10.0, description="longest wait for the opening handshake"
     )
@@ -190,6 +195,7 @@ def _websocket(p: WebSocketParams, ctx: BuildContext) -> Any:
         compression=p.compression,
         max_size=p.max_size,
         max_queue=p.max_queue,
+        batch_wait=p.batch_wait,
         open_timeout=p.open_timeout,
         close_timeout=p.close_timeout,
         stable_after=p.stable_after,
