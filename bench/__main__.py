@@ -13,6 +13,7 @@ BENCHMARKS = [
     "websocket",
     "websocket_latency",
     "kafka",
+    "kafka_job",
     "state_engines",
     "durable_state",
     "activations",

@@ -109,6 +109,10 @@ class ConsumerStats:
     rejoins: int = 0
     #: polls the consumer thread made on its own while the loop was blocked
     unattended_polls: int = 0
+    #: batches the loop read itself (fetched already; ``assign=True`` only)
+    loop_reads: int = 0
+    #: batches read on the consumer thread (it waited for them, or reads there)
+    thread_reads: int = 0
 
 
 class PartitionRows:
@@ -152,8 +156,9 @@ class ConsumerThread:
     """The confluent-kafka consumer and everything that runs on its thread.
 
     Methods named ``*_`` run on the loop; the others on the consumer thread,
-    through :meth:`call`. Rebalance callbacks run on the consumer thread and ask
-    the loop (which owns the flow) what to commit.
+    through :meth:`call`, except :meth:`try_fetch`, the loop's read of what is
+    fetched already (only without a group, under :attr:`lock`). Rebalance callbacks
+    run on the consumer thread and ask the loop (which owns the flow) what to commit.
     """
 
     def __init__(
@@ -209,11 +214,22 @@ class ConsumerThread:
         #: that keeps one transaction's watermarks, records and commit together
         self.txn = settings.transactions
         self.txn_lock: asyncio.Lock | None = None
+        #: held by whoever calls the consumer: the consumer thread for a whole call, the
+        #: loop only for a read that does not wait (:meth:`try_fetch`)
+        self.lock = threading.Lock()
+        #: whether the loop may read what is fetched already itself: only without a group
+        #: (no rebalance callback can run on the loop, where it could not wait for it)
+        #: and without callbacks of the user's that may block (OAuth token refreshes)
+        self.direct = settings.assign and self.txn is None and "oauth_cb" not in settings.config
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the consumer's own thread (librdkafka's callbacks need it) and await
         its result from the loop."""
-        return await self.loop.run_in_executor(self.executor, fn, *args)
+        return await self.loop.run_in_executor(self.executor, self._locked, fn, *args)
+
+    def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self.lock:
+            return fn(*args)
 
     # -- consumer thread ----------------------------------------------------------------
 
@@ -279,7 +295,7 @@ class ConsumerThread:
                 continue
             self.watch_queued = True
             try:
-                self.executor.submit(self._unattended)
+                self.executor.submit(self._locked, self._unattended)
             except RuntimeError:  # the executor is shut down
                 return
 
@@ -449,8 +465,46 @@ class ConsumerThread:
             messages.append(first)
         if len(messages) < n:
             messages.extend(consumer.consume(n - len(messages), 0))
+        self.stats.thread_reads += 1
         # (a message does not end an outage: it may come from what was fetched before it)
         return self._decode(messages), self.at_end()
+
+    def try_fetch(
+        self, n: int, commits: list[Any] | None
+    ) -> tuple[list[PartitionRows], bool] | None:
+        """On the loop: up to ``n`` messages librdkafka has fetched already, decoded,
+        without waiting (``consume(n, 0)``), and whether every partition is read to its
+        end; ``commits`` are committed (asynchronously) first.
+
+        ``None`` when the consumer thread must do it (:meth:`fetch`, with the same
+        ``commits``): nothing is fetched yet (it waits there), the consumer is paused,
+        probing the brokers or busy on its thread, or reads may not happen on the loop
+        (:attr:`direct`). Reading here saves the thread hop of every batch and, above
+        all, the two threads taking turns at the interpreter lock: measured, see
+        docs/architecture.md ("Kafka: reads on the loop").
+        """
+        if not self.direct or not self.lock.acquire(blocking=False):
+            return None
+        try:
+            # (read under the lock: the watchdog pauses and stashes on the thread)
+            if (
+                self.paused
+                or self.stash
+                or self.failure is not None
+                or self.stats.down_since is not None
+                or self.check is not None
+            ):
+                return None
+            messages = self.consumer.consume(n, 0)
+            if not messages and not self.at_end():
+                return None  # wait on the consumer thread
+            self.last_call = time.monotonic()
+            self.stats.loop_reads += 1
+            if commits:
+                self._commit_checked(commits)
+            return self._decode(messages), self.at_end()
+        finally:
+            self.lock.release()
 
     def keepalive(self, commits: list[Any] | None) -> None:
         """No credit: pause what is assigned and poll, so the group keeps us."""

@@ -2,11 +2,15 @@
 
 How it keeps the promises of :mod:`rxagent.flow`:
 
-* **Batches, off the loop.** Every consumer call runs in one dedicated thread
-  (librdkafka serves rebalance callbacks on the thread that polls). One hop reads
-  up to the credit held (``poll`` for the first message, so a quiet topic answers
-  at once, then ``consume`` for what is already fetched) and decodes it there;
-  the loop emits one batch per partition.
+* **Batches; waits off the loop.** Consumer calls that may wait run in one
+  dedicated thread (librdkafka serves rebalance callbacks on the thread that
+  polls). One hop reads up to the credit held (``poll`` for the first message, so
+  a quiet topic answers at once, then ``consume`` for what is already fetched) and
+  decodes it there; the loop emits one batch per partition. Without a group
+  (``assign=True``: no rebalance callback can run) the loop first takes what
+  librdkafka has fetched already itself, without waiting (``consume(n, 0)``), and
+  asks the thread only when nothing is there: a busy topic costs no thread hop and
+  no turn-taking at the interpreter lock (``ConsumerThread.try_fetch``).
 * **At least once.** ``enable.auto.commit`` is off. What is committed is each
   partition's completion watermark (``flow.watermark``): the offset after the
   longest run of events whose processing has ended. Commits happen every
@@ -208,6 +212,10 @@ class KafkaSource(Source):
     rejoins = _Stat[int]()
     #: polls the consumer thread made on its own while the loop was blocked
     unattended_polls = _Stat[int]()
+    #: batches the loop read itself (fetched already; ``assign=True`` only)
+    loop_reads = _Stat[int]()
+    #: batches read on the consumer thread (it waited for them, or reads there)
+    thread_reads = _Stat[int]()
 
     def __init__(
         self,
@@ -420,6 +428,9 @@ class KafkaSource(Source):
             "auth_refusals": self.auth_refusals,
             "rejoins": self.rejoins,
             "unattended_polls": self.unattended_polls,
+            # batches read by the loop itself and by the consumer thread
+            "loop_reads": self.loop_reads,
+            "thread_reads": self.thread_reads,
             "restoring": self.restoring,
             # what it waits for, when it cannot read (the live view shows it)
             "waiting": self._waiting(),
@@ -549,9 +560,21 @@ class KafkaSource(Source):
                     if checkpointing is not None and checkpointing.done():
                         commits = checkpointing.result()
                         checkpointing = None
-                    ahead = asyncio.ensure_future(
-                        consumer.call(consumer.fetch, granted, self.poll_timeout, commits)
+                    # what is fetched already is read here, the thread waits for the rest;
+                    # never while a read of the thread's is pending (it may not have
+                    # started yet: it would read later messages, emitted before these)
+                    direct = (
+                        consumer.try_fetch(granted, commits)
+                        if current is None or current.done()
+                        else None
                     )
+                    if direct is not None:
+                        ahead = loop.create_future()
+                        ahead.set_result(direct)
+                    else:
+                        ahead = asyncio.ensure_future(
+                            consumer.call(consumer.fetch, granted, self.poll_timeout, commits)
+                        )
                     ahead_credit = granted
                 if current is None:
                     continue

@@ -223,6 +223,80 @@ async def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(
     assert b"cannot decode" in headers["error"]
 
 
+async def test_without_a_group_the_loop_reads_what_is_fetched_itself_in_order(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
+) -> None:
+    topic = kafka_topic(2)
+    for p in (0, 1):
+        kafka_produce(topic, [json.dumps(i).encode() for i in range(5000)], partition=p)
+    sink = ListSink()
+    gid = group()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        assign=True,
+        until_eof=True,
+        credit=1024,
+        batch_size=256,
+    )
+    status = await asyncio.wait_for(Pipeline("direct", source).to(sink).run(), 30)
+    await source.wait_closed()
+    assert status.completed
+    # a busy topic: most batches are taken by the loop, without a thread hop
+    assert source.loop_reads > source.thread_reads >= 1, source.describe()
+    # every message once, each partition in order
+    for p in (0, 1):
+        offsets = [e.position.offset for e in sink.events if e.position.partition.partition == p]
+        assert offsets == list(range(5000))
+    assert committed(kafka_bootstrap, gid, topic, 2) == [5000, 5000]
+
+
+@pytest.mark.parametrize("assign", [True, False], ids=["assigned", "group"])
+async def test_pauses_without_credit_and_resumes_where_it_stopped_read_by_loop_or_thread(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce, assign: bool
+) -> None:
+    topic = kafka_topic(2)
+    for p in (0, 1):
+        kafka_produce(topic, [json.dumps(i).encode() for i in range(p, 400, 2)], partition=p)
+    sink = HoldingSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        assign=assign,
+        # (a short session, as the other group tests: the group forms quickly)
+        config={"session.timeout.ms": 2000, "heartbeat.interval.ms": 200},
+        credit=40,
+        batch_size=16,
+    )
+    pipeline = Pipeline("paused", source).to(sink)
+    await pipeline.start()
+    try:
+        for _ in range(3):
+            await until(lambda: len(sink.held) - len(sink.ended) == 40, 15)
+            # no credit for longer than the keepalive: everything assigned is paused
+            await asyncio.sleep(source.keepalive * 2.5)
+            sink.release()
+        assert source.pauses >= 3
+        deadline = time.monotonic() + 15
+        while len(sink.ended) < 400:
+            assert time.monotonic() < deadline, f"{len(sink.ended)} of 400 processed"
+            sink.release()
+            await asyncio.sleep(0.01)
+    finally:
+        await pipeline.stop()
+        await source.wait_closed()
+    # nothing skipped or read twice across pauses (resume seeks back), in order
+    assert sorted(e.value for e in sink.held) == list(range(400))
+    for p in (0, 1):
+        offsets = [e.position.offset for e in sink.held if e.position.partition.partition == p]
+        assert offsets == list(range(200))
+    # reads by the loop itself happen only without a group
+    assert (source.loop_reads > 0) is assign
+    assert source.thread_reads > 0
+
+
 async def test_commits_never_pass_an_event_still_in_processing(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_produce: Produce
 ) -> None:
