@@ -24,7 +24,9 @@ then the medians. Target: rxagent >= 0.9x the hand loop's rate.
 
 ``python -m bench kafka_job`` (or ``python -m bench.bench_kafka_job [N] [--rounds R]``;
 default 1,000,000 messages, 5 rounds). Starts its own Tansu broker, or uses
-``RXAGENT_KAFKA_BOOTSTRAP``.
+``RXAGENT_KAFKA_BOOTSTRAP``. ``--group``: both subscribe in a consumer group instead
+(``assign=False``, the reads stay on the source's consumer thread), timed from the
+first message.
 """
 
 from __future__ import annotations
@@ -45,23 +47,37 @@ from rxagent.kafka import CONSUMER_DEFAULTS, KafkaSource
 from .bench_kafka import PARTITIONS, Decoder, fill, start_broker
 
 ROUNDS = 5
+#: ``--group``: a session short enough for a new group to form quickly on Tansu
+GROUP_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 TARGET = 0.9
 WINDOW = 100
 
 
-def hand_loop(bootstrap: str, topic: str, n: int, loads: Decoder) -> tuple[float, float]:
+def hand_loop(
+    bootstrap: str, topic: str, n: int, loads: Decoder, group: bool = False
+) -> tuple[float, float]:
     """The job by hand; (messages per second, CPU seconds)."""
     start, cpu = time.perf_counter(), time.process_time()
     consumer = Consumer(
         {
             **CONSUMER_DEFAULTS,
+            **(GROUP_CONFIG if group else {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"hand-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
         }
     )
     consumer.list_topics(topic, timeout=10)
-    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    if group:
+        consumer.subscribe([topic])
+        while not (first := consumer.consume(1, 0.5)):
+            pass
+        # timed from the first message: the group's join is not
+        start, cpu = time.perf_counter(), time.process_time()
+        if first[0].error() is None:
+            consumer.seek(TopicPartition(topic, first[0].partition(), first[0].offset()))
+    else:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
     windows: dict[str, list[float]] = {}
     state: dict[str, float] = {}
     offsets: dict[int, int] = {}
@@ -98,26 +114,38 @@ def hand_loop(bootstrap: str, topic: str, n: int, loads: Decoder) -> tuple[float
     return n / elapsed, used
 
 
-async def rxagent_job(bootstrap: str, topic: str, n: int) -> tuple[float, float]:
+async def rxagent_job(
+    bootstrap: str, topic: str, n: int, group: bool = False
+) -> tuple[float, float]:
     """The job with rxagent and the source's defaults; (messages per second, CPU seconds)."""
     store = StateStore("job")
     source = KafkaSource(
         topic,
         bootstrap_servers=bootstrap,
         group_id=f"rx-{uuid.uuid4().hex[:6]}",
-        assign=True,
+        config=GROUP_CONFIG if group else None,
+        assign=not group,
         until_eof=True,
     )
+    first: list[tuple[float, float]] = []
+
+    def keep(value: Any) -> bool:
+        if not first:  # in a group: timed from the first message, the join is not
+            first.append((time.perf_counter(), time.process_time()))
+        return bool(value["qty"] >= 0)
+
     pipeline = (
         Pipeline("job", source)
         .pipe(
-            ops.filter(lambda v: v["qty"] >= 0),
+            ops.filter(keep if group else lambda v: v["qty"] >= 0),
             ops.count_window(WINDOW, key="sym", agg=ops.mean("px")),
         )
         .to(store.sink())
     )
     start, cpu = time.perf_counter(), time.process_time()
     await pipeline.run()
+    if first:
+        start, cpu = first[0]
     elapsed, used = time.perf_counter() - start, time.process_time() - cpu
     await source.wait_closed()  # final commit, leave (not timed)
     assert source.emitted == n, (source.emitted, n)
@@ -125,7 +153,9 @@ async def rxagent_job(bootstrap: str, topic: str, n: int) -> tuple[float, float]
     return n / elapsed, used
 
 
-def main(n: int = 1_000_000, rounds: int = ROUNDS, topic: str | None = None) -> None:
+def main(
+    n: int = 1_000_000, rounds: int = ROUNDS, topic: str | None = None, group: bool = False
+) -> None:
     loads: Any = KafkaSource("x", bootstrap_servers="127.0.0.1:9", group_id="x").decode_value
     process, bootstrap = start_broker()
     try:
@@ -143,9 +173,9 @@ def main(n: int = 1_000_000, rounds: int = ROUNDS, topic: str | None = None) -> 
             results: dict[str, tuple[float, float]] = {}
             for side in order:
                 if side == "hand":
-                    results[side] = hand_loop(bootstrap, topic, n, loads)
+                    results[side] = hand_loop(bootstrap, topic, n, loads, group)
                 else:
-                    results[side] = asyncio.run(rxagent_job(bootstrap, topic, n))
+                    results[side] = asyncio.run(rxagent_job(bootstrap, topic, n, group))
             (hand, hand_cpu), (rx, rx_cpu) = results["hand"], results["rx"]
             hands.append(hand)
             rxs.append(rx)
@@ -158,7 +188,7 @@ def main(n: int = 1_000_000, rounds: int = ROUNDS, topic: str | None = None) -> 
             f"kafka same job: rxagent {statistics.median(rxs):,.0f} msg/s vs hand loop "
             f"{statistics.median(hands):,.0f} msg/s: {statistics.median(ratios):.2f}x "
             f"(median of {rounds} alternating rounds, {min(ratios):.2f}-{max(ratios):.2f}x; "
-            f"defaults) (target >= {TARGET}x)"
+            f"defaults{', in a group' if group else ', assigned'}) (target >= {TARGET}x)"
         )
     finally:
         if process is not None:
@@ -171,5 +201,10 @@ if __name__ == "__main__":
     parser.add_argument("n", nargs="?", type=int, default=1_000_000, help="messages")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--topic", help="read this topic of N messages (RXAGENT_KAFKA_BOOTSTRAP)")
+    parser.add_argument(
+        "--group",
+        action="store_true",
+        help="both subscribe in a consumer group (timed from the first message) instead of assign",
+    )
     args = parser.parse_args()
-    main(args.n, args.rounds, args.topic)
+    main(args.n, args.rounds, args.topic, args.group)
