@@ -13,8 +13,9 @@ Time windows (tumbling, sliding, session) are in :mod:`.timed`; they share
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from operator import itemgetter
-from typing import Any, Literal
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter, not_
+from typing import Any, Literal, cast
 
 from reactivex import Observable
 
@@ -30,18 +31,46 @@ from .engine import EmitPartial, at_end, check_emit_partial, give_up
 __all__ = ["CountWindowHandler", "count_window"]
 
 
-class _KeyWindow:
-    __slots__ = ("end", "position", "start", "tickets", "values")
+class _KeyWindow(list[Any]):
+    """One key's open window: the list of its values, with what it holds of its
+    events' tickets (``held``: ``(ticket, events)`` pairs, a ticket possibly more
+    than once), its first and last event's time and its last position.
+
+    Built for many keys (issue 16): one list per open key, where a window object,
+    a value list and a ticket dict were three objects for the garbage collector
+    to walk; and a window that takes one row of a batch appends the batch's one
+    shared ``(ticket, 1)`` pair, so the hold of a closed window is one new tuple
+    (its pairs were a new tuple each)."""
+
+    __slots__ = ("end", "held", "position", "start")
 
     def __init__(self) -> None:
-        self.values: list[Any] = []
-        self.tickets: dict[Ticket, int] = {}
+        super().__init__()
+        self.held: list[tuple[Ticket, int]] = []
         self.start: float | None = None
         self.end: float | None = None
         self.position: int | None = None
 
+    @property
+    def tickets(self) -> dict[Ticket, int]:
+        """Ticket -> events held, oldest first (a new dict)."""
+        tickets: dict[Ticket, int] = {}
+        for ticket, n in self.held:
+            tickets[ticket] = tickets.get(ticket, 0) + n
+        return tickets
+
+    @tickets.setter
+    def tickets(self, tickets: dict[Ticket, int]) -> None:
+        self.held = list(tickets.items())
+
     def hold(self) -> Hold:
-        return tuple(self.tickets.items()) if self.tickets else None
+        # a ticket may come more than once (two batches of one ticket): whoever ends,
+        # retains or releases a hold goes pair by pair, so that is the same
+        held = self.held
+        return tuple(held) if held else None
+
+
+_HELD = attrgetter("held")
 
 
 class CountWindowHandler(BatchHandler):
@@ -66,6 +95,7 @@ class CountWindowHandler(BatchHandler):
         self.aggregation = aggregation
         self.emit_partial = emit_partial
         self.windows: dict[Hashable, _KeyWindow] = {}
+        self.distinct = False  # the last batch's keys were all distinct
         self.last_batch: Batch | None = None
         self.watch = RevokeWatch(self._release)
 
@@ -73,7 +103,13 @@ class CountWindowHandler(BatchHandler):
         # windows of revoked partitions are dropped, their events released:
         # the partition's new owner reads them again
         windows = self.windows
-        for k in [k for k, w in windows.items() if release_tickets(w.tickets, flow, partitions)]:
+        gone = []
+        for k, w in windows.items():
+            held = w.tickets
+            if release_tickets(held, flow, partitions):
+                gone.append(k)
+            w.tickets = held
+        for k in gone:
             del windows[k]
 
     def on_batch(self, batch: Batch, emit: Emit) -> None:
@@ -84,20 +120,37 @@ class CountWindowHandler(BatchHandler):
         metrics = batch.ctx.stage(stage)
         metrics.events_in += len(batch.values)
         groups: Mapping[Hashable, Sequence[int]] | None = None
+        # the last batch's keys were all distinct (many keys): try the path for that
+        distinct = self.distinct and batch.holds is None
+        keys: list[Hashable] | None = None
         if key_fn is not None:
             try:  # fast path: keys computed while grouping, no key list
-                groups = group_rows(map(key_fn, batch.values))
+                if distinct:
+                    keys = list(map(key_fn, batch.values))
+                else:
+                    groups = group_rows(map(key_fn, batch.values))
             except Exception:  # some key function raised: route row by row
                 keys, ok = apply(batch, key_fn, stage)
                 rows = [i for i, good in enumerate(ok) if good]
                 batch = batch.take(rows)
-                groups = group_rows([keys[i] for i in rows])
+                keys = [keys[i] for i in rows]
+                if not distinct:
+                    groups = group_rows(keys)
         elif batch.keys is not None:
-            groups = group_rows(batch.keys)
+            if distinct:
+                keys = batch.keys
+            else:
+                groups = group_rows(batch.keys)
         self.last_batch = batch
         n = len(batch.values)
+        if keys is not None and groups is None:
+            if len(set(keys)) == n and batch.holds is None and batch.ticket is not None:
+                self._distinct(batch, keys, emit, metrics)
+                return
+            groups = group_rows(keys)
         if groups is None:
             groups = {None: range(n)}
+        self.distinct = len(groups) == n > 1
         values = batch.values
         ticket = batch.ticket if batch.holds is None else None
         holds = batch.holds
@@ -107,35 +160,61 @@ class CountWindowHandler(BatchHandler):
         windows = self.windows
         out: list[tuple[Window, Hold, int | None]] = []
         closed_at: list[int] = []  # row that closed each window, to keep arrival order
+        # the pair of one row of this batch, shared by the windows that take one row
+        one = cast("tuple[Ticket, int]", (ticket, 1))
         for k, rows_of_key in groups.items():
             w = windows.get(k)
             if w is None:
                 w = windows[k] = _KeyWindow()
-            taken = 0
             m = len(rows_of_key)
+            if m == 1 and ticket is not None:
+                # one row of this key (many keys): the short way
+                i = rows_of_key[0]
+                w.append(values[i])
+                w.held.append(one)
+                t = now if times is None else times[i]
+                if w.start is None:
+                    w.start = t
+                w.end = t
+                if positions is not None:
+                    w.position = positions[i]
+                if len(w) >= size:
+                    out.append(self._close(k, w))
+                    closed_at.append(i)
+                    del windows[k]  # closed with nothing left: forget the key
+                continue
+            taken = 0
             while taken < m:
-                chunk = rows_of_key[taken : taken + size - len(w.values)]
+                room = size - len(w)
+                chunk = (
+                    rows_of_key if taken == 0 and m <= room else rows_of_key[taken : taken + room]
+                )
                 taken += len(chunk)
                 if len(chunk) == 1:
-                    w.values.append(values[chunk[0]])
+                    w.append(values[chunk[0]])
                 elif isinstance(chunk, range):
-                    w.values.extend(values[chunk.start : chunk.stop])
+                    w.extend(values[chunk.start : chunk.stop])
                 else:
-                    w.values.extend(itemgetter(*chunk)(values))
+                    w.extend(itemgetter(*chunk)(values))
                 if ticket is not None:
-                    w.tickets[ticket] = w.tickets.get(ticket, 0) + len(chunk)
+                    w.held.append(one if len(chunk) == 1 else (ticket, len(chunk)))
                 elif holds is not None:
-                    fold_holds([holds[i] for i in chunk], w.tickets)
+                    counts = w.tickets
+                    fold_holds([holds[i] for i in chunk], counts)
+                    w.tickets = counts
                 if w.start is None:
                     w.start = now if times is None else times[chunk[0]]
                 last = chunk[-1]
                 w.end = now if times is None else times[last]
                 if positions is not None:
                     w.position = positions[last]
-                if len(w.values) >= size:
+                if len(w) >= size:
                     out.append(self._close(k, w))
                     closed_at.append(last)
-            if not w.values:
+                    del w[:]
+                    w.held = []
+                    w.start = None
+            if not w:
                 # closed with nothing left: forget the key (keys come and go)
                 del windows[k]
         if ticket is not None:
@@ -147,15 +226,47 @@ class CountWindowHandler(BatchHandler):
             metrics.events_out += len(out)
             emit(self._batch(batch, out))
 
+    def _distinct(self, batch: Batch, keys: list[Hashable], emit: Emit, metrics: Any) -> None:
+        """A batch of distinct keys, each row its own key's (many keys, few rows of
+        each per batch): the rows go to their windows in passes in C, not a Python
+        step per row (one row of one ticket: the batch's shared ``(ticket, 1)``)."""
+        ticket = batch.ticket
+        assert ticket is not None
+        values = batch.values
+        times = batch.times
+        positions = batch.positions
+        now = batch.time
+        windows = self.windows
+        n = len(keys)
+        found: list[Any] = list(map(windows.get, keys))
+        # keys without an open window (a window in the table is never empty: falsy = None)
+        for i in compress(range(n), map(not_, found)):
+            w = found[i] = windows[keys[i]] = _KeyWindow()
+            w.start = now if times is None else times[i]
+        one = (ticket, 1)
+        any(map(list.append, found, values))
+        any(map(list.append, map(_HELD, found), repeat(one, n)))
+        any(map(setattr, found, repeat("end", n), repeat(now, n) if times is None else times))
+        if positions is not None:
+            any(map(setattr, found, repeat("position", n), positions))
+        ticket.fold(n)
+        full = list(compress(range(n), map(self.size.__le__, map(len, found))))
+        metrics.extra["open_windows"] = len(windows) - len(full)
+        if not full:
+            return
+        out = []
+        for i in full:
+            out.append(self._close(keys[i], found[i]))
+            del windows[keys[i]]  # closed with nothing left: forget the key
+        metrics.events_out += len(out)
+        emit(self._batch(batch, out))
+
     def _close(
         self, k: Hashable, w: _KeyWindow, partial: bool = False
     ) -> tuple[Window, Hold, int | None]:
-        result = Window(k, self.aggregation(w.values), len(w.values), w.start, w.end, partial)
-        row = (result, w.hold(), w.position)
-        w.values = []
-        w.tickets = {}
-        w.start = None
-        return row
+        """The row of ``w``'s aggregate (the caller forgets the key or empties ``w``)."""
+        result = Window(k, self.aggregation(w[:]), len(w), w.start, w.end, partial)
+        return (result, w.hold(), w.position)
 
     def _batch(
         self,
@@ -193,7 +304,7 @@ class CountWindowHandler(BatchHandler):
             metrics.extra["released_at_stop"] = metrics.extra.get("released_at_stop", 0) + released
             return
         partial = ending == "partial"
-        rows = [self._close(k, w, partial) for k, w in self.windows.items() if w.values]
+        rows = [self._close(k, w, partial) for k, w in self.windows.items() if w]
         self.windows.clear()
         if not rows:
             return
