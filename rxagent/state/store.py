@@ -371,17 +371,26 @@ class StateStore:
                 times = [None] * n
             if offsets is None:
                 offsets = [None] * n
-            # each key's old record, looked up a level at a time in C (newest first)
             olds: dict[Hashable, Any] = {}
-            pending = set(keys)
-            for level in levels:
-                if level:
-                    hit = level.keys() & pending
-                    if hit:
-                        olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
-                        pending -= hit
-                        if not pending:
+            if n <= _FEW:
+                # a few keys (one message at a time): looked up one by one
+                for key in keys:
+                    for level in levels:
+                        old = level.get(key)
+                        if old is not None:
+                            olds[key] = old
                             break
+            else:
+                # each key's old record, looked up a level at a time in C (newest first)
+                pending = set(keys)
+                for level in levels:
+                    if level:
+                        hit = level.keys() & pending
+                        if hit:
+                            olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
+                            pending -= hit
+                            if not pending:
+                                break
             get_old = olds.get
             added = 0
             ignored = 0
@@ -464,27 +473,40 @@ class StateStore:
             tombstones,
             wall,
             self.now,
-            self._logged(version, tuple(written), snap._log),
+            self._logged(version, tuple(written), snap._log, new_records, tombstones),
         )
         if self._dirty is not None:
             self._dirty.update(written)
         return new
 
-    def _logged(self, version: int, keys: tuple[Hashable, ...], log: ChangeLog | None) -> ChangeLog:
+    def _logged(
+        self,
+        version: int,
+        keys: tuple[Hashable, ...],
+        log: ChangeLog | None,
+        records: Levels[Record],
+        tombstones: immutables.Map[Hashable, int],
+    ) -> ChangeLog:
         """The change log of a new ``version`` that changed ``keys`` (under the lock).
-        Past ``2 * LOG_KEYS`` keys it is compacted: only the last change of each key
-        kept (what readers use), then the oldest batches dropped until ``LOG_KEYS``
-        distinct keys remain (the floor rises: older readers scan)."""
+        Past twice ``LOG_KEYS`` keys (or twice the keys the store knows, live or
+        deleted, if fewer, but at least :data:`_LOG_MIN`) it is compacted: only the last
+        change of each key kept (what readers use), walking back from the newest batch
+        until every key the store knows was seen (what is older changed nothing a
+        reader can ask about) or ``LOG_KEYS`` distinct keys were kept (then the floor
+        rises: older readers scan). A store of a few keys written one version at a time
+        compacts a short log often, never a long one at once."""
         lineage = ChangeLog.empty(0).lineage if log is None else log.lineage
         batches = self._log
         batches.append((version, keys))
         self._log_keys += len(keys)
-        if self._log_keys <= 2 * LOG_KEYS:
+        known = len(records) + len(tombstones)
+        if self._log_keys <= 2 * min(LOG_KEYS, max(known, _LOG_MIN)):
             return ChangeLog(batches, len(batches), lineage)
         seen: set[Hashable] = set()
         kept: list[tuple[int, tuple[Hashable, ...]]] = []
         floor = lineage.floor
         count = 0
+        covered = 0  # keys seen that the store knows (not released ones)
         for at, changed in reversed(batches):
             fresh = tuple(filterfalse(seen.__contains__, changed))
             if count + len(fresh) > LOG_KEYS:
@@ -494,6 +516,9 @@ class StateStore:
             count += len(fresh)
             if fresh:
                 kept.append((at, fresh))
+                covered += sum(1 for k in fresh if k in records or k in tombstones)
+                if covered >= known:
+                    break  # every key's last change is kept: the rest is superseded
         kept.reverse()
         self._log = kept
         self._log_keys = count
@@ -698,6 +723,13 @@ class StateStore:
 
 
 _UNSEEN: Final[Any] = object()
+
+#: Batches of at most this many keys look their old records up one key at a time.
+_FEW: Final = 8
+
+#: The least number of keys a change log holds before it is compacted (a store of a
+#: few keys compacts a log of twice this many, often, instead of one of 2 * LOG_KEYS).
+_LOG_MIN: Final = 1024
 
 
 def _records(entries: Mapping[Hashable, Entry | Record]) -> dict[Hashable, Record]:

@@ -142,9 +142,10 @@ def test_many_keys_take_the_same_windows(
     """Batches whose keys are all distinct (many keys) take a path of their own
     (issue 16); what comes out is what per-key windows by hand give: the same
     windows, order and positions, every event ended."""
-    items = [{"k": k, "i": i} for i, k in enumerate(keys)]
+    items = [{"k": k, "i": i, "t": i / 2} for i, k in enumerate(keys)]
+    timed = [ops.event_time("t")] if with_key_fn else []
     if with_key_fn:
-        stages = [ops.count_window(size, key="k", agg=ops.reduce(_rows, []))]
+        stages = [*timed, ops.count_window(size, key="k", agg=ops.reduce(_rows, []))]
     else:
         stages = [ops.key_by("k"), ops.count_window(size, agg=ops.reduce(_rows, []))]
     result = asyncio.run(run(items, *stages, batch_size=batch_size, credit=4 * batch_size))
@@ -153,6 +154,11 @@ def test_many_keys_take_the_same_windows(
         for e in result.events
         for w in [e.value]
     ]
+    if timed:  # each window's first and last event's time
+        assert all(
+            (w.start, w.end) == (w.value[0] / 2, w.value[-1] / 2)
+            for w in (e.value for e in result.events)
+        )
     want = _reference(keys, size)
     closed = [row for row in want if len(row[1]) == size]
     partial = [row for row in want if len(row[1]) < size]
@@ -163,3 +169,17 @@ def test_many_keys_take_the_same_windows(
 
 def _rows(acc: list[int], value: dict[str, int]) -> list[int]:
     return [*acc, value["i"]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 120), batch_size=st.integers(1, 30))
+def test_windows_of_windows_hold_every_event(n: int, batch_size: int) -> None:
+    """A count window over aggregates (rows holding other windows' tickets) takes whole
+    windows out of one batch too; every event still ends once."""
+    stages = [
+        ops.count_window(2, key=lambda v: v % 3, agg=ops.sum_()),
+        ops.count_window(3, key=lambda w: w.key, agg=ops.reduce(lambda a, w: a + w.value, 0)),
+    ]
+    result = asyncio.run(run(range(n), *stages, batch_size=batch_size, credit=2 * batch_size))
+    assert sum(w.value for w in result.values) == sum(range(n))
+    assert result.status.flow["pending"] == 0

@@ -61,6 +61,7 @@ def reference_context(snap: Snapshot, max_chars: int, now: float) -> str:
 @pytest.fixture
 def small(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "LOG_KEYS", 3)
+    monkeypatch.setattr(store_module, "_LOG_MIN", 2)
     monkeypatch.setattr(levels_module, "BASE", 2)
     monkeypatch.setattr(levels_module, "RATIO", 2)
 
@@ -203,3 +204,18 @@ def test_stored_records_are_untracked_by_the_garbage_collector() -> None:
     )
     assert store.snapshot.value("k7") == store["k7"] == store.get("k7") == 7
     assert store.snapshot.value("nope", "-") == "-"
+
+
+def test_a_few_keys_keep_a_short_change_log() -> None:
+    """Ten keys written one version at a time: the log is compacted once it holds twice
+    the store's keys (at least ``_LOG_MIN``), walking back only until every key was seen,
+    so it never grows to 2 * LOG_KEYS versions to be compacted at once (a 160 ms pause
+    every 262,144 writes); readers still get each key's last change."""
+    store = StateStore("s", clock=lambda: 1000.0)
+    for i in range(3 * store_module._LOG_MIN):
+        store.set(f"k{i % 10}", i)
+        assert store._log_keys <= 2 * store_module._LOG_MIN
+    version = store.version
+    assert store.changes_since(version - 10).changed.keys() == {f"k{i}" for i in range(10)}
+    assert store.changes_since(0).changed == reference_changes(store.snapshot, 0).changed
+    assert store.context(2000, now=1000.0) == reference_context(store.snapshot, 2000, 1000.0)
