@@ -22,7 +22,9 @@ round (rxagent / plain of the same round), then their median.
 Target (issue 16): rxagent's p50 <= 1.3x and CPU per message <= 1.3x the plain
 loop's. ``python -m bench websocket_latency`` runs ``ROUNDS`` rounds of
 ``SECONDS`` s each; the environment variables ``WS_LAT_SECONDS``,
-``WS_LAT_ROUNDS`` and ``WS_LAT_RATE`` change them.
+``WS_LAT_ROUNDS`` and ``WS_LAT_RATE`` change them. A third client,
+rxagent with ``batch_wait=1 ms`` (``WS_LAT_BATCH_WAIT_MS``; 0 leaves it out),
+shows the knob that trades latency for CPU per message.
 
 The server writes each message with one ``send`` as soon as it is due (it
 sleeps between messages, so a late wake-up sends the messages due meanwhile
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -55,6 +58,8 @@ from rxagent.sources import websocket
 RATE = int(os.environ.get("WS_LAT_RATE", "10000"))
 SECONDS = float(os.environ.get("WS_LAT_SECONDS", "30"))
 ROUNDS = int(os.environ.get("WS_LAT_ROUNDS", "5"))
+#: A third client: rxagent with this ``batch_wait`` (ms; 0: leave it out).
+BATCH_WAIT_MS = float(os.environ.get("WS_LAT_BATCH_WAIT_MS", "1"))
 #: The messages of the first second are left out of the latency figures.
 WARMUP_SECONDS = 1.0
 TARGET_P50 = 1.3
@@ -227,16 +232,25 @@ def main() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    plain: list[Run] = []
-    ours: list[Run] = []
+    clients: list[tuple[str, Any]] = [
+        ("plain websockets recv + orjson + dict", plain_loop),
+        ("rxagent websocket -> key_by -> state", rxagent_pipeline),
+    ]
+    if BATCH_WAIT_MS:
+        clients.append(
+            (
+                f"  the same with batch_wait={BATCH_WAIT_MS:g} ms",
+                functools.partial(rxagent_pipeline, batch_wait=BATCH_WAIT_MS / 1000),
+            )
+        )
+    runs: dict[str, list[Run]] = {name: [] for name, _ in clients}
     try:
         assert server.stdout is not None
         url = f"ws://127.0.0.1:{int(server.stdout.readline())}/ticks"
         for i in range(ROUNDS):
             # alternate which goes first
-            order = [("plain", plain_loop, plain), ("rxagent", rxagent_pipeline, ours)]
-            for _, client, runs in order if i % 2 == 0 else order[::-1]:
-                runs.append(asyncio.run(client(url, n, warmup)))
+            for name, client in clients if i % 2 == 0 else clients[::-1]:
+                runs[name].append(asyncio.run(client(url, n, warmup)))
     finally:
         server.terminate()
         server.wait()
@@ -244,19 +258,29 @@ def main() -> None:
         f"{RATE:,} msg/s for {SECONDS:g} s, {ROUNDS} alternating rounds (medians); "
         "latency = server send stamp -> value in the state"
     )
-    print(_row("plain websockets recv + orjson + dict", plain))
-    print(_row("rxagent websocket -> key_by -> state", ours))
-    ratios = {
-        "p50": _ratio(ours, plain, lambda r: r.pct(50)),
-        "p99": _ratio(ours, plain, lambda r: r.pct(99)),
-        "p99.9": _ratio(ours, plain, lambda r: r.pct(99.9)),
-        "CPU/msg": _ratio(ours, plain, lambda r: r.cpu_per_msg),
-    }
-    print("ratios rxagent / plain: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    print(
-        f"targets: p50 <= {TARGET_P50}x ({'met' if ratios['p50'] <= TARGET_P50 else 'NOT met'}), "
-        f"CPU/msg <= {TARGET_CPU}x ({'met' if ratios['CPU/msg'] <= TARGET_CPU else 'NOT met'})"
-    )
+    for name, _ in clients:
+        print(_row(name, runs[name]))
+    plain = runs[clients[0][0]]
+    for name, _ in clients[1:]:
+        ours = runs[name]
+        ratios = {
+            "p50": _ratio(ours, plain, lambda r: r.pct(50)),
+            "p99": _ratio(ours, plain, lambda r: r.pct(99)),
+            "p99.9": _ratio(ours, plain, lambda r: r.pct(99.9)),
+            "CPU/msg": _ratio(ours, plain, lambda r: r.cpu_per_msg),
+        }
+        print(
+            f"ratios {name.strip()} / plain: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+        )
+        met = {
+            k: "met" if ratios[k] <= target else "NOT met"
+            for k, target in (("p50", TARGET_P50), ("CPU/msg", TARGET_CPU))
+        }
+        print(
+            f"  targets: p50 <= {TARGET_P50}x ({met['p50']}), "
+            f"CPU/msg <= {TARGET_CPU}x ({met['CPU/msg']})"
+        )
 
 
 if __name__ == "__main__":
