@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
-from rxagent.operators import Window
+from rxagent.exceptions import PipelineError
+from rxagent.operators import Aggregation, Window
 from rxagent.sinks import ListSink
 from rxagent.sources import memory
 from rxagent.testing import run
@@ -183,3 +186,63 @@ def test_windows_of_windows_hold_every_event(n: int, batch_size: int) -> None:
     result = asyncio.run(run(range(n), *stages, batch_size=batch_size, credit=2 * batch_size))
     assert sum(w.value for w in result.values) == sum(range(n))
     assert result.status.flow["pending"] == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), max_size=20),
+    st.sampled_from([ops.sum_, ops.mean, ops.min_, ops.max_, ops.first, ops.last]),
+)
+def test_a_built_in_over_a_field_equals_its_picked_form(
+    xs: list[float], make: Callable[..., Aggregation]
+) -> None:
+    agg = make("px")
+    values = [{"px": x, "other": [x]} for x in xs]
+    assert agg.pick is not None
+    assert agg.of_picked is not None
+    assert agg.of_picked(list(map(agg.pick, values))) == agg.fn(values)
+    # over whole values there is nothing smaller to keep
+    assert make().pick is None
+
+
+class _Tick(dict):  # type: ignore[type-arg]
+    """A dict that can be weakly referenced: is the window still holding it?"""
+
+
+async def test_an_open_window_keeps_only_what_its_aggregation_reads() -> None:
+    import gc
+    import weakref
+
+    alive: list[weakref.ref[_Tick]] = []
+
+    def ticks() -> Iterator[_Tick]:  # nothing else keeps them
+        for i in range(15):
+            tick = _Tick(sym="a" if i % 2 else "b", px=float(i), blob="x" * 100)
+            alive.append(weakref.ref(tick))
+            yield tick
+
+    store = StateStore("means")
+    pipeline = (
+        Pipeline("p", memory(ticks(), batch_size=4))
+        .pipe(ops.count_window(10, key="sym", agg=ops.mean("px"), emit_partial=False))
+        .to(store.sink(value="value"))
+    )
+    await pipeline.start()
+    await asyncio.sleep(0.05)
+    gc.collect()
+    # 15 events, no window closed yet (7 and 8 per key): their values are gone, the
+    # windows hold their prices only
+    assert [ref() for ref in alive] == [None] * 15
+    await pipeline.stop()
+
+
+async def test_a_value_without_the_aggregated_field_fails_the_stage() -> None:
+    items = [{"k": "a", "px": 1.0}, {"k": "a"}]
+    pipeline = (
+        Pipeline("p", memory(items))
+        .pipe(ops.count_window(5, key="k", agg=ops.mean("px")))
+        .to(ListSink())
+    )
+    # (the windows keep the prices only: the value without one fails where it is read)
+    with pytest.raises(PipelineError, match="KeyError: 'px'"):
+        await pipeline.run()

@@ -121,7 +121,11 @@ class CountWindowHandler(BatchHandler):
         self.size = size
         self.key_fn = key_fn
         self.aggregation = aggregation
-        self.agg_fn = aggregation.fn  # called once per window: no __call__ in between
+        #: the part of each value the aggregation reads, kept instead of the value
+        #: (``mean("px")`` keeps floats: the values themselves die young)
+        self.pick = aggregation.pick
+        # called once per window: no __call__ in between
+        self.agg_fn = aggregation.fn if aggregation.of_picked is None else aggregation.of_picked
         self.emit_partial = emit_partial
         self.windows: dict[Hashable, _KeyWindow] = {}
         self.distinct = False  # the last batch's keys were all distinct
@@ -172,15 +176,17 @@ class CountWindowHandler(BatchHandler):
                 groups = group_rows(batch.keys)
         self.last_batch = batch
         n = len(batch.values)
+        # what the windows keep of each row: the value, or the part the aggregation reads
+        # (a failing pick raises here, as the aggregation would when the window closes)
+        values = batch.values if self.pick is None else list(map(self.pick, batch.values))
         if keys is not None and groups is None:
             if len(set(keys)) == n and batch.holds is None and batch.ticket is not None:
-                self._distinct(batch, keys, emit, metrics)
+                self._distinct(batch, values, keys, emit, metrics)
                 return
             groups = group_rows(keys)
         if groups is None:
             groups = {None: range(n)}
         self.distinct = len(groups) == n > 1
-        values = batch.values
         ticket = batch.ticket if batch.holds is None else None
         holds = batch.holds
         times = batch.times
@@ -218,7 +224,7 @@ class CountWindowHandler(BatchHandler):
                     # a whole window of this batch's rows: aggregated as they are gathered
                     chunk = rows_of_key[taken : taken + size]
                     taken += size
-                    out.append(self._whole(k, chunk, batch, one))
+                    out.append(self._whole(k, chunk, batch, values, one))
                     closed_at.append(chunk[-1])
                     continue
                 room = size - len(w)
@@ -262,13 +268,14 @@ class CountWindowHandler(BatchHandler):
             metrics.events_out += len(out)
             emit(self._batch(batch, out))
 
-    def _distinct(self, batch: Batch, keys: list[Hashable], emit: Emit, metrics: Any) -> None:
+    def _distinct(
+        self, batch: Batch, values: list[Any], keys: list[Hashable], emit: Emit, metrics: Any
+    ) -> None:
         """A batch of distinct keys, each row its own key's (many keys, few rows of
         each per batch): the rows go to their windows in passes in C, not a Python
         step per row (one row of one ticket: the batch's shared ``(ticket, 1)``)."""
         ticket = batch.ticket
         assert ticket is not None
-        values = batch.values
         times = batch.times
         positions = batch.positions
         now = batch.time
@@ -300,10 +307,15 @@ class CountWindowHandler(BatchHandler):
         emit(self._batch(batch, out))
 
     def _whole(
-        self, k: Hashable, chunk: Sequence[int], batch: Batch, one: tuple[Ticket, int]
+        self,
+        k: Hashable,
+        chunk: Sequence[int],
+        batch: Batch,
+        values: list[Any],
+        one: tuple[Ticket, int],
     ) -> tuple[Window, Hold, int | None]:
-        """The row of a window of ``chunk``'s rows alone (``size`` of them, all of ``batch``)."""
-        values = batch.values
+        """The row of a window of ``chunk``'s rows alone (``size`` of them, all of ``batch``;
+        ``values``: what the windows keep of its rows)."""
         if isinstance(chunk, range):
             taken = values[chunk.start : chunk.stop]
         elif len(chunk) == 1:
