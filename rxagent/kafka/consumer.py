@@ -116,12 +116,24 @@ class ConsumerStats:
 
 
 class PartitionRows:
-    """One partition's messages of one hop, decoded, in columns."""
+    """One partition's messages of one hop, decoded, in columns; or still ``raw``
+    (the messages, decoded on the loop when emitted)."""
 
-    __slots__ = ("bad", "headers", "keys", "nbytes", "partition", "positions", "times", "values")
+    __slots__ = (
+        "bad",
+        "headers",
+        "keys",
+        "nbytes",
+        "partition",
+        "positions",
+        "raw",
+        "times",
+        "values",
+    )
 
-    def __init__(self, partition: KafkaPartition) -> None:
+    def __init__(self, partition: KafkaPartition, raw: list[Any] | None = None) -> None:
         self.partition = partition
+        self.raw = raw
         self.values: list[Any] = []
         # ``None`` for a column with nothing in it
         self.keys: list[Hashable] | None = None
@@ -467,7 +479,7 @@ class ConsumerThread:
             messages.extend(consumer.consume(n - len(messages), 0))
         self.stats.thread_reads += 1
         # (a message does not end an outage: it may come from what was fetched before it)
-        return self._decode(messages), self.at_end()
+        return self._runs(messages), self.at_end()
 
     def try_fetch(
         self, n: int, commits: list[Any] | None
@@ -502,7 +514,7 @@ class ConsumerThread:
             self.stats.loop_reads += 1
             if commits:
                 self._commit_checked(commits)
-            return self._decode(messages), self.at_end()
+            return self._runs(messages), self.at_end()
         finally:
             self.lock.release()
 
@@ -539,11 +551,12 @@ class ConsumerThread:
                 self.consumer.seek(TopicPartition(p.topic, p.partition, offset))
             except KafkaException as error:
                 # not fetching yet (just assigned): it starts from the committed offset,
-                # and duplicates are filtered by offset in _decode
+                # and duplicates are filtered by offset in _runs
                 log.debug("kafka source %r: seek %s@%d: %s", self.settings.name, p, offset, error)
 
-    def _decode(self, messages: list[Any]) -> list[PartitionRows]:
-        """Split a hop's messages by partition and decode each partition's run.
+    def _runs(self, messages: list[Any]) -> list[PartitionRows]:
+        """Split a hop's messages by partition (their values are decoded when emitted,
+        on the loop: see :meth:`emit`).
 
         The per-message work is kept in C where possible (``map`` over the unbound
         ``Message`` methods): this runs for every message, under the GIL the
@@ -605,7 +618,7 @@ class ConsumerThread:
                     continue
             self.delivered[p] = batch[-1].offset() + 1
             self._note_lag(p, batch[-1])
-            groups.append(self._columns(p, batch))
+            groups.append(PartitionRows(p, batch))
         return groups
 
     def _note_lag(self, p: KafkaPartition, last: Any) -> None:
@@ -947,6 +960,11 @@ class ConsumerThread:
             p = rows.partition
             if p not in self.assigned:
                 continue
+            if rows.raw is not None:
+                # decoded here, not on the consumer thread: the thread's hop is then
+                # librdkafka's work alone, which runs while the loop decodes and emits
+                # the hop before (the two threads do not take turns at the GIL as much)
+                rows = self._columns(p, rows.raw)
             if rows.bad:
                 used += self._emit_with_bad(out, rows)
             elif rows.values:
