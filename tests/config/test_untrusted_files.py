@@ -119,10 +119,26 @@ def test_a_large_file_parses_fast(tmp_path: Path, time_scale: float) -> None:
     path = tmp_path / "large.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert path.stat().st_size > 2_000_000
-    started = time.perf_counter()
-    config = load(path)
+    # timed in a fresh process, as `rxagent run` parses: in this one the collector's full
+    # collections walk whatever the test session keeps alive (9.6 s once, 3 s alone)
+    timed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from rxagent.config import load\n"
+            "started = time.perf_counter()\n"
+            "load(sys.argv[1])\n"
+            "print(time.perf_counter() - started)",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     # 11 s here with the pure-Python parser and a loader per scalar (30+ s reported)
-    assert time.perf_counter() - started < 8 * time_scale
+    assert float(timed.stdout) < 8 * time_scale
+    config = load(path)
     items = config.model.pipelines["p"].source["memory"]["items"]
     assert items[29_999] == {
         "sym": "S29999",
