@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import operator
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -32,7 +33,7 @@ from .common import KafkaPartition, client_config, decode_column, resolve_config
 if TYPE_CHECKING:
     from .transaction import KafkaTransactions
 
-__all__ = ["ConsumerSettings", "ConsumerStats", "ConsumerThread", "PartitionRows"]
+__all__ = ["ConsumerSettings", "ConsumerStats", "ConsumerThread", "DaemonThread", "PartitionRows"]
 
 log = logging.getLogger("rxagent")
 
@@ -157,6 +158,49 @@ def epoch_offsets(offsets: list[Any], epoch: int) -> EpochOffsets:
     return result
 
 
+#: seconds the consumer's own close (final commit, leaving the group) may take beyond
+#: ``close_timeout`` before the source stops without it
+_CLOSE_GRACE = 10.0
+
+
+class DaemonThread(concurrent.futures.Executor):
+    """An executor of one daemon thread: what the consumer runs its calls on.
+
+    A ``ThreadPoolExecutor``'s threads are joined when the interpreter exits, so a
+    librdkafka call that never returns would keep the process from exiting; a daemon
+    thread does not."""
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._shutdown = False
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(
+        self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_T]:
+        """Run ``fn(*args, **kwargs)`` on the thread, after what was submitted before."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new work; the thread ends after what was submitted (never waited for)."""
+        self._shutdown = True
+        self._work.put(None)
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as error:
+                future.set_exception(error)
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     """A shielded transaction's error is raised to its caller; if that caller was
     cancelled meanwhile, it is recorded (the source's next call raises it) only."""
@@ -184,9 +228,7 @@ class ConsumerThread:
         self.stats = stats
         self.out = out
         self.loop = loop
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"rxagent-kafka-{settings.name}"
-        )
+        self.executor = DaemonThread(f"rxagent-kafka-{settings.name}")
         self.consumer: Any = None
         self.producer: Any = None  # for the dead-letter topic
         # consumer thread state
@@ -1265,7 +1307,21 @@ class ConsumerThread:
                     time.monotonic() - start,
                 )
             commits = await self.checkpointed_commits_(out) if self.consumer is not None else None
-            await self.call(self.close, commits)
+            closing = asyncio.ensure_future(self.call(self.close, commits))
+            # bounded: librdkafka's close has been seen to wait forever inside the revoke
+            # callback's unassign (once, under coverage in the full suite); the pipeline
+            # then stops anyway and the consumer's thread, a daemon, is left to it
+            wait = self.settings.close_timeout + _CLOSE_GRACE
+            done, _ = await asyncio.wait({closing}, timeout=wait)
+            if not done:
+                log.error(
+                    "kafka source %r: the consumer did not close within %.0fs (librdkafka); "
+                    "stopping without it: its group notices when its session times out",
+                    self.settings.name,
+                    wait,
+                )
+            else:
+                closing.result()
         except Exception:
             log.exception("kafka source %r: close failed", self.settings.name)
         finally:

@@ -625,3 +625,56 @@ async def test_the_source_reconnects_after_a_broker_restart_and_loses_nothing(
     messages = [r.getMessage() for r in caplog.records if r.name == "rxagent"]
     assert any("keeps reconnecting" in m for m in messages), messages
     assert any("reachable again" in m for m in messages), messages
+
+
+def test_the_consumer_thread_never_keeps_the_process_from_exiting() -> None:
+    # a librdkafka call that never returns must not hang the interpreter's exit
+    code = (
+        "import time\n"
+        "from rxagent.kafka.consumer import DaemonThread\n"
+        "t = DaemonThread('stuck')\n"
+        "f = t.submit(time.sleep, 600)\n"
+        "print(t.submit(sum, [1, 2]).done() or 'queued')\n"
+        "t.shutdown(wait=False)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 30
+
+
+async def test_a_consumer_close_that_never_returns_does_not_hang_the_stop(
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    kafka_produce: Produce,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rxagent.kafka import consumer as consumer_module
+
+    topic = kafka_topic(1)
+    kafka_produce(topic, [json.dumps(i).encode() for i in range(10)])
+    real_close = consumer_module.ConsumerThread.close
+
+    def close_and_hang(self: consumer_module.ConsumerThread, offsets: list[object]) -> None:
+        real_close(self, offsets)  # type: ignore[arg-type]
+        time.sleep(30)  # as librdkafka's unassign was once seen to, forever
+
+    monkeypatch.setattr(consumer_module.ConsumerThread, "close", close_and_hang)
+    monkeypatch.setattr(consumer_module, "_CLOSE_GRACE", 0.5)
+    sink = ListSink()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        assign=True,
+        until_eof=True,
+        close_timeout=0.5,
+    )
+    status = await asyncio.wait_for(Pipeline("hang", source).to(sink).run(), 30)
+    assert status.completed
+    started = time.monotonic()
+    await asyncio.wait_for(source.wait_closed(), 10)
+    assert time.monotonic() - started < 5
+    assert "did not close within" in caplog.text
+    assert [e.value for e in sink.events] == list(range(10))
