@@ -1309,8 +1309,9 @@ class ConsumerThread:
             commits = await self.checkpointed_commits_(out) if self.consumer is not None else None
             closing = asyncio.ensure_future(self.call(self.close, commits))
             # bounded: librdkafka's close has been seen to wait forever inside the revoke
-            # callback's unassign (once, under coverage in the full suite); the pipeline
-            # then stops anyway and the consumer's thread, a daemon, is left to it
+            # callback's unassign (once, under coverage in the full suite; a known bug:
+            # confluentinc/librdkafka#4884); the pipeline then stops anyway and the
+            # consumer's thread, a daemon, is left to it
             wait = self.settings.close_timeout + _CLOSE_GRACE
             done, _ = await asyncio.wait({closing}, timeout=wait)
             if not done:
