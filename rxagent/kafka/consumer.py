@@ -1,6 +1,6 @@
 """The Kafka source's consumer thread: ``ConsumerThread`` (fetch, pause and resume,
 rebalance callbacks, commits, dead letters) and ``PartitionRows``, one partition's messages of
-a hop decoded into columns.
+a hop decoded into columns (on the loop, as they are emitted).
 
 Private to :mod:`rxagent.kafka.source`, whose docstring states the guarantees this
 code keeps. The consumer knows its source only through :class:`ConsumerSettings`
@@ -33,7 +33,14 @@ from .common import KafkaPartition, client_config, decode_column, resolve_config
 if TYPE_CHECKING:
     from .transaction import KafkaTransactions
 
-__all__ = ["ConsumerSettings", "ConsumerStats", "ConsumerThread", "DaemonThread", "PartitionRows"]
+__all__ = [
+    "ConsumerSettings",
+    "ConsumerStats",
+    "ConsumerThread",
+    "DaemonThread",
+    "PartitionRows",
+    "Runs",
+]
 
 log = logging.getLogger("rxagent")
 
@@ -116,25 +123,17 @@ class ConsumerStats:
     thread_reads: int = 0
 
 
+#: A hop's messages by partition, in runs (decoded when emitted: :meth:`ConsumerThread.emit`)
+Runs = list[tuple[KafkaPartition, list[Any]]]
+
+
 class PartitionRows:
-    """One partition's messages of one hop, decoded, in columns; or still ``raw``
-    (the messages, decoded on the loop when emitted)."""
+    """One partition's messages of one hop, decoded, in columns."""
 
-    __slots__ = (
-        "bad",
-        "headers",
-        "keys",
-        "nbytes",
-        "partition",
-        "positions",
-        "raw",
-        "times",
-        "values",
-    )
+    __slots__ = ("bad", "headers", "keys", "nbytes", "partition", "positions", "times", "values")
 
-    def __init__(self, partition: KafkaPartition, raw: list[Any] | None = None) -> None:
+    def __init__(self, partition: KafkaPartition) -> None:
         self.partition = partition
-        self.raw = raw
         self.values: list[Any] = []
         # ``None`` for a column with nothing in it
         self.keys: list[Hashable] | None = None
@@ -496,10 +495,8 @@ class ConsumerThread:
         self.stash.clear()
         self._subscribe()
 
-    def fetch(
-        self, n: int, timeout: float, commits: list[Any] | None
-    ) -> tuple[list[PartitionRows], bool]:
-        """Up to ``n`` messages, decoded; and whether every partition is read to its end
+    def fetch(self, n: int, timeout: float, commits: list[Any] | None) -> tuple[Runs, bool]:
+        """Up to ``n`` messages, by partition; and whether every partition is read to its end
         (decided here, with the messages, so nothing read is left behind at the end)."""
         consumer = self.consumer
         self.last_call = time.monotonic()
@@ -523,10 +520,8 @@ class ConsumerThread:
         # (a message does not end an outage: it may come from what was fetched before it)
         return self._runs(messages), self.at_end()
 
-    def try_fetch(
-        self, n: int, commits: list[Any] | None
-    ) -> tuple[list[PartitionRows], bool] | None:
-        """On the loop: up to ``n`` messages librdkafka has fetched already, decoded,
+    def try_fetch(self, n: int, commits: list[Any] | None) -> tuple[Runs, bool] | None:
+        """On the loop: up to ``n`` messages librdkafka has fetched already, by partition,
         without waiting (``consume(n, 0)``), and whether every partition is read to its
         end; ``commits`` are committed (asynchronously) first.
 
@@ -596,7 +591,7 @@ class ConsumerThread:
                 # and duplicates are filtered by offset in _runs
                 log.debug("kafka source %r: seek %s@%d: %s", self.settings.name, p, offset, error)
 
-    def _runs(self, messages: list[Any]) -> list[PartitionRows]:
+    def _runs(self, messages: list[Any]) -> Runs:
         """Split a hop's messages by partition (their values are decoded when emitted,
         on the loop: see :meth:`emit`).
 
@@ -660,7 +655,7 @@ class ConsumerThread:
                     continue
             self.delivered[p] = batch[-1].offset() + 1
             self._note_lag(p, batch[-1])
-            groups.append(PartitionRows(p, batch))
+            groups.append((p, batch))
         return groups
 
     def _note_lag(self, p: KafkaPartition, last: Any) -> None:
@@ -993,20 +988,19 @@ class ConsumerThread:
 
     # -- event loop -----------------------------------------------------------------------
 
-    def emit(self, out: Emitter, groups: list[PartitionRows]) -> int:
-        """Emit each partition's rows as a batch (bad rows dead-lettered in order)."""
+    def emit(self, out: Emitter, runs: Runs) -> int:
+        """Decode each partition's run and emit it as a batch (bad rows dead-lettered
+        in order)."""
         used = 0
         if self.remove_listener is None:
             self.remove_listener = out.flow.on_watermark(lambda _p, _w: self.progress.set())
-        for rows in groups:
-            p = rows.partition
+        for p, messages in runs:
             if p not in self.assigned:
                 continue
-            if rows.raw is not None:
-                # decoded here, not on the consumer thread: the thread's hop is then
-                # librdkafka's work alone, which runs while the loop decodes and emits
-                # the hop before (the two threads do not take turns at the GIL as much)
-                rows = self._columns(p, rows.raw)
+            # decoded here, not on the consumer thread: the thread's hop is then
+            # librdkafka's work alone, which runs while the loop decodes and emits
+            # the hop before (the two threads do not take turns at the GIL as much)
+            rows = self._columns(p, messages)
             if rows.bad:
                 used += self._emit_with_bad(out, rows)
             elif rows.values:
@@ -1308,6 +1302,7 @@ class ConsumerThread:
                 )
             commits = await self.checkpointed_commits_(out) if self.consumer is not None else None
             closing = asyncio.ensure_future(self.call(self.close, commits))
+            closing.add_done_callback(_retrieved)  # a late failure is not "never retrieved"
             # bounded: librdkafka's close has been seen to wait forever inside the revoke
             # callback's unassign (once, under coverage in the full suite; a known bug:
             # confluentinc/librdkafka#4884); the pipeline then stops anyway and the

@@ -6,7 +6,7 @@ How it keeps the promises of :mod:`rxagent.flow`:
   dedicated thread (librdkafka serves rebalance callbacks on the thread that
   polls). One hop reads up to the credit held (``poll`` for the first message, so
   a quiet topic answers at once, then ``consume`` for what is already fetched) and
-  decodes it there; the loop emits one batch per partition. Without a group
+  splits it by partition there; the loop decodes and emits one batch per partition. Without a group
   (``assign=True``: no rebalance callback can run) the loop first takes what
   librdkafka has fetched already itself, without waiting (``consume(n, 0)``), and
   asks the thread only when nothing is there: a busy topic costs no thread hop and
@@ -66,7 +66,7 @@ from .consumer import (
     ConsumerStats,
     ConsumerThread,
     EpochOffsets,
-    PartitionRows,
+    Runs,
     epoch_offsets,
 )
 from .transaction import KafkaTransactions
@@ -167,7 +167,7 @@ class KafkaSource(Source):
             ``kafka``).
         credit: most events in flight from this source; beyond it every assigned
             partition is paused (polling goes on, so the group never evicts it).
-        batch_size: most messages read in one hop off the loop.
+        batch_size: most messages read at once (one batch).
         commit_interval: seconds between commits of the completed offsets (> 0).
         poll_timeout: seconds one poll waits for a first message.
         revoke_timeout: seconds a revoked partition's events in flight are waited
@@ -527,7 +527,7 @@ class KafkaSource(Source):
         next_commit = loop.time() + self.commit_interval
         waiting: asyncio.Future[int] | None = None
         # one hop ahead: the thread reads the next batch while the loop emits this one
-        ahead: asyncio.Future[tuple[list[PartitionRows], bool]] | None = None
+        ahead: asyncio.Future[tuple[Runs, bool]] | None = None
         ahead_credit = 0
         checkpointing: asyncio.Future[list[Any] | None] | None = None
         try:

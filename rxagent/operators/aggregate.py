@@ -68,19 +68,18 @@ class Aggregation:
         return f"Aggregation({self.name})"
 
 
-def _field(field: str | int | None) -> Callable[[list[Any]], Any]:
+def _over(name: str, field: str | int | None, of_picked: Callable[[list[Any]], Any]) -> Aggregation:
+    """A built-in: ``of_picked`` over the values, or over ``value[field]`` of each, which
+    is then its ``pick`` (a window may keep that part alone)."""
     if field is None:
-        return lambda values: values
-    getter = itemgetter(field)
-    return lambda values: map(getter, values)
-
-
-def _picking(field: str | int | None, of_picked: Callable[[list[Any]], Any]) -> dict[str, Any]:
-    """``pick``/``of_picked`` of a built-in over ``field`` (none over whole values:
-    there is nothing smaller to keep)."""
-    if field is None:
-        return {}
-    return {"pick": itemgetter(field), "of_picked": of_picked}
+        return Aggregation(f"{name}(None)", of_picked)
+    pick = itemgetter(field)
+    return Aggregation(
+        f"{name}({field})",
+        lambda values: of_picked(list(map(pick, values))),
+        pick=pick,
+        of_picked=of_picked,
+    )
 
 
 def count() -> Aggregation:
@@ -95,8 +94,7 @@ def sum_(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    pick = _field(field)
-    return Aggregation(f"sum({field})", lambda values: sum(pick(values)), **_picking(field, sum))
+    return _over("sum", field, sum)
 
 
 def mean(field: str | int | None = None) -> Aggregation:
@@ -107,12 +105,7 @@ def mean(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    pick = _field(field)
-    return Aggregation(
-        f"mean({field})",
-        lambda values: sum(pick(values)) / len(values) if values else None,
-        **_picking(field, lambda picked: sum(picked) / len(picked) if picked else None),
-    )
+    return _over("mean", field, lambda xs: sum(xs) / len(xs) if xs else None)
 
 
 def min_(field: str | int | None = None) -> Aggregation:
@@ -122,12 +115,7 @@ def min_(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    pick = _field(field)
-    return Aggregation(
-        f"min({field})",
-        lambda values: min(pick(values), default=None),
-        **_picking(field, lambda picked: min(picked, default=None)),
-    )
+    return _over("min", field, lambda xs: min(xs, default=None))
 
 
 def max_(field: str | int | None = None) -> Aggregation:
@@ -137,12 +125,7 @@ def max_(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    pick = _field(field)
-    return Aggregation(
-        f"max({field})",
-        lambda values: max(pick(values), default=None),
-        **_picking(field, lambda picked: max(picked, default=None)),
-    )
+    return _over("max", field, lambda xs: max(xs, default=None))
 
 
 def first(field: str | int | None = None) -> Aggregation:
@@ -154,12 +137,7 @@ def first(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    getter = None if field is None else itemgetter(field)
-    return Aggregation(
-        f"first({field})",
-        lambda values: None if not values else (values[0] if getter is None else getter(values[0])),
-        **_picking(field, lambda picked: picked[0] if picked else None),
-    )
+    return _over("first", field, lambda xs: xs[0] if xs else None)
 
 
 def last(field: str | int | None = None) -> Aggregation:
@@ -171,14 +149,7 @@ def last(field: str | int | None = None) -> Aggregation:
         field: the key or index read from each value (``value[field]``); None
             (default) uses the values themselves.
     """
-    getter = None if field is None else itemgetter(field)
-    return Aggregation(
-        f"last({field})",
-        lambda values: (
-            None if not values else (values[-1] if getter is None else getter(values[-1]))
-        ),
-        **_picking(field, lambda picked: picked[-1] if picked else None),
-    )
+    return _over("last", field, lambda xs: xs[-1] if xs else None)
 
 
 def collect() -> Aggregation:

@@ -188,21 +188,36 @@ def test_windows_of_windows_hold_every_event(n: int, batch_size: int) -> None:
     assert result.status.flow["pending"] == 0
 
 
+_REFERENCE: dict[str, Callable[[list[float]], object]] = {
+    "sum": sum,
+    "mean": lambda xs: sum(xs) / len(xs) if xs else None,
+    "min": lambda xs: min(xs) if xs else None,
+    "max": lambda xs: max(xs) if xs else None,
+    "first": lambda xs: xs[0] if xs else None,
+    "last": lambda xs: xs[-1] if xs else None,
+}
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), max_size=20),
     st.sampled_from([ops.sum_, ops.mean, ops.min_, ops.max_, ops.first, ops.last]),
 )
-def test_a_built_in_over_a_field_equals_its_picked_form(
+def test_a_built_in_over_a_field_gives_the_same_whole_or_picked(
     xs: list[float], make: Callable[..., Aggregation]
 ) -> None:
     agg = make("px")
+    expected = _REFERENCE[agg.name.partition("(")[0]](xs)
     values = [{"px": x, "other": [x]} for x in xs]
+    assert agg.fn(values) == expected
+    # what a count window computes from the parts it kept
     assert agg.pick is not None
     assert agg.of_picked is not None
-    assert agg.of_picked(list(map(agg.pick, values))) == agg.fn(values)
-    # over whole values there is nothing smaller to keep
-    assert make().pick is None
+    assert agg.of_picked(list(map(agg.pick, values))) == expected
+    # over whole values: the same, and nothing smaller to keep
+    whole = make()
+    assert whole.fn(xs) == expected
+    assert whole.pick is None
 
 
 class _Tick(dict):  # type: ignore[type-arg]
