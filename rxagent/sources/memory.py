@@ -84,7 +84,9 @@ class MemorySource(Source):
         while True:
             granted = await out.credit(self.batch_size)
             if sliceable:
-                chunk = list(items[position : position + granted])  # type: ignore[index]
+                chunk = items[position : position + granted]  # type: ignore[index]
+                if not isinstance(chunk, list):
+                    chunk = list(chunk)  # a tuple's slice
             else:
                 chunk = list(itertools.islice(iterator, granted))
             if len(chunk) < granted:

@@ -25,7 +25,7 @@ from ...flow import Flow, Ticket, release_tickets
 from ...values import Window, to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import BatchHandler, Emit, Operator, batch_stage
-from ..toolkit import apply, group_rows
+from ..toolkit import apply, group_rows, row_numbers
 from .engine import EmitPartial, at_end, check_emit_partial, give_up
 
 __all__ = ["CountWindowHandler", "count_window"]
@@ -161,7 +161,7 @@ class CountWindowHandler(BatchHandler):
                 if distinct:
                     keys = list(map(key_fn, batch.values))
                 else:
-                    groups = group_rows(map(key_fn, batch.values))
+                    groups = group_rows(map(key_fn, batch.values), row_numbers(len(batch.values)))
             except Exception:  # some key function raised: route row by row
                 keys, ok = apply(batch, key_fn, stage)
                 rows = [i for i, good in enumerate(ok) if good]
