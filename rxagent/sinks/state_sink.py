@@ -61,20 +61,32 @@ class StateSink(Sink):
         self.key_fn = None if key is None else to_key_function(key)
         self.reducer = reducer
         self.value_fn = None if value is None else to_key_function(value)
+        # the last pipeline context written from and its counters (one lookup per context)
+        self._ctx: Any = None
+        self._metrics: Any = None
 
     def on_batch(self, batch: Batch) -> None:
         ctx = batch.ctx
-        self.store.follow(ctx.now)  # the store's times are the pipeline's (Decision 8)
-        metrics = ctx.stage(self.name)
-        metrics.events_in += len(batch.values)
-        if not self.store.owns(batch.partition):
+        store = self.store
+        store.follow(ctx.now)  # the store's times are the pipeline's (Decision 8)
+        if ctx is self._ctx:
+            metrics = self._metrics
+        else:
+            self._ctx = ctx
+            self._metrics = metrics = ctx.stage(self.name)
+        values = batch.values
+        metrics.events_in += len(values)
+        if not store.owns(batch.partition):
             # the partition moved to another worker, which replays these events
             # (their offsets were not committed): they are not ours to apply
-            metrics.dropped += len(batch.values)
+            metrics.dropped += len(values)
             batch.end_all()
             return
-        if self.reducer is None and self._replace_newest(batch, metrics):
-            return
+        if self.reducer is None:
+            if len(values) == 1 and self._replace_one(batch, metrics):
+                return
+            if self._replace_newest(batch, metrics):
+                return
         rows: list[int] = []
         updates: list[Update] = []
         failed: set[int] = set()
@@ -124,6 +136,37 @@ class StateSink(Sink):
                     batch.end_row(i)
         else:
             batch.end_all()
+
+    def _replace_one(self, batch: Batch, metrics: Any) -> bool:
+        """:meth:`_replace_newest` of a batch of one row (a source of one message at a
+        time), through :meth:`~rxagent.state.StateStore.write_value`."""
+        value = batch.values[0]
+        try:
+            if self.key_fn is not None:
+                key = self.key_fn(value)
+            else:
+                keys = batch.keys
+                if keys is None:
+                    return False
+                key = keys[0]
+            if key is None:
+                return False
+            if self.value_fn is not None:
+                value = self.value_fn(value)
+        except Exception:
+            return False
+        times = batch.times
+        positions = batch.positions
+        metrics.events_out += self.store.write_value(
+            key,
+            value,
+            None if times is None else times[0],
+            batch.source,
+            batch.partition,
+            None if positions is None else positions[0],
+        )
+        batch.end_all()
+        return True
 
     def _replace_newest(self, batch: Batch, metrics: Any) -> bool:
         """Without a reducer only each key's newest row of the batch matters: apply

@@ -128,12 +128,19 @@ class Levels(Mapping[Hashable, _V], Generic[_V]):
 
     # -- writing ------------------------------------------------------------------------
 
-    def updated(self, changes: Mapping[Hashable, Any], length: int) -> Levels[_V]:
+    def updated(
+        self, changes: Mapping[Hashable, Any], length: int, *, own: bool = False
+    ) -> Levels[_V]:
         """A new version: ``changes`` (value, or :data:`GONE` to delete) over this one,
-        holding ``length`` keys (the caller counts what it added and deleted)."""
+        holding ``length`` keys (the caller counts what it added and deleted).
+        ``own``: ``changes`` is a dict the caller gives away (never changes again),
+        which may become a level as it is."""
         levels = list(self._levels)
-        top = levels[0].copy()
-        top.update(changes)
+        if own and not levels[0] and type(changes) is dict:
+            top = changes
+        else:
+            top = levels[0].copy()
+            top.update(changes)
         levels[0] = top
         i = 0
         while i < len(levels) - 1 and len(levels[i]) > BASE * RATIO**i:

@@ -1,11 +1,20 @@
 """The state store: keyed state folded from events, readable by the LLM and by code.
 
-Writes happen on the event loop, one batch at a time; each applied batch makes
-a new immutable :class:`Snapshot` (its entries in :class:`~.levels.Levels`, a
-persistent map of a few plain dicts, so a new version shares almost everything
-with the old one) and swaps it in with one reference assignment. A reader, on
-the loop or on another thread, takes ``store.snapshot`` and never sees half an
-update.
+Writes happen on the event loop, one batch at a time; each applied batch is a
+new version (one more than the last), an immutable :class:`Snapshot` (its entries
+in :class:`~.levels.Levels`, a persistent map of a few plain dicts, so a new
+version shares almost everything with the old one) swapped in with one reference
+assignment. A reader, on the loop or on another thread, takes ``store.snapshot``
+and never sees half an update.
+
+Versions are published when read: a write that nobody watches (no subscriber of
+``changes``) only puts its records in a small dict of writes held back, and the
+first reader after it (``snapshot``, ``context()``, ``changes_since()``, a new
+``changes`` subscriber, a checkpoint) publishes them all as the newest version,
+under the writers' lock; ``get(key)`` reads through them. So a one-row batch (a
+source of one message at a time) costs about a dict write, not a snapshot
+(docs/architecture.md, "Speed with defaults"). Every version a reader can see is
+one the writes made, whole; ``updates`` subscribers get each batch's changes.
 
 Updates are idempotent: each entry remembers the source position of the last
 event applied to it, and an event from the same source and partition whose
@@ -32,7 +41,9 @@ from typing import Any, Final, Protocol, TypeVar
 
 import immutables
 from reactivex import Observable
+from reactivex.abc import DisposableBase, ObserverBase, SchedulerBase
 from reactivex.subject import BehaviorSubject, Subject
+from reactivex.subject.innersubscription import InnerSubscription
 
 from ..events import Event, Position
 from ..exceptions import ConfigurationError, StateError
@@ -113,14 +124,29 @@ class StateStore:
         self._own_clock = clock
         self._pipeline_clock: Callable[[], float] | None = None
         self._clock: Callable[[], float] = self.now  # what subclasses read time with
-        self._lock = threading.Lock()  # writers only; readers take the snapshot reference
+        # writers, and readers publishing what writers held back (re-entrant: a
+        # reducer, run by a writer, may read the store)
+        self._lock = threading.RLock()
         # which keys each recent version changed (appended to; replaced when compacted)
         self._log: list[tuple[int, tuple[Hashable, ...]]] = []
         self._log_keys = 0  # keys in self._log, counted with repeats
-        self._snapshot = Snapshot(
-            name, 0, Entries(Levels()), immutables.Map(), 0.0, self.now, ChangeLog.empty(0)
-        )
-        self._changes: BehaviorSubject[Snapshot] = BehaviorSubject(self._snapshot)
+        self._log_room = 2 * _LOG_MIN  # keys the log may hold before compaction is looked at
+        log = ChangeLog.empty(0)
+        self._lineage = log.lineage
+        records: Levels[Record] = Levels()
+        #: the newest published version (immutable; what readers take)
+        self._snapshot = Snapshot(name, 0, Entries(records), immutables.Map(), 0.0, self.now, log)
+        # the newest version, published or not: the published one with ``_pending``
+        # (key -> Record, or GONE) over it; written under the lock, in this order:
+        # _version first, then _pending (readers check _pending, then read _version)
+        self._pending: dict[Hashable, Any] = {}
+        self._version = 0
+        self._wall = 0.0
+        self._length = 0
+        self._tombstones: immutables.Map[Hashable, int] = immutables.Map()
+        self._levels = records.dicts()  # the published version's levels (its records)
+        self._told = 0  # the newest version handed to ``changes`` (or to be)
+        self._changes: BehaviorSubject[Snapshot] = _Changes(self)
         self._updates: Subject[list[StateChange]] = Subject()
         self.ignored = 0  # idempotent replays skipped
         self._durable: _Durable | None = (
@@ -148,31 +174,54 @@ class StateStore:
 
     @property
     def snapshot(self) -> Snapshot:
-        """The current immutable version."""
+        """The current immutable version (published now if writes since the last
+        one were held back: nobody was reading)."""
+        if self._pending:
+            with self._lock:
+                return self._published()
         return self._snapshot
 
     @property
     def version(self) -> int:
         """The current version: it grows by one per applied batch of updates."""
+        if self._pending:
+            return self._version
         return self._snapshot.version
+
+    def _record(self, key: Hashable) -> Any:
+        """The record of ``key`` now, or None (the writes held back first: no version
+        is published for one key read)."""
+        record = self._pending.get(key)  # the dict of now; a newer one holds newer writes
+        if record is None:
+            records = self._snapshot._records
+            assert records is not None  # a store's own snapshot keeps records
+            record = records.get(key)
+        elif record is GONE:
+            return None
+        return record
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value of ``key`` now, or ``default``."""
-        entry = self._snapshot.entry(key)
-        return default if entry is None else entry.value
+        if self._pending:
+            record = self._record(key)
+            return default if record is None else record[1]
+        return self._snapshot.value(key, default)
 
     def __getitem__(self, key: Hashable) -> Any:
-        return self._snapshot[key]
+        return self.snapshot[key]
 
     def __len__(self) -> int:
-        return len(self._snapshot)
+        return len(self.snapshot)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._snapshot
+        return key in self.snapshot
 
     @property
     def changes(self) -> Observable[Snapshot]:
-        """Every new snapshot; a new subscriber gets the current one first."""
+        """Every new snapshot; a new subscriber gets the current one first. While
+        anything subscribes, each applied batch publishes its version and tells it
+        here; a new subscriber's first snapshot is the newest version (published
+        for it if the store had held it back)."""
         return self._changes
 
     @property
@@ -187,7 +236,7 @@ class StateStore:
         Costs what it returns while ``version`` is within the store's change log
         (the last :data:`~rxagent.state.snapshot.LOG_KEYS` keys changed); older
         than that, every entry is scanned."""
-        snap = self._snapshot
+        snap = self.snapshot
         records = snap._records
         tombstones = snap._tombstones
         log = snap._log
@@ -223,7 +272,7 @@ class StateStore:
         only what it shows (newest first, from the store's change log), whatever
         the size of the store.
         """
-        snap = self._snapshot
+        snap = self.snapshot
         now = self.now() if now is None else now
         if keys is None:
             entries: Iterable[Entry] = snap.iter_recent()
@@ -281,20 +330,22 @@ class StateStore:
         the key. What sinks with a reducer write through.
         """
         with self._lock:
-            snap = self._snapshot
-            version = snap.version + 1
+            version = self._version + 1
             wall = self.now()
-            records = snap._records
+            pending = self._pending
+            records = self._snapshot._records
             assert isinstance(records, Levels)
-            tombstones = snap._tombstones
-            length = len(records)
+            tombstones = self._tombstones
+            length = self._length
             written: dict[Hashable, Any] = {}  # this batch: key -> new Record or GONE
             changes: list[StateChange] = []
             for key, compute, event_time, position in updates:
                 old = written.get(key, _UNSEEN)
                 if old is _UNSEEN:
-                    old = records.get(key)
-                elif old is GONE:
+                    old = pending.get(key)
+                    if old is None:
+                        old = records.get(key)
+                if old is GONE:
                     old = None
                 if position is None:
                     source = partition = offset = None
@@ -336,8 +387,9 @@ class StateStore:
                 changes.append(StateChange(key, old[1], new_value, version, event_time, wall))
             if not changes:
                 return changes
-            new = self._publish(snap, version, wall, written, length, tombstones)
-        self._changes.on_next(new)
+            new = self._commit(version, wall, written, length, tombstones)
+        if new is not None:
+            self._changes.on_next(new)
         self._updates.on_next(changes)
         return changes
 
@@ -356,24 +408,31 @@ class StateStore:
         What the state sink without a reducer writes through: the lean form of
         :meth:`apply_updates` (no update functions, no :class:`Position` objects,
         :class:`StateChange` objects only when something subscribed to :attr:`updates`)."""
+        n = len(keys)
+        if n == 1:
+            return self.write_value(
+                keys[0],
+                values[0],
+                None if times is None else times[0],
+                source,
+                partition,
+                None if offsets is None else offsets[0],
+            )
         with self._lock:
-            snap = self._snapshot
-            version = snap.version + 1
+            version = self._version + 1
             wall = self.now()
-            records = snap._records
-            assert isinstance(records, Levels)
-            levels = records.dicts()
-            tombstones = snap._tombstones
-            length = len(records)
+            # the writes held back first (GONE there: deleted), then the published levels
+            levels = (self._pending, *self._levels)
+            tombstones = self._tombstones
+            length = self._length
             written: dict[Hashable, Any] = {}
-            n = len(keys)
             if times is None:
                 times = [None] * n
             if offsets is None:
                 offsets = [None] * n
             olds: dict[Hashable, Any] = {}
             if n <= _FEW:
-                # a few keys (one message at a time): looked up one by one
+                # a few keys: looked up one by one
                 for key in keys:
                     for level in levels:
                         old = level.get(key)
@@ -382,14 +441,14 @@ class StateStore:
                             break
             else:
                 # each key's old record, looked up a level at a time in C (newest first)
-                pending = set(keys)
+                wanted = set(keys)
                 for level in levels:
                     if level:
-                        hit = level.keys() & pending
+                        hit = level.keys() & wanted
                         if hit:
                             olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
-                            pending -= hit
-                            if not pending:
+                            wanted -= hit
+                            if not wanted:
                                 break
             get_old = olds.get
             added = 0
@@ -436,10 +495,9 @@ class StateStore:
                     mutation[key] = version
                 tombstones = mutation.finish()
             listening = bool(self._updates.observers)
-            new = self._publish(
-                snap, version, wall, written, length + added - len(deleted), tombstones
-            )
-        self._changes.on_next(new)
+            new = self._commit(version, wall, written, length + added - len(deleted), tombstones)
+        if new is not None:
+            self._changes.on_next(new)
         if listening:
             told: list[StateChange] = []
             for k, r in written.items():
@@ -452,62 +510,182 @@ class StateStore:
             self._updates.on_next(told)
         return len(written)
 
-    def _publish(
+    def write_value(
         self,
-        snap: Snapshot,
+        key: Hashable,
+        value: Any,
+        event_time: float | None,
+        source: str,
+        partition: Hashable,
+        offset: int | None,
+    ) -> int:
+        """:meth:`write_values` of one key (one message at a time): 1 if it changed,
+        0 if skipped as a replay (or a ``DELETE`` of a key not there). As lean as a
+        write of one key into a snapshot store can be: nothing is published unless
+        :attr:`changes` has observers (or many keys were held back)."""
+        lock = self._lock
+        lock.acquire()  # acquire/release: ~100 ns less than a with block
+        try:
+            version = self._version + 1
+            clock = self._own_clock or self._pipeline_clock  # self.now(), inlined
+            wall = time.time() if clock is None else clock()
+            pending = self._pending
+            old = pending.get(key)
+            if old is None:
+                for level in self._levels:
+                    old = level.get(key)
+                    if old is not None:
+                        break
+            tombstones = self._tombstones
+            if old is None or old is GONE:
+                if value is DELETE:
+                    return 0
+                old = None
+                record: Any = (
+                    key, value, version, 1, event_time, wall,
+                    None if offset is None else source, partition, offset,
+                )  # fmt: skip
+                self._length += 1
+                if tombstones and key in tombstones:
+                    self._tombstones = tombstones.delete(key)
+            elif (
+                offset is not None
+                and old[8] is not None
+                and offset <= old[8]
+                and source == old[6]
+                and partition == old[7]
+            ):
+                self.ignored += 1
+                return 0
+            elif value is DELETE:
+                record = GONE
+                self._length -= 1
+                self._tombstones = tombstones.set(key, version)
+            else:
+                record = (
+                    key, value, version, old[3] + 1, event_time, wall,
+                    None if offset is None else source, partition, offset,
+                )  # fmt: skip
+            self._version = version
+            self._wall = wall
+            pending[key] = record
+            self._log.append((version, (key,)))
+            self._log_keys += 1
+            if self._log_keys > self._log_room:
+                self._compact_log()
+            if self._dirty is not None:
+                self._dirty.add(key)
+            listening = self._updates.observers
+            new = None
+            if self._changes.observers:
+                self._told = version
+                new = self._published()
+            elif len(pending) > _PENDING:
+                self._published()
+        finally:
+            lock.release()
+        if new is not None:
+            self._changes.on_next(new)
+        if listening:
+            old_value = None if old is None else old[1]
+            if record is GONE:
+                change = StateChange(key, old_value, None, version, event_time, wall, True)
+            else:
+                change = StateChange(key, old_value, value, version, event_time, wall)
+            self._updates.on_next([change])
+        return 1
+
+    # -- versions: published when read ------------------------------------------------------
+
+    def _commit(
+        self,
         version: int,
         wall: float,
         written: dict[Hashable, Any],
         length: int,
         tombstones: immutables.Map[Hashable, int],
-    ) -> Snapshot:
-        """Swap in the version that wrote ``written`` (records, or GONE) over ``snap``
-        (under the lock); returns it."""
-        records = snap._records
-        assert isinstance(records, Levels)
-        new_records = records.updated(written, length)
-        self._snapshot = new = Snapshot(
-            self.name,
-            version,
-            Entries(new_records),
-            tombstones,
-            wall,
-            self.now,
-            self._logged(version, tuple(written), snap._log, new_records, tombstones),
-        )
+    ) -> Snapshot | None:
+        """Make ``written`` (records, or GONE) version ``version``, holding ``length``
+        keys (under the lock). Held back in ``_pending`` unless :attr:`changes` has
+        subscribers (then published and returned, to be told after the lock) or
+        ``_pending`` grew past :data:`_PENDING` keys (then published)."""
+        self._version = version
+        self._wall = wall
+        self._length = length
+        self._tombstones = tombstones
+        pending = self._pending
+        pending.update(written)
+        self._log.append((version, tuple(written)))
+        self._log_keys += len(written)
+        if self._log_keys > self._log_room:
+            self._compact_log()
         if self._dirty is not None:
             self._dirty.update(written)
+        if self._changes.observers:
+            self._told = version
+            return self._published()
+        if len(pending) > _PENDING:
+            self._published()
+        return None
+
+    def _published(self) -> Snapshot:
+        """The newest version as a snapshot (under the lock): the writes held back,
+        if any, over the last published version, swapped in."""
+        pending = self._pending
+        if not pending:
+            return self._snapshot
+        records = self._snapshot._records
+        assert isinstance(records, Levels)
+        records = records.updated(pending, self._length, own=True)
+        self._levels = records.dicts()
+        self._snapshot = new = Snapshot(
+            self.name,
+            self._version,
+            Entries(records),
+            self._tombstones,
+            self._wall,
+            self.now,
+            ChangeLog(self._log, len(self._log), self._lineage),
+        )
+        self._pending = {}  # after the swap: a reader that saw it empty finds the new one
         return new
 
-    def _logged(
-        self,
-        version: int,
-        keys: tuple[Hashable, ...],
-        log: ChangeLog | None,
-        records: Levels[Record],
-        tombstones: immutables.Map[Hashable, int],
-    ) -> ChangeLog:
-        """The change log of a new ``version`` that changed ``keys`` (under the lock).
-        Past twice ``LOG_KEYS`` keys (or twice the keys the store knows, live or
-        deleted, if fewer, but at least :data:`_LOG_MIN`) it is compacted: only the last
-        change of each key kept (what readers use), walking back from the newest batch
-        until every key the store knows was seen (what is older changed nothing a
-        reader can ask about) or ``LOG_KEYS`` distinct keys were kept (then the floor
-        rises: older readers scan). A store of a few keys written one version at a time
-        compacts a short log often, never a long one at once."""
-        lineage = ChangeLog.empty(0).lineage if log is None else log.lineage
-        batches = self._log
-        batches.append((version, keys))
-        self._log_keys += len(keys)
-        known = len(records) + len(tombstones)
-        if self._log_keys <= 2 * min(LOG_KEYS, max(known, _LOG_MIN)):
-            return ChangeLog(batches, len(batches), lineage)
+    def _install(self, new: Snapshot) -> None:
+        """Make ``new`` (built over :meth:`_published`) the newest version (under the
+        lock); the caller tells :attr:`changes`."""
+        records = new._records
+        assert isinstance(records, Levels)
+        self._levels = records.dicts()
+        self._version = new.version
+        self._wall = new.wall_time
+        self._length = len(records)
+        self._tombstones = new._tombstones
+        self._told = new.version
+        self._snapshot = new
+
+    def _compact_log(self) -> None:
+        """Compact the change log (under the lock) once it holds more than twice
+        ``LOG_KEYS`` keys (or twice the keys the store knows, live or deleted, if
+        fewer, but at least :data:`_LOG_MIN`): only the last change of each key kept
+        (what readers use), walking back from the newest batch until every key the
+        store knows was seen (what is older changed nothing a reader can ask about)
+        or ``LOG_KEYS`` distinct keys were kept (then the floor rises: older readers
+        scan). A store of a few keys written one version at a time compacts a short
+        log often, never a long one at once."""
+        records = self._snapshot._records
+        assert isinstance(records, Levels)
+        pending = self._pending
+        tombstones = self._tombstones
+        known = self._length + len(tombstones)
+        room = self._log_room = 2 * min(LOG_KEYS, max(known, _LOG_MIN))
+        if self._log_keys <= room:
+            return
         seen: set[Hashable] = set()
         kept: list[tuple[int, tuple[Hashable, ...]]] = []
-        floor = lineage.floor
+        floor = self._lineage.floor
         count = 0
         covered = 0  # keys seen that the store knows (not released ones)
-        for at, changed in reversed(batches):
+        for at, changed in reversed(self._log):
             fresh = tuple(filterfalse(seen.__contains__, changed))
             if count + len(fresh) > LOG_KEYS:
                 floor = at  # this batch and older ones are not in the log any more
@@ -516,21 +694,23 @@ class StateStore:
             count += len(fresh)
             if fresh:
                 kept.append((at, fresh))
-                covered += sum(1 for k in fresh if k in records or k in tombstones)
+                # a key held back is known (live, or deleted: then it has a tombstone)
+                covered += sum(1 for k in fresh if k in pending or k in records or k in tombstones)
                 if covered >= known:
                     break  # every key's last change is kept: the rest is superseded
         kept.reverse()
         self._log = kept
         self._log_keys = count
-        if floor != lineage.floor:
-            lineage = ChangeLog.empty(floor).lineage
-        return ChangeLog(kept, len(kept), lineage)
+        if floor != self._lineage.floor:
+            self._lineage = ChangeLog.empty(floor).lineage
 
     def _new_log(self, floor: int) -> ChangeLog:
         """An empty change log: everything is at or below ``floor`` (under the lock)."""
         self._log = []
         self._log_keys = 0
-        return ChangeLog.empty(floor)
+        log = ChangeLog.empty(floor)
+        self._lineage = log.lineage
+        return log
 
     # -- durability ----------------------------------------------------------------
 
@@ -629,13 +809,13 @@ class StateStore:
             return
         records = _records(restored)
         with self._lock:
-            snap = self._snapshot
+            snap = self._published()
             version = max(snap.version + 1, max(r[2] for r in records.values()))
             wall = self.now()
             old = snap._records
             assert isinstance(old, Levels)
             # restored entries keep their versions: the log starts over above them
-            self._snapshot = new = Snapshot(
+            new = Snapshot(
                 self.name,
                 version,
                 Entries(old.merged(records)),
@@ -644,6 +824,7 @@ class StateStore:
                 self.now,
                 self._new_log(version),
             )
+            self._install(new)
         self._changes.on_next(new)
         if self._updates.observers:
             self._updates.on_next(
@@ -656,10 +837,10 @@ class StateStore:
         if not keys:
             return
         with self._lock:
-            snap = self._snapshot
+            snap = self._published()
             records = snap._records
             assert isinstance(records, Levels)
-            self._snapshot = new = Snapshot(
+            new = Snapshot(
                 self.name,
                 snap.version + 1,
                 Entries(records.without(keys)),
@@ -668,6 +849,7 @@ class StateStore:
                 self.now,
                 snap._log,  # released keys are skipped by readers (no entry, no tombstone)
             )
+            self._install(new)
             if self._dirty is not None:
                 self._dirty.difference_update(keys)
         self._changes.on_next(new)
@@ -680,7 +862,8 @@ class StateStore:
             wall = self.now()
             # restored entries keep their versions: the log starts above them
             version = max(version, max((r[2] for r in records.values()), default=0))
-            self._snapshot = new = Snapshot(
+            self._pending = {}
+            new = Snapshot(
                 self.name,
                 version,
                 Entries(records),
@@ -689,6 +872,7 @@ class StateStore:
                 self.now,
                 self._new_log(version),
             )
+            self._install(new)
         self._changes.on_next(new)
         if records and self._updates.observers:
             self._updates.on_next(
@@ -724,12 +908,49 @@ class StateStore:
 
 _UNSEEN: Final[Any] = object()
 
+#: Most keys the writes held back (no version published: nobody read) may change
+#: before the writer publishes them anyway, so that a reader never waits on more.
+_PENDING: Final = 2048
+
 #: Batches of at most this many keys look their old records up one key at a time.
 _FEW: Final = 8
 
 #: The least number of keys a change log holds before it is compacted (a store of a
 #: few keys compacts a log of twice this many, often, instead of one of 2 * LOG_KEYS).
 _LOG_MIN: Final = 1024
+
+
+class _Changes(BehaviorSubject[Snapshot]):
+    """A store's :attr:`~StateStore.changes`: a behavior subject whose writer (the
+    store) publishes and tells each version while it has observers, and a new
+    observer's first snapshot is the newest version, published for it if the store
+    held it back (no observer, no reader)."""
+
+    def __init__(self, store: StateStore) -> None:
+        super().__init__(store._snapshot)
+        self._store = store
+
+    def _subscribe_core(
+        self, observer: ObserverBase[Snapshot], scheduler: SchedulerBase | None = None
+    ) -> DisposableBase:
+        store = self._store
+        with self.lock:
+            self.check_disposed()
+            if self.is_stopped:
+                return super()._subscribe_core(observer, scheduler)
+            # under the store's lock: a write after this sees the observer (and tells
+            # its version); one before it is in the snapshot published here
+            with store._lock:
+                snap = store._published()
+                if snap.version > store._told:
+                    # held back, so told to nobody: it is the current value
+                    self.value = snap
+                    store._told = snap.version
+                self.observers.append(observer)
+            # outside the store's lock (the observer may write the store), as
+            # BehaviorSubject does: a write telling a newer version waits for this lock
+            observer.on_next(self.value)
+            return InnerSubscription(self, observer)
 
 
 def _records(entries: Mapping[Hashable, Entry | Record]) -> dict[Hashable, Record]:
@@ -999,7 +1220,7 @@ class _Durable:
             return
         self.owned.difference_update(mine)
         texts = {part_text(p) for p in mine}
-        snap = self.store._snapshot
+        snap = self.store.snapshot
         keys = await self.run(_keys_of, snap, texts)
         self.store._release(keys)
         self.last_entries = self.last_entries.without(keys)
@@ -1028,8 +1249,8 @@ class _Durable:
             dirty = store._dirty
             if not dirty and meta is None:
                 return False
+            snap = store.snapshot  # published before the dirty keys are taken
             store._dirty = set()
-            snap = store._snapshot
             # status of the disk write, not stream time: its duration (monotonic) and
             # when it was made (wall, for "checkpoint 3.2s ago")
             started = time.monotonic()

@@ -64,6 +64,7 @@ def small(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "_LOG_MIN", 2)
     monkeypatch.setattr(levels_module, "BASE", 2)
     monkeypatch.setattr(levels_module, "RATIO", 2)
+    monkeypatch.setattr(store_module, "_PENDING", 3)
 
 
 KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f", 1, 2, ("t", 3)])
@@ -74,14 +75,21 @@ BATCH = st.lists(st.tuples(KEYS, st.one_of(st.none(), st.integers(0, 999))), max
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(batches=st.lists(BATCH, max_size=25), budget=st.integers(0, 160))
+@given(batches=st.lists(st.tuples(BATCH, st.booleans()), max_size=25), budget=st.integers(0, 160))
 def test_context_and_changes_since_match_the_full_scan(
-    small: None, batches: list[list[tuple[Any, int | None]]], budget: int
+    small: None, batches: list[tuple[list[tuple[Any, int | None]], bool]], budget: int
 ) -> None:
+    """Read after some batches only: the versions between were held back, then
+    published at once (versions are published when read)."""
     store = StateStore("s", clock=lambda: 1000.0)
     held: list[tuple[Snapshot, dict[Hashable, Any]]] = []
-    for batch in batches:
-        store.apply([(k, DELETE if v is None else v, None, None) for k, v in batch])
+    for batch, read in batches:
+        if len(batch) == 1 and batch[0][1] is not None:
+            store.write_value(batch[0][0], batch[0][1], None, "src", 0, None)
+        else:
+            store.apply([(k, DELETE if v is None else v, None, None) for k, v in batch])
+        if not read:
+            continue
         snap = store.snapshot
         held.append((snap, snap.to_dict()))
         assert store.context(budget, now=1000.0) == reference_context(snap, budget, 1000.0)
