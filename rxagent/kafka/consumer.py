@@ -28,7 +28,7 @@ from ..events import Event, Position
 from ..exceptions import ConfigurationError, DecodeError
 from ..sources.base import Emitter
 from ..sources.health import SourceHealth
-from .common import KafkaPartition, client_config, decode_column, resolve_config
+from .common import KafkaPartition, client_config, resolve_config
 
 if TYPE_CHECKING:
     from .transaction import KafkaTransactions
@@ -58,6 +58,34 @@ def _column(column: list[_T]) -> list[_T] | None:
 
 def _slice(column: Sequence[_T] | None, start: int, end: int) -> list[_T] | None:
     return None if column is None else _column(list(column[start:end]))
+
+
+def _decode_letting_go(
+    decode: Callable[[bytes], Any], raws: list[Any], messages: list[Any], values: list[Any]
+) -> None:
+    """Append ``decode`` of each of ``raws`` to ``values`` and take one message out of
+    ``messages`` (same length) per value decoded, first to last, in C: each message
+    is freed as the next value is made. If ``decode`` raises at row ``i``, ``values``
+    holds the first ``i`` values and ``messages`` the messages from row ``i`` on, in
+    order. A ``None`` raw (a tombstone) stays ``None``."""
+    if raws.count(None):
+        decode = _keep_none(decode)
+    messages.reverse()
+    try:
+        # zip asks for the next value before it takes the next message: a row that
+        # raises keeps its message; zip reuses its result tuple (no allocation); not
+        # strict: it stops when the values end, before popping the emptied list
+        taken = iter(messages.pop, None)
+        values.extend(map(_first, zip(map(decode, raws), taken, strict=False)))
+    finally:
+        messages.reverse()
+
+
+def _keep_none(decode: Callable[[bytes], Any]) -> Callable[[bytes | None], Any]:
+    return lambda raw: None if raw is None else decode(raw)
+
+
+_first = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +158,17 @@ Runs = list[tuple[KafkaPartition, list[Any]]]
 class PartitionRows:
     """One partition's messages of one hop, decoded, in columns."""
 
-    __slots__ = ("bad", "headers", "keys", "nbytes", "partition", "positions", "times", "values")
+    __slots__ = (
+        "bad",
+        "end",
+        "headers",
+        "keys",
+        "nbytes",
+        "partition",
+        "positions",
+        "times",
+        "values",
+    )
 
     def __init__(self, partition: KafkaPartition) -> None:
         self.partition = partition
@@ -143,6 +181,7 @@ class PartitionRows:
         # (row index it precedes, offset, raw message, error)
         self.bad: list[tuple[int, Any, BaseException]] = []
         self.nbytes = 0  # the values' raw size, charged against the flow's byte credit
+        self.end = 0  # the offset after the run's last message, good or bad
 
 
 class EpochOffsets(list[Any]):
@@ -673,60 +712,108 @@ class ConsumerThread:
             self.stats.lag[p] = max(0, high - last.offset() - 1)
 
     def _columns(self, p: KafkaPartition, batch: list[Any]) -> PartitionRows:
+        """One partition's run of messages decoded into columns; ``batch`` is emptied.
+
+        The metadata columns are read first, each in one pass in C (``map`` over
+        the unbound ``Message`` methods); then the values are decoded as the
+        messages are let go, one for one (``_decode_letting_go``). Decoding first
+        and letting the messages go after would hold both a batch of messages and a
+        batch of decoded values at once: twice the collector's young collections
+        (its count rises with every container made and falls as one is freed), and
+        twice its full ones. Row by row, keeping the bad messages for their dead
+        letters, only when something does not decode.
+        """
         from confluent_kafka import Message
 
         settings = self.settings
         rows = PartitionRows(p)
-        raws: list[Any] = list(map(Message.value, batch))
-        raw_keys: list[Any] = (
-            list(map(Message.key, batch)) if settings.read_keys else [None] * len(batch)
-        )
-        try:
-            # the whole batch at once; row by row only when something fails
-            values = decode_column(settings.decode_value, raws)
-            keys = settings.decode_keys(raw_keys)
-        except Exception:
-            decode_value, decode_key = settings.decode_value, settings.decode_key
-            good: list[int] = []
-            values, keys = [], []
-            for i, message in enumerate(batch):
-                try:
-                    value = None if raws[i] is None else decode_value(raws[i])
-                    key = None if raw_keys[i] is None else decode_key(raw_keys[i])
-                except Exception as failure:
-                    rows.bad.append((len(values), message, failure))
-                    continue
-                values.append(value)
-                keys.append(key)
-                good.append(i)
-            if not values:
-                return rows
-            batch = [batch[i] for i in good]
-            keys = _column(keys)
-        rows.values = values
-        rows.keys = keys
-        if settings.count_bytes:  # on the consumer thread; None (tombstones) skipped
-            nbytes = sum(map(len, filter(None, raws)))
-            rows.nbytes = nbytes * len(values) // len(raws) if len(values) < len(raws) else nbytes
+        n = len(batch)
         first, last = batch[0].offset(), batch[-1].offset()
+        rows.end = last + 1
+        raws: list[Any] = list(map(Message.value, batch))
+        raw_keys: list[Any] | None = list(map(Message.key, batch)) if settings.read_keys else None
         # offsets of a run are increasing: consecutive ones (no compaction or transaction
         # markers in between) are a range, with no int object per message
-        rows.positions = (
-            range(first, last + 1)
-            if last - first + 1 == len(batch)
-            else list(map(Message.offset, batch))  # type: ignore[arg-type]
+        positions: Sequence[int] = (
+            range(first, last + 1) if last - first + 1 == n else list(map(Message.offset, batch))  # type: ignore[arg-type]
         )
+        times: list[float | None] | None = None
         if settings.read_timestamps:
             # one (kind, ms) tuple per message, freed at once (kind 0: not available)
             stamps = map(Message.timestamp, batch)
-            rows.times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
+            times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
+        headers: list[Mapping[str, Any] | None] | None = None
         if settings.read_headers:
-            headers = list(map(Message.headers, batch))
-            rows.headers = (
-                None
-                if headers.count(None) == len(headers)
-                else [None if h is None else dict(h) for h in headers]
+            found = list(map(Message.headers, batch))
+            if found.count(None) != n:
+                headers = [None if h is None else dict(h) for h in found]
+        nbytes = sum(map(len, filter(None, raws))) if settings.count_bytes else 0
+        values: list[Any] = []
+        keys: list[Hashable] | None = None
+        try:
+            # the whole batch at once
+            if raw_keys is not None:
+                keys = settings.decode_keys(raw_keys)
+            _decode_letting_go(settings.decode_value, raws, batch, values)
+        except Exception:
+            # the first len(values) rows decoded and their messages are gone; the
+            # messages of the others are left in ``batch``, in order
+            return self._columns_slowly(
+                rows, raws, raw_keys, batch, values, keys, (positions, times, headers), nbytes
             )
+        rows.values = values
+        rows.keys = keys
+        rows.positions = positions
+        rows.times = times
+        rows.headers = headers
+        rows.nbytes = nbytes
+        return rows
+
+    def _columns_slowly(
+        self,
+        rows: PartitionRows,
+        raws: list[Any],
+        raw_keys: list[Any] | None,
+        rest: list[Any],
+        decoded: list[Any],
+        keys: list[Hashable] | None,
+        columns: tuple[Sequence[int], list[float | None] | None, list[Any] | None],
+        nbytes: int,
+    ) -> PartitionRows:
+        """Row by row after a failure: rows that do not decode go to ``rows.bad`` with
+        their message (for the dead letter). ``decoded``: the values of the first
+        rows, decoded already (with ``keys``, the whole key column, when it is not
+        None); ``rest``: the messages of the rows after them."""
+        settings = self.settings
+        decode_value, decode_key = settings.decode_value, settings.decode_key
+        done = len(decoded)
+        good: list[int] = list(range(done))
+        values: list[Any] = decoded
+        key_list: list[Hashable] = [] if keys is None else [keys[i] for i in good]
+        for i, message in enumerate(rest, done):
+            try:
+                value = None if raws[i] is None else decode_value(raws[i])
+                if keys is not None:
+                    key = keys[i]
+                elif raw_keys is None or raw_keys[i] is None:
+                    key = None
+                else:
+                    key = decode_key(raw_keys[i])
+            except Exception as failure:
+                rows.bad.append((len(values), message, failure))
+                continue
+            values.append(value)
+            key_list.append(key)
+            good.append(i)
+        if not values:
+            return rows
+        positions, times, headers = columns
+        rows.values = values
+        rows.keys = _column(key_list)
+        rows.positions = [positions[i] for i in good]
+        rows.times = None if times is None else _column([times[i] for i in good])
+        rows.headers = None if headers is None else _column([headers[i] for i in good])
+        rows.nbytes = nbytes * len(values) // len(raws)
         return rows
 
     def _on_message_error(self, message: Any, kafka_error: Any, kafka_exception: Any) -> bool:
@@ -1006,10 +1093,7 @@ class ConsumerThread:
             elif rows.values:
                 self._emit_rows(out, rows, 0, len(rows.values))
                 used += len(rows.values)
-            last = rows.positions[-1] if rows.positions else -1
-            if rows.bad:
-                last = max(last, rows.bad[-1][1].offset())
-            self.emitted_next[p] = last + 1
+            self.emitted_next[p] = rows.end
         self.stats.emitted += used
         return used
 

@@ -560,6 +560,14 @@ class KafkaSource(Source):
                     if checkpointing is not None and checkpointing.done():
                         commits = checkpointing.result()
                         checkpointing = None
+                    if consumer.direct and current is not None and current.done():
+                        # read already: emitted before the next read, so one batch of
+                        # messages at a time is alive while the pipeline runs (the
+                        # collector's young collections walk fewer objects)
+                        ahead_credit = granted  # given back by the finally if this stops
+                        if await self._emit(out, consumer, current, current_credit):
+                            return
+                        current = None
                     # what is fetched already is read here, the thread waits for the rest;
                     # never while a read of the thread's is pending (it may not have
                     # started yet: it would read later messages, emitted before these)
@@ -576,21 +584,8 @@ class KafkaSource(Source):
                             consumer.call(consumer.fetch, granted, self.poll_timeout, commits)
                         )
                     ahead_credit = granted
-                if current is None:
-                    continue
-                try:
-                    groups, at_end = await current
-                except BaseException:
-                    out.give_back(current_credit)
-                    raise
-                self._note_assignment(consumer)
-                used = consumer.emit(out, groups)
-                out.give_back(current_credit - used)
-                if self.until_eof and at_end:
+                if current is not None and await self._emit(out, consumer, current, current_credit):
                     return
-                if used:
-                    # let timers, tool calls and other pipelines run between batches
-                    await asyncio.sleep(0)
         finally:
             if checkpointing is not None and not checkpointing.done():
                 # the close (close_after) checkpoints and commits what ended
@@ -600,10 +595,36 @@ class KafkaSource(Source):
                     out.give_back(waiting.result())
                 else:
                     waiting.cancel()
-            # a read still under way is dropped: nothing of it was emitted
+            # a read still under way is dropped: nothing of it was emitted (its credit,
+            # held since before an emit that stopped the stream, is given back too)
             if ahead is not None:
                 ahead.cancel()
+            if ahead_credit:
                 out.give_back(ahead_credit)
+
+    async def _emit(
+        self,
+        out: Emitter,
+        consumer: ConsumerThread,
+        read: asyncio.Future[tuple[Runs, bool]],
+        credit: int,
+    ) -> bool:
+        """Emit a read's batches (``credit`` held for it, the rest given back); True
+        when the stream ends here (``until_eof``, every partition read to its end)."""
+        try:
+            groups, at_end = await read
+        except BaseException:
+            out.give_back(credit)
+            raise
+        self._note_assignment(consumer)
+        used = consumer.emit(out, groups)
+        out.give_back(credit - used)
+        if self.until_eof and at_end:
+            return True
+        if used:
+            # let timers, tool calls and other pipelines run between batches
+            await asyncio.sleep(0)
+        return False
 
 
 def _newest(*batches: list[Any] | None) -> list[Any] | None:
