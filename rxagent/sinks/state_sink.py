@@ -178,11 +178,13 @@ class StateSink(Sink):
             keys = list(map(self.key_fn, values)) if self.key_fn is not None else batch.keys
             if keys is None or None in keys:
                 return False
-            newest = dict(zip(keys, range(len(values)), strict=True))  # later rows win, in C
             value_fn = self.value_fn
             times = batch.times
             positions = batch.positions
-            if len(newest) == len(values):  # every key once: the rows as they are
+            # without value(): the rows as they are (of a key given twice the store keeps
+            # the last row); with it, value() only of each key's newest row (later rows win)
+            newest = None if value_fn is None else dict(zip(keys, range(len(values)), strict=True))
+            if newest is None or len(newest) == len(values):  # every row its own key
                 rows = values if value_fn is None else list(map(value_fn, values))
                 chosen = keys
             else:

@@ -35,7 +35,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from itertools import filterfalse
+from itertools import filterfalse, repeat
+from operator import is_
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -402,9 +403,10 @@ class StateStore:
         partition: Hashable,
         offsets: Sequence[int | None] | None,
     ) -> int:
-        """Set ``keys[i]`` to ``values[i]`` (distinct keys; event time ``times[i]``,
-        position ``(source, partition, offsets[i])``; a value of ``DELETE`` removes
-        the key) as one version, skipping replays; returns how many keys changed.
+        """Set ``keys[i]`` to ``values[i]`` (event time ``times[i]``, position
+        ``(source, partition, offsets[i])``; a value of ``DELETE`` removes the key; of
+        a key given twice the last row counts) as one version, skipping replays;
+        returns how many keys changed.
         What the state sink without a reducer writes through: the lean form of
         :meth:`apply_updates` (no update functions, no :class:`Position` objects,
         :class:`StateChange` objects only when something subscribed to :attr:`updates`)."""
@@ -418,6 +420,10 @@ class StateStore:
                 partition,
                 None if offsets is None else offsets[0],
             )
+        if len(values) != n or (times is not None and len(times) != n):
+            raise ValueError("write_values: keys, values and times differ in length")
+        if offsets is not None and len(offsets) != n:
+            raise ValueError("write_values: keys and offsets differ in length")
         with self._lock:
             version = self._version + 1
             wall = self.now()
@@ -425,11 +431,29 @@ class StateStore:
             levels = (self._pending, *self._levels)
             tombstones = self._tombstones
             length = self._length
-            written: dict[Hashable, Any] = {}
-            if times is None:
-                times = [None] * n
+            # a position's source only with an offset: one source for all rows, or per row
+            sources: Iterable[str | None]
+            row_offsets: Iterable[int | None]
             if offsets is None:
-                offsets = [None] * n
+                sources = repeat(None)
+                row_offsets = repeat(None)
+            else:
+                row_offsets = offsets
+                if None in offsets:
+                    sources = [None if o is None else source for o in offsets]
+                else:
+                    sources = repeat(source)
+            # every row as a new key's record, in C (a repeated key: its last row); then
+            # the rows of keys there already
+            written: dict[Hashable, Any] = dict(
+                zip(
+                    keys,
+                    zip(keys, values, repeat(version), repeat(1),
+                        repeat(None) if times is None else times, repeat(wall), sources,
+                        repeat(partition), row_offsets),
+                    strict=True,
+                )
+            )  # fmt: skip
             olds: dict[Hashable, Any] = {}
             if n <= _FEW:
                 # a few keys: looked up one by one
@@ -441,30 +465,25 @@ class StateStore:
                             break
             else:
                 # each key's old record, looked up a level at a time in C (newest first)
-                wanted = set(keys)
+                wanted: Any = written.keys()
                 for level in levels:
                     if level:
                         hit = level.keys() & wanted
                         if hit:
                             olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
-                            wanted -= hit
-                            if not wanted:
+                            if len(hit) == len(wanted):
                                 break
+                            wanted = wanted - hit
             get_old = olds.get
-            added = 0
             ignored = 0
             deleted: dict[Hashable, float | None] = {}  # a value of DELETE: key -> event time
-            for key, value, event_time, offset in zip(keys, values, times, offsets, strict=True):
-                old = get_old(key)
-                if old is None or old is GONE:
-                    if value is DELETE:
-                        continue
-                    added += 1
-                    written[key] = (
-                        key, value, version, 1, event_time, wall,
-                        None if offset is None else source, partition, offset,
-                    )  # fmt: skip
-                    continue
+            added = len(written)
+            for key, old in olds.items():
+                if old is GONE:
+                    continue  # deleted: written as a new key
+                added -= 1
+                row = written[key]
+                offset = row[8]
                 if (
                     offset is not None
                     and old[8] is not None
@@ -473,15 +492,20 @@ class StateStore:
                     and partition == old[7]
                 ):
                     ignored += 1
+                    del written[key]
                     continue
-                if value is DELETE:
+                if row[1] is DELETE:
                     written[key] = GONE
-                    deleted[key] = event_time
+                    deleted[key] = row[4]
                     continue
                 written[key] = (
-                    key, value, version, old[3] + 1, event_time, wall,
-                    None if offset is None else source, partition, offset,
+                    key, row[1], version, old[3] + 1, row[4], wall, row[6], partition, offset,
                 )  # fmt: skip
+            if True in map(is_, values, repeat(DELETE)):
+                # a DELETE of a key not there: nothing to write
+                for key in [k for k, r in written.items() if r is not GONE and r[1] is DELETE]:
+                    del written[key]
+                    added -= 1
             self.ignored += ignored
             if not written:
                 return 0
