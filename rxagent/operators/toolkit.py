@@ -35,7 +35,7 @@ from reactivex import abc
 from reactivex.subject import Subject
 
 from .. import _slow
-from ..events import Batch, Event, end_hold
+from ..events import ROW_NUMBERS, Batch, Event, end_hold, row_numbers
 from ..exceptions import ConfigurationError
 from ..values import to_key_function
 
@@ -227,18 +227,6 @@ def without_failed(batch: Batch, ok: list[bool]) -> Batch:
     return batch.take(ok_rows(ok))
 
 
-#: Row numbers 0, 1, 2, ... shared by every :func:`group_rows` call (batches are
-#: rarely larger; a larger one counts with a range).
-_ROW_NUMBERS: list[int] = list(range(1 << 16))
-
-
-def row_numbers(n: int) -> Sequence[int]:
-    """Row numbers ``0 .. n-1`` or more (zip or ``map`` them with ``n`` rows): int
-    objects made once, where a ``range`` makes a new int per row past 256 (~8 ns of
-    the ~50 a row costs :func:`group_rows`)."""
-    return _ROW_NUMBERS if n <= len(_ROW_NUMBERS) else range(n)
-
-
 def group_rows(
     keys: Iterable[Hashable], rows: Iterable[int] | None = None
 ) -> dict[Hashable, list[int]]:
@@ -254,7 +242,7 @@ def group_rows(
         rows = (
             row_numbers(len(keys))
             if isinstance(keys, Sized)
-            else itertools.chain(_ROW_NUMBERS, itertools.count(len(_ROW_NUMBERS)))
+            else itertools.chain(ROW_NUMBERS, itertools.count(len(ROW_NUMBERS)))
         )
     # (with an iterator of keys, ``map`` stops at the shorter input: the keys)
     any(_builtin_map(list.append, _builtin_map(groups.__getitem__, keys), rows))

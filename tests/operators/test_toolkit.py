@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxagent.operators.toolkit import group_rows, row_numbers
+from rxagent.events import row_numbers
+from rxagent.operators.toolkit import group_rows
 
 
 def reference(keys: list[int]) -> dict[int, list[int]]:

@@ -19,13 +19,13 @@ from typing import Any, Literal, cast
 
 from reactivex import Observable
 
-from ...events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs
+from ...events import Batch, Hold, RevokeWatch, end_hold, fold_holds, partition_runs, row_numbers
 from ...exceptions import ConfigurationError
 from ...flow import Flow, Ticket, release_tickets
 from ...values import Window, to_key_function
 from ..aggregate import Aggregation, collect, resolve_aggregation
 from ..base import BatchHandler, Emit, Operator, batch_stage
-from ..toolkit import apply, group_rows, row_numbers
+from ..toolkit import apply, group_rows
 from .engine import EmitPartial, at_end, check_emit_partial, give_up
 
 __all__ = ["CountWindowHandler", "count_window"]
