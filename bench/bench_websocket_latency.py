@@ -24,7 +24,10 @@ loop's. ``python -m bench websocket_latency`` runs ``ROUNDS`` rounds of
 ``SECONDS`` s each; the environment variables ``WS_LAT_SECONDS``,
 ``WS_LAT_ROUNDS`` and ``WS_LAT_RATE`` change them. A third client,
 rxagent with ``batch_wait=1 ms`` (``WS_LAT_BATCH_WAIT_MS``; 0 leaves it out),
-shows the knob that trades latency for CPU per message.
+shows the knob that trades latency for CPU per message. ``WS_LAT_SPLIT=1`` adds
+two more, to show where the cost goes: the same source into a sink that only ends
+its batches, without and with ``key_by`` (the probe wraps that sink's
+``on_batch`` as it wraps the state sink's).
 
 The server writes each message with one ``send`` as soon as it is due (it
 sleeps between messages, so a late wake-up sends the messages due meanwhile
@@ -53,6 +56,7 @@ from websockets.asyncio.client import connect
 from rxagent import Pipeline, StateStore
 from rxagent import operators as ops
 from rxagent.events import Batch
+from rxagent.sinks import Sink
 from rxagent.sources import websocket
 
 RATE = int(os.environ.get("WS_LAT_RATE", "10000"))
@@ -60,6 +64,8 @@ SECONDS = float(os.environ.get("WS_LAT_SECONDS", "30"))
 ROUNDS = int(os.environ.get("WS_LAT_ROUNDS", "5"))
 #: A third client: rxagent with this ``batch_wait`` (ms; 0: leave it out).
 BATCH_WAIT_MS = float(os.environ.get("WS_LAT_BATCH_WAIT_MS", "1"))
+#: Two more clients: into a sink that only ends its batches, without and with key_by.
+SPLIT = os.environ.get("WS_LAT_SPLIT", "0") not in ("", "0")
 #: The messages of the first second are left out of the latency figures.
 WARMUP_SECONDS = 1.0
 TARGET_P50 = 1.3
@@ -176,11 +182,25 @@ async def plain_loop(url: str, n: int, warmup: int) -> Run:
     return Run(latencies, cpu, n)
 
 
-async def rxagent_pipeline(url: str, n: int, warmup: int, **options: Any) -> Run:
+class EndSink(Sink):
+    """Ends every batch and keeps nothing: what the pipeline costs without a state write."""
+
+    kind = "end"
+
+    def on_batch(self, batch: Batch) -> None:
+        batch.end_all()
+
+
+async def rxagent_pipeline(
+    url: str, n: int, warmup: int, *, to: str = "state", key_by: bool = True, **options: Any
+) -> Run:
     store = StateStore("ticks")
     source = websocket(url, close_timeout=_CLOSE_TIMEOUT, **options)
-    sink = store.sink()
-    pipeline = Pipeline("ws", source).pipe(ops.key_by("sym")).to(sink)
+    sink: Sink = store.sink() if to == "state" else EndSink()
+    pipeline = Pipeline("ws", source)
+    if key_by:
+        pipeline.pipe(ops.key_by("sym"))
+    pipeline.to(sink)
     now_ns = time.monotonic_ns
     latencies = array("q")
     record = latencies.append
@@ -206,7 +226,8 @@ async def rxagent_pipeline(url: str, n: int, warmup: int, **options: Any) -> Run
     await asyncio.wait_for(done, SECONDS * 4 + 60)
     cpu = time.process_time() - cpu0
     await pipeline.stop()
-    assert store.get("S9")["seq"] // 10 == last // 10
+    if to == "state":
+        assert store.get("S9")["seq"] // 10 == last // 10
     return Run(latencies, cpu, n)
 
 
@@ -243,6 +264,17 @@ def main() -> None:
                 functools.partial(rxagent_pipeline, batch_wait=BATCH_WAIT_MS / 1000),
             )
         )
+    if SPLIT:
+        clients += [
+            (
+                "  rxagent websocket -> end sink",
+                functools.partial(rxagent_pipeline, to="end", key_by=False),
+            ),
+            (
+                "  rxagent websocket -> key_by -> end sink",
+                functools.partial(rxagent_pipeline, to="end"),
+            ),
+        ]
     runs: dict[str, list[Run]] = {name: [] for name, _ in clients}
     try:
         assert server.stdout is not None

@@ -129,17 +129,16 @@ class Ticket:
         self.flow.pending += n
 
     def _complete(self) -> None:
-        if self._bytes:
-            self.flow._release_bytes(self._bytes)
-            self._bytes = 0
-        if self._credit:
-            self.flow._release(self._credit)
-            self._credit = 0
+        flow = self.flow
+        credit, nbytes = self._credit, self._bytes
+        if credit or nbytes:
+            self._credit = self._bytes = 0
+            flow._return(credit, nbytes)
         if self.released:
-            self.flow._check_idle()
+            flow._check_idle()
             return
         self.done = True
-        self.flow._ticket_done(self)
+        flow._ticket_done(self)
 
     def __repr__(self) -> str:
         return (
@@ -280,6 +279,23 @@ class Flow:
         if limit is not None and self.bytes_in_flight < limit:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _return(self, n: int, nbytes: int) -> None:
+        """A ticket's credit and bytes return (:meth:`_release` and
+        :meth:`_release_bytes` in one call, waking a waiting source once)."""
+        if nbytes:
+            self.bytes_in_flight -= nbytes
+        if n:
+            free = self.free + n
+            if free > self.capacity:
+                self.free = self.capacity
+                raise FlowError(f"credit of source {self.source!r} returned more often than taken")
+            self.free = free
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            limit = self.capacity_bytes
+            if n or (limit is not None and self.bytes_in_flight < limit):
                 waiter.set_result(None)
 
     def give_back(self, n: int) -> None:

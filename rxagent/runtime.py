@@ -38,6 +38,7 @@ from typing import Any
 
 from reactivex import Observable
 from reactivex.abc import DisposableBase, SchedulerBase
+from reactivex.internal import DisposedException
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
@@ -289,7 +290,7 @@ class Pipeline:
         # restore before the first event is read (a durable store's entries; what
         # the source stored with them, for ctx.resume_meta())
         await self._each_sink(lambda sink: sink.recover())
-        subject: Subject[Batch] = Subject()
+        subject: Subject[Batch] = _Head()
         stream: Observable[Batch] = subject.pipe(*self._operators) if self._operators else subject
         self._subscription = stream.subscribe(
             on_next=self._dispatch,
@@ -395,14 +396,16 @@ class Pipeline:
             batch.retain(len(sinks) - 1)
         n = len(batch.values)
         latency = self.latency
+        clock = _slow.clock
         for sink in sinks:
-            started = _slow.clock()
+            started = clock()
             try:
                 sink.on_batch(batch)
             except Exception as error:
                 self._fail(error, sink.name)
             else:
-                _slow.note(batch.ctx, sink.name, started, n)
+                if clock() - started >= _slow.SLOW_BATCH_SECONDS:  # the rare slow batch
+                    _slow.note(batch.ctx, sink.name, started, n)
                 latency[sink.name].observe(batch.ctx.now() - batch.time, n)
 
     def _on_stream_error(self, error: Exception) -> None:
@@ -605,6 +608,25 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name!r} {self.state}>"
+
+
+class _Head(Subject[Batch]):
+    """The pipeline's entry, where the source's batches go in: a reactivex
+    ``Subject`` whose ``on_next`` takes no lock and copies no observer list per
+    batch (batches enter on the event loop's thread only; the list is still copied
+    when several observers listen, so one leaving during a batch is harmless)."""
+
+    def on_next(self, value: Batch) -> None:
+        if self.is_disposed:
+            raise DisposedException()
+        if self.is_stopped:
+            return
+        observers = self.observers
+        if len(observers) == 1:
+            observers[0].on_next(value)
+        else:
+            for observer in observers.copy():
+                observer.on_next(value)
 
 
 def _written_store(sink: Sink) -> object | None:

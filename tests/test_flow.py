@@ -34,6 +34,19 @@ async def test_acquire_waits_until_a_ticket_completes() -> None:
     assert flow.waits == 1
 
 
+async def test_a_ticket_returns_its_credit_and_bytes_at_once_and_wakes_the_source() -> None:
+    flow = Flow("s", capacity=10, capacity_bytes=100)
+    assert await flow.acquire(1) == 1
+    ticket = flow.ticket(1, nbytes=100)  # the byte credit is used up
+    waiter = asyncio.ensure_future(flow.acquire(1))
+    await asyncio.sleep(0.01)
+    assert not waiter.done(), "acquire returned with the bytes in flight at the limit"
+    ticket.end()
+    assert (flow.in_flight, flow.bytes_in_flight) == (0, 0)
+    assert await asyncio.wait_for(waiter, 1) == 1
+    assert flow.waits == 1
+
+
 async def test_give_back_returns_unused_credit() -> None:
     flow = Flow("s", capacity=5)
     await flow.acquire(5)

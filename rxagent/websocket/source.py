@@ -767,7 +767,8 @@ class WebSocketSource(Source):
             if parked is None or parked.done():
                 return  # the reader is busy (credit, recv(), a batch): it takes them
             try:
-                if frames and (self._held or self._take_credit(flow, want)):
+                # credit for what is queued (one message, mostly): none to give back
+                if frames and (self._held or self._take_credit(flow, min(len(frames), want))):
                     self._emit_queued(out, assembler, frames)
                 if frames or assembler.closed:
                     parked.set_result(None)
