@@ -770,10 +770,13 @@ class WebSocketSource(Source):
                 # credit for what is queued (one message, mostly): none to give back
                 if frames and (self._held or self._take_credit(flow, min(len(frames), want))):
                     self._emit_queued(out, assembler, frames)
-                if frames or assembler.closed:
+                if (frames or assembler.closed) and not parked.done():
                     parked.set_result(None)
             except Exception as error:  # raised in the reader, never into websockets
-                parked.set_exception(error)
+                if not parked.done():
+                    parked.set_exception(error)
+                else:  # the emission failed the pipeline, which cancelled the reader
+                    log.debug("websocket source %r: emission failed: %r", self.name, error)
 
         loop = asyncio.get_running_loop()
         ws.on_data = on_data

@@ -163,3 +163,31 @@ async def test_an_error_of_an_emission_from_the_callback_reaches_the_pipeline(
         with pytest.raises(PipelineError, match="cannot decode"):
             await pipeline.run(timeout=5)
     assert sink.values == [{"seq": 0}]
+
+
+async def test_a_sink_that_raises_in_the_callback_fails_the_pipeline_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Sink):
+        kind = "broken"
+
+        def on_batch(self, batch: Batch) -> None:
+            raise RuntimeError("sink broke")
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await asyncio.sleep(0.05)  # the reader is parked: the callback emits
+        async with ws.send_context():  # in one write: a message, then one in two frames
+            ws.protocol.send_text(b'{"seq": 0}')
+            ws.protocol.send_text(b'{"seq"', fin=False)
+            ws.protocol.send_continuation(b": 1}", fin=True)
+        await ws.wait_closed()
+
+    async with serving(handler) as (url, _):
+        pipeline = Pipeline("ws", WebSocketSource(url, subscribe=["hi"])).to(Broken())
+        with pytest.raises(PipelineError, match="sink broke"):
+            await pipeline.run(timeout=5)
+    # the failure cancelled the reader from inside the connection's callback: nothing
+    # reached asyncio's or websockets' error handlers
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name.startswith(("asyncio", "websockets"))]
