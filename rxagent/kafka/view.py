@@ -311,6 +311,12 @@ class StateView(StateStore):
     def apply_updates(self, updates: Iterable[Update]) -> list[StateChange]:
         raise self._read_only()
 
+    def write_values(self, *args: Any, **kwargs: Any) -> int:
+        raise self._read_only()
+
+    def write_value(self, *args: Any, **kwargs: Any) -> int:
+        raise self._read_only()
+
     def sink(self, **options: Any) -> StateSink:
         raise self._read_only()
 

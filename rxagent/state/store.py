@@ -951,13 +951,29 @@ class _Changes(BehaviorSubject[Snapshot]):
     held it back (no observer, no reader)."""
 
     def __init__(self, store: StateStore) -> None:
+        self._store: StateStore | None = None
         super().__init__(store._snapshot)
         self._store = store
+
+    @property
+    def value(self) -> Snapshot:
+        """The newest version, as a behavior subject's ``value`` is its last one:
+        while nothing observes, the store holds versions back, and reading this
+        publishes them (as :attr:`StateStore.snapshot` does)."""
+        store = self._store
+        if store is None or self.observers or self.is_disposed:
+            return self._value
+        return store.snapshot
+
+    @value.setter
+    def value(self, value: Snapshot) -> None:
+        self._value = value
 
     def _subscribe_core(
         self, observer: ObserverBase[Snapshot], scheduler: SchedulerBase | None = None
     ) -> DisposableBase:
         store = self._store
+        assert store is not None  # set in __init__
         with self.lock:
             self.check_disposed()
             if self.is_stopped:

@@ -292,7 +292,14 @@ async def test_deletes_apply_and_writes_are_refused(
             ("a", True),
             ("d", False),
         ]
-        for write in (lambda: view.set("e", 5), lambda: view.delete("c"), view.sink):
+        for write in (
+            lambda: view.set("e", 5),
+            lambda: view.delete("c"),
+            view.sink,
+            # the state sink's lean writes too
+            lambda: view.write_values(["e"], [5], None, "src", 0, [1]),
+            lambda: view.write_value("e", 5, None, "src", 0, 1),
+        ):
             with pytest.raises(StateError, match="read-only view"):
                 write()
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reactivex.subject import BehaviorSubject
 
 import rxagent.state.store as store_module
 from rxagent import DELETE, Position, StateStore
@@ -229,3 +230,22 @@ def test_snapshots_held_by_readers_are_immutable_under_one_row_writes() -> None:
             held.append((snap, dict(snap.to_dict())))
     for snap, values in held:
         assert snap.to_dict() == values
+
+
+def test_the_changes_subjects_value_is_the_newest_version_while_nothing_observes() -> None:
+    # versions are held back while nothing observes; a behavior subject's value is
+    # its newest all the same
+    store = StateStore("v")
+    store.write_value("a", 1, None, "src", None, 1)
+    store.write_value("b", 2, None, "src", None, 2)
+    changes = store.changes
+    assert isinstance(changes, BehaviorSubject)
+    newest = changes.value
+    assert newest.version == 2
+    assert newest.to_dict() == {"a": 1, "b": 2}
+    seen: list[int] = []
+    subscription = changes.subscribe(lambda snap: seen.append(snap.version))
+    store.write_value("a", 3, None, "src", None, 3)
+    assert changes.value.version == 3
+    assert seen == [2, 3]
+    subscription.dispose()
