@@ -234,12 +234,12 @@ class Batch:
 
     def select(self, mask: Sequence[Any]) -> Batch:
         """Keep the rows whose mask entry is truthy and *end* the others."""
+        if all(mask):  # nothing dropped (a check in C that stops at the first drop)
+            return self
         n = len(self.values)
         compress = itertools.compress
         values = list(compress(self.values, mask))
         dropped = n - len(values)
-        if dropped == 0:
-            return self
         if self.holds is None:
             if self.ticket is not None:
                 self.ticket.end(dropped)
