@@ -19,6 +19,15 @@ without an await, and the loop's other work runs between batches: through the
 next ``recv()``, which waits for the network when nothing is queued, or an
 explicit yield when messages remain queued (a burst larger than the batch).
 
+**Reading for less than recv().** While the reader holds credit and nothing is
+queued, it waits on a future of its own, and the connection's ``data_received``
+(right after ``websockets`` parsed the frames read) emits the whole messages
+queued in that same loop callback: no task wakes per message, and such batches run
+outside any task. What it cannot do (no free credit, a fragmented message, text
+that is not UTF-8, the connection's end, an error) goes through the reader and
+``recv()``. The connection is an :class:`asyncio.BufferedProtocol`: it reads into
+one buffer of its own, not a new 256 KiB ``bytes`` per read.
+
 **Latency or CPU.** At a moderate rate (10,000 messages a second on a local
 feed) messages arrive one at a time, so each batch holds about one, and the
 fixed cost of a batch through the pipeline is paid per message. ``batch_wait``
