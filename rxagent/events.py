@@ -177,6 +177,20 @@ class Batch:
     def __repr__(self) -> str:
         return f"Batch({self.source!r}, rows={len(self.values)}, partition={self.partition!r})"
 
+    def shell(self) -> Batch:
+        """A batch of no rows with this one's context, source, time and partition (and an
+        empty position column if it has positions): what a stateful operator keeps to
+        build its later batches like this one (at a timer, at the end) without keeping
+        this one's values alive until the next batch comes."""
+        return Batch(
+            [],
+            ctx=self.ctx,
+            source=self.source,
+            time=self.time,
+            positions=None if self.positions is None else (),
+            partition=self.partition,
+        )
+
     # -- reading rows ---------------------------------------------------------
 
     def hold(self, i: int) -> Hold:

@@ -223,7 +223,7 @@ class _Reorder(BatchHandler):
     def on_batch(self, batch: Batch, emit: Emit) -> None:
         metrics = batch.ctx.stage(self.stage)
         batch, seqs, keys = self._numbered(batch)
-        self.like = batch
+        self.like = batch.shell()  # not the batch: its values die with it
         if not seqs:
             return
         options = self.options

@@ -261,3 +261,45 @@ async def test_a_value_without_the_aggregated_field_fails_the_stage() -> None:
     # (the windows keep the prices only: the value without one fails where it is read)
     with pytest.raises(PipelineError, match="KeyError: 'px'"):
         await pipeline.run()
+
+
+def test_the_window_keeps_no_batch_of_values_alive_between_batches() -> None:
+    # what the stage keeps to build its batches at the end is a shell of the last
+    # batch, not the batch: with an aggregation over a field, a batch's values die as
+    # soon as the batch is through (only the picked floats stay in the windows)
+    import gc
+    import weakref
+
+    from rxagent import Flow
+    from rxagent.context import PipelineContext
+    from rxagent.events import Batch
+    from rxagent.operators.aggregate import resolve_aggregation
+    from rxagent.operators.windows.count import CountWindowHandler
+
+    class Value(dict[str, float]):
+        pass
+
+    async def main() -> None:
+        flow = Flow("src", capacity=100)
+        await flow.acquire(4)
+        handler = CountWindowHandler("w", 10, None, resolve_aggregation(ops.mean("v")), "emit")
+        values = [Value(v=float(i)) for i in range(4)]
+        refs = [weakref.ref(v) for v in values]
+        batch = Batch(
+            values,
+            ctx=PipelineContext("p"),
+            source="src",
+            time=1.0,
+            ticket=flow.ticket(4, first=0, last=3),
+            positions=range(4),
+            partition=0,
+        )
+        handler.on_batch(batch, lambda _b: None)
+        del batch, values
+        gc.collect()
+        assert all(r() is None for r in refs)
+        like = handler.last_batch
+        assert like is not None
+        assert (like.values, like.positions, like.partition, like.time) == ([], (), 0, 1.0)
+
+    asyncio.run(main())

@@ -174,7 +174,7 @@ class CountWindowHandler(BatchHandler):
                 keys = batch.keys
             else:
                 groups = group_rows(batch.keys)
-        self.last_batch = batch
+        self.last_batch = batch.shell()  # not the batch: its values die with it
         n = len(batch.values)
         # what the windows keep of each row: the value, or the part the aggregation reads
         # (a failing pick raises here, as the aggregation would when the window closes)

@@ -303,7 +303,7 @@ class WindowHandler(BatchHandler):
                 rows = [i for i, good in enumerate(ok) if good]
                 batch = batch.take(rows)
                 keys = [keys[i] for i in rows]
-        self.like = batch
+        self.like = batch.shell()  # not the batch: its values die with it
         out: list[Out] = []
         if spec.event:
             batch, keys, times = self._event_times(batch, keys)
