@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import reactivex as rx
 from reactivex import Observable
@@ -104,15 +105,21 @@ def batch_stage(
         handler = make_handler(observer, scheduler)
         emit = observer.on_next
         failed = False
+        # the stage's counters, looked up once per pipeline context (not per batch)
+        counted: Any = None
+        metrics: Any = None
 
         def on_next(batch: Batch) -> None:
-            nonlocal failed
+            nonlocal failed, counted, metrics
             if failed:
                 batch.end_all()
                 return
             try:
                 if stage is not None:
-                    batch.ctx.stage(stage).events_in += len(batch.values)
+                    ctx = batch.ctx
+                    if ctx is not counted:
+                        counted, metrics = ctx, ctx.stage(stage)
+                    metrics.events_in += len(batch.values)
                 handler.on_batch(batch, emit)
             except Exception as error:  # route, never raise into the loop
                 failed = True

@@ -192,7 +192,8 @@ def apply(
     except Exception:
         pass
     else:
-        _slow.note(batch.ctx, stage, started, len(values))
+        if _slow.clock() - started >= _slow.SLOW_BATCH_SECONDS:  # (a call only when slow)
+            _slow.note(batch.ctx, stage, started, len(values))
         return out, []
     one = None if events is None else events.one
     keys, times = batch.keys, batch.times

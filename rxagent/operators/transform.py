@@ -48,8 +48,13 @@ def per_row_stage(
 
     def build(stage: str, source: Observable[Batch]) -> Observable[Batch]:
         class Handler(BatchHandler):
+            counted: Any = None  # the pipeline context whose counters ``metrics`` are
+            metrics: Any = None
+
             def on_batch(self, batch: Batch, emit: Emit) -> None:
-                metrics = batch.ctx.stage(stage)
+                if batch.ctx is not self.counted:
+                    self.counted, self.metrics = batch.ctx, batch.ctx.stage(stage)
+                metrics = self.metrics
                 results, ok = apply(batch, fn, stage, many, events=events)
                 if ok:
                     batch = without_failed(batch, ok)

@@ -17,7 +17,7 @@ from reactivex.scheduler import VirtualTimeScheduler
 
 from ..clock import advance, next_due
 from ..context import PipelineContext
-from ..events import Batch
+from ..events import Batch, make_batch
 from ..exceptions import ConfigurationError
 from ..flow import DEFAULT_CREDIT_BYTES, Flow
 
@@ -98,17 +98,19 @@ class Emitter:
             if first is None or last is None:  # rows without one (a WebSocket resend)
                 first, last = _span(positions)
         ticket = self.flow.ticket(n, partition, first, last, nbytes)
-        batch = Batch(
+        ctx = self.ctx
+        batch = make_batch(
             values,
-            ctx=self.ctx,
-            source=self.name,
-            time=self.ctx.now(),
-            ticket=ticket,
-            keys=keys,
-            times=times,
-            positions=positions,
-            headers=headers,
-            partition=partition,
+            ctx,
+            self.name,
+            ctx.now(),
+            ticket,
+            None,
+            keys,
+            times,
+            positions,
+            headers,
+            partition,
         )
         self._push(batch)
 
