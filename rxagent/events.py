@@ -216,14 +216,9 @@ class Batch:
         empty position column if it has positions): what a stateful operator keeps to
         build its later batches like this one (at a timer, at the end) without keeping
         this one's values alive until the next batch comes."""
-        return Batch(
-            [],
-            ctx=self.ctx,
-            source=self.source,
-            time=self.time,
-            positions=None if self.positions is None else (),
-            partition=self.partition,
-        )
+        positions = None if self.positions is None else ()
+        ctx, source, time, partition = self.ctx, self.source, self.time, self.partition
+        return make_batch([], ctx, source, time, None, None, None, None, positions, None, partition)
 
     # -- reading rows ---------------------------------------------------------
 

@@ -107,12 +107,12 @@ class Ticket:
         their completion waits for the aggregate."""
         credit = min(n, self._credit)
         if credit:
+            share = 0
             if self._bytes:  # the folded events' share of the bytes
                 share = self._bytes * credit // self._credit
                 self._bytes -= share
-                self.flow._release_bytes(share)
             self._credit -= credit
-            self.flow._release(credit)
+            self.flow._return(credit, share)
 
     def release(self, n: int) -> None:
         """``n`` events were given up, not processed (an aggregate dropped them when
@@ -273,17 +273,10 @@ class Flow:
         left = limit - self.bytes_in_flight
         return 0 if left <= 0 else max(1, left // self._event_bytes)
 
-    def _release_bytes(self, n: int) -> None:
-        self.bytes_in_flight -= n
-        limit = self.capacity_bytes
-        if limit is not None and self.bytes_in_flight < limit:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
     def _return(self, n: int, nbytes: int) -> None:
-        """A ticket's credit and bytes return (:meth:`_release` and
-        :meth:`_release_bytes` in one call, waking a waiting source once)."""
+        """``n`` events' credit and ``nbytes`` of their payload return (a ticket's,
+        or a fold's share): a waiting source is woken once, if credit came back or
+        the bytes in flight fell under the byte limit."""
         if nbytes:
             self.bytes_in_flight -= nbytes
         if n:
@@ -301,16 +294,7 @@ class Flow:
     def give_back(self, n: int) -> None:
         """Return credit that was acquired but not used for events."""
         if n > 0:
-            self._release(n)
-
-    def _release(self, n: int) -> None:
-        self.free += n
-        if self.free > self.capacity:
-            self.free = self.capacity
-            raise FlowError(f"credit of source {self.source!r} returned more often than taken")
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            self._return(n, 0)
 
     @property
     def in_flight(self) -> int:

@@ -1015,16 +1015,6 @@ def constant_update(value: Any) -> Callable[[Any], Any]:
     return lambda _old: value
 
 
-def _not_newer(position: Position, last: Position | None) -> bool:
-    if last is None or position.offset is None or last.offset is None:
-        return False
-    return (
-        position.source == last.source
-        and position.partition == last.partition
-        and position.offset <= last.offset
-    )
-
-
 class Changelog(Protocol):
     """What a durable store needs of a changelog (:class:`rxagent.kafka.KafkaChangelog`)."""
 
