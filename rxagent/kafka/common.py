@@ -182,14 +182,16 @@ def key_columns(decode: KeyDecoder) -> Callable[[list[bytes | None]], list[Hasha
     one = key_decoder(decode)
 
     def keys(raws: list[bytes | None]) -> list[Hashable] | None:
+        if decode == "text":
+            try:  # in C; a None or a key that is not UTF-8 raises: row by row below
+                return list(map(bytes.decode, raws))  # type: ignore[arg-type]
+            except (TypeError, UnicodeDecodeError):
+                pass
         nones = raws.count(None)
         if nones == len(raws):
             return None
-        if decode == "text" and not nones:
-            try:  # in C; a key that is not UTF-8 stays bytes (row by row below)
-                return list(map(bytes.decode, raws))  # type: ignore[arg-type]
-            except UnicodeDecodeError:
-                pass
+        if decode == "bytes":
+            return raws  # type: ignore[return-value]  # (a new list: the keys as they are)
         return decode_column(one, raws)
 
     return keys

@@ -61,22 +61,39 @@ def _slice(column: Sequence[_T] | None, start: int, end: int) -> list[_T] | None
 
 
 def _decode_letting_go(
-    decode: Callable[[bytes], Any], raws: list[Any], messages: list[Any], values: list[Any]
+    decode: Callable[[bytes], Any],
+    raws: list[Any],
+    messages: list[Any],
+    values: list[Any],
+    none_raises: bool = False,
 ) -> None:
     """Append ``decode`` of each of ``raws`` to ``values`` and take one message out of
     ``messages`` (same length) per value decoded, first to last, in C: each message
     is freed as the next value is made. If ``decode`` raises at row ``i``, ``values``
     holds the first ``i`` values and ``messages`` the messages from row ``i`` on, in
-    order. A ``None`` raw (a tombstone) stays ``None``."""
-    if raws.count(None):
-        decode = _keep_none(decode)
+    order. A ``None`` raw (a tombstone) stays ``None``: ``none_raises`` says ``decode``
+    raises for one (the decoders the source builds), so no pass looks for them first;
+    the rows from a tombstone on are decoded again, tombstones kept as ``None``."""
+    if not none_raises and raws.count(None):
+        decode, none_raises = _keep_none(decode), False
     messages.reverse()
     try:
-        # zip asks for the next value before it takes the next message: a row that
-        # raises keeps its message; zip reuses its result tuple (no allocation); not
-        # strict: it stops when the values end, before popping the emptied list
-        taken = iter(messages.pop, None)
-        values.extend(map(_first, zip(map(decode, raws), taken, strict=False)))
+        rest = raws
+        while True:
+            # zip asks for the next value before it takes the next message: a row that
+            # raises keeps its message; zip reuses its result tuple (no allocation); not
+            # strict: it stops when the values end, before popping the emptied list
+            # (``starmap`` calls ``pop()``: no comparison with a sentinel per message)
+            taken = itertools.starmap(messages.pop, itertools.repeat(()))
+            try:
+                values.extend(map(_first, zip(map(decode, rest), taken, strict=False)))
+                return
+            except Exception:
+                if not none_raises or raws[len(values)] is not None:
+                    raise
+            # a tombstone: the rest with tombstones kept as None
+            decode, none_raises = _keep_none(decode), False
+            rest = raws[len(values) :]
     finally:
         messages.reverse()
 
@@ -108,6 +125,9 @@ class ConsumerSettings:
     #: exactly-once: the source's transactional producer (None: at least once)
     transactions: KafkaTransactions | None
     decode_value: Callable[[bytes], Any]
+    #: ``decode_value`` raises for ``None`` (a tombstone; the decoders the source builds),
+    #: or returns None: no pass looks for tombstones before decoding
+    none_raises: bool
     decode_key: Callable[[bytes], Hashable]
     #: ``decode_key`` over a column of keys
     decode_keys: Callable[[list[bytes | None]], list[Hashable] | None]
@@ -642,11 +662,12 @@ class ConsumerThread:
 
         # the last word of this hop per partition: a message (False) or its end (True)
         at_end: dict[Any, bool] = {}
-        errors = list(map(Message.error, messages))
+        # a KafkaError is true, None false: one pass in C that stops at the first error
         # (not ``errors.count(None)``: a KafkaError compared with None sets a TypeError)
-        if any(map(operator.is_not, errors, itertools.repeat(None))):
+        if any(map(Message.error, messages)):
             good = []
-            for message, error in zip(messages, errors, strict=True):
+            for message in messages:
+                error = message.error()
                 if error is None:
                     good.append(message)
                     at_end[message.topic(), message.partition()] = False
@@ -732,6 +753,8 @@ class ConsumerThread:
         rows.end = last + 1
         raws: list[Any] = list(map(Message.value, batch))
         raw_keys: list[Any] | None = list(map(Message.key, batch)) if settings.read_keys else None
+        # (a message's len() is its value's: 0 for a tombstone)
+        nbytes = sum(map(len, batch)) if settings.count_bytes else 0
         # offsets of a run are increasing: consecutive ones (no compaction or transaction
         # markers in between) are a range, with no int object per message
         positions: Sequence[int] = (
@@ -739,22 +762,26 @@ class ConsumerThread:
         )
         times: list[float | None] | None = None
         if settings.read_timestamps:
-            # one (kind, ms) tuple per message, freed at once (kind 0: not available)
-            stamps = map(Message.timestamp, batch)
-            times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
+            # one (kind, ms) tuple per message, freed at once; ms is -1 where there is
+            # none (kind 0): one look at the smallest (in C) finds those, or pre-1970 ones
+            seconds: list[float] = [ms / 1000 for _, ms in map(Message.timestamp, batch)]
+            if min(seconds) >= 0:
+                times = seconds  # type: ignore[assignment]  # (list is invariant)
+            else:
+                stamps = map(Message.timestamp, batch)
+                times = _column([None if kind == 0 else ms / 1000 for kind, ms in stamps])
         headers: list[Mapping[str, Any] | None] | None = None
         if settings.read_headers:
             found = list(map(Message.headers, batch))
             if found.count(None) != n:
                 headers = [None if h is None else dict(h) for h in found]
-        nbytes = sum(map(len, filter(None, raws))) if settings.count_bytes else 0
         values: list[Any] = []
         keys: list[Hashable] | None = None
         try:
             # the whole batch at once
             if raw_keys is not None:
                 keys = settings.decode_keys(raw_keys)
-            _decode_letting_go(settings.decode_value, raws, batch, values)
+            _decode_letting_go(settings.decode_value, raws, batch, values, settings.none_raises)
         except Exception:
             # the first len(values) rows decoded and their messages are gone; the
             # messages of the others are left in ``batch``, in order

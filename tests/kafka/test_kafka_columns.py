@@ -175,3 +175,80 @@ async def test_events_and_dead_letters_carry_their_own_key_time_and_headers(
     assert source._consumer is not None
     flow = source._consumer.out.flow
     assert flow.free == flow.capacity
+
+
+@pytest.mark.parametrize("where", [[0], [2], [4], [1, 2], [0, 3, 4], [0, 1, 2, 3, 4]])
+def test_tombstones_found_by_a_decoder_that_refuses_none_stay_none(
+    consumer_thread: Callable[..., ConsumerThread], where: list[int]
+) -> None:
+    """The source's own decoders raise for a tombstone's None, so no pass looks for
+    tombstones first: the rows from one on are decoded again, tombstones kept."""
+    raws: list[bytes | None] = [None if i in where else json.dumps(i).encode() for i in range(5)]
+    batch = [message(10 + i, raw, timestamp=(1, BASE_MS)) for i, raw in enumerate(raws)]
+    rows = consumer_thread()._columns(KafkaPartition("t", 0), batch)
+    assert batch == []  # every message let go
+    assert rows.values == [None if i in where else i for i in range(5)]
+    assert (rows.bad, rows.positions) == ([], range(10, 15))
+    assert rows.nbytes == sum(len(raw) for raw in raws if raw is not None)
+
+
+def test_a_bad_value_after_a_tombstone_is_a_bad_row_in_its_place(
+    consumer_thread: Callable[..., ConsumerThread],
+) -> None:
+    raws = [b"0", None, b"2", b"{bad", None, b"5"]
+    batch = [message(i, raw) for i, raw in enumerate(raws)]
+    rows = consumer_thread()._columns(KafkaPartition("t", 0), batch)
+    assert rows.values == [0, None, 2, None, 5]
+    assert [(before, m.offset()) for before, m, _ in rows.bad] == [(3, 3)]
+
+
+def test_messages_without_a_timestamp_have_no_event_time(
+    consumer_thread: Callable[..., ConsumerThread],
+) -> None:
+    # kind 0 (not available) comes with ms -1; kind 1 and 2 are create and log-append time
+    stamps = [(1, BASE_MS), (0, -1), (2, BASE_MS + 500)]
+    batch = [message(i, b"1", timestamp=stamp) for i, stamp in enumerate(stamps)]
+    rows = consumer_thread()._columns(KafkaPartition("t", 0), batch)
+    assert rows.times == [BASE_MS / 1000, None, (BASE_MS + 500) / 1000]
+    batch = [message(i, b"1", timestamp=(0, -1)) for i in range(3)]
+    assert consumer_thread()._columns(KafkaPartition("t", 0), batch).times is None
+    batch = [message(0, b"1", timestamp=(1, -5000)), message(1, b"1", timestamp=(1, BASE_MS))]
+    assert consumer_thread()._columns(KafkaPartition("t", 0), batch).times == [-5.0, BASE_MS / 1000]
+
+
+@pytest.mark.parametrize(
+    ("key_decode", "keys", "expected"),
+    [
+        ("text", [b"a", None, b"c"], ["a", None, "c"]),
+        ("text", [None, None, None], None),
+        ("text", [b"a", b"\xff", b"c"], ["a", b"\xff", "c"]),  # not UTF-8: stays bytes
+        ("bytes", [b"a", None, b"\xff"], [b"a", None, b"\xff"]),
+        ("bytes", [None, None, None], None),
+        ("json", [b'"a"', None, b"[1, 2]"], ["a", None, (1, 2)]),
+    ],
+)
+def test_keys_are_decoded_with_none_for_a_message_without_one(
+    consumer_thread: Callable[..., ConsumerThread],
+    key_decode: str,
+    keys: list[bytes | None],
+    expected: list[Any] | None,
+) -> None:
+    batch = [message(i, b"1", key) for i, key in enumerate(keys)]
+    rows = consumer_thread(key_decode=key_decode)._columns(KafkaPartition("t", 0), batch)
+    assert rows.keys == expected
+
+
+def test_a_decoder_of_the_users_sees_no_tombstone(
+    consumer_thread: Callable[..., ConsumerThread],
+) -> None:
+    """A decoder the source did not build may accept None: tombstones are looked for
+    first, and stay None without reaching it."""
+    seen: list[Any] = []
+
+    def decode(raw: bytes) -> Any:
+        seen.append(raw)
+        return "decoded"
+
+    batch = [message(0, b"x"), message(1, None), message(2, b"y")]
+    rows = consumer_thread(decode=decode)._columns(KafkaPartition("t", 0), batch)
+    assert (rows.values, seen) == (["decoded", None, "decoded"], [b"x", b"y"])
