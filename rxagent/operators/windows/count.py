@@ -13,8 +13,8 @@ Time windows (tumbling, sliding, session) are in :mod:`.timed`; they share
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from itertools import compress, repeat
-from operator import attrgetter, itemgetter, not_
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any, Literal, cast
 
 from reactivex import Observable
@@ -32,20 +32,22 @@ __all__ = ["CountWindowHandler", "count_window"]
 
 
 class _KeyWindow(list[Any]):
-    """One key's open window: the list of its values, with what it holds of its
-    events' tickets (``held``: ``(ticket, events)`` pairs, a ticket possibly more
-    than once), its first and last event's time and its last position.
+    """One key's open window, one object (issue 16): its rows as ``value, slot``
+    pairs in one list (``[v0, s0, v1, s1, ...]``), and its first and last event's
+    time and its last position. A row's slot is what it holds of its events'
+    tickets, a tuple of ``(ticket, events)`` pairs: a row taken alone has its
+    batch's one shared ``((ticket, 1),)``; a chunk of rows taken at once has the
+    chunk's pairs on its first row and ``()`` on the others. A ticket may come
+    more than once.
 
-    Built for many keys (issue 16): one list per open key, where a window object,
-    a value list and a ticket dict were three objects for the garbage collector
-    to walk; and a window that takes one row of a batch appends the batch's one
-    shared ``(ticket, 1)`` pair, so the hold of a closed window is one new tuple
-    (its pairs were a new tuple each)."""
+    Built for many keys: one list per open key is one object for the garbage
+    collector to walk (a window object, a value list and a ticket dict were three,
+    then a list and its ticket pairs two), and a row is added with one
+    ``w += (value, slot)``."""
 
-    __slots__ = ("end", "held", "position", "start")
+    __slots__ = ("end", "position", "start")
 
     # no __init__ (list's own, in C): made by _open_window, or inline where that counts
-    held: list[tuple[Ticket, int]]
     start: float | None
     end: float | None
     position: int | None
@@ -54,27 +56,26 @@ class _KeyWindow(list[Any]):
     def tickets(self) -> dict[Ticket, int]:
         """Ticket -> events held, oldest first (a new dict)."""
         tickets: dict[Ticket, int] = {}
-        for ticket, n in self.held:
+        for ticket, n in chain.from_iterable(self[1::2]):
             tickets[ticket] = tickets.get(ticket, 0) + n
         return tickets
 
     @tickets.setter
     def tickets(self, tickets: dict[Ticket, int]) -> None:
-        self.held = list(tickets.items())
+        # all on the first row's slot (a window that holds tickets has rows)
+        slots: list[tuple[tuple[Ticket, int], ...]] = [()] * (len(self) >> 1)
+        if slots and tickets:
+            slots[0] = tuple(tickets.items())
+        self[1::2] = slots
 
     def hold(self) -> Hold:
         # a ticket may come more than once (two batches of one ticket): whoever ends,
         # retains or releases a hold goes pair by pair, so that is the same
-        held = self.held
-        return tuple(held) if held else None
-
-
-_HELD = attrgetter("held")
+        return tuple(chain.from_iterable(self[1::2])) or None
 
 
 def _open_window() -> _KeyWindow:
     w = _KeyWindow()
-    w.held = []
     w.start = w.end = w.position = None
     return w
 
@@ -195,8 +196,10 @@ class CountWindowHandler(BatchHandler):
         windows = self.windows
         out: list[tuple[Window, Hold, int | None]] = []
         closed_at: list[int] = []  # row that closed each window, to keep arrival order
+        full = 2 * size  # a window's list at ``size`` rows (a value and a slot each)
         # the pair of one row of this batch, shared by the windows that take one row
         one = cast("tuple[Ticket, int]", (ticket, 1))
+        alone = (one,) if ticket is not None else ()  # the slot of one row of it
         for k, rows_of_key in groups.items():
             w = windows.get(k)
             if w is None:
@@ -205,15 +208,14 @@ class CountWindowHandler(BatchHandler):
             if m == 1 and ticket is not None:
                 # one row of this key (many keys): the short way
                 i = rows_of_key[0]
-                w.append(values[i])
-                w.held.append(one)
+                w += (values[i], alone)
                 t = now if times is None else times[i]
                 if w.start is None:
                     w.start = t
                 w.end = t
                 if positions is not None:
                     w.position = positions[i]
-                if len(w) >= size:
+                if len(w) >= full:
                     out.append(self._close(k, w))
                     closed_at.append(i)
                     del windows[k]  # closed with nothing left: forget the key
@@ -227,34 +229,39 @@ class CountWindowHandler(BatchHandler):
                     out.append(self._whole(k, chunk, batch, values, one))
                     closed_at.append(chunk[-1])
                     continue
-                room = size - len(w)
+                room = size - (len(w) >> 1)
                 chunk = (
                     rows_of_key if taken == 0 and m <= room else rows_of_key[taken : taken + room]
                 )
                 taken += len(chunk)
-                if len(chunk) == 1:
-                    w.append(values[chunk[0]])
-                elif isinstance(chunk, range):
-                    w.extend(values[chunk.start : chunk.stop])
-                else:
-                    w.extend(itemgetter(*chunk)(values))
+                # the chunk's pairs on its first row's slot
+                slot: tuple[tuple[Ticket, int], ...] = ()
                 if ticket is not None:
-                    w.held.append(one if len(chunk) == 1 else (ticket, len(chunk)))
+                    slot = alone if len(chunk) == 1 else ((ticket, len(chunk)),)
                 elif holds is not None:
-                    counts = w.tickets
+                    counts: dict[Ticket, int] = {}
                     fold_holds([holds[i] for i in chunk], counts)
-                    w.tickets = counts
+                    slot = tuple(counts.items())
+                if len(chunk) == 1:
+                    w += (values[chunk[0]], slot)
+                else:
+                    pairs: list[Any] = [()] * (2 * len(chunk))
+                    if isinstance(chunk, range):
+                        pairs[0::2] = values[chunk.start : chunk.stop]
+                    else:
+                        pairs[0::2] = itemgetter(*chunk)(values)
+                    pairs[1] = slot
+                    w += pairs
                 if w.start is None:
                     w.start = now if times is None else times[chunk[0]]
                 last = chunk[-1]
                 w.end = now if times is None else times[last]
                 if positions is not None:
                     w.position = positions[last]
-                if len(w) >= size:
+                if len(w) >= full:
                     out.append(self._close(k, w))
                     closed_at.append(last)
                     del w[:]
-                    w.held = []
                     w.start = None
             if not w:
                 # closed with nothing left: forget the key (keys come and go)
@@ -272,39 +279,48 @@ class CountWindowHandler(BatchHandler):
         self, batch: Batch, values: list[Any], keys: list[Hashable], emit: Emit, metrics: Any
     ) -> None:
         """A batch of distinct keys, each row its own key's (many keys, few rows of
-        each per batch): the rows go to their windows in passes in C, not a Python
-        step per row (one row of one ticket: the batch's shared ``(ticket, 1)``)."""
+        each per batch; one row of one ticket: the batch's shared ``((ticket, 1),)``).
+        A Python step per row that touches its window once: passes in C over the
+        batch touched each of its windows once per pass, and at 100k keys each pass
+        missed the cache again (issue 16)."""
         ticket = batch.ticket
         assert ticket is not None
         times = batch.times
         positions = batch.positions
-        now = batch.time
         windows = self.windows
-        n = len(keys)
-        found: list[Any] = list(map(windows.get, keys))
-        # keys without an open window (a window in the table is never empty: falsy = None)
-        for i in compress(range(n), map(not_, found)):
-            w = found[i] = windows[keys[i]] = _KeyWindow()
-            w.held = []
-            w.start = now if times is None else times[i]
-            w.position = None  # end is set below, for every row
-        one = (ticket, 1)
-        any(map(list.append, found, values))
-        any(map(list.append, map(_HELD, found), repeat(one, n)))
-        any(map(setattr, found, repeat("end", n), repeat(now, n) if times is None else times))
-        if positions is not None:
-            any(map(setattr, found, repeat("position", n), positions))
-        ticket.fold(n)
-        full = list(compress(range(n), map(self.size.__le__, map(len, found))))
-        metrics.extra["open_windows"] = len(windows) - len(full)
-        if not full:
-            return
-        out = []
-        for i in full:
-            out.append(self._close(keys[i], found[i]))
-            del windows[keys[i]]  # closed with nothing left: forget the key
-        metrics.events_out += len(out)
-        emit(self._batch(batch, out))
+        get = windows.get
+        size = self.size
+        full = 2 * size
+        agg = self.agg_fn
+        alone = ((ticket, 1),)
+        closed: list[Window] = []
+        holds: list[Hold] = []
+        ends: list[int | None] = []
+        for k, v, t, p in zip(
+            keys,
+            values,
+            repeat(batch.time) if times is None else times,
+            repeat(None) if positions is None else positions,
+            strict=False,  # (the repeats)
+        ):
+            w = get(k)
+            if w is None:
+                w = windows[k] = _KeyWindow()
+                w.start = t
+            w += (v, alone)
+            w.end = t
+            w.position = p
+            if len(w) >= full:
+                # the window of a key in the table has fewer than size rows: size now
+                closed.append(_window(k, agg(w[0::2]), size, w.start, t, False))
+                holds.append(tuple(chain.from_iterable(w[1::2])) or None)
+                ends.append(p)
+                del windows[k]  # closed with nothing left: forget the key
+        ticket.fold(len(keys))
+        metrics.extra["open_windows"] = len(windows)
+        if closed:
+            metrics.events_out += len(closed)
+            emit(self._columns(batch, closed, holds, ends))
 
     def _whole(
         self,
@@ -342,10 +358,9 @@ class CountWindowHandler(BatchHandler):
         self, k: Hashable, w: _KeyWindow, partial: bool = False
     ) -> tuple[Window, Hold, int | None]:
         """The row of ``w``'s aggregate (the caller forgets the key or empties ``w``)."""
-        values = w[:]
+        values = w[0::2]
         result = _window(k, self.agg_fn(values), len(values), w.start, w.end, partial)
-        held = w.held
-        return (result, tuple(held) if held else None, w.position)
+        return (result, w.hold(), w.position)
 
     def _batch(
         self,
@@ -353,15 +368,28 @@ class CountWindowHandler(BatchHandler):
         rows: list[tuple[Window, Hold, int | None]],
         partition: Hashable = None,
     ) -> Batch:
+        return self._columns(
+            like, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], partition
+        )
+
+    def _columns(
+        self,
+        like: Batch,
+        closed: list[Window],
+        holds: list[Hold],
+        positions: list[int | None],
+        partition: Hashable = None,
+    ) -> Batch:
+        """The batch of windows closed by (or flushed after) ``like``."""
         return Batch(
-            [r[0] for r in rows],
+            closed,
             ctx=like.ctx,
             source=like.source,
             time=like.time,
-            holds=[r[1] for r in rows],
-            keys=[r[0].key for r in rows],
-            times=[r[0].end for r in rows],
-            positions=None if like.positions is None else [r[2] for r in rows],
+            holds=holds,
+            keys=[w.key for w in closed],
+            times=[w.end for w in closed],
+            positions=None if like.positions is None else positions,
             partition=like.partition if partition is None else partition,
         )
 
