@@ -316,7 +316,7 @@ def _drive(
     only the general one; partition 0 revoked after batch ``revoke_after``. Returns
     the windows out (key, values, count, start, end, position, partition, tickets
     held by (partition, first position)), the watermarks and the events pending
-    once every window out ended."""
+    once every window out ended (those flushed at the end sorted)."""
     from rxagent import Flow
     from rxagent.context import PipelineContext
     from rxagent.events import Batch
@@ -350,6 +350,7 @@ def _drive(
         handler.on_batch(batch, out.append)
         if step == revoke_after:
             flow.revoke([0])
+    closed = len(out)
     handler.on_completed(out.append)
     got = []
     for b in out:
@@ -360,6 +361,9 @@ def _drive(
                 held[(t.partition, t.first)] = held.get((t.partition, t.first), 0) + c
             got.append((w.key, w.value, w.count, w.start, w.end, b.positions[i], b.partition, held))
         b.end_all()
+    # the windows flushed at the end come in no promised order
+    flushed = sum(len(b.values) for b in out[closed:])
+    got[len(got) - flushed :] = sorted(got[len(got) - flushed :], key=lambda row: repr(row))
     return got, flow.watermarks(), flow.pending
 
 

@@ -129,7 +129,8 @@ class CountWindowHandler(BatchHandler):
         self.agg_fn = aggregation.fn if aggregation.of_picked is None else aggregation.of_picked
         self.emit_partial = emit_partial
         self.windows: dict[Hashable, _KeyWindow] = {}
-        self.distinct = False  # the last batch's keys were all distinct
+        #: the last batch's keys were (mostly) distinct: many keys, a row or two each
+        self.distinct = False
         self.last_batch: Batch | None = None
         self.watch = RevokeWatch(self._release)
 
@@ -154,8 +155,8 @@ class CountWindowHandler(BatchHandler):
         metrics = batch.ctx.stage(stage)
         metrics.events_in += len(batch.values)
         groups: Mapping[Hashable, Sequence[int]] | None = None
-        # the last batch's keys were all distinct (many keys): try the path for that
-        distinct = self.distinct and batch.holds is None
+        # the last batch's keys were mostly distinct (many keys): the path for that
+        distinct = self.distinct and batch.holds is None and batch.ticket is not None
         keys: list[Hashable] | None = None
         if key_fn is not None:
             try:  # fast path: keys computed while grouping, no key list
@@ -181,13 +182,12 @@ class CountWindowHandler(BatchHandler):
         # (a failing pick raises here, as the aggregation would when the window closes)
         values = batch.values if self.pick is None else list(map(self.pick, batch.values))
         if keys is not None and groups is None:
-            if len(set(keys)) == n and batch.holds is None and batch.ticket is not None:
-                self._distinct(batch, values, keys, emit, metrics)
-                return
-            groups = group_rows(keys)
+            self._distinct(batch, values, keys, emit, metrics)
+            return
         if groups is None:
             groups = {None: range(n)}
-        self.distinct = len(groups) == n > 1
+        # fewer than two rows a key on average: the next batch takes the per-row path
+        self.distinct = 2 * len(groups) > n > 1
         ticket = batch.ticket if batch.holds is None else None
         holds = batch.holds
         times = batch.times
@@ -278,11 +278,12 @@ class CountWindowHandler(BatchHandler):
     def _distinct(
         self, batch: Batch, values: list[Any], keys: list[Hashable], emit: Emit, metrics: Any
     ) -> None:
-        """A batch of distinct keys, each row its own key's (many keys, few rows of
-        each per batch; one row of one ticket: the batch's shared ``((ticket, 1),)``).
-        A Python step per row that touches its window once: passes in C over the
-        batch touched each of its windows once per pass, and at 100k keys each pass
-        missed the cache again (issue 16)."""
+        """A batch of many keys, a row or two of each (the last batch's were mostly
+        distinct): a Python step per row that touches its window once (each row of
+        one ticket: its slot is the batch's shared ``((ticket, 1),)``). Passes in C
+        over the batch, tried before, touched each of its windows once per pass, and
+        at 100k keys each pass missed the cache again (issue 16). Any keys give the
+        right windows here; many keys give them fastest."""
         ticket = batch.ticket
         assert ticket is not None
         times = batch.times
@@ -316,8 +317,12 @@ class CountWindowHandler(BatchHandler):
                 holds.append(tuple(chain.from_iterable(w[1::2])) or None)
                 ends.append(p)
                 del windows[k]  # closed with nothing left: forget the key
-        ticket.fold(len(keys))
+        n = len(keys)
+        ticket.fold(n)
         metrics.extra["open_windows"] = len(windows)
+        # distinct keys touch n windows, each still open or closed now: fewer, and
+        # the keys repeat (few keys), so the next batch is grouped
+        self.distinct = len(windows) + len(closed) >= n
         if closed:
             metrics.events_out += len(closed)
             emit(self._columns(batch, closed, holds, ends))
