@@ -127,6 +127,9 @@ class CountWindowHandler(BatchHandler):
         self.pick = aggregation.pick
         # called once per window: no __call__ in between
         self.agg_fn = aggregation.fn if aggregation.of_picked is None else aggregation.of_picked
+        #: the aggregate is the list of the values (``collect``): the new list a window's
+        #: values are taken into is it, not copied again
+        self.collects = self.agg_fn is list
         self.emit_partial = emit_partial
         self.windows: dict[Hashable, _KeyWindow] = {}
         #: the last batch's keys were (mostly) distinct: many keys, a row or two each
@@ -293,6 +296,7 @@ class CountWindowHandler(BatchHandler):
         size = self.size
         full = 2 * size
         agg = self.agg_fn
+        collects = self.collects
         alone = ((ticket, 1),)
         closed: list[Window] = []
         holds: list[Hold] = []
@@ -313,7 +317,10 @@ class CountWindowHandler(BatchHandler):
             w.position = p
             if len(w) >= full:
                 # the window of a key in the table has fewer than size rows: size now
-                closed.append(_window(k, agg(w[0::2]), size, w.start, t, False))
+                taken = w[0::2]
+                closed.append(
+                    _window(k, taken if collects else agg(taken), size, w.start, t, False)
+                )
                 holds.append(tuple(chain.from_iterable(w[1::2])) or None)
                 ends.append(p)
                 del windows[k]  # closed with nothing left: forget the key
@@ -356,7 +363,9 @@ class CountWindowHandler(BatchHandler):
             fold_holds([batch.holds[i] for i in chunk], counts)
             hold = tuple(counts.items()) or None
         positions = batch.positions
-        result = _window(k, self.agg_fn(taken), len(taken), start, end, False)
+        # (a slice of batch values of another type than list is copied into one)
+        value = taken if self.collects and type(taken) is list else self.agg_fn(taken)
+        result = _window(k, value, len(taken), start, end, False)
         return (result, hold, None if positions is None else positions[last])
 
     def _close(
@@ -364,7 +373,8 @@ class CountWindowHandler(BatchHandler):
     ) -> tuple[Window, Hold, int | None]:
         """The row of ``w``'s aggregate (the caller forgets the key or empties ``w``)."""
         values = w[0::2]
-        result = _window(k, self.agg_fn(values), len(values), w.start, w.end, partial)
+        value = values if self.collects else self.agg_fn(values)
+        result = _window(k, value, len(values), w.start, w.end, partial)
         return (result, w.hold(), w.position)
 
     def _batch(
