@@ -1,8 +1,8 @@
 """State and keyed operators at many keys (issue 16): costs that must not grow with the store.
 
 ``python -m bench many_keys`` (or ``python -m bench.bench_many_keys [--rounds 5]
-[--sizes 10000,100000,300000,1000000] [--events 1000000]``) prints, each a median of
-alternating rounds in CPU time (``time.process_time``: the machine is shared):
+[--sizes 10000,100000,300000,1000000] [--events 1000000] [--collections]``) prints, each a
+median of alternating rounds in CPU time (``time.process_time``: the machine is shared):
 
 ``writes``
     N events with N distinct keys -> ``key_by`` -> a state sink (``value=``), per
@@ -19,7 +19,10 @@ alternating rounds in CPU time (``time.process_time``: the machine is shared):
 ``count_window``
     ``--events`` events -> ``key_by`` -> ``count_window(10)`` -> a list sink, and ->
     a state sink, with 10 keys and with 100k keys, ns per event. Target: 100k keys
-    <= 1.5x the 10-key figure.
+    <= 1.5x the 10-key figure. With ``--collections``, also the CPU time spent in the
+    garbage collector's collections in those runs (``gc.callbacks``; medians, ns per
+    event), and how many of them were full ones: a full collection walks every tracked
+    object of the process, this bench's input list too.
 """
 
 from __future__ import annotations
@@ -47,11 +50,45 @@ READ_TARGET_MS = 5.0
 KEYED_TARGET = 1.5
 
 
+class _Collections:
+    """CPU time in the garbage collector's collections while it is entered
+    (``gc.callbacks``), and how many full ones ran."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._started
+            self.full += info["generation"] == 2
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def _cpu(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     gc.collect()
     start = time.process_time()
     result = fn(*args)
     return time.process_time() - start, result
+
+
+def _cpu_collections(fn: Callable[..., Any], *args: Any) -> tuple[float, _Collections]:
+    """:func:`_cpu`, and the collections of ``fn``'s run (not the one before it)."""
+    gc.collect()
+    with _Collections() as spent:
+        start = time.process_time()
+        fn(*args)
+        seconds = time.process_time() - start
+    return seconds, spent
 
 
 # -- writes ----------------------------------------------------------------------------------
@@ -161,23 +198,40 @@ def _keyed(events: list[dict[str, Any]], to_state: bool) -> None:
     asyncio.run(pipeline.run())
 
 
-def count_windows(n: int, rounds: int) -> None:
+def count_windows(n: int, rounds: int, collections: bool = False) -> None:
     print(f"count_window(10): {n:,d} events -> key_by -> count_window(10) -> sink; ns/event")
-    print(f"{'sink':>6s} {'10 keys':>9s} {'100k keys':>10s} {'ratio':>6s} {'target':>7s}")
+    heading = f"{'sink':>6s} {'10 keys':>9s} {'100k keys':>10s} {'ratio':>6s} {'target':>7s}"
+    if collections:
+        heading += f" {'gc 10 (full)':>13s} {'gc 100k (full)':>15s}"
+    print(heading)
     few = [{"k": f"k{i % 10}", "v": i} for i in range(n)]
     many = [{"k": f"k{i % 100_000}", "v": i} for i in range(n)]
     for to_state in (False, True):
         a: list[float] = []
         b: list[float] = []
+        gcs: tuple[list[float], list[float]] = ([], [])
+        fulls: tuple[list[int], list[int]] = ([], [])
         for _ in range(rounds):
-            a.append(_cpu(_keyed, few, to_state)[0] / n * 1e9)
-            b.append(_cpu(_keyed, many, to_state)[0] / n * 1e9)
+            for events, times, i in ((few, a, 0), (many, b, 1)):
+                if not collections:  # (no callback in the collector's way)
+                    times.append(_cpu(_keyed, events, to_state)[0] / n * 1e9)
+                    continue
+                seconds, spent = _cpu_collections(_keyed, events, to_state)
+                times.append(seconds / n * 1e9)
+                gcs[i].append(spent.seconds / n * 1e9)
+                fulls[i].append(spent.full)
         x, y = statistics.median(a), statistics.median(b)
         verdict = "ok" if y <= KEYED_TARGET * x else "MISS"
-        print(
+        line = (
             f"{'state' if to_state else 'list':>6s} {x:>9.0f} {y:>10.0f} {y / x:>5.2f}x "
             f"{'<=' + str(KEYED_TARGET):>6s}x {verdict}"
         )
+        if collections:
+            line += "".join(
+                f" {statistics.median(g):>{w - 5}.0f} ({statistics.median(f):>2.0f})"
+                for g, f, w in zip(gcs, fulls, (13, 15), strict=True)
+            )
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,12 +240,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument(
+        "--collections",
+        action="store_true",
+        help="count_window: also the time in garbage collections (ns/event) and full ones",
+    )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     if args.part in (None, "writes"):
         writes_and_reads(sizes, args.rounds)
     if args.part in (None, "count_window"):
-        count_windows(args.events, args.rounds)
+        count_windows(args.events, args.rounds, args.collections)
 
 
 if __name__ == "__main__":
