@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from _helpers import until
@@ -211,3 +211,38 @@ async def test_a_partial_window_reaches_the_pipeline_reading_its_store_before_it
     await app.drain()
     assert windows.snapshot.to_dict()["a"].partial is True
     assert seen.snapshot.to_dict() == {"a": {"count": 2, "partial": True}}
+
+
+@pytest.mark.parametrize("emit_partial", ["auto", True])
+async def test_windows_of_many_keys_at_a_stop_give_back_or_emit_what_they_hold(
+    emit_partial: bool | Literal["auto"],
+) -> None:
+    # batches of distinct keys take the count window's per-row path (issue 16): a and b
+    # close at positions 8 and 9; c, d, e and f are still open (6 events) at the stop
+    keys = ["a", "b", "c", "d", "a", "b", "c", "d", "a", "b", "e", "f"]
+    items = [ev(k, float(i)) for i, k in enumerate(keys)]
+    out = ListSink()
+    window = ops.count_window(3, key="k", agg=ops.count(), emit_partial=emit_partial)
+    pipeline = Pipeline("p", Replayable(items)).pipe(ops.event_time("t"), window).to(out)
+    await pipeline.start()
+    stage = pipeline.stage_names[-2]
+    await until(lambda: taken(pipeline) == len(items))
+    status = await pipeline.drain()
+    closed = [(w.key, w.value, w.start, w.end) for w in out.values if not w.partial]
+    assert closed == [("a", 3, 0.0, 8.0), ("b", 3, 1.0, 9.0)]
+    assert pipeline.flow is not None
+    assert status.flow["pending"] == 0
+    if emit_partial == "auto":
+        # given back uncommitted: the watermark stays at c's first event (2)
+        assert [w for w in out.values if w.partial] == []
+        assert status.stages[stage]["released_at_stop"] == 6
+        assert pipeline.flow.watermark() == 2
+    else:
+        partial = {(w.key, w.value, w.start, w.end) for w in out.values if w.partial}
+        assert partial == {
+            ("c", 2, 2.0, 6.0),
+            ("d", 2, 3.0, 7.0),
+            ("e", 1, 10.0, 10.0),
+            ("f", 1, 11.0, 11.0),
+        }
+        assert pipeline.flow.watermark() == 12  # emitted and ended: all committed
