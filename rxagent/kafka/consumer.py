@@ -1000,6 +1000,11 @@ class ConsumerThread:
         if self.paused:
             # an assign undoes a pause: apply it again to everything we hold
             self._pause_all()
+        else:
+            # librdkafka keeps a partition's pause across an unassign and the next
+            # assign of it (a rejoin while paused, which resets ``paused``): a partition
+            # we did not pause must fetch, or the source waits for it for ever
+            consumer.resume(partitions)
         log.info("kafka source %r: assigned %s", self.settings.name, sorted(map(str, new)))
         # their state is restored before their first message is fetched: this thread
         # polls, and it waits here meanwhile (heartbeats go on in librdkafka's thread)

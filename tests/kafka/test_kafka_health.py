@@ -20,9 +20,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import ENV, _free_port, _start_tansu, _stop
 
 from rxagent import Pipeline, StateStore
+from rxagent.events import Batch, Event
 from rxagent.kafka import KafkaSource
 from rxagent.runtime import PipelineState
-from rxagent.sinks import ListSink, StateSink
+from rxagent.sinks import ListSink, Sink, StateSink
 
 
 class MemoryBroker:
@@ -115,6 +116,75 @@ async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
     # the outage ends on the brokers' answer, never on a message fetched before it
     assert not any("a message arrived" in m for m in messages), messages
     assert sum("brokers reachable again" in m for m in messages) == 1, messages
+
+
+class _Holding(Sink):
+    """Keeps each event (its credit with it) until the test releases them."""
+
+    kind = "holding"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.ids: set[int] = set()
+
+    def on_batch(self, batch: Batch) -> None:
+        self.held.extend(batch.events(take=True))
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for event in held:
+            self.ids.add(event.value["id"])
+            event.end()
+
+
+@pytest.mark.slow
+async def test_a_source_paused_when_it_rejoins_its_group_reads_again(
+    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rejoin while every partition is paused (no credit: a sink holds the events).
+    librdkafka keeps a partition's pause across the unassign and the next assign of
+    it, so the source resumes what it is assigned again, or it would wait for ever."""
+    caplog.set_level(logging.INFO, logger="rxagent")
+    bootstrap = memory_broker.bootstrap
+    topic = f"paused-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 2)
+    produce(bootstrap, topic, range(100), 2)
+    sink = _Holding()
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        credit=16,
+        batch_size=8,
+        commit_interval=0.1,
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    pipeline = Pipeline("paused", source).to(sink)
+    await pipeline.start()
+    try:
+        # no credit left: the source pauses its partitions and keeps polling
+        await until(lambda: len(sink.held) == 16 and source.describe()["pauses"] >= 1, 20)
+        memory_broker.kill()
+        await until(lambda: source.describe()["brokers_down"], 15)
+        memory_broker.start()
+        create_topic(bootstrap, topic, 2)
+        produce(bootstrap, topic, range(100, 300), 2)
+        # the topic is new (it ends before what was read): rejoined, still paused
+        await until(lambda: source.describe()["rejoins"] >= 1, 20)
+        assert source.describe()["pauses"] >= 1
+        deadline = time.monotonic() + 30
+        while not sink.ids >= set(range(100, 300)):
+            assert pipeline.status().state is PipelineState.RUNNING, pipeline.status()
+            assert time.monotonic() < deadline, (
+                f"{len(set(range(100, 300)) - sink.ids)} ids missing; {source.describe()}"
+            )
+            sink.release()
+            await asyncio.sleep(0.05)
+    finally:
+        sink.release()
+        await pipeline.stop()
+        await source.wait_closed()
 
 
 @pytest.mark.slow
