@@ -10,7 +10,9 @@ How it keeps the promises of :mod:`rxagent.flow`:
   (``assign=True``: no rebalance callback can run) the loop first takes what
   librdkafka has fetched already itself, without waiting (``consume(n, 0)``), and
   asks the thread only when nothing is there: a busy topic costs no thread hop and
-  no turn-taking at the interpreter lock (``ConsumerThread.try_fetch``).
+  no turn-taking at the interpreter lock (``ConsumerThread.try_fetch``). In a group
+  the thread's next read starts once the loop has emitted the last one, for the
+  same turn-taking (librdkafka fetches meanwhile).
 * **At least once.** ``enable.auto.commit`` is off. What is committed is each
   partition's completion watermark (``flow.watermark``): the offset after the
   longest run of events whose processing has ended. Commits happen every
@@ -531,7 +533,8 @@ class KafkaSource(Source):
         loop = asyncio.get_running_loop()
         next_commit = loop.time() + self.commit_interval
         waiting: asyncio.Future[int] | None = None
-        # one hop ahead: the thread reads the next batch while the loop emits this one
+        # the next read: one in hand (read on the loop) or under way (on the thread),
+        # emitted as ``current`` the next time round
         ahead: asyncio.Future[tuple[Runs, bool]] | None = None
         ahead_credit = 0
         checkpointing: asyncio.Future[list[Any] | None] | None = None
@@ -565,10 +568,15 @@ class KafkaSource(Source):
                     if checkpointing is not None and checkpointing.done():
                         commits = checkpointing.result()
                         checkpointing = None
-                    if consumer.direct and current is not None and current.done():
-                        # read already: emitted before the next read, so one batch of
-                        # messages at a time is alive while the pipeline runs (the
-                        # collector's young collections walk fewer objects)
+                    if current is not None and (current.done() or not consumer.direct):
+                        # emitted before the next read: one batch of messages at a time
+                        # is alive while the pipeline runs (the collector's young
+                        # collections walk fewer objects); in a group (reads on the
+                        # consumer thread) the next read waits for the pipeline too, as
+                        # the two threads otherwise take turns at the interpreter lock
+                        # (librdkafka keeps fetching meanwhile: the read finds messages
+                        # waiting). Measured: docs/architecture.md, "Kafka: in a group,
+                        # one read at a time".
                         ahead_credit = granted  # given back by the finally if this stops
                         if await self._emit(out, consumer, current, current_credit):
                             return
