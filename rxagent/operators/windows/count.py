@@ -71,7 +71,8 @@ class _KeyWindow(list[Any]):
     def hold(self) -> Hold:
         # a ticket may come more than once (two batches of one ticket): whoever ends,
         # retains or releases a hold goes pair by pair, so that is the same
-        return tuple(chain.from_iterable(self[1::2])) or None
+        # (the empty slots skipped before chain makes an iterator of each)
+        return tuple(chain.from_iterable(filter(None, self[1::2]))) or None
 
 
 def _open_window() -> _KeyWindow:
