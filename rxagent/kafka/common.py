@@ -143,6 +143,13 @@ def value_decoder(
     )
 
 
+def decoder_refuses_none(decode: Decoder, model: Any) -> bool:
+    """Whether :func:`value_decoder` of ``decode`` and ``model`` raises for ``None``
+    (a tombstone), or gives it back (``"bytes"``): the consumer then need not look for
+    tombstones before decoding a batch. A function of the user's may accept ``None``."""
+    return not callable(decode) and (model is None or decode == "json")
+
+
 def key_decoder(decode: KeyDecoder) -> Callable[[bytes], Hashable]:
     if callable(decode):
         return decode

@@ -75,7 +75,7 @@ def _decode_letting_go(
     raises for one (the decoders the source builds), so no pass looks for them first;
     the rows from a tombstone on are decoded again, tombstones kept as ``None``."""
     if not none_raises and raws.count(None):
-        decode, none_raises = _keep_none(decode), False
+        decode = _keep_none(decode)
     messages.reverse()
     try:
         rest = raws

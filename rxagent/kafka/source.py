@@ -58,6 +58,7 @@ from .common import (
     Decoder,
     KafkaPartition,
     KeyDecoder,
+    decoder_refuses_none,
     key_columns,
     key_decoder,
     redact,
@@ -287,10 +288,8 @@ class KafkaSource(Source):
             # what a transaction did not commit is never read (librdkafka's default)
             self.config["isolation.level"] = "read_committed"
         self.decode_value = value_decoder(decode, model, f"kafka source {self.name!r}")
-        # the decoders built here raise for a tombstone's None ("bytes" gives it back):
-        # the consumer need not look for tombstones before decoding a batch
-        self._none_raises = not callable(decode) and (model is None or decode == "json")
-        self._built_decoder = self.decode_value
+        # the decoder, if it refuses a tombstone's None (while it is not replaced)
+        self._refuses_none = self.decode_value if decoder_refuses_none(decode, model) else None
         self.read_keys = key_decode is not None
         self.decode_key = key_decoder(key_decode or "bytes")
         self.decode_keys = key_columns(key_decode or "bytes")
@@ -375,7 +374,7 @@ class KafkaSource(Source):
             dead_letter_topic=self.dead_letter_topic,
             transactions=self.transactions,
             decode_value=self.decode_value,
-            none_raises=self._none_raises and self.decode_value is self._built_decoder,
+            none_raises=self.decode_value is self._refuses_none,
             decode_key=self.decode_key,
             decode_keys=self.decode_keys,
             read_keys=self.read_keys,

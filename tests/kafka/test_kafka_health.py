@@ -140,12 +140,11 @@ class _Holding(Sink):
 
 @pytest.mark.slow
 async def test_a_source_paused_when_it_rejoins_its_group_reads_again(
-    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+    memory_broker: MemoryBroker,
 ) -> None:
     """A rejoin while every partition is paused (no credit: a sink holds the events).
     librdkafka keeps a partition's pause across the unassign and the next assign of
     it, so the source resumes what it is assigned again, or it would wait for ever."""
-    caplog.set_level(logging.INFO, logger="rxagent")
     bootstrap = memory_broker.bootstrap
     topic = f"paused-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, 2)

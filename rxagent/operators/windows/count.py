@@ -322,7 +322,7 @@ class CountWindowHandler(BatchHandler):
                 closed.append(
                     _window(k, taken if collects else agg(taken), size, w.start, t, False)
                 )
-                holds.append(tuple(chain.from_iterable(w[1::2])) or None)
+                holds.append(w.hold())
                 ends.append(p)
                 del windows[k]  # closed with nothing left: forget the key
         n = len(keys)
