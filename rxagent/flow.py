@@ -101,18 +101,29 @@ class Ticket:
                     "than they were emitted: an operator ended an event it had passed on"
                 )
             self._complete()
+        elif pending < self._credit:
+            # Ended events are out of flight: their credit returns now, not when the
+            # last event of the ticket ends. (A filter's dropped rows held theirs while
+            # a window held the rest: a source with little credit then read a few
+            # events at a time, issue 16.) Credit kept: at most the pending ends, which
+            # count every event not yet ended, folded or not.
+            self._give(self._credit - pending)
 
     def fold(self, n: int = 1) -> None:
         """``n`` events were folded into an aggregate: their credit returns now,
         their completion waits for the aggregate."""
         credit = min(n, self._credit)
         if credit:
-            share = 0
-            if self._bytes:  # the folded events' share of the bytes
-                share = self._bytes * credit // self._credit
-                self._bytes -= share
-            self._credit -= credit
-            self.flow._return(credit, share)
+            self._give(credit)
+
+    def _give(self, credit: int) -> None:
+        """Return ``credit`` of this ticket's credit and its share of the bytes."""
+        share = 0
+        if self._bytes:
+            share = self._bytes * credit // self._credit
+            self._bytes -= share
+        self._credit -= credit
+        self.flow._return(credit, share)
 
     def release(self, n: int) -> None:
         """``n`` events were given up, not processed (an aggregate dropped them when

@@ -19,19 +19,39 @@ async def test_acquire_takes_at_most_what_is_free() -> None:
     assert flow.peak_in_flight == 10
 
 
-async def test_acquire_waits_until_a_ticket_completes() -> None:
+async def test_acquire_waits_until_events_end() -> None:
     flow = Flow("s", capacity=3)
     got = await flow.acquire(3)
     ticket = flow.ticket(got, first=0, last=2)
-    waiter = asyncio.ensure_future(flow.acquire(1))
+    waiter = asyncio.ensure_future(flow.acquire(3))
     await asyncio.sleep(0.01)
     assert not waiter.done(), "acquire returned without free credit"
+    # events that ended are out of flight: their credit returns before the ticket completes
     ticket.end(2)
-    await asyncio.sleep(0.01)
-    assert not waiter.done(), "credit returned before the whole ticket ended"
-    ticket.end(1)
-    assert await asyncio.wait_for(waiter, 1) == 1
+    assert await asyncio.wait_for(waiter, 1) == 2
     assert flow.waits == 1
+    assert flow.in_flight == 3
+    assert not ticket.done
+    ticket.end(1)
+    assert ticket.done
+    assert flow.free == 1
+
+
+async def test_credit_held_is_never_below_the_events_not_yet_ended_or_folded() -> None:
+    # a window folded 6 of 10 events (credit back at once, completion pending); a
+    # filter ended 2 of the other 4: those 2 return, the 2 still in flight do not
+    flow = Flow("s", capacity=10, capacity_bytes=1000)
+    await flow.acquire(10)
+    ticket = flow.ticket(10, first=0, last=9, nbytes=1000)
+    ticket.fold(6)
+    assert flow.in_flight == 4
+    ticket.end(2)  # 8 ends pending: the 6 folded and 2 more, which keep their credit
+    assert flow.in_flight == 4, "credit returned for events still in flight"
+    ticket.end(6)  # the window's aggregate ended (or 2 in flight ended): 2 pending
+    assert flow.in_flight == 2
+    assert 0 < flow.bytes_in_flight < 1000
+    ticket.end(2)
+    assert (flow.in_flight, flow.bytes_in_flight, ticket.done) == (0, 0, True)
 
 
 async def test_a_ticket_returns_its_credit_and_bytes_at_once_and_wakes_the_source() -> None:

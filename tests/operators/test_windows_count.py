@@ -15,6 +15,7 @@ from rxagent.exceptions import PipelineError
 from rxagent.operators import Aggregation, Window
 from rxagent.sinks import ListSink
 from rxagent.sources import memory
+from rxagent.sources.base import Emitter, Source
 from rxagent.testing import run
 
 
@@ -398,3 +399,39 @@ def test_the_distinct_keys_path_is_the_general_path(
     slow = _drive(script, size, revoke_after, fast=False)
     assert fast == slow
     assert fast[2] == 0
+
+
+async def test_rows_a_filter_drops_give_their_credit_back_while_a_window_holds_the_rest() -> None:
+    """A source with little credit keeps reading whole batches when a filter drops
+    rows ahead of a window: the dropped rows' credit returns when they end, not when
+    the windows holding their batch's other rows close (before, the source took the
+    few credits left and read batches of one or two events, issue 16)."""
+
+    class Recording(Source):
+        def __init__(self) -> None:
+            super().__init__("recording", credit=256, batch_size=64)
+            self.granted: list[int] = []
+
+        async def run(self, out: Emitter) -> None:
+            items = list(range(6400))
+            position = 0
+            while position < len(items):
+                granted = await out.credit(self.batch_size)
+                self.granted.append(granted)
+                chunk = items[position : position + granted]
+                out.emit(chunk, positions=range(position, position + len(chunk)))
+                position += len(chunk)
+                await asyncio.sleep(0)
+
+    source = Recording()
+    sink = ListSink()
+    pipeline = (
+        Pipeline("p", source)
+        .pipe(ops.filter(lambda v: v % 5 != 0), ops.count_window(100, key=lambda v: v % 10))
+        .to(sink)
+    )
+    await asyncio.wait_for(pipeline.run(), 10)
+    assert source.granted == [64] * 100
+    assert sum(w.count for w in sink.values) == 6400 * 4 // 5
+    assert pipeline.flow is not None
+    assert pipeline.flow.in_flight == 0
