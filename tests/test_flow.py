@@ -177,3 +177,50 @@ def test_watermark_is_the_first_position_not_ended(sizes: list[int], data: st.Da
         assert flow.free == capacity
 
     asyncio.run(scenario())
+
+
+@given(
+    n=st.integers(1, 40),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["fold", "end", "end_folded"]), st.integers(1, 8)), max_size=30
+    ),
+)
+def test_a_ticket_holds_credit_for_every_event_in_flight_and_no_more_than_its_pending_ends(
+    n: int, steps: list[tuple[str, int]]
+) -> None:
+    """Events of one ticket are folded into aggregates and ended in any order (issue
+    16: ended events give their credit back at once). The credit the ticket holds
+    always covers its events neither ended nor folded, never exceeds its pending
+    ends, and the bytes follow; when every event has ended, all of it is back."""
+
+    async def scenario() -> None:
+        flow = Flow("s", capacity=n, capacity_bytes=100 * n)
+        await flow.acquire(n)
+        ticket = flow.ticket(n, first=0, last=n - 1, nbytes=100 * n)
+        live, folded = n, 0  # events in flight neither ended nor folded; folded, not ended
+        for op, k in steps:
+            if op == "fold":
+                k = min(k, live)
+                ticket.fold(k)
+                live, folded = live - k, folded + k
+            elif op == "end":
+                k = min(k, live)
+                if k:
+                    ticket.end(k)
+                live -= k
+            else:
+                k = min(k, folded)
+                if k:
+                    ticket.end(k)
+                folded -= k
+            held = flow.in_flight
+            assert live <= held <= live + folded
+            assert 0 <= flow.bytes_in_flight <= 100 * n
+            assert (flow.bytes_in_flight == 0) == (held == 0)
+        if live:
+            ticket.end(live)
+        if folded:
+            ticket.end(folded)
+        assert (flow.in_flight, flow.bytes_in_flight, ticket.done) == (0, 0, True)
+
+    asyncio.run(scenario())
