@@ -191,6 +191,12 @@ class FlowStats:
 
 #: The default byte limit of in-flight credit (``Source(credit_bytes=...)``).
 DEFAULT_CREDIT_BYTES = 64 << 20
+#: A source waiting for credit is woken at once when an eighth of its credit is free
+#: again; with less, within this many seconds of the first credit back (more may
+#: follow: a sink ending events one by one would otherwise have the source read a
+#: few events at a time, issue 16). Never later, so events held until more input
+#: comes (a reorder buffer waiting for a gap) cannot stall the source.
+WAKE_DELAY = 0.001
 
 
 class Flow:
@@ -236,6 +242,9 @@ class Flow:
         self.peak_in_flight = 0
         self.waits = 0
         self._waiter: asyncio.Future[None] | None = None
+        #: free credit that wakes a waiting source at once (less: after WAKE_DELAY)
+        self._wake_at = max(1, capacity >> 3)
+        self._wake_timer: asyncio.TimerHandle | None = None
         self._idle: asyncio.Future[None] | None = None
         self._open: dict[Partition, deque[Ticket]] = {}
         self._watermarks: dict[Partition, int] = {}
@@ -258,6 +267,9 @@ class Flow:
                 await waiter
             finally:
                 self._waiter = None
+                if self._wake_timer is not None:
+                    self._wake_timer.cancel()
+                    self._wake_timer = None
         took = min(want, self.free, self._byte_room())
         self.free -= took
         in_flight = self.capacity - self.free
@@ -300,7 +312,18 @@ class Flow:
         if waiter is not None and not waiter.done():
             limit = self.capacity_bytes
             if n or (limit is not None and self.bytes_in_flight < limit):
+                if self.free < self._wake_at:
+                    # a little credit back: wake the source soon, with what follows
+                    if self._wake_timer is None:
+                        self._wake_timer = waiter.get_loop().call_later(WAKE_DELAY, self._wake)
+                    return
                 waiter.set_result(None)
+
+    def _wake(self) -> None:
+        self._wake_timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def give_back(self, n: int) -> None:
         """Return credit that was acquired but not used for events."""

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rxagent import ConfigurationError, Flow, FlowError
+from rxagent.flow import WAKE_DELAY
 
 
 async def test_acquire_takes_at_most_what_is_free() -> None:
@@ -35,6 +36,32 @@ async def test_acquire_waits_until_events_end() -> None:
     ticket.end(1)
     assert ticket.done
     assert flow.free == 1
+
+
+async def test_a_little_credit_back_wakes_the_source_soon_with_what_follows() -> None:
+    """A sink ending events one by one gives credit back one by one: the waiting
+    source is not woken for each (it would read a few events at a time), but within
+    WAKE_DELAY of the first, or at once when an eighth of its credit is free."""
+    flow = Flow("s", capacity=64)  # an eighth: 8
+    await flow.acquire(64)
+    ticket = flow.ticket(64)
+    waiter = asyncio.ensure_future(flow.acquire(64))
+    await asyncio.sleep(0)
+    ticket.end(1)
+    assert flow._wake_timer is not None, "one credit back woke the source at once"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(waiter, 1) == 1
+    assert loop.time() - started >= WAKE_DELAY * 0.5
+    assert flow._wake_timer is None
+    # an eighth back wakes it at once
+    waiter = asyncio.ensure_future(flow.acquire(64))
+    await asyncio.sleep(0)
+    ticket.end(3)
+    assert flow._wake_timer is not None
+    ticket.end(5)
+    assert await asyncio.wait_for(waiter, 1) == 8
+    assert flow._wake_timer is None, "the timer outlived the wait"
 
 
 async def test_credit_held_is_never_below_the_events_not_yet_ended_or_folded() -> None:
