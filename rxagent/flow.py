@@ -191,12 +191,13 @@ class FlowStats:
 
 #: The default byte limit of in-flight credit (``Source(credit_bytes=...)``).
 DEFAULT_CREDIT_BYTES = 64 << 20
-#: A source waiting for credit is woken at once when an eighth of its credit is free
-#: again; with less, within this many seconds of the first credit back (more may
-#: follow: a sink ending events one by one would otherwise have the source read a
-#: few events at a time, issue 16). Never later, so events held until more input
-#: comes (a reorder buffer waiting for a gap) cannot stall the source.
-WAKE_DELAY = 0.001
+#: A source waiting for credit is woken at once when as much as it asked for is free
+#: again (up to a quarter of its credit); with less, this many seconds after the first
+#: credit back, with all that came back meanwhile (a sink ending events one by one
+#: would otherwise have it read a few events at a time, issue 16). Never later, so
+#: events held until more input comes (a reorder buffer waiting for a gap) cannot
+#: stall the source.
+WAKE_DELAY = 0.005
 
 
 class Flow:
@@ -243,7 +244,8 @@ class Flow:
         self.waits = 0
         self._waiter: asyncio.Future[None] | None = None
         #: free credit that wakes a waiting source at once (less: after WAKE_DELAY)
-        self._wake_at = max(1, capacity >> 3)
+        self._wake_cap = max(1, capacity >> 2)
+        self._wake_at = self._wake_cap
         self._wake_timer: asyncio.TimerHandle | None = None
         self._idle: asyncio.Future[None] | None = None
         self._open: dict[Partition, deque[Ticket]] = {}
@@ -263,6 +265,8 @@ class Flow:
             self.waits += 1
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
+            # woken at once with as much as it wants, up to a quarter of the credit
+            self._wake_at = min(want, self._wake_cap)
             try:
                 await waiter
             finally:

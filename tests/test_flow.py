@@ -40,9 +40,10 @@ async def test_acquire_waits_until_events_end() -> None:
 
 async def test_a_little_credit_back_wakes_the_source_soon_with_what_follows() -> None:
     """A sink ending events one by one gives credit back one by one: the waiting
-    source is not woken for each (it would read a few events at a time), but within
-    WAKE_DELAY of the first, or at once when an eighth of its credit is free."""
-    flow = Flow("s", capacity=64)  # an eighth: 8
+    source is not woken for each (it would read a few events at a time), but at once
+    when what it wants is free, up to a quarter of its credit, else WAKE_DELAY after
+    the first credit back, with all that came back meanwhile."""
+    flow = Flow("s", capacity=64)  # a quarter: 16
     await flow.acquire(64)
     ticket = flow.ticket(64)
     waiter = asyncio.ensure_future(flow.acquire(64))
@@ -54,14 +55,23 @@ async def test_a_little_credit_back_wakes_the_source_soon_with_what_follows() ->
     assert await asyncio.wait_for(waiter, 1) == 1
     assert loop.time() - started >= WAKE_DELAY * 0.5
     assert flow._wake_timer is None
-    # an eighth back wakes it at once
+    # a quarter of the credit back wakes it at once
     waiter = asyncio.ensure_future(flow.acquire(64))
     await asyncio.sleep(0)
     ticket.end(3)
     assert flow._wake_timer is not None
-    ticket.end(5)
-    assert await asyncio.wait_for(waiter, 1) == 8
+    ticket.end(13)
+    assert flow._waiter is not None
+    assert flow._waiter.done(), "a quarter of the credit back did not wake the source"
+    assert await asyncio.wait_for(waiter, 1) == 16
     assert flow._wake_timer is None, "the timer outlived the wait"
+    # so does as much as it wants, when it wants less
+    waiter = asyncio.ensure_future(flow.acquire(4))
+    await asyncio.sleep(0)
+    ticket.end(4)
+    assert flow._waiter is not None
+    assert flow._waiter.done()
+    assert await asyncio.wait_for(waiter, 1) == 4
 
 
 async def test_credit_held_is_never_below_the_events_not_yet_ended_or_folded() -> None:
