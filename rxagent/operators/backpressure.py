@@ -13,8 +13,7 @@ and the lease turns that into:
 
 - a slot back to the buffer, and the row's credit back to its source, as soon
   as the row ends or is folded (so a count window larger than ``in_flight``
-  after the buffer cannot deadlock it; and a row's credit does not wait for the
-  other rows of its source batch, as it would at ticket granularity);
+  after the buffer cannot deadlock it);
 - the rows' own completion (their source tickets, their commit watermark) once
   *every* row of the lease has ended: a little later than without the buffer,
   never earlier.
