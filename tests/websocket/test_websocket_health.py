@@ -209,10 +209,14 @@ def test_rxagent_run_shows_reconnects_and_fails_on_refused_credentials(tmp_path:
     )
     lines = [line for line in proc.stdout.splitlines() if "pipeline=feed" in line]
     assert lines, proc.stdout + proc.stderr
-    assert "source=reconnecting" in lines[-1], lines
-    assert " attempt=" in lines[-1], lines
-    assert " reconnects=" in lines[-1], lines
-    assert 'last_error="ConnectionClosedError: received 1013' in lines[-1], lines
+    # the source reconnects every 50 ms and is briefly connected between a handshake
+    # and the server's close: a line may catch it there; most catch it reconnecting
+    reconnecting = [line for line in lines if "source=reconnecting" in line]
+    assert len(reconnecting) * 2 >= len(lines), lines
+    last = reconnecting[-1]
+    assert " attempt=" in last, lines
+    assert " reconnects=" in last, lines
+    assert 'last_error="ConnectionClosedError: received 1013' in last, lines
 
     refusing_server = """
         import asyncio
