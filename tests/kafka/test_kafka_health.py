@@ -70,6 +70,31 @@ def produce(bootstrap: str, topic: str, ids: range, partitions: int) -> None:
     assert producer.flush(15) == 0, "not every message was delivered"
 
 
+def _group_source(bootstrap: str, topic: str, **options: Any) -> KafkaSource:
+    """A source in a new group, committing often, whose session is short enough for
+    the group to form again quickly after a broker restart."""
+    return KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        commit_interval=0.1,
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        **options,
+    )
+
+
+async def _restart_without_topic(
+    broker: MemoryBroker, source: KafkaSource, topic: str, partitions: int, ids: range
+) -> None:
+    """Kill the broker (its memory storage loses every topic and group), wait until
+    ``source`` sees it down, start it again and fill a new topic of the same name."""
+    broker.kill()
+    await until(lambda: source.describe()["brokers_down"], 15)
+    broker.start()
+    create_topic(broker.bootstrap, topic, partitions)
+    produce(broker.bootstrap, topic, ids, partitions)
+
+
 @pytest.mark.slow
 async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
     memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
@@ -80,22 +105,12 @@ async def test_a_broker_restarted_without_its_topic_and_group_is_rejoined(
     create_topic(bootstrap, topic, 4)
     produce(bootstrap, topic, range(100), 4)
     sink = ListSink()
-    source = KafkaSource(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"g-{uuid.uuid4().hex[:8]}",
-        commit_interval=0.1,
-        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
-    )
+    source = _group_source(bootstrap, topic)
     pipeline = Pipeline("vanish", source).to(sink)
     await pipeline.start()
     try:
         await until(lambda: len(sink.values) == 100, 20)
-        memory_broker.kill()
-        await until(lambda: source.describe()["brokers_down"], 15)
-        memory_broker.start()
-        create_topic(bootstrap, topic, 4)
-        produce(bootstrap, topic, range(100, 600), 4)
+        await _restart_without_topic(memory_broker, source, topic, 4, range(100, 600))
         deadline = time.monotonic() + 30
         while {v["id"] for v in sink.values} < set(range(600)):
             assert pipeline.status().state is PipelineState.RUNNING, pipeline.status()
@@ -150,25 +165,13 @@ async def test_a_source_paused_when_it_rejoins_its_group_reads_again(
     create_topic(bootstrap, topic, 2)
     produce(bootstrap, topic, range(100), 2)
     sink = _Holding()
-    source = KafkaSource(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"g-{uuid.uuid4().hex[:8]}",
-        credit=16,
-        batch_size=8,
-        commit_interval=0.1,
-        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
-    )
+    source = _group_source(bootstrap, topic, credit=16, batch_size=8)
     pipeline = Pipeline("paused", source).to(sink)
     await pipeline.start()
     try:
         # no credit left: the source pauses its partitions and keeps polling
         await until(lambda: len(sink.held) == 16 and source.describe()["pauses"] >= 1, 20)
-        memory_broker.kill()
-        await until(lambda: source.describe()["brokers_down"], 15)
-        memory_broker.start()
-        create_topic(bootstrap, topic, 2)
-        produce(bootstrap, topic, range(100, 300), 2)
+        await _restart_without_topic(memory_broker, source, topic, 2, range(100, 300))
         # the topic is new (it ends before what was read): rejoined, still paused
         await until(lambda: source.describe()["rejoins"] >= 1, 20)
         assert source.describe()["pauses"] >= 1
