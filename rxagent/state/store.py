@@ -424,6 +424,8 @@ class StateStore:
             raise ValueError("write_values: keys, values and times differ in length")
         if offsets is not None and len(offsets) != n:
             raise ValueError("write_values: keys and offsets differ in length")
+        if n <= _FEW:
+            return self._write_few(keys, values, times, source, partition, offsets)
         with self._lock:
             version = self._version + 1
             wall = self.now()
@@ -455,25 +457,16 @@ class StateStore:
                 )
             )  # fmt: skip
             olds: dict[Hashable, Any] = {}
-            if n <= _FEW:
-                # a few keys: looked up one by one
-                for key in keys:
-                    for level in levels:
-                        old = level.get(key)
-                        if old is not None:
-                            olds[key] = old
+            # each key's old record, looked up a level at a time in C (newest first)
+            wanted: Any = written.keys()
+            for level in levels:
+                if level:
+                    hit = level.keys() & wanted
+                    if hit:
+                        olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
+                        if len(hit) == len(wanted):
                             break
-            else:
-                # each key's old record, looked up a level at a time in C (newest first)
-                wanted: Any = written.keys()
-                for level in levels:
-                    if level:
-                        hit = level.keys() & wanted
-                        if hit:
-                            olds.update(zip(hit, map(level.__getitem__, hit), strict=True))
-                            if len(hit) == len(wanted):
-                                break
-                            wanted = wanted - hit
+                        wanted = wanted - hit
             get_old = olds.get
             ignored = 0
             deleted: dict[Hashable, float | None] = {}  # a value of DELETE: key -> event time
@@ -526,6 +519,99 @@ class StateStore:
             told: list[StateChange] = []
             for k, r in written.items():
                 o = get_old(k)
+                old_value = None if o is None or o is GONE else o[1]
+                if r is GONE:
+                    told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
+                else:
+                    told.append(StateChange(k, old_value, r[1], version, r[4], wall))
+            self._updates.on_next(told)
+        return len(written)
+
+    def _write_few(
+        self,
+        keys: Sequence[Hashable],
+        values: Sequence[Any],
+        times: Sequence[float | None] | None,
+        source: str,
+        partition: Hashable,
+        offsets: Sequence[int | None] | None,
+    ) -> int:
+        """:meth:`write_values` of a few rows (up to :data:`_FEW`): :meth:`write_value`'s
+        steps row by row, one version for all. The columnar form's passes in C (a record
+        per row zipped from nine columns, set operations over the levels' keys, a look for
+        ``DELETE``) cost ~4 µs whatever the row count: at a WebSocket's moderate rates a
+        batch is a row or two, and that was twice a one-row write."""
+        with self._lock:
+            version = self._version + 1
+            wall = self.now()
+            pending = self._pending
+            levels = self._levels
+            written: dict[Hashable, Any] = {}
+            olds: dict[Hashable, Any] = {}
+            deleted: dict[Hashable, float | None] = {}  # a value of DELETE: key -> event time
+            added = 0
+            ignored = 0
+            # of a key given twice the last row counts, checked against the stored record
+            for key, i in dict(zip(keys, range(len(keys)), strict=True)).items():
+                value = values[i]
+                event_time = None if times is None else times[i]
+                offset = None if offsets is None else offsets[i]
+                old = pending.get(key)
+                if old is None:
+                    for level in levels:
+                        old = level.get(key)
+                        if old is not None:
+                            break
+                if old is None or old is GONE:
+                    if value is DELETE:
+                        continue  # a DELETE of a key not there: nothing to write
+                    added += 1
+                    record: Any = (
+                        key, value, version, 1, event_time, wall,
+                        None if offset is None else source, partition, offset,
+                    )  # fmt: skip
+                elif (
+                    offset is not None
+                    and old[8] is not None
+                    and offset <= old[8]
+                    and source == old[6]
+                    and partition == old[7]
+                ):
+                    ignored += 1
+                    continue
+                elif value is DELETE:
+                    record = GONE
+                    deleted[key] = event_time
+                else:
+                    record = (
+                        key, value, version, old[3] + 1, event_time, wall,
+                        None if offset is None else source, partition, offset,
+                    )  # fmt: skip
+                written[key] = record
+                olds[key] = old
+            self.ignored += ignored
+            if not written:
+                return 0
+            tombstones = self._tombstones
+            if (added and tombstones) or deleted:
+                mutation = tombstones.mutate()
+                if added:
+                    for key, record in written.items():
+                        if record is not GONE:
+                            mutation.pop(key, None)
+                for key in deleted:
+                    mutation[key] = version
+                tombstones = mutation.finish()
+            listening = bool(self._updates.observers)
+            new = self._commit(
+                version, wall, written, self._length + added - len(deleted), tombstones
+            )
+        if new is not None:
+            self._changes.on_next(new)
+        if listening:
+            told: list[StateChange] = []
+            for k, r in written.items():
+                o = olds[k]
                 old_value = None if o is None or o is GONE else o[1]
                 if r is GONE:
                     told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
@@ -936,7 +1022,12 @@ _UNSEEN: Final[Any] = object()
 #: before the writer publishes them anyway, so that a reader never waits on more.
 _PENDING: Final = 2048
 
-#: Batches of at most this many keys look their old records up one key at a time.
+#: Batches of at most this many rows are written row by row (``_write_few``); larger ones
+#: in columns, their old records looked up a level at a time. By callgrind, per row: a
+#: store of 10 keys replaced 2 / 16 / 64 at a time, 18.2k / 5.4k / 4.2k instructions row
+#: by row against 24.8k / 7.8k / 5.8k in columns; new keys into a store growing to 200k,
+#: 23.9k / 13.2k / 11.4k row by row against 28.7k / 12.6k / 9.9k at 2 / 8 / 16 a batch
+#: (each row a miss on every level, which the set intersections find faster in C).
 _FEW: Final = 8
 
 #: The least number of keys a change log holds before it is compacted (a store of a

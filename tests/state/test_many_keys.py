@@ -154,16 +154,26 @@ ROWS = st.dictionaries(
 )
 
 
+#: ``_FEW`` set so that every batch of two rows or more is written in columns, or row by row
+PATHS = pytest.mark.parametrize("few", [0, 1000], ids=["columns", "row-by-row"])
+
+
+@PATHS
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(batches=st.lists(st.tuples(st.sampled_from([0, 1]), ROWS), max_size=20))
 def test_write_values_is_apply_without_its_objects(
-    small: None, batches: list[tuple[int, dict[Any, tuple[int | None, int | None]]]]
+    small: None,
+    monkeypatch: pytest.MonkeyPatch,
+    few: int,
+    batches: list[tuple[int, dict[Any, tuple[int | None, int | None]]]],
 ) -> None:
     """``write_values`` (the state sink without a reducer) leaves the same entries and
     tombstones, skips the same replays and tells ``updates`` subscribers the same
-    changes as ``apply`` with positions."""
+    changes as ``apply`` with positions, whether it writes a batch in columns or row by
+    row."""
+    monkeypatch.setattr(store_module, "_FEW", few)
     lean, full = StateStore("s", clock=lambda: 1000.0), StateStore("s", clock=lambda: 1000.0)
     told: dict[str, list[StateChange]] = {"lean": [], "full": []}
     lean.updates.subscribe(told["lean"].extend)
@@ -193,6 +203,64 @@ def test_write_values_is_apply_without_its_objects(
         x, y = lean.changes_since(since), full.changes_since(since)
         assert x.changed == y.changed
         assert sorted(map(repr, x.deleted)) == sorted(map(repr, y.deleted))
+
+
+@PATHS
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.sampled_from([0, 1]),
+            st.lists(
+                st.tuples(
+                    KEYS,
+                    st.one_of(st.none(), st.integers(0, 9)),
+                    st.one_of(st.none(), st.integers(0, 5)),
+                ),
+                min_size=1,
+                max_size=12,
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_write_values_of_a_key_given_twice_keeps_its_last_row(
+    small: None,
+    monkeypatch: pytest.MonkeyPatch,
+    few: int,
+    batches: list[tuple[int, list[tuple[Any, int | None, int | None]]]],
+) -> None:
+    """A batch that gives a key more than once writes what the batch of each key's last
+    row writes: the same entries, replays skipped and changes told, in either path."""
+    monkeypatch.setattr(store_module, "_FEW", few)
+    given_twice, last_rows = StateStore("s", clock=lambda: 5.0), StateStore("s", clock=lambda: 5.0)
+    told: tuple[list[StateChange], list[StateChange]] = ([], [])
+    given_twice.updates.subscribe(told[0].extend)
+    last_rows.updates.subscribe(told[1].extend)
+    for partition, rows in batches:
+        values = [DELETE if v is None else v for _, v, _ in rows]
+        offsets = [o for _, _, o in rows]
+        times = [float(i) for i in range(len(rows))]
+        keys = [k for k, _, _ in rows]
+        changed = given_twice.write_values(keys, values, times, "src", partition, offsets)
+        last = dict(zip(keys, range(len(keys)), strict=True))
+        idx = list(last.values())
+        assert changed == last_rows.write_values(
+            list(last),
+            [values[i] for i in idx],
+            [times[i] for i in idx],
+            "src",
+            partition,
+            [offsets[i] for i in idx],
+        )
+        assert given_twice.version == last_rows.version
+        assert given_twice.ignored == last_rows.ignored
+    a, b = given_twice.snapshot, last_rows.snapshot
+    assert {k: a.entry(k) for k in a} == {k: b.entry(k) for k in b}
+    assert dict(a._tombstones) == dict(b._tombstones)
+    assert told[0] == told[1]
 
 
 def test_stored_records_are_untracked_by_the_garbage_collector() -> None:
