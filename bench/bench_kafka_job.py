@@ -22,6 +22,9 @@ commit and leaving are not timed); printed per round: messages per second, CPU �
 per message (``time.process_time``: librdkafka's threads included), and the ratio;
 then the medians. Target: rxagent >= 0.9x the hand loop's rate.
 
+``--without-metadata`` adds a third side each round: rxagent with ``key_decode=None,
+timestamps=False, headers=False``, what reading the three metadata columns costs.
+
 ``python -m bench kafka_job`` (or ``python -m bench.bench_kafka_job [N] [--rounds R]``;
 default 1,000,000 messages, 5 rounds). Starts its own Tansu broker, or uses
 ``RXAGENT_KAFKA_BOOTSTRAP``. ``--group``: both subscribe in a consumer group instead
@@ -114,10 +117,15 @@ def hand_loop(
     return n / elapsed, used
 
 
+#: ``--without-metadata``: the source options that leave keys, event times and headers unread
+WITHOUT_METADATA: dict[str, Any] = {"key_decode": None, "timestamps": False, "headers": False}
+
+
 async def rxagent_job(
-    bootstrap: str, topic: str, n: int, group: bool = False
+    bootstrap: str, topic: str, n: int, group: bool = False, options: dict[str, Any] | None = None
 ) -> tuple[float, float]:
-    """The job with rxagent and the source's defaults; (messages per second, CPU seconds)."""
+    """The job with rxagent and the source's defaults (or these ``options`` on top);
+    (messages per second, CPU seconds)."""
     store = StateStore("job")
     source = KafkaSource(
         topic,
@@ -126,6 +134,7 @@ async def rxagent_job(
         config=GROUP_CONFIG if group else None,
         assign=not group,
         until_eof=True,
+        **(options or {}),
     )
     first: list[tuple[float, float]] = []
 
@@ -154,7 +163,11 @@ async def rxagent_job(
 
 
 def main(
-    n: int = 1_000_000, rounds: int = ROUNDS, topic: str | None = None, group: bool = False
+    n: int = 1_000_000,
+    rounds: int = ROUNDS,
+    topic: str | None = None,
+    group: bool = False,
+    without_metadata: bool = False,
 ) -> None:
     loads: Any = KafkaSource("x", bootstrap_servers="127.0.0.1:9", group_id="x").decode_value
     process, bootstrap = start_broker()
@@ -167,22 +180,36 @@ def main(
         hands: list[float] = []
         rxs: list[float] = []
         ratios: list[float] = []
+        leans: list[float] = []
+        sides = ("hand", "rx", "lean") if without_metadata else ("hand", "rx")
         for i in range(rounds):
-            # alternate which side goes first: the broker's caches warm for the second
-            order = ("hand", "rx") if i % 2 == 0 else ("rx", "hand")
+            # alternate the order: the broker's caches warm for the later sides
+            order = sides if i % 2 == 0 else sides[::-1]
             results: dict[str, tuple[float, float]] = {}
             for side in order:
                 if side == "hand":
                     results[side] = hand_loop(bootstrap, topic, n, loads, group)
                 else:
-                    results[side] = asyncio.run(rxagent_job(bootstrap, topic, n, group))
+                    options = WITHOUT_METADATA if side == "lean" else None
+                    results[side] = asyncio.run(rxagent_job(bootstrap, topic, n, group, options))
             (hand, hand_cpu), (rx, rx_cpu) = results["hand"], results["rx"]
             hands.append(hand)
             rxs.append(rx)
             ratios.append(rx / hand)
-            print(
+            line = (
                 f"  hand loop {hand:>9,.0f} msg/s {hand_cpu / n * 1e6:5.2f} µs CPU/msg   "
                 f"rxagent {rx:>9,.0f} msg/s {rx_cpu / n * 1e6:5.2f} µs CPU/msg   {rx / hand:.2f}x"
+            )
+            if without_metadata:
+                lean, lean_cpu = results["lean"]
+                leans.append(lean / hand)
+                line += f"   no metadata {lean_cpu / n * 1e6:5.2f} µs CPU/msg {lean / hand:.2f}x"
+            print(line)
+        if without_metadata:
+            options = ", ".join(f"{k}={v}" for k, v in WITHOUT_METADATA.items())
+            print(
+                f"kafka same job without metadata ({options}): {statistics.median(leans):.2f}x "
+                f"the hand loop ({min(leans):.2f}-{max(leans):.2f}x)"
             )
         print(
             f"kafka same job: rxagent {statistics.median(rxs):,.0f} msg/s vs hand loop "
@@ -206,5 +233,10 @@ if __name__ == "__main__":
         action="store_true",
         help="both subscribe in a consumer group (timed from the first message) instead of assign",
     )
+    parser.add_argument(
+        "--without-metadata",
+        action="store_true",
+        help="also run rxagent with keys, event times and headers left unread, each round",
+    )
     args = parser.parse_args()
-    main(args.n, args.rounds, args.topic, args.group)
+    main(args.n, args.rounds, args.topic, args.group, args.without_metadata)
