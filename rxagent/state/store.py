@@ -431,8 +431,6 @@ class StateStore:
             wall = self.now()
             # the writes held back first (GONE there: deleted), then the published levels
             levels = (self._pending, *self._levels)
-            tombstones = self._tombstones
-            length = self._length
             # a position's source only with an offset: one source for all rows, or per row
             sources: Iterable[str | None]
             row_offsets: Iterable[int | None]
@@ -502,29 +500,12 @@ class StateStore:
             self.ignored += ignored
             if not written:
                 return 0
-            if (added and tombstones) or deleted:
-                mutation = tombstones.mutate()
-                if added:
-                    for key, record in written.items():
-                        if record is not GONE:
-                            mutation.pop(key, None)
-                for key in deleted:
-                    mutation[key] = version
-                tombstones = mutation.finish()
             listening = bool(self._updates.observers)
-            new = self._commit(version, wall, written, length + added - len(deleted), tombstones)
+            new = self._commit_rows(version, wall, written, added, deleted)
         if new is not None:
             self._changes.on_next(new)
         if listening:
-            told: list[StateChange] = []
-            for k, r in written.items():
-                o = get_old(k)
-                old_value = None if o is None or o is GONE else o[1]
-                if r is GONE:
-                    told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
-                else:
-                    told.append(StateChange(k, old_value, r[1], version, r[4], wall))
-            self._updates.on_next(told)
+            self._tell_rows(version, wall, written, get_old, deleted)
         return len(written)
 
     def _write_few(
@@ -592,33 +573,56 @@ class StateStore:
             self.ignored += ignored
             if not written:
                 return 0
-            tombstones = self._tombstones
-            if (added and tombstones) or deleted:
-                mutation = tombstones.mutate()
-                if added:
-                    for key, record in written.items():
-                        if record is not GONE:
-                            mutation.pop(key, None)
-                for key in deleted:
-                    mutation[key] = version
-                tombstones = mutation.finish()
             listening = bool(self._updates.observers)
-            new = self._commit(
-                version, wall, written, self._length + added - len(deleted), tombstones
-            )
+            new = self._commit_rows(version, wall, written, added, deleted)
         if new is not None:
             self._changes.on_next(new)
         if listening:
-            told: list[StateChange] = []
-            for k, r in written.items():
-                o = olds[k]
-                old_value = None if o is None or o is GONE else o[1]
-                if r is GONE:
-                    told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
-                else:
-                    told.append(StateChange(k, old_value, r[1], version, r[4], wall))
-            self._updates.on_next(told)
+            self._tell_rows(version, wall, written, olds.get, deleted)
         return len(written)
+
+    def _commit_rows(
+        self,
+        version: int,
+        wall: float,
+        written: dict[Hashable, Any],
+        added: int,
+        deleted: dict[Hashable, float | None],
+    ) -> Snapshot | None:
+        """:meth:`_commit` of a :meth:`write_values` batch (under the lock): ``added`` of
+        its keys new (their tombstones dropped), ``deleted`` ones tombstoned."""
+        tombstones = self._tombstones
+        if (added and tombstones) or deleted:
+            mutation = tombstones.mutate()
+            if added:
+                for key, record in written.items():
+                    if record is not GONE:
+                        mutation.pop(key, None)
+            for key in deleted:
+                mutation[key] = version
+            tombstones = mutation.finish()
+        length = self._length + added - len(deleted)
+        return self._commit(version, wall, written, length, tombstones)
+
+    def _tell_rows(
+        self,
+        version: int,
+        wall: float,
+        written: dict[Hashable, Any],
+        get_old: Callable[[Hashable], Any],
+        deleted: dict[Hashable, float | None],
+    ) -> None:
+        """Tell :attr:`updates` the changes of a :meth:`write_values` batch (after the lock;
+        ``get_old``: each key's record before it, None for a new key)."""
+        told: list[StateChange] = []
+        for k, r in written.items():
+            o = get_old(k)
+            old_value = None if o is None or o is GONE else o[1]
+            if r is GONE:
+                told.append(StateChange(k, old_value, None, version, deleted[k], wall, True))
+            else:
+                told.append(StateChange(k, old_value, r[1], version, r[4], wall))
+        self._updates.on_next(told)
 
     def write_value(
         self,
